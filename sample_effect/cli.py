@@ -1,0 +1,241 @@
+"""Command line: `sample-effect <command>`. It only parses arguments, builds settings and calls the library.
+
+Every expected failure is a SampleEffectError, printed as one line (no traceback unless
+--debug) with a non-zero exit; outputs are checked before any compute and written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .errors import SampleEffectError
+
+log = logging.getLogger("sample_effect")
+
+TABLE_SUFFIXES = (".csv", ".parquet")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+
+
+def _add_rank(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "rank",
+        help="score every example of an SFT set by its sample effect and rank them",
+        description="Score every example of an SFT JSONL file by its sample effect e(s) = <delta_theta(s), G> / lr "
+        "toward a target, and write a ranked table (rank 1 = most helpful).",
+    )
+    p.add_argument("--model", required=True, help="local model directory (config, weights, tokenizer)")
+    p.add_argument("--data", required=True, help="SFT JSONL to score ({id, prompt, response} or {id, messages})")
+    tg = p.add_mutually_exclusive_group(required=True)
+    tg.add_argument("--target-data", metavar="FILE", help="G = -grad of the mean loss over this SFT JSONL")
+    tg.add_argument("--target", choices=["self"], help="'self': G = -grad of the mean loss over --data itself")
+    tg.add_argument("--direction", nargs=2, metavar=("BASE", "FINAL"), help="G = theta_FINAL - theta_BASE (checkpoint dirs)")
+    p.add_argument("--normalize", action="store_true", help="with --direction: scale G to unit norm")
+    p.add_argument("--out", required=True, help="output table, .csv or .parquet")
+    p.add_argument("--optimizer", default="sgd", help="simulated optimiser: sgd, adam or adamw (default sgd)")
+    p.add_argument("--lr", type=float, default=1e-5, help="learning rate (effects are per unit lr; default 1e-5)")
+    p.add_argument("--beta1", type=float, default=None, help="Adam beta1 (default: state file's, else 0.9)")
+    p.add_argument("--beta2", type=float, default=None, help="Adam beta2 (default: state file's, else 0.999)")
+    p.add_argument("--eps", type=float, default=None, help="Adam eps (default: state file's, else 1e-8)")
+    p.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: state file's, else torch's: 0.01 for adamw, 0 otherwise)")
+    p.add_argument("--optimizer-state", metavar="FILE", help="torch.save of {'optimizer': opt.state_dict(), 'param_names': [...]}")
+    p.add_argument("--clip", type=float, default=None, help="per-example gradient clipping to this norm (as clip_grad_norm_)")
+    p.add_argument("--params", default=None, metavar="REGEX", help="score only trainable parameters whose name matches")
+    p.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16 (float32 accumulation)")
+    p.add_argument("--max-length", type=_positive_int, default=None, help="truncate sequences from the right to this many tokens")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="most sequences per vmap chunk (speed/memory only)")
+    p.add_argument("--memory-budget", default="4GB", help="memory budget for one chunk, e.g. 4GB (default 4GB)")
+    p.add_argument("--top-k", type=_positive_int, default=None, help="with --export: how many top examples to export")
+    p.add_argument("--export", metavar="FILE.jsonl", help="write the top-k examples in the input's own format")
+    _common(p)
+    p.set_defaults(func=cmd_rank)
+
+
+def _add_kk(sub: argparse._SubParsersAction) -> None:
+    from .kk import STYLES
+
+    p = sub.add_parser(
+        "kk",
+        help="generate Knights-and-Knaves puzzles as SFT JSONL",
+        description="Generate Knights-and-Knaves puzzles with exactly one solution, written as JSONL lines "
+        "with SFT fields (id, prompt, response) plus answer, names, statements, solution.",
+    )
+    p.add_argument("--people", type=int, required=True, help="people per puzzle, 2..8")
+    p.add_argument("--n", type=_positive_int, required=True, help="number of puzzles")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--style", default="short-cot", choices=STYLES, help="response style (default short-cot)")
+    p.add_argument("--id-prefix", default="kk", help="prefix of each id (default kk)")
+    p.add_argument("--out", required=True, help="output JSONL file")
+    _common(p)
+    p.set_defaults(func=cmd_kk)
+
+
+def cmd_kk(args: argparse.Namespace) -> None:
+    """`sample-effect kk`: generate puzzles."""
+    from .io import check_output_path
+    from .kk import write_kk
+
+    check_output_path(args.out, args.overwrite)
+    recs = write_kk(args.out, args.people, args.n, args.seed, args.style, args.id_prefix)
+    print(f"wrote {len(recs)} {args.people}-person puzzles ({args.style}) to {args.out}")
+
+
+def cmd_rank(args: argparse.Namespace) -> None:
+    """`sample-effect rank`: load, score, rank, write."""
+    from .data import load_examples, tokenize_examples
+    from .effects import score_examples_result
+    from .engine import ComputeConfig, parse_bytes
+    from .io import check_output_path
+    from .models import load_model
+    from .optim import UpdateConfig
+    from .targets import DirectionTarget, LossTarget, SelfTarget
+
+    out = Path(args.out)
+    if out.suffix.lower() not in TABLE_SUFFIXES:
+        raise SampleEffectError(f"--out must end in .csv or .parquet, got '{out.name}'")
+    if out.suffix.lower() == ".parquet":
+        _require_parquet()
+    if (args.export is None) != (args.top_k is None):
+        raise SampleEffectError("--top-k and --export go together")
+    if args.normalize and not args.direction:
+        raise SampleEffectError("--normalize only applies to --direction")
+    check_output_path(out, args.overwrite)
+    if args.export:
+        check_output_path(args.export, args.overwrite)
+        if Path(args.export).resolve() == out.resolve():
+            raise SampleEffectError("--export and --out must be different files")
+    update = UpdateConfig(
+        optimizer=args.optimizer.lower(), lr=args.lr, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
+        weight_decay=args.weight_decay, clip=args.clip,
+    ).validate()
+    if args.optimizer_state and update.optimizer == "sgd":
+        raise SampleEffectError("--optimizer-state holds Adam moments; use --optimizer adam or adamw with it")
+    compute = ComputeConfig(batch_size=args.batch_size, memory_budget=parse_bytes(args.memory_budget), progress=not args.quiet)
+
+    t0 = time.perf_counter()
+    examples = load_examples(args.data)
+    target_examples = load_examples(args.target_data) if args.target_data else None
+    model, tokenizer = load_model(args.model, args.dtype)
+    tokenized, report = tokenize_examples(examples, tokenizer, args.max_length)
+    if report.n_truncated:
+        log.warning("%d sequence(s) of --data truncated to --max-length %d", report.n_truncated, args.max_length)
+    if target_examples is not None:
+        target_tok, trep = tokenize_examples(target_examples, tokenizer, args.max_length)
+        if trep.n_truncated:
+            log.warning("%d sequence(s) of --target-data truncated to --max-length %d", trep.n_truncated, args.max_length)
+        target = LossTarget(target_tok)
+    elif args.direction:
+        target = DirectionTarget(args.direction[0], args.direction[1], normalize=args.normalize)
+    else:
+        target = SelfTarget()
+    result = score_examples_result(
+        model, tokenizer, tokenized, target, update, params=args.params, optimizer_state=args.optimizer_state, compute=compute
+    )
+    table = result.table()
+    write_table(table, out)
+    if args.export:
+        from .data import export_examples
+
+        by_id = {ex.id: ex for ex in examples}
+        export_examples([by_id[i] for i in table["id"].head(args.top_k)], args.export)
+    top = table.iloc[0]
+    print(
+        f"scored {len(table)} examples ({int(table['n_responses'].sum())} responses) toward '{result.target.kind}' "
+        f"in {time.perf_counter() - t0:.1f}s; top: '{top['id']}' (effect {top['effect']:.4g}); wrote {out}"
+        + (f" and the top {min(args.top_k, len(table))} to {args.export}" if args.export else "")
+    )
+
+
+def _require_parquet() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise SampleEffectError("writing .parquet needs pyarrow: pip install 'sample-effect[parquet]'") from None
+
+
+def write_table(df, path: str | Path) -> None:  # type: ignore[no-untyped-def]
+    """Write a DataFrame as CSV or Parquet (by extension), atomically."""
+    from .io import atomic_path
+
+    p = Path(path)
+    with atomic_path(p) as tmp:
+        if p.suffix.lower() == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False, float_format="%.10g")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `sample-effect` argument parser (also used to generate the CLI reference)."""
+    parser = argparse.ArgumentParser(
+        prog="sample-effect",
+        description="Which fine-tuning examples will move your model, and how fast training will improve it.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"sample-effect {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_rank(sub)
+    _add_kk(sub)
+    from .demo import add_demo_parser
+
+    add_demo_parser(sub, _common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `sample-effect` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(format="sample-effect: %(levelname)s: %(message)s", level=logging.WARNING, stream=sys.stderr)
+    for noisy in ("transformers", "torch"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    _quiet_transformers()
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except SampleEffectError as exc:
+        if args.debug:
+            raise
+        print(f"sample-effect: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sample-effect: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _quiet_transformers() -> None:
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - transformers missing is reported elsewhere
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,179 @@
+"""Sample effects: e(s) = <delta_theta(s), G> / lr for every example, and the ranked table.
+
+This is the stage that joins the others: per-example gradients (engine) -> clipping and the
+simulated optimiser step (optim) -> dot product with the target direction (targets).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data import Example, TokenizedExample, tokenize_examples
+from .engine import ComputeConfig, iter_example_gradients
+from .errors import SampleEffectError
+from .models import select_parameters
+from .optim import (
+    OptimizerState,
+    UpdateConfig,
+    clip_coefficients,
+    load_optimizer_state,
+    update_per_lr,
+)
+from .targets import Target, TargetVector, resolve_target
+
+log = logging.getLogger("sample_effect")
+
+COLUMNS = ["id", "rank", "effect", "loss", "n_tokens", "n_responses", "grad_norm"]
+
+
+@dataclass
+class EffectResult:
+    """Effects in input order plus what produced them."""
+
+    ids: list[str]
+    effect: np.ndarray
+    loss: np.ndarray
+    grad_norm: np.ndarray
+    n_tokens: np.ndarray
+    n_responses: np.ndarray
+    target: TargetVector
+
+    def table(self) -> pd.DataFrame:
+        """One row per example, ranked (rank 1 = largest effect; ties keep input order)."""
+        df = pd.DataFrame(
+            {
+                "id": self.ids,
+                "effect": self.effect,
+                "loss": self.loss,
+                "n_tokens": self.n_tokens,
+                "n_responses": self.n_responses,
+                "grad_norm": self.grad_norm,
+            }
+        )
+        return rank_table(df)
+
+
+def rank_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Add `rank` (1 = largest effect, ties by input order, non-finite last) and sort by it."""
+    eff = df["effect"].where(np.isfinite(df["effect"]))
+    df = df.assign(rank=eff.rank(ascending=False, method="first", na_option="bottom").astype(int))
+    df = df.sort_values("rank", kind="stable").reset_index(drop=True)
+    return df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]]
+
+
+def compute_effects(
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    examples: Sequence[TokenizedExample],
+    target: TargetVector,
+    update: UpdateConfig,
+    state: OptimizerState | None = None,
+    compute: ComputeConfig | None = None,
+) -> EffectResult:
+    """e(s) for every example: clip g(s), take the simulated optimiser step, dot with G.
+
+    Effects are per unit learning rate, so the same for any lr with SGD/Adam/AdamW: the
+    first-order change of the target after one step at lr is lr * e(s).
+    """
+    update.validate()
+    state = state or OptimizerState()
+    n = len(examples)
+    effect = np.full(n, np.nan)
+    loss = np.full(n, np.nan)
+    gnorm = np.full(n, np.nan)
+    hypers = {name: state.hyper(name, update) for name in params}
+    for batch in iter_example_gradients(model, params, examples, compute):
+        sq = sum((g.flatten(1) ** 2).sum(1) for g in batch.grads.values())
+        coef = clip_coefficients(sq, update.clip)
+        total = torch.zeros_like(sq)
+        for name, g in batch.grads.items():
+            p = params[name].detach().to(g.dtype)
+            g = g * coef.view(-1, *([1] * (g.dim() - 1))) if update.clip is not None else g
+            d = update_per_lr(
+                g, p, update, hypers[name], state.exp_avg.get(name), state.exp_avg_sq.get(name), state.step.get(name, 0.0)
+            )
+            total += d.flatten(1) @ target.vector[name].flatten()
+        effect[batch.indices] = total.double().cpu().numpy()
+        loss[batch.indices] = batch.losses.double().cpu().numpy()
+        gnorm[batch.indices] = sq.sqrt().double().cpu().numpy()
+    bad = [examples[i].id for i in np.flatnonzero(~np.isfinite(effect))]
+    if bad:
+        log.warning("%d example(s) have a non-finite effect (ranked last), e.g. id '%s'", len(bad), bad[0])
+    return EffectResult(
+        ids=[ex.id for ex in examples],
+        effect=effect,
+        loss=loss,
+        grad_norm=gnorm,
+        n_tokens=np.array([ex.n_tokens for ex in examples]),
+        n_responses=np.array([ex.n_responses for ex in examples]),
+        target=target,
+    )
+
+
+def score_examples(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    examples: Sequence[Example] | Sequence[TokenizedExample],
+    target: Target,
+    update: UpdateConfig | None = None,
+    params: str | None = None,
+    optimizer_state: str | os.PathLike | OptimizerState | None = None,
+    compute: ComputeConfig | None = None,
+    max_length: int | None = None,
+) -> pd.DataFrame:
+    """Score and rank every example by its sample effect toward `target`; the Python face of `rank`.
+
+    Returns one row per example id, sorted by rank, with columns id, rank, effect, loss,
+    n_tokens, n_responses, grad_norm. `params` is a regex over parameter names (default: all
+    trainable); `optimizer_state` is a file in the `--optimizer-state` format or a loaded state.
+    """
+    return score_examples_result(
+        model, tokenizer, examples, target, update, params, optimizer_state, compute, max_length
+    ).table()
+
+
+def score_examples_result(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    examples: Sequence[Example] | Sequence[TokenizedExample],
+    target: Target,
+    update: UpdateConfig | None = None,
+    params: str | None = None,
+    optimizer_state: str | os.PathLike | OptimizerState | None = None,
+    compute: ComputeConfig | None = None,
+    max_length: int | None = None,
+) -> EffectResult:
+    """Like `score_examples` but returns the unranked `EffectResult` (effects in input order)."""
+    update = (update or UpdateConfig()).validate()
+    compute = compute or ComputeConfig()
+    if not examples:
+        raise SampleEffectError("the dataset is empty")
+    if isinstance(examples[0], Example):
+        tokenized, report = tokenize_examples(examples, tokenizer, max_length)  # type: ignore[arg-type]
+        if report.n_truncated:
+            log.warning("%d sequence(s) truncated to --max-length %s", report.n_truncated, max_length)
+    else:
+        tokenized = list(examples)  # type: ignore[arg-type]
+    chosen = select_parameters(model, params)
+    state: OptimizerState | None
+    if optimizer_state is None or isinstance(optimizer_state, OptimizerState):
+        state = optimizer_state
+    else:
+        if update.optimizer == "sgd":
+            raise SampleEffectError("--optimizer-state holds Adam moments; use --optimizer adam or adamw with it")
+        dtype = next(iter(chosen.values())).dtype
+        from .models import accumulation_dtype
+
+        state = load_optimizer_state(
+            optimizer_state, chosen, accumulation_dtype(dtype), model_names={n for n, _ in model.named_parameters()}
+        )
+    g = resolve_target(target, model, chosen, tokenized, compute)
+    return compute_effects(model, chosen, tokenized, g, update, state, compute)

@@ -1,0 +1,244 @@
+"""Per-example gradients and mean gradients over chunks of examples, under a memory budget.
+
+The engine turns tokenised examples into the two gradient objects the sample effect needs:
+the per-example gradient g(s) (mean over the example's responses) and the mean-loss gradient
+of a set (for loss targets). It only decides *how* to compute (chunking, dtype, progress); the
+maths of one chunk lives in `sample_effect.kernels`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from .data import TokenizedExample, pad_sequences
+from .errors import SampleEffectError
+from .kernels import per_sequence_grads
+from .losses import sft_sequence_loss
+from .models import accumulation_dtype
+
+_UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_bytes(text: str | int | float | None) -> int | None:
+    """'4GB' / '512MiB' / 1e9 -> bytes; None stays None (no budget)."""
+    if text is None:
+        return None
+    if isinstance(text, (int, float)):
+        value = int(text)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
+        if not m or m.group(2).upper() not in _UNITS:
+            raise SampleEffectError(f"cannot read memory budget '{text}' (use e.g. 4GB, 512MB, 2GiB)")
+        value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if value <= 0:
+        raise SampleEffectError(f"memory budget must be positive, got {text}")
+    return value
+
+
+@dataclass
+class ComputeConfig:
+    """How to compute; never changes a result beyond float rounding.
+
+    batch_size: most sequences per vmap chunk. memory_budget: bytes (or '4GB'); the chunk is
+    shrunk to fit the estimate. progress: show tqdm bars.
+    """
+
+    batch_size: int = 16
+    memory_budget: int | str | None = "4GB"
+    progress: bool = True
+
+    def budget_bytes(self) -> int | None:
+        return parse_bytes(self.memory_budget)
+
+
+def split_parameters(model: torch.nn.Module, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer not in `params`, detached: the constants of a functional call."""
+    consts = {n: p.detach() for n, p in model.named_parameters() if n not in params}
+    consts.update({n: b for n, b in model.named_buffers()})
+    return consts
+
+
+def _config_dim(model: torch.nn.Module, *names: str, default: int) -> int:
+    cfg = getattr(model, "config", None)
+    for n in names:
+        v = getattr(cfg, n, None)
+        if isinstance(v, int):
+            return v
+    return default
+
+
+def bytes_per_sequence(model: torch.nn.Module, params: Mapping[str, torch.Tensor], seq_len: int) -> int:
+    """Rough peak bytes one sequence adds to a vmap chunk: its gradients plus its activations."""
+    p = next(iter(params.values()))
+    itemsize = p.element_size()
+    acc_itemsize = torch.empty((), dtype=accumulation_dtype(p.dtype)).element_size()
+    n_params = sum(t.numel() for t in params.values())
+    largest = max(t.numel() for t in params.values())
+    hidden = _config_dim(model, "hidden_size", "n_embd", "d_model", default=1024)
+    layers = _config_dim(model, "num_hidden_layers", "n_layer", default=12)
+    vocab = _config_dim(model, "vocab_size", default=32000)
+    inter = _config_dim(model, "intermediate_size", "n_inner", default=4 * hidden) or 4 * hidden
+    acts = seq_len * (layers * (12 * hidden + 3 * inter) + 4 * vocab) * max(itemsize, 4)
+    grads = n_params * (itemsize + acc_itemsize) + 6 * largest * acc_itemsize
+    return int(acts + grads)
+
+
+def check_lengths(model: torch.nn.Module, examples: Sequence[TokenizedExample]) -> None:
+    """Error (naming the example) if a sequence is longer than the model's position limit."""
+    limit = _config_dim(model, "n_positions", "max_position_embeddings", default=0)
+    if not limit:
+        return
+    for ex in examples:
+        for s in ex.sequences:
+            if s.shape[0] > limit:
+                raise SampleEffectError(
+                    f"example '{ex.id}' has {s.shape[0]} tokens but the model accepts at most {limit}; "
+                    "pass --max-length to truncate"
+                )
+
+
+def plan_chunk(
+    model: torch.nn.Module, params: Mapping[str, torch.Tensor], max_len: int, compute: ComputeConfig
+) -> int:
+    """Sequences per chunk: at most batch_size, and within the memory budget."""
+    if compute.batch_size < 1:
+        raise SampleEffectError(f"--batch-size must be >= 1, got {compute.batch_size}")
+    budget = compute.budget_bytes()
+    if budget is None:
+        return compute.batch_size
+    per_seq = bytes_per_sequence(model, params, max_len)
+    if per_seq > budget:
+        raise SampleEffectError(
+            f"memory budget {budget / 1e9:.3g} GB is too small for one example of {max_len} tokens "
+            f"(needs about {per_seq / 1e9:.3g} GB); raise --memory-budget or lower --max-length"
+        )
+    return max(1, min(compute.batch_size, budget // per_seq))
+
+
+def _flat_sequences(examples: Sequence[TokenizedExample]) -> list[tuple[int, torch.Tensor, int]]:
+    return [(i, s, r) for i, ex in enumerate(examples) for s, r in zip(ex.sequences, ex.response_starts)]
+
+
+def forward_logits(
+    model: torch.nn.Module, params: Mapping[str, torch.Tensor], constants: Mapping[str, torch.Tensor], input_ids: torch.Tensor
+) -> torch.Tensor:
+    """Logits of a right-padded batch, with `params` substituted into the model."""
+    out = functional_call(model, {**constants, **params}, args=(), kwargs={"input_ids": input_ids, "use_cache": False})
+    return out.logits
+
+
+def mean_loss_gradient(
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    examples: Sequence[TokenizedExample],
+    compute: ComputeConfig | None = None,
+    desc: str = "target gradient",
+) -> tuple[dict[str, torch.Tensor], float]:
+    """Gradient of the mean example loss over `examples` (and that mean loss), by batched backward.
+
+    An example's loss is the mean of its responses' losses, so each sequence is weighted by
+    1 / (n_responses * n_examples). Returned in the accumulation dtype.
+    """
+    compute = compute or ComputeConfig()
+    if not examples:
+        raise SampleEffectError("the target set is empty")
+    check_lengths(model, examples)
+    flat = _flat_sequences(examples)
+    chunk = plan_chunk(model, params, max(int(s.shape[0]) for _, s, _ in flat), compute)
+    consts = split_parameters(model, params)
+    acc = accumulation_dtype(next(iter(params.values())).dtype)
+    total = {n: torch.zeros(p.shape, dtype=acc, device=p.device) for n, p in params.items()}
+    weights = [1.0 / (examples[i].n_responses * len(examples)) for i, _, _ in flat]
+    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    loss_sum = 0.0
+    with tqdm(total=len(flat), desc=desc, unit="seq", disable=not compute.progress, leave=False) as bar:
+        for start in range(0, len(flat), chunk):
+            part = flat[start : start + chunk]
+            ids, mask = pad_sequences([s for _, s, _ in part], [r for _, _, r in part])
+            device = next(iter(params.values())).device
+            ids, mask = ids.to(device), mask.to(device)
+            logits = forward_logits(model, leaves, consts, ids)
+            seq_loss = sft_sequence_loss(logits, ids, mask)
+            w = torch.tensor(weights[start : start + chunk], dtype=seq_loss.dtype, device=device)
+            loss = (seq_loss * w).sum()
+            grads = torch.autograd.grad(loss, list(leaves.values()))
+            for n, g in zip(leaves, grads):
+                total[n] += g.to(acc)
+            loss_sum += float(loss.detach())
+            bar.update(len(part))
+    return total, loss_sum
+
+
+@dataclass
+class GradientBatch:
+    """Per-example gradients of consecutive examples: indices into the input and [E, ...] tensors."""
+
+    indices: list[int]
+    grads: dict[str, torch.Tensor]
+    losses: torch.Tensor
+
+
+def iter_example_gradients(
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    examples: Sequence[TokenizedExample],
+    compute: ComputeConfig | None = None,
+    desc: str = "per-example gradients",
+) -> Iterator[GradientBatch]:
+    """Yield per-example gradients g(s) = mean of the example's response gradients, chunk by chunk.
+
+    Sequences stream through vmap in chunks that fit the budget; an example whose responses
+    straddle a chunk boundary is carried over and emitted once complete. Gradients come back in
+    the accumulation dtype (float32 for half-precision models).
+    """
+    compute = compute or ComputeConfig()
+    flat = _flat_sequences(examples)
+    if not flat:
+        raise SampleEffectError("the dataset is empty")
+    check_lengths(model, examples)
+    chunk = plan_chunk(model, params, max(int(s.shape[0]) for _, s, _ in flat), compute)
+    consts = split_parameters(model, params)
+    first_param = next(iter(params.values()))
+    acc = accumulation_dtype(first_param.dtype)
+    device = first_param.device
+    last_seq_of = {}
+    for k, (i, _, _) in enumerate(flat):
+        last_seq_of[i] = k
+    carry: GradientBatch | None = None
+    detached = {n: p.detach() for n, p in params.items()}
+    with tqdm(total=len(flat), desc=desc, unit="seq", disable=not compute.progress, leave=False) as bar:
+        for start in range(0, len(flat), chunk):
+            part = flat[start : start + chunk]
+            ids, mask = pad_sequences([s for _, s, _ in part], [r for _, _, r in part])
+            grads, losses = per_sequence_grads(model, detached, consts, ids.to(device), mask.to(device), sft_sequence_loss)
+            owners = [i for i, _, _ in part]
+            first = owners[0]
+            local = torch.tensor([o - first for o in owners], device=device)
+            n_local = owners[-1] - first + 1
+            w = torch.tensor([1.0 / examples[o].n_responses for o in owners], dtype=acc, device=device)
+            ex_grads = {}
+            for n, g in grads.items():
+                g = g.to(acc) * w.view(-1, *([1] * (g.dim() - 1)))
+                ex_grads[n] = torch.zeros((n_local, *g.shape[1:]), dtype=acc, device=device).index_add_(0, local, g)
+            ex_losses = torch.zeros(n_local, dtype=acc, device=device).index_add_(0, local, losses.detach().to(acc) * w)
+            if carry is not None:  # the first example of this chunk began in the previous one
+                for n in ex_grads:
+                    ex_grads[n][0] += carry.grads[n][0]
+                ex_losses[0] += carry.losses[0]
+                carry = None
+            indices = list(range(first, first + n_local))
+            end = start + len(part) - 1
+            if last_seq_of[indices[-1]] > end:  # the last example continues in the next chunk
+                carry = GradientBatch([indices[-1]], {n: g[-1:].clone() for n, g in ex_grads.items()}, ex_losses[-1:].clone())
+                indices = indices[:-1]
+                ex_grads = {n: g[:-1] for n, g in ex_grads.items()}
+                ex_losses = ex_losses[:-1]
+            bar.update(len(part))
+            if indices:
+                yield GradientBatch(indices, ex_grads, ex_losses)

@@ -1,0 +1,50 @@
+"""File helpers: atomic writes (a file appears whole or not at all) and output-path checks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import SampleEffectError
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Fail early, before any compute, if `path` cannot be written."""
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise SampleEffectError(f"output directory does not exist: {parent} (for {p})")
+    if not os.access(parent, os.W_OK):
+        raise SampleEffectError(f"output directory is not writable: {parent}")
+    if p.is_dir():
+        raise SampleEffectError(f"output path is a directory: {p}")
+    if p.exists() and not overwrite:
+        raise SampleEffectError(f"output file already exists: {p} (pass --overwrite to replace it)")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
+    """Open a temporary file for writing and move it onto `path` when the block succeeds."""
+    if "b" in mode:
+        encoding = None
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding) as f:
+        yield f

@@ -1,0 +1,127 @@
+"""Loading causal LMs for exact per-example maths, and choosing the parameters to score.
+
+Models load with eager attention (SDPA breaks forward-mode AD and, with a mask, vmap), without a
+KV cache, and in eval mode (dropout breaks vmap and makes gradients random).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import SampleEffectError
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+}
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """Map a dtype name (float32, float64, bfloat16) to a torch dtype, with a clear error otherwise."""
+    if isinstance(name, torch.dtype):
+        if name in DTYPES.values():
+            return name
+        raise SampleEffectError(f"unsupported dtype {name}; choose one of {', '.join(DTYPES)}")
+    if name not in DTYPES:
+        raise SampleEffectError(f"unknown dtype '{name}'; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype for dot products and optimiser maths: float64 stays, everything else uses float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_model_dir(path: str | os.PathLike) -> Path:
+    """Check that `path` looks like a saved Hugging Face causal LM (config and weights)."""
+    p = Path(path)
+    if not p.exists():
+        raise SampleEffectError(f"model directory not found: {p}")
+    if not p.is_dir():
+        raise SampleEffectError(f"model path is not a directory: {p}")
+    if not (p / "config.json").exists():
+        raise SampleEffectError(f"model directory has no config.json: {p}")
+    if not any((p / f).exists() for f in WEIGHT_FILES):
+        raise SampleEffectError(f"model directory has no weights ({' / '.join(WEIGHT_FILES[::2])}): {p}")
+    return p
+
+
+def quiet_hf_progress() -> None:
+    """Silence transformers' per-load progress bars (ours are enough)."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover
+        pass
+
+
+def load_tokenizer(path: str | os.PathLike) -> Any:
+    """Load the tokenizer saved next to a model, with a clear error if there is none."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:  # transformers raises many types here
+        raise SampleEffectError(f"could not load a tokenizer from {path}: {str(exc).splitlines()[0]}") from None
+
+
+def load_model(path: str | os.PathLike, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
+    """Load a causal LM and its tokenizer from a local directory, ready for per-example maths."""
+    from transformers import AutoModelForCausalLM
+
+    p = check_model_dir(path)
+    torch_dtype = parse_dtype(dtype)
+    quiet_hf_progress()
+    tokenizer = load_tokenizer(p)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch_dtype, attn_implementation="eager")
+    except Exception as exc:
+        raise SampleEffectError(f"could not load a causal LM from {p}: {str(exc).splitlines()[0]}") from None
+    prepare_model(model)
+    return model.to(device), tokenizer
+
+
+def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Put an already-built model in the state the engine needs: eval mode, no KV cache, eager attention.
+
+    A float64 model is also made float64 end to end (see `sample_effect.precision`).
+    """
+    from .precision import make_float64_exact
+
+    model.eval()
+    config = getattr(model, "config", None)
+    if config is not None:
+        config.use_cache = False
+        impl = getattr(config, "_attn_implementation", None)
+        if impl not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation("eager")
+    return make_float64_exact(model)
+
+
+def select_parameters(model: torch.nn.Module, pattern: str | None = None) -> OrderedDict[str, torch.nn.Parameter]:
+    """The trainable parameters to score, optionally filtered by a regex searched in each name.
+
+    Frozen parameters (requires_grad=False) are never selected, so a LoRA-wrapped model scores its
+    adapters only. Tied parameters appear once, under their first name.
+    """
+    try:
+        rx = re.compile(pattern) if pattern else None
+    except re.error as exc:
+        raise SampleEffectError(f"--params is not a valid regular expression: {exc}") from None
+    chosen = OrderedDict(
+        (n, p) for n, p in model.named_parameters() if p.requires_grad and (rx is None or rx.search(n))
+    )
+    if not chosen:
+        what = f"match --params '{pattern}'" if pattern else "are trainable"
+        raise SampleEffectError(f"no parameters {what}")
+    return chosen

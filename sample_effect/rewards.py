@@ -1,0 +1,96 @@
+"""Reward functions f(prompt, completion, answer, finished=True) -> float.
+
+`finished` is False when generation was cut at the length limit; the trainers pass it. Built-ins:
+- `kk`: 1.0 only if the completion finished and the last \\boxed{...}, split on ", " and sorted,
+  equals the sorted parts of the answer (the paper's K&K reward: no partial or format credit);
+- `boxed`: 1.0 if the last \\boxed{...} content equals the answer string (stripped);
+- `exact`: 1.0 if the stripped completion equals the stripped answer.
+A user reward is `module:function`; a function without a `finished` parameter is called without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import re
+from collections.abc import Callable
+
+from .errors import SampleEffectError
+
+Reward = Callable[..., float]
+
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} (no nested braces), or None."""
+    found = _BOXED.findall(text)
+    return found[-1] if found else None
+
+
+def kk_reward(prompt: str, completion: str, answer: str, finished: bool = True) -> float:
+    """The Knights-and-Knaves reward: finished, and the last box has exactly the answer's parts in any order."""
+    if not finished:
+        return 0.0
+    box = last_boxed(completion)
+    if box is None:
+        return 0.0
+    got = sorted(part.strip() for part in box.split(", "))
+    want = sorted(part.strip() for part in answer.split(", "))
+    return 1.0 if got == want else 0.0
+
+
+def boxed_reward(prompt: str, completion: str, answer: str, finished: bool = True) -> float:
+    """1.0 if the last box's content equals the answer string."""
+    box = last_boxed(completion)
+    return 1.0 if finished and box is not None and box.strip() == answer.strip() else 0.0
+
+
+def exact_reward(prompt: str, completion: str, answer: str, finished: bool = True) -> float:
+    """1.0 if the whole completion equals the answer (both stripped)."""
+    return 1.0 if finished and completion.strip() == answer.strip() else 0.0
+
+
+BUILTIN: dict[str, Reward] = {"kk": kk_reward, "boxed": boxed_reward, "exact": exact_reward}
+
+
+def _checked(fn: Callable[..., object], name: str) -> Reward:
+    try:
+        params = inspect.signature(fn).parameters
+        takes_finished = "finished" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+    except (TypeError, ValueError):
+        takes_finished = False
+
+    def reward(prompt: str, completion: str, answer: str, finished: bool = True) -> float:
+        try:
+            value = fn(prompt, completion, answer, finished=finished) if takes_finished else fn(prompt, completion, answer)
+        except Exception as exc:
+            raise SampleEffectError(f"reward '{name}' raised {type(exc).__name__}: {exc}") from exc
+        try:
+            value = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise SampleEffectError(f"reward '{name}' returned {value!r}, not a number") from None
+        if not math.isfinite(value):
+            raise SampleEffectError(f"reward '{name}' returned {value} for a completion")
+        return value
+
+    reward.__name__ = f"reward_{name}"
+    return reward
+
+
+def get_reward(name: str) -> Reward:
+    """A built-in reward by name (kk, exact, boxed) or `module:function`, wrapped to check its output."""
+    if name in BUILTIN:
+        return _checked(BUILTIN[name], name)
+    if ":" not in name:
+        raise SampleEffectError(f"unknown reward '{name}'; use one of {', '.join(BUILTIN)} or module:function")
+    module_name, _, func_name = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise SampleEffectError(f"cannot import reward module '{module_name}': {exc}") from None
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise SampleEffectError(f"reward '{name}': module '{module_name}' has no function '{func_name}'")
+    return _checked(fn, name)

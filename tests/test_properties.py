@@ -1,0 +1,69 @@
+"""Invariants of the sample effect that hold whatever the model or data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TRAIN
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sample_effect import (
+    ComputeConfig,
+    UpdateConfig,
+    compute_effects,
+    load_model,
+    select_parameters,
+)
+from sample_effect.data import examples_from_records, tokenize_examples
+from sample_effect.targets import TargetVector
+
+COMPUTE = ComputeConfig(batch_size=3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def setup(model_dirs):
+    model, tok = load_model(model_dirs["gpt2"], "float64")
+    params = select_parameters(model)
+    exs, _ = tokenize_examples(examples_from_records(list(enumerate(TRAIN, 1))), tok)
+    return model, params, exs
+
+
+def random_target(params, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return {n: torch.randn(p.shape, generator=gen, dtype=torch.float64) for n, p in params.items()}
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 1000), a=st.floats(-3, 3), b=st.floats(-3, 3), opt=st.sampled_from(["sgd", "adamw"]))
+def test_effect_is_linear_in_target(setup, seed, a, b, opt):
+    model, params, exs = setup
+    g1, g2 = random_target(params, seed), random_target(params, seed + 1)
+    mix = {n: a * g1[n] + b * g2[n] for n in params}
+    cfg = UpdateConfig(opt, clip=0.5)
+    e1, e2, em = (compute_effects(model, params, exs, TargetVector(g, "t"), cfg, compute=COMPUTE).effect for g in (g1, g2, mix))
+    np.testing.assert_allclose(em, a * e1 + b * e2, rtol=1e-9, atol=1e-9 * (np.abs(e1).max() + np.abs(e2).max()))
+
+
+def test_clipped_sgd_effect_is_bounded_by_c_times_target_norm(setup):
+    model, params, exs = setup
+    g = TargetVector(random_target(params, 3), "t")
+    for c in (0.01, 0.3, 10.0):
+        e = compute_effects(model, params, exs, g, UpdateConfig("sgd", clip=c), compute=COMPUTE).effect
+        assert np.all(np.abs(e) <= c * g.norm() * (1 + 1e-12))
+
+
+def test_duplicates_get_identical_effects_and_order_does_not_matter(setup, tokenizer):
+    model, params, _ = setup
+    rows = [*TRAIN, {**TRAIN[0], "id": "dup"}]
+    exs, _ = tokenize_examples(examples_from_records(list(enumerate(rows, 1))), tokenizer)
+    g = TargetVector(random_target(params, 5), "t")
+    res = compute_effects(model, params, exs, g, UpdateConfig("adamw"), compute=COMPUTE)
+    assert res.effect[0] == pytest.approx(res.effect[-1], rel=1e-12)
+    rev = compute_effects(model, params, exs[::-1], g, UpdateConfig("adamw"), compute=ComputeConfig(batch_size=1, progress=False))
+    np.testing.assert_allclose(rev.effect[::-1], res.effect, rtol=1e-10)
+    a, b = res.table().set_index("id"), rev.table().set_index("id")
+    np.testing.assert_allclose(b.loc[a.index, "effect"], a["effect"], rtol=1e-10)
+    ties = {"t0", "dup"}  # equal effects: their order follows the input, everything else must not move
+    assert [i for i in a.index if i not in ties] == [i for i in b.index if i not in ties]
