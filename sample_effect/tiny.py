@@ -92,5 +92,8 @@ def build_tiny_model(
 
 def save_model(model: torch.nn.Module, tokenizer: Any, path: str | os.PathLike) -> None:
     """save_pretrained for the model (safetensors) and tokenizer into one directory."""
+    from .models import quiet_hf_progress
+
+    quiet_hf_progress()
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
