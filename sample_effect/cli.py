@@ -107,6 +107,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
     from .io import check_output_path
     from .models import load_model
     from .optim import UpdateConfig
+    from .registry import resolve_model
     from .targets import DirectionTarget, LossTarget, SelfTarget
 
     out = Path(args.out)
@@ -134,7 +135,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     examples = load_examples(args.data)
     target_examples = load_examples(args.target_data) if args.target_data else None
-    model, tokenizer = load_model(args.model, args.dtype)
+    model, tokenizer = load_model(resolve_model(args.model), args.dtype)
     tokenized, report = tokenize_examples(examples, tokenizer, args.max_length)
     if report.n_truncated:
         log.warning("%d sequence(s) of --data truncated to --max-length %d", report.n_truncated, args.max_length)
@@ -196,8 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_rank(sub)
     _add_kk(sub)
+    from .cli_train import add_train_parsers
     from .demo import add_demo_parser
 
+    add_train_parsers(sub, _common)
     add_demo_parser(sub, _common)
     return parser
 

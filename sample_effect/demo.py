@@ -1,23 +1,27 @@
-"""`sample-effect demo`: the main job end to end on built-in data, offline.
+"""`sample-effect demo`: the main job end to end on built-in data, offline, in a few minutes on CPU.
 
-Generates Knights-and-Knaves puzzles in three response styles (the SFT pool) and held-out
-puzzles (the target), prepares a model, ranks the pool by sample effect toward the held-out
-loss, and writes the ranked table, the top-k export and a short Markdown report.
+1. Generate Knights-and-Knaves puzzles: an SFT pool in three response styles (answer-only,
+   short-cot, long-cot), held-out target puzzles and held-out test puzzles.
+2. Rank the pool by sample effect toward the held-out target (minus the gradient of the loss
+   of the correct boxed answers), simulating one AdamW step with clipping per example.
+3. Fine-tune the base model briefly on the top-k examples and on random k (two seeds), and
+   measure held-out target loss and greedy test accuracy.
+4. Write effects.csv, top_k.jsonl, figures (PNG) and report.md.
 
-With `--model tiny` (the default) the model is a tiny GPT-2 with a tokenizer trained on the
-generated text and random weights; a trained tiny base model is planned (see the README's
-status). `--model PATH` scores a local checkpoint instead.
+The default model is the tiny Qwen2-style base model shipped in the package (built by
+scripts/build_tiny_base.py); `--model PATH|smollm2` uses another.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
+import pandas as pd
 
 from .errors import SampleEffectError
 
@@ -25,96 +29,169 @@ from .errors import SampleEffectError
 def add_demo_parser(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser("demo", help="run the main job end to end on generated Knights-and-Knaves data")
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
-    p.add_argument("--model", default="tiny", help="'tiny' (built here) or a local model directory")
-    p.add_argument("--n-pool", type=int, default=24, help="puzzles per style in the SFT pool (default 24)")
-    p.add_argument("--n-target", type=int, default=16, help="held-out target puzzles (default 16)")
-    p.add_argument("--top-k", type=int, default=10, help="examples to export (default 10)")
+    p.add_argument("--model", default="tiny", help="'tiny' (default, shipped), 'smollm2', or a local model directory")
+    p.add_argument("--n-pool", type=int, default=40, help="puzzles in the SFT pool, each in 3 styles (default 40)")
+    p.add_argument("--n-target", type=int, default=24, help="held-out target puzzles (default 24)")
+    p.add_argument("--n-test", type=int, default=24, help="held-out test puzzles for accuracy (default 24)")
+    p.add_argument("--top-k", type=int, default=24, help="examples selected for fine-tuning (default 24)")
+    p.add_argument("--epochs", type=float, default=3.0, help="fine-tuning epochs over the k examples (default 3)")
+    p.add_argument("--lr", type=float, default=5e-4, help="fine-tuning and simulated AdamW lr (default 5e-4)")
+    p.add_argument("--max-new-tokens", type=int, default=320, help="greedy generation limit for accuracy")
     p.add_argument("--seed", type=int, default=0)
     common(p)
     p.set_defaults(func=cmd_demo)
 
 
-def _kk_records(n: int, seed: int, styles: list[str], prefix: str) -> list[dict]:
+def kk_records(n: int, seed: int, styles: list[str], prefix: str) -> list[dict]:
+    """n puzzles (half 2-person, half 3-person) in each style; ids name the style."""
     from .kk import generate_puzzles, puzzle_record
 
     recs = []
-    for people in (2, 3):
-        for p in generate_puzzles(people, n // 2 or 1, seed=seed):
+    for people, count in ((2, n // 2), (3, n - n // 2)):
+        for p in generate_puzzles(people, count, seed=seed):
             for style in styles:
-                r = puzzle_record(p, style, seed=seed, id_prefix=f"{prefix}-{style}")
-                recs.append(r)
+                recs.append(puzzle_record(p, style, seed=seed, id_prefix=f"{prefix}-{style}"))
     return recs
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    import torch
+
     from .cli import write_table
     from .data import examples_from_records, export_examples, tokenize_examples
     from .effects import score_examples_result
     from .engine import ComputeConfig
     from .io import atomic_open
     from .kk import STYLES
-    from .models import load_model, prepare_model
+    from .models import load_model
     from .optim import UpdateConfig
+    from .plots import curves, effects_by_group
+    from .registry import resolve_model
+    from .rewards import get_reward
     from .targets import LossTarget
-    from .tiny import build_tiny_model, train_tokenizer
+    from .trainers import SFTConfig, train_sft
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    pool = _kk_records(args.n_pool, args.seed, list(STYLES), "pool")
-    target = _kk_records(args.n_target, args.seed + 1, ["answer-only"], "target")
-    for name, recs in (("pool.jsonl", pool), ("target.jsonl", target)):
+    say = (lambda *a: None) if args.quiet else (lambda *a: print("demo:", *a, flush=True))
+    # Seeds 10_000+ keep the demo's puzzles apart from the base model's pre-training corpus (seed 100).
+    base_seed = 10_000 + 3 * args.seed
+    pool = kk_records(args.n_pool, base_seed, list(STYLES), "pool")
+    target = kk_records(args.n_target, base_seed + 1, ["answer-only"], "target")
+    test = kk_records(args.n_test, base_seed + 2, ["answer-only"], "test")
+    for name, recs in (("pool.jsonl", pool), ("target.jsonl", target), ("test.jsonl", test)):
         with atomic_open(out / name) as f:
             f.writelines(json.dumps(r) + "\n" for r in recs)
-    if args.model == "tiny":
-        tokenizer = train_tokenizer([r["prompt"] + r["response"] for r in pool + target], vocab_size=1024)
-        model = prepare_model(build_tiny_model("gpt2", tokenizer, torch.float32, seed=args.seed, hidden=64, layers=2, max_len=2048))
-        model_desc = "tiny GPT-2 (random weights, tokenizer trained on the generated puzzles)"
-    else:
-        model, tokenizer = load_model(args.model, "float32")
-        model_desc = str(args.model)
-    examples = examples_from_records([(i + 1, r) for i, r in enumerate(pool)], "pool.jsonl")
-    target_ex = examples_from_records([(i + 1, r) for i, r in enumerate(target)], "target.jsonl")
-    tok_pool, _ = tokenize_examples(examples, tokenizer)
-    tok_target, _ = tokenize_examples(target_ex, tokenizer)
-    result = score_examples_result(
-        model, tokenizer, tok_pool, LossTarget(tok_target), UpdateConfig("adamw", lr=1e-4, clip=1.0),
-        compute=ComputeConfig(batch_size=8, progress=not args.quiet),
-    )
+    model_dir = resolve_model(args.model)
+    model, tok = load_model(model_dir, "float32")
+    examples = examples_from_records(list(enumerate(pool, 1)), "pool.jsonl")
+    tok_pool, _ = tokenize_examples(examples, tok)
+    tok_target, _ = tokenize_examples(examples_from_records(list(enumerate(target, 1)), "target.jsonl"), tok)
+    test_items = [(r["prompt"], r["answer"]) for r in test]
+    say(f"{len(examples)} pool examples, {len(tok_target)} target, {len(test_items)} test puzzles; model {args.model}")
+
+    update = UpdateConfig("adamw", lr=args.lr, clip=1.0, weight_decay=0.0)
+    result = score_examples_result(model, tok, tok_pool, LossTarget(tok_target), update,
+                                   compute=ComputeConfig(batch_size=8, progress=not args.quiet))
     table = result.table()
     table["style"] = table["id"].str.extract(r"^pool-(answer-only|short-cot|long-cot)-")[0]
     write_table(table, out / "effects.csv")
+    k = min(args.top_k, len(table))
     by_id = {ex.id: ex for ex in examples}
-    export_examples([by_id[i] for i in table["id"].head(args.top_k)], out / "top_k.jsonl")
+    export_examples([by_id[i] for i in table["id"].head(k)], out / "top_k.jsonl")
+    effects_by_group(table, "style", out / "effects_by_style.png", "Sample effect of K&K SFT examples by response style")
+    say(f"ranked in {time.perf_counter() - t0:.0f}s; fine-tuning on top-{k} vs random-{k}")
+
+    index = {ex.id: i for i, ex in enumerate(tok_pool)}
+    rng = random.Random(args.seed)
+    selections = {
+        f"top-{k}": list(table["id"].head(k)),
+        f"random-{k} (seed 0)": rng.sample(list(table["id"]), k),
+        f"random-{k} (seed 1)": rng.sample(list(table["id"]), k),
+        f"bottom-{k}": list(table["id"].tail(k)),
+    }
+    reward = get_reward("kk")
+    runs: dict[str, pd.DataFrame] = {}
+    steps = max(1, round(args.epochs * k / 4))
+    cfg = SFTConfig(lr=args.lr, batch_size=4, max_steps=steps, max_grad_norm=1.0, eval_every=max(1, steps // 4),
+                    seed=args.seed, eval_max_new_tokens=args.max_new_tokens)
+    for label, ids in selections.items():
+        fresh, _ = load_model(model_dir, "float32")
+        torch.manual_seed(args.seed)
+        runs[label] = train_sft(fresh, tok, [tok_pool[index[i]] for i in ids], cfg, eval_examples=tok_target,
+                                eval_prompts=test_items, reward=reward, progress=not args.quiet)
+        last = runs[label].iloc[-1]
+        say(f"{label}: target loss {last['eval_loss']:.3f}, test accuracy {last['eval_accuracy']:.3f}")
+    curves(runs, "step", "eval_loss", out / "selection_loss.png", f"Held-out target loss while fine-tuning on {k} examples",
+           "held-out answer loss (nats/token)")
+    curves(runs, "step", "eval_accuracy", out / "selection_accuracy.png", "Greedy test accuracy (K&K reward)", "accuracy")
+    summary = pd.DataFrame(
+        [{"selection": lab, "target_loss_start": df["eval_loss"].iloc[0], "target_loss_end": df["eval_loss"].iloc[-1],
+          "accuracy_start": df["eval_accuracy"].iloc[0], "accuracy_end": df["eval_accuracy"].iloc[-1],
+          "mean_effect": float(table.set_index("id").loc[selections[lab], "effect"].mean())} for lab, df in runs.items()]
+    )
+    write_table(summary, out / "selection.csv")
     per_style = table.groupby("style")["effect"].agg(["mean", "std", "count"]).sort_values("mean", ascending=False)
+    elapsed = time.perf_counter() - t0
+    write_report(out, args, table, per_style, summary, k, steps, elapsed, str(model_dir))
+    if per_style.empty:
+        raise SampleEffectError("demo produced no effects")
+    print(f"demo: done in {elapsed:.0f}s; report: {out / 'report.md'}")
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+def write_report(out: Path, args, table, per_style, summary, k, steps, elapsed, model_desc) -> None:  # type: ignore[no-untyped-def]
+    from .io import atomic_open
+
     lines = [
-        "# sample-effect demo",
+        "# sample-effect demo: which Knights-and-Knaves examples move the model?",
         "",
-        f"Model: {model_desc}. Pool: {len(examples)} Knights-and-Knaves examples "
-        f"({', '.join(STYLES)}); target: -grad of the mean loss on {len(target_ex)} held-out puzzles "
-        "(answer-only responses). Update: one AdamW step from a fresh state, clip 1.0.",
+        f"Model: `{model_desc}`. SFT pool: {len(table)} examples ({args.n_pool} puzzles with 2-3 people, each "
+        "written in three response styles). Target: the loss of the correct `\\boxed{...}` answers on "
+        f"{args.n_target} held-out puzzles; the sample effect of an example is the first-order drop of that "
+        "loss per unit learning rate after one AdamW step (fresh state, clip 1.0) on the example alone.",
         "",
-        "## Dataset effect per style (mean sample effect, larger = moves the target more)",
+        "## 1. Dataset effect per response style",
         "",
         "| style | mean effect | std | n |",
         "|---|---|---|---|",
         *[f"| {s} | {r['mean']:.4g} | {r['std']:.3g} | {int(r['count'])} |" for s, r in per_style.iterrows()],
         "",
-        f"## Top {min(args.top_k, len(table))} examples",
+        "![effects by style](effects_by_style.png)",
         "",
-        "| rank | id | effect | loss | response tokens |",
-        "|---|---|---|---|---|",
+        "## 2. Does the ranking pick data that helps?",
+        "",
+        f"Fine-tuning the base model for {steps} AdamW steps (batch 4, lr {args.lr}) on {k} examples chosen by "
+        "effect (top / bottom) or at random. Target loss is the held-out answer loss above; accuracy is greedy "
+        f"decoding on {args.n_test} other held-out puzzles under the K&K reward (finished, and the boxed roles "
+        "match).",
+        "",
+        "| selection | mean effect | target loss start -> end | accuracy start -> end |",
+        "|---|---|---|---|",
         *[
-            f"| {int(r['rank'])} | {r['id']} | {r['effect']:.4g} | {r['loss']:.3f} | {int(r['n_tokens'])} |"
-            for _, r in table.head(args.top_k).iterrows()
+            f"| {r['selection']} | {r['mean_effect']:.4g} | {r['target_loss_start']:.3f} -> {r['target_loss_end']:.3f} | "
+            f"{r['accuracy_start']:.3f} -> {r['accuracy_end']:.3f} |"
+            for _, r in summary.iterrows()
         ],
         "",
-        f"Files: effects.csv (all ranks), top_k.jsonl (the top {args.top_k} in input format), pool.jsonl, target.jsonl.",
-        f"Run time: {time.perf_counter() - t0:.1f} s.",
+        "![target loss](selection_loss.png)",
+        "",
+        "![accuracy](selection_accuracy.png)",
+        "",
+        f"## 3. Top {min(10, len(table))} examples",
+        "",
+        "| rank | id | style | effect | loss | response tokens |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {int(r['rank'])} | {r['id']} | {r['style']} | {r['effect']:.4g} | {r['loss']:.3f} | {int(r['n_tokens'])} |"
+            for _, r in table.head(10).iterrows()
+        ],
+        "",
+        f"Files: effects.csv (every example, ranked), top_k.jsonl (the top {k} in input format), selection.csv, "
+        "pool.jsonl, target.jsonl, test.jsonl, and the figures above.",
+        "",
+        f"Run time: {elapsed:.0f} s.",
     ]
     with atomic_open(out / "report.md") as f:
         f.write("\n".join(lines) + "\n")
-    if per_style.empty:
-        raise SampleEffectError("demo produced no effects")
-    print(f"demo: scored {len(table)} examples in {time.perf_counter() - t0:.1f}s; report: {out / 'report.md'}")
-    print(per_style.to_string())

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .data import TokenizedExample, pad_sequences
 from .errors import SampleEffectError
 from .kernels import per_sequence_grads
-from .losses import sft_sequence_loss
+from .losses import example_losses, sft_sequence_loss
 from .models import accumulation_dtype
 
 _UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -242,3 +242,21 @@ def iter_example_gradients(
             bar.update(len(part))
             if indices:
                 yield GradientBatch(indices, ex_grads, ex_losses)
+
+
+@torch.no_grad()
+def example_loss_values(
+    model: torch.nn.Module, examples: Sequence[TokenizedExample], batch_size: int = 16
+) -> torch.Tensor:
+    """Loss of every example (mean of its responses' SFT losses) by batched forward passes, no grad."""
+    check_lengths(model, examples)
+    flat = _flat_sequences(examples)
+    device = next(model.parameters()).device
+    seq_losses = []
+    for start in range(0, len(flat), batch_size):
+        part = flat[start : start + batch_size]
+        ids, mask = pad_sequences([s for _, s, _ in part], [r for _, _, r in part])
+        ids, mask = ids.to(device), mask.to(device)
+        seq_losses.append(sft_sequence_loss(model(input_ids=ids, use_cache=False).logits, ids, mask).double())
+    owners = torch.tensor([i for i, _, _ in flat], device=device)
+    return example_losses(torch.cat(seq_losses), owners, len(examples))

@@ -1,0 +1,130 @@
+"""Per-example engine cost, measured side by side in one run as ratios to the floor.
+
+The floor is one batched forward+backward of the mean loss on the same batch. Methods:
+`loop` (one backward per example, the naive oracle), and the engine's reference vmap path for
+`sgd`, `sgd_clip` and `adam` (AdamW from a fresh state). Peak memory is measured per method in a
+fresh subprocess (ru_maxrss). Writes JSON records:
+method, arch, params, batch, seq_len, median_s, ratio_to_floor, peak_mem_mb.
+
+    python benchmarks/per_example.py --quick --out benchmarks/results/per_example_quick.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+METHODS = ["floor", "loop", "sgd", "sgd_clip", "adam"]
+
+
+def build(arch: str, batch: int, seq: int):  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForCausalLM
+
+    from sample_effect.data import TokenizedExample
+    from sample_effect.models import prepare_model, select_parameters
+    from sample_effect.tiny import tiny_config
+
+    torch.manual_seed(0)
+    cfg = tiny_config(arch, vocab_size=4096, hidden=256, layers=4, heads=4, max_len=max(512, seq))
+    model = prepare_model(AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float())
+    params = select_parameters(model)
+    gen = torch.Generator().manual_seed(0)
+    exs = [TokenizedExample(f"e{i}", [torch.randint(0, 4096, (seq,), generator=gen)], [seq // 4]) for i in range(batch)]
+    target = {n: torch.randn(p.shape, generator=gen) for n, p in params.items()}
+    return model, params, exs, target
+
+
+def runner(method: str, model, params, exs, target):  # type: ignore[no-untyped-def]
+    from sample_effect.data import pad_sequences
+    from sample_effect.effects import compute_effects
+    from sample_effect.engine import ComputeConfig
+    from sample_effect.losses import sft_sequence_loss
+    from sample_effect.optim import UpdateConfig
+    from sample_effect.targets import TargetVector
+
+    ids, mask = pad_sequences([e.sequences[0] for e in exs], [e.response_starts[0] for e in exs])
+    leaves = list(params.values())
+    if method == "floor":
+        def run() -> None:
+            loss = sft_sequence_loss(model(input_ids=ids).logits, ids, mask).mean()
+            torch.autograd.grad(loss, leaves)
+    elif method == "loop":
+        def run() -> None:
+            for i in range(ids.shape[0]):
+                loss = sft_sequence_loss(model(input_ids=ids[i : i + 1]).logits, ids[i : i + 1], mask[i : i + 1])[0]
+                g = torch.autograd.grad(loss, leaves)
+                sum((a * target[n]).sum() for a, n in zip(g, params))
+    else:
+        cfg = {"sgd": UpdateConfig("sgd"), "sgd_clip": UpdateConfig("sgd", clip=1.0), "adam": UpdateConfig("adamw")}[method]
+        tv = TargetVector(target, "bench")
+        compute = ComputeConfig(batch_size=len(exs), memory_budget=None, progress=False)
+
+        def run() -> None:
+            compute_effects(model, params, exs, tv, cfg, compute=compute)
+    return run
+
+
+def time_it(run, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def worker(method: str, arch: str, batch: int, seq: int) -> None:
+    """Run one method once in this process and print its peak RSS (MB)."""
+    model, params, exs, target = build(arch, batch, seq)
+    runner(method, model, params, exs, target)()
+    print(json.dumps({"peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer cases and repeats (under 2 minutes)")
+    ap.add_argument("--out", default="benchmarks/results/per_example.json")
+    ap.add_argument("--worker", nargs=4, metavar=("METHOD", "ARCH", "BATCH", "SEQ"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        m, a, b, s = args.worker
+        worker(m, a, int(b), int(s))
+        return
+    torch.set_num_threads(torch.get_num_threads())
+    if args.quick:
+        cases, repeats = [("gpt2", 16, 32), ("qwen2", 16, 32), ("gpt2", 64, 32)], 3
+    else:
+        cases = [(a, b, s) for a in ("gpt2", "qwen2") for b in (16, 64) for s in (32, 128, 512)]
+        repeats = 5
+    records = []
+    for arch, batch, seq in cases:
+        model, params, exs, target = build(arch, batch, seq)
+        n_params = sum(p.numel() for p in params.values())
+        timings = {m: time_it(runner(m, model, params, exs, target), repeats) for m in METHODS}
+        for m in METHODS:
+            proc = subprocess.run([sys.executable, __file__, "--worker", m, arch, str(batch), str(seq)],
+                                  capture_output=True, text=True, check=True)
+            peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mem_mb"]
+            rec = {"method": m, "arch": arch, "params": n_params, "batch": batch, "seq_len": seq,
+                   "median_s": round(timings[m], 4), "ratio_to_floor": round(timings[m] / timings["floor"], 3),
+                   "peak_mem_mb": round(peak, 1)}
+            records.append(rec)
+            print(json.dumps(rec), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "quick": args.quick}
+    Path(args.out).write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

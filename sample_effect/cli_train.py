@@ -1,0 +1,192 @@
+"""CLI commands that train or sample: `train-sft`, `train-grpo`, `redistill`."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import SampleEffectError
+
+Common = Callable[[argparse.ArgumentParser], None]
+
+
+def _nonneg_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _clip_arg(text: str) -> float | None:
+    v = float(text)
+    return None if v == 0 else v
+
+
+def _out_dir(path: str, overwrite: bool) -> Path:
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise SampleEffectError(f"--out must be a directory, but {p} is a file")
+    if (p / "final").exists() and not overwrite:
+        raise SampleEffectError(f"{p} already holds a finished run (final/); pass --overwrite to replace it")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise SampleEffectError(f"output directory's parent does not exist: {parent}")
+    p.mkdir(exist_ok=True)
+    return p
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny", help="'tiny' (default), 'smollm2', or a local model directory")
+    p.add_argument("--dtype", default="float32", help="float32 (default), float64 or bfloat16")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_train_parsers(sub: argparse._SubParsersAction, common: Common) -> None:
+    """Register train-sft, train-grpo and redistill."""
+    p = sub.add_parser("train-sft", help="supervised fine-tuning with AdamW on response tokens",
+                       description="Fine-tune on SFT JSONL with the same loss the engine linearises.")
+    _model_args(p)
+    p.add_argument("--data", required=True, help="SFT JSONL")
+    p.add_argument("--eval-data", help="SFT JSONL for eval loss; lines with an 'answer' also give greedy accuracy")
+    p.add_argument("--reward", default="kk", help="reward for eval accuracy: kk, exact, boxed or module:function")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.csv)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--schedule", default="constant", help="constant or cosine (after linear warmup)")
+    p.add_argument("--warmup-steps", type=_nonneg_int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--max-grad-norm", type=_clip_arg, default=1.0, help="clip_grad_norm_ threshold (0 = off)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (overrides --epochs)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--eval-every", type=_nonneg_int, default=0, help="evaluate every k steps (0 = at the end only)")
+    p.add_argument("--eval-max-new-tokens", type=int, default=256)
+    p.add_argument("--save-every", type=_nonneg_int, default=0)
+    p.add_argument("--max-length", type=int, default=None)
+    common(p)
+    p.set_defaults(func=cmd_train_sft)
+
+    g = sub.add_parser("train-grpo", help="GRPO on prompts with a reward",
+                       description="GRPO with group-normalised advantages and the token-mean policy loss.")
+    _model_args(g)
+    g.add_argument("--prompts", required=True, help='RL JSONL: {"id", "prompt", "answer"}')
+    g.add_argument("--eval-prompts", help="RL JSONL for greedy test accuracy")
+    g.add_argument("--reward", default="kk")
+    g.add_argument("--out", required=True)
+    g.add_argument("--steps", type=int, default=10)
+    g.add_argument("--prompts-per-step", type=int, default=8)
+    g.add_argument("--group-size", type=int, default=8)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--inner-epochs", type=int, default=1)
+    g.add_argument("--clip-eps", type=float, default=0.2)
+    g.add_argument("--kl-coef", type=float, default=0.0)
+    g.add_argument("--lr", type=float, default=1e-5)
+    g.add_argument("--max-grad-norm", type=_clip_arg, default=1.0)
+    g.add_argument("--eval-every", type=_nonneg_int, default=0)
+    g.add_argument("--eval-max-new-tokens", type=int, default=256)
+    g.add_argument("--save-every", type=_nonneg_int, default=0)
+    common(g)
+    g.set_defaults(func=cmd_train_grpo)
+
+    r = sub.add_parser("redistill", help="sample a policy, keep correct completions as SFT data (optionally fine-tune)",
+                       description="Re-distillation: sample from a checkpoint (usually after RL), keep completions the "
+                       "reward accepts, write SFT JSONL, and optionally fine-tune a base model on it.")
+    _model_args(r)
+    r.add_argument("--prompts", required=True, help='RL JSONL: {"id", "prompt", "answer"}')
+    r.add_argument("--reward", default="kk")
+    r.add_argument("--out", required=True, help="SFT JSONL to write")
+    r.add_argument("--samples-per-prompt", type=int, default=1)
+    r.add_argument("--keep-per-prompt", type=int, default=1)
+    r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    r.add_argument("--max-new-tokens", type=int, default=256)
+    r.add_argument("--finetune", metavar="BASE", help="then fine-tune this base model on the kept data")
+    r.add_argument("--finetune-out", metavar="DIR", help="run directory for --finetune")
+    r.add_argument("--lr", type=float, default=1e-4)
+    r.add_argument("--epochs", type=float, default=2.0)
+    r.add_argument("--batch-size", type=int, default=8)
+    common(r)
+    r.set_defaults(func=cmd_redistill)
+
+
+def _load(spec: str, dtype: str):  # type: ignore[no-untyped-def]
+    from .models import load_model
+    from .registry import resolve_model
+
+    return load_model(resolve_model(spec), dtype)
+
+
+def cmd_train_sft(args: argparse.Namespace) -> None:
+    from .data import load_examples, tokenize_examples
+    from .rewards import get_reward
+    from .trainers import SFTConfig, train_sft
+
+    cfg = SFTConfig(
+        lr=args.lr, schedule=args.schedule, warmup_steps=args.warmup_steps, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm, epochs=args.epochs, max_steps=args.steps,
+        seed=args.seed, weight_decay=args.weight_decay, eval_every=args.eval_every,
+        eval_max_new_tokens=args.eval_max_new_tokens, save_every=args.save_every,
+    ).validate()
+    reward = get_reward(args.reward)
+    train_raw = load_examples(args.data)
+    eval_raw = load_examples(args.eval_data) if args.eval_data else None
+    out = _out_dir(args.out, args.overwrite)
+    model, tok = _load(args.model, args.dtype)
+    train, _ = tokenize_examples(train_raw, tok, args.max_length)
+    eval_ex = tokenize_examples(eval_raw, tok, args.max_length)[0] if eval_raw else None
+    prompts = [(e.prompt, str(e.records[0]["answer"])) for e in eval_raw or [] if e.prompt is not None and "answer" in e.records[0]]
+    metrics = train_sft(model, tok, train, cfg, out, eval_ex, prompts or None, reward, out / "metrics.csv", progress=not args.quiet)
+    last = metrics.iloc[-1].to_dict()
+    shown = ", ".join(f"{k} {last[k]:.4g}" for k in ("eval_loss", "eval_accuracy") if k in last)
+    print(f"trained {int(last['step'])} steps; {shown}; wrote {out / 'final'} and {out / 'metrics.csv'}")
+
+
+def cmd_train_grpo(args: argparse.Namespace) -> None:
+    from .rewards import get_reward
+    from .trainers import GRPOConfig, load_rl_prompts, train_grpo
+
+    cfg = GRPOConfig(
+        lr=args.lr, steps=args.steps, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
+        temperature=args.temperature, max_new_tokens=args.max_new_tokens, inner_epochs=args.inner_epochs,
+        clip_eps=args.clip_eps, kl_coef=args.kl_coef, max_grad_norm=args.max_grad_norm, eval_every=args.eval_every,
+        eval_max_new_tokens=args.eval_max_new_tokens, seed=args.seed, save_every=args.save_every,
+    ).validate()
+    reward = get_reward(args.reward)
+    prompts = load_rl_prompts(args.prompts)
+    evals = load_rl_prompts(args.eval_prompts) if args.eval_prompts else None
+    out = _out_dir(args.out, args.overwrite)
+    model, tok = _load(args.model, args.dtype)
+    m = train_grpo(model, tok, prompts, reward, cfg, out, evals, out / "metrics.csv", progress=not args.quiet)
+    zero = int(m["zero_variance_groups"].fillna(0).sum())
+    groups = int(m["groups"].fillna(0).sum())
+    print(f"GRPO: {cfg.steps} steps, mean reward {m['reward_mean'].mean():.3f}, zero-variance groups {zero}/{groups}; "
+          f"wrote {out / 'final'}, {out / 'metrics.csv'}, {out / 'replay'}")
+
+
+def cmd_redistill(args: argparse.Namespace) -> None:
+    from .io import check_output_path
+    from .rewards import get_reward
+    from .trainers import load_rl_prompts, redistill
+
+    check_output_path(args.out, args.overwrite)
+    if args.finetune and not args.finetune_out:
+        raise SampleEffectError("--finetune needs --finetune-out DIR")
+    reward = get_reward(args.reward)
+    prompts = load_rl_prompts(args.prompts)
+    model, tok = _load(args.model, args.dtype)
+    recs = redistill(model, tok, prompts, reward, args.out, args.samples_per_prompt, args.keep_per_prompt,
+                     args.temperature, args.max_new_tokens, args.seed, progress=not args.quiet)
+    print(f"kept {len(recs)} correct completions from {len(prompts)} prompts; wrote {args.out}")
+    if args.finetune:
+        if not recs:
+            raise SampleEffectError("no completion was accepted by the reward; nothing to fine-tune on")
+        from .data import examples_from_records, tokenize_examples
+        from .trainers import SFTConfig, train_sft
+
+        out = _out_dir(args.finetune_out, args.overwrite)
+        base, btok = _load(args.finetune, args.dtype)
+        train, _ = tokenize_examples(examples_from_records(list(enumerate(recs, 1)), args.out), btok)
+        cfg = SFTConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+        train_sft(base, btok, train, cfg, out, metrics_path=out / "metrics.csv", progress=not args.quiet)
+        print(f"fine-tuned {args.finetune} on them; wrote {out / 'final'}")
