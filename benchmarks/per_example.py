@@ -1,8 +1,8 @@
 """Per-example engine cost, measured side by side in one run as ratios to the floor.
 
 The floor is one batched forward+backward of the mean loss on the same batch. Methods:
-`loop` (one backward per example, the naive oracle), and the engine's reference vmap path for
-`sgd`, `sgd_clip` and `adam` (AdamW from a fresh state). Peak memory is measured per method in a
+`loop` (one backward per example, the naive oracle), the engine's reference vmap path for
+`sgd`, `sgd_clip` and `adam` (AdamW from a fresh state), and the forward-mode path `sgd_jvp`. Peak memory is measured per method in a
 fresh subprocess (ru_maxrss). Writes JSON records:
 method, arch, params, batch, seq_len, median_s, ratio_to_floor, peak_mem_mb.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-METHODS = ["floor", "loop", "sgd", "sgd_clip", "adam"]
+METHODS = ["floor", "loop", "sgd", "sgd_jvp", "sgd_clip", "adam"]
 
 
 def build(arch: str, batch: int, seq: int):  # type: ignore[no-untyped-def]
@@ -64,9 +64,11 @@ def runner(method: str, model, params, exs, target):  # type: ignore[no-untyped-
                 g = torch.autograd.grad(loss, leaves)
                 sum((a * target[n]).sum() for a, n in zip(g, params))
     else:
-        cfg = {"sgd": UpdateConfig("sgd"), "sgd_clip": UpdateConfig("sgd", clip=1.0), "adam": UpdateConfig("adamw")}[method]
+        cfg = {"sgd": UpdateConfig("sgd"), "sgd_jvp": UpdateConfig("sgd"), "sgd_clip": UpdateConfig("sgd", clip=1.0),
+               "adam": UpdateConfig("adamw")}[method]
         tv = TargetVector(target, "bench")
-        compute = ComputeConfig(batch_size=len(exs), memory_budget=None, progress=False)
+        compute = ComputeConfig(batch_size=len(exs), memory_budget=None, progress=False,
+                                method="jvp" if method == "sgd_jvp" else "vmap")
 
         def run() -> None:
             compute_effects(model, params, exs, tv, cfg, compute=compute)

@@ -64,6 +64,9 @@ def _add_rank(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=_positive_int, default=None, help="truncate sequences from the right to this many tokens")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="most sequences per vmap chunk (speed/memory only)")
     p.add_argument("--memory-budget", default="4GB", help="memory budget for one chunk, e.g. 4GB (default 4GB)")
+    p.add_argument("--method", default="vmap", choices=["vmap", "jvp"],
+                   help="engine path: vmap (reference, default) or jvp (forward-mode; SGD without --clip only, "
+                   "no grad_norm column values)")
     p.add_argument("--top-k", type=_positive_int, default=None, help="with --export: how many top examples to export")
     p.add_argument("--export", metavar="FILE.jsonl", help="write the top-k examples in the input's own format")
     _common(p)
@@ -130,7 +133,11 @@ def cmd_rank(args: argparse.Namespace) -> None:
     ).validate()
     if args.optimizer_state and update.optimizer == "sgd":
         raise SampleEffectError("--optimizer-state holds Adam moments; use --optimizer adam or adamw with it")
-    compute = ComputeConfig(batch_size=args.batch_size, memory_budget=parse_bytes(args.memory_budget), progress=not args.quiet)
+    compute = ComputeConfig(
+        batch_size=args.batch_size, memory_budget=parse_bytes(args.memory_budget), progress=not args.quiet, method=args.method
+    )
+    if args.method == "jvp" and (update.optimizer != "sgd" or update.clip is not None):
+        raise SampleEffectError("--method jvp computes SGD effects without --clip only")
 
     t0 = time.perf_counter()
     examples = load_examples(args.data)

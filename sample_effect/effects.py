@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 
 from .data import Example, TokenizedExample, tokenize_examples
-from .engine import ComputeConfig, iter_example_gradients
+from .engine import ComputeConfig, iter_example_directional, iter_example_gradients
 from .errors import SampleEffectError
-from .models import select_parameters
+from .models import accumulation_dtype, select_parameters
 from .optim import (
     OptimizerState,
     UpdateConfig,
@@ -84,12 +84,35 @@ def compute_effects(
     first-order change of the target after one step at lr is lr * e(s).
     """
     update.validate()
+    compute = compute or ComputeConfig()
     state = state or OptimizerState()
     n = len(examples)
     effect = np.full(n, np.nan)
     loss = np.full(n, np.nan)
     gnorm = np.full(n, np.nan)
     hypers = {name: state.hyper(name, update) for name in params}
+    if compute.method == "jvp":
+        _jvp_effects(model, params, examples, target, update, hypers, compute, effect, loss)
+    elif compute.method == "vmap":
+        _vmap_effects(model, params, examples, target, update, hypers, state, compute, effect, loss, gnorm)
+    else:
+        raise SampleEffectError(f"unknown engine method '{compute.method}'; choose vmap or jvp")
+    bad = [examples[i].id for i in np.flatnonzero(~np.isfinite(effect))]
+    if bad:
+        log.warning("%d example(s) have a non-finite effect (ranked last), e.g. id '%s'", len(bad), bad[0])
+    return EffectResult(
+        ids=[ex.id for ex in examples],
+        effect=effect,
+        loss=loss,
+        grad_norm=gnorm,
+        n_tokens=np.array([ex.n_tokens for ex in examples]),
+        n_responses=np.array([ex.n_responses for ex in examples]),
+        target=target,
+    )
+
+
+def _vmap_effects(model, params, examples, target, update, hypers, state, compute, effect, loss, gnorm) -> None:  # type: ignore[no-untyped-def]
+    """Reference path: per-example gradients, clipping, the simulated step, then <d(s), G> layer by layer."""
     for batch in iter_example_gradients(model, params, examples, compute):
         sq = sum((g.flatten(1) ** 2).sum(1) for g in batch.grads.values())
         coef = clip_coefficients(sq, update.clip)
@@ -104,18 +127,20 @@ def compute_effects(
         effect[batch.indices] = total.double().cpu().numpy()
         loss[batch.indices] = batch.losses.double().cpu().numpy()
         gnorm[batch.indices] = sq.sqrt().double().cpu().numpy()
-    bad = [examples[i].id for i in np.flatnonzero(~np.isfinite(effect))]
-    if bad:
-        log.warning("%d example(s) have a non-finite effect (ranked last), e.g. id '%s'", len(bad), bad[0])
-    return EffectResult(
-        ids=[ex.id for ex in examples],
-        effect=effect,
-        loss=loss,
-        grad_norm=gnorm,
-        n_tokens=np.array([ex.n_tokens for ex in examples]),
-        n_responses=np.array([ex.n_responses for ex in examples]),
-        target=target,
+
+
+def _jvp_effects(model, params, examples, target, update, hypers, compute, effect, loss) -> None:  # type: ignore[no-untyped-def]
+    """SGD without clipping: e(s) = -<g(s), G> - wd <theta, G>, by forward-mode AD (no grad norms)."""
+    if update.optimizer != "sgd" or update.clip is not None:
+        raise SampleEffectError("the jvp method computes SGD effects without clipping only; use --method vmap")
+    decay = sum(
+        hypers[n].weight_decay * float((params[n].detach().to(target.vector[n].dtype) * target.vector[n]).sum())
+        for n in params
+        if hypers[n].weight_decay
     )
+    for idx, dots, losses in iter_example_directional(model, params, examples, target.vector, compute):
+        effect[idx] = (-dots.double() - decay).cpu().numpy()
+        loss[idx] = losses.double().cpu().numpy()
 
 
 def score_examples(
@@ -170,8 +195,6 @@ def score_examples_result(
         if update.optimizer == "sgd":
             raise SampleEffectError("--optimizer-state holds Adam moments; use --optimizer adam or adamw with it")
         dtype = next(iter(chosen.values())).dtype
-        from .models import accumulation_dtype
-
         state = load_optimizer_state(
             optimizer_state, chosen, accumulation_dtype(dtype), model_names={n for n, _ in model.named_parameters()}
         )

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .data import TokenizedExample, pad_sequences
 from .errors import SampleEffectError
-from .kernels import per_sequence_grads
+from .kernels import per_sequence_directional, per_sequence_grads
 from .losses import example_losses, sft_sequence_loss
 from .models import accumulation_dtype
 
@@ -52,6 +52,7 @@ class ComputeConfig:
     batch_size: int = 16
     memory_budget: int | str | None = "4GB"
     progress: bool = True
+    method: str = "vmap"  # "vmap" (reference) or "jvp" (SGD without clipping; no grad norms)
 
     def budget_bytes(self) -> int | None:
         return parse_bytes(self.memory_budget)
@@ -260,3 +261,47 @@ def example_loss_values(
         seq_losses.append(sft_sequence_loss(model(input_ids=ids, use_cache=False).logits, ids, mask).double())
     owners = torch.tensor([i for i, _, _ in flat], device=device)
     return example_losses(torch.cat(seq_losses), owners, len(examples))
+
+
+def iter_example_directional(
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    examples: Sequence[TokenizedExample],
+    direction: Mapping[str, torch.Tensor],
+    compute: ComputeConfig | None = None,
+    desc: str = "directional derivatives",
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Yield (example indices, <g(s), direction>, loss) chunk by chunk with forward-mode AD.
+
+    No per-example gradient is formed; a chunk holds whole examples (all their responses).
+    """
+    compute = compute or ComputeConfig()
+    check_lengths(model, examples)
+    flat = _flat_sequences(examples)
+    if not flat:
+        raise SampleEffectError("the dataset is empty")
+    cap = plan_chunk(model, params, max(int(s.shape[0]) for _, s, _ in flat), compute)
+    consts = split_parameters(model, params)
+    first_param = next(iter(params.values()))
+    acc = accumulation_dtype(first_param.dtype)
+    device = first_param.device
+    i = 0
+    with tqdm(total=len(flat), desc=desc, unit="seq", disable=not compute.progress, leave=False) as bar:
+        while i < len(examples):
+            j, n_seq = i, 0
+            while j < len(examples) and (j == i or n_seq + examples[j].n_responses <= cap):
+                n_seq += examples[j].n_responses
+                j += 1
+            part = [(k, s, r) for k in range(i, j) for s, r in zip(examples[k].sequences, examples[k].response_starts)]
+            ids, mask = pad_sequences([s for _, s, _ in part], [r for _, _, r in part])
+            losses, dots = per_sequence_directional(
+                model, params, consts, ids.to(device), mask.to(device), sft_sequence_loss, direction
+            )
+            owners = torch.tensor([k - i for k, _, _ in part], device=device)
+            yield (
+                list(range(i, j)),
+                example_losses(dots.to(acc), owners, j - i),
+                example_losses(losses.to(acc), owners, j - i),
+            )
+            bar.update(len(part))
+            i = j

