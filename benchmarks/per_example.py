@@ -3,8 +3,9 @@
 The floor is one batched forward+backward of the mean loss on the same batch. Methods:
 `loop` (one backward per example, the naive oracle), the engine's reference vmap path for
 `sgd`, `sgd_clip` and `adam` (AdamW from a fresh state), and the forward-mode path `sgd_jvp`. Peak memory is measured per method in a
-fresh subprocess (ru_maxrss). Writes JSON records:
-method, arch, params, batch, seq_len, median_s, ratio_to_floor, peak_mem_mb.
+fresh subprocess: its RSS high-water mark during the method (peak_mem_mb) and that minus the RSS
+before it (extra_mem_mb). Writes JSON records:
+method, arch, params, batch, seq_len, median_s, ratio_to_floor, peak_mem_mb, extra_mem_mb.
 
     python benchmarks/per_example.py --quick --out benchmarks/results/per_example_quick.json
 """
@@ -85,11 +86,30 @@ def time_it(run, repeats: int) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(times)
 
 
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def worker(method: str, arch: str, batch: int, seq: int) -> None:
-    """Run one method once in this process and print its peak RSS (MB)."""
+    """Run one method in this process; print its peak RSS and the RSS before it (MB).
+
+    The peak is reset after imports and set-up (Linux: writing 5 to /proc/self/clear_refs), so it
+    is the method's own high-water mark; elsewhere ru_maxrss (whole-process peak) is reported.
+    """
     model, params, exs, target = build(arch, batch, seq)
-    runner(method, model, params, exs, target)()
-    print(json.dumps({"peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    run = runner(method, model, params, exs, target)
+    base = _status_mb("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        reset = True
+    except OSError:
+        reset = False
+    run()
+    peak = _status_mb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_mem_mb": peak, "base_mem_mb": base}))
 
 
 def main() -> None:
@@ -116,10 +136,11 @@ def main() -> None:
         for m in METHODS:
             proc = subprocess.run([sys.executable, __file__, "--worker", m, arch, str(batch), str(seq)],
                                   capture_output=True, text=True, check=True)
-            peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mem_mb"]
+            mem = json.loads(proc.stdout.strip().splitlines()[-1])
             rec = {"method": m, "arch": arch, "params": n_params, "batch": batch, "seq_len": seq,
                    "median_s": round(timings[m], 4), "ratio_to_floor": round(timings[m] / timings["floor"], 3),
-                   "peak_mem_mb": round(peak, 1)}
+                   "peak_mem_mb": round(mem["peak_mem_mb"], 1),
+                   "extra_mem_mb": round(mem["peak_mem_mb"] - mem["base_mem_mb"], 1)}
             records.append(rec)
             print(json.dumps(rec), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

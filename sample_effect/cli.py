@@ -68,6 +68,9 @@ def _add_rank(sub: argparse._SubParsersAction) -> None:
                    help="engine path: vmap (reference, default) or jvp (forward-mode; SGD without --clip only, "
                    "no grad_norm column values)")
     p.add_argument("--top-k", type=_positive_int, default=None, help="with --export: how many top examples to export")
+    from .cli_train import add_lora_args
+
+    add_lora_args(p)
     p.add_argument("--export", metavar="FILE.jsonl", help="write the top-k examples in the input's own format")
     _common(p)
     p.set_defaults(func=cmd_rank)
@@ -104,13 +107,12 @@ def cmd_kk(args: argparse.Namespace) -> None:
 
 def cmd_rank(args: argparse.Namespace) -> None:
     """`sample-effect rank`: load, score, rank, write."""
+    from .cli_train import load_for_cli
     from .data import load_examples, tokenize_examples
     from .effects import score_examples_result
     from .engine import ComputeConfig, parse_bytes
     from .io import check_output_path
-    from .models import load_model
     from .optim import UpdateConfig
-    from .registry import resolve_model
     from .targets import DirectionTarget, LossTarget, SelfTarget
 
     out = Path(args.out)
@@ -142,7 +144,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     examples = load_examples(args.data)
     target_examples = load_examples(args.target_data) if args.target_data else None
-    model, tokenizer = load_model(resolve_model(args.model), args.dtype)
+    model, tokenizer = load_for_cli(args)
     tokenized, report = tokenize_examples(examples, tokenizer, args.max_length)
     if report.n_truncated:
         log.warning("%d sequence(s) of --data truncated to --max-length %d", report.n_truncated, args.max_length)

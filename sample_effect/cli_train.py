@@ -36,10 +36,19 @@ def _out_dir(path: str, overwrite: bool) -> Path:
     return p
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help="'tiny' (default), 'smollm2', or a local model directory")
+def _model_args(p: argparse.ArgumentParser, lora: bool = True) -> None:
+    p.add_argument("--model", default="tiny", help="'tiny' (default), 'smollm2', a local model or adapter directory")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or bfloat16")
     p.add_argument("--seed", type=int, default=0)
+    if lora:
+        add_lora_args(p)
+
+
+def add_lora_args(p: argparse.ArgumentParser) -> None:
+    """--lora-r/--lora-alpha/--lora-targets: wrap the model with fresh LoRA adapters (needs peft)."""
+    p.add_argument("--lora-r", type=int, default=None, help="wrap the model with LoRA adapters of this rank (needs peft)")
+    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default 2 * r)")
+    p.add_argument("--lora-targets", default=None, help="comma-separated module names (default: PEFT's per-architecture choice)")
 
 
 def add_train_parsers(sub: argparse._SubParsersAction, common: Common) -> None:
@@ -93,7 +102,7 @@ def add_train_parsers(sub: argparse._SubParsersAction, common: Common) -> None:
     r = sub.add_parser("redistill", help="sample a policy, keep correct completions as SFT data (optionally fine-tune)",
                        description="Re-distillation: sample from a checkpoint (usually after RL), keep completions the "
                        "reward accepts, write SFT JSONL, and optionally fine-tune a base model on it.")
-    _model_args(r)
+    _model_args(r, lora=False)
     r.add_argument("--prompts", required=True, help='RL JSONL: {"id", "prompt", "answer"}')
     r.add_argument("--reward", default="kk")
     r.add_argument("--out", required=True, help="SFT JSONL to write")
@@ -110,11 +119,18 @@ def add_train_parsers(sub: argparse._SubParsersAction, common: Common) -> None:
     r.set_defaults(func=cmd_redistill)
 
 
-def _load(spec: str, dtype: str):  # type: ignore[no-untyped-def]
+def load_for_cli(args: argparse.Namespace, spec: str | None = None):  # type: ignore[no-untyped-def]
+    """Load --model (or `spec`), wrapped with LoRA when --lora-r is given."""
     from .models import load_model
     from .registry import resolve_model
 
-    return load_model(resolve_model(spec), dtype)
+    model, tok = load_model(resolve_model(spec or args.model), args.dtype)
+    if getattr(args, "lora_r", None) and spec is None:
+        from .lora import apply_lora
+
+        targets = [t for t in args.lora_targets.split(",") if t] if args.lora_targets else None
+        model = apply_lora(model, args.lora_r, args.lora_alpha, targets)
+    return model, tok
 
 
 def cmd_train_sft(args: argparse.Namespace) -> None:
@@ -132,7 +148,7 @@ def cmd_train_sft(args: argparse.Namespace) -> None:
     train_raw = load_examples(args.data)
     eval_raw = load_examples(args.eval_data) if args.eval_data else None
     out = _out_dir(args.out, args.overwrite)
-    model, tok = _load(args.model, args.dtype)
+    model, tok = load_for_cli(args)
     train, _ = tokenize_examples(train_raw, tok, args.max_length)
     eval_ex = tokenize_examples(eval_raw, tok, args.max_length)[0] if eval_raw else None
     prompts = [(e.prompt, str(e.records[0]["answer"])) for e in eval_raw or [] if e.prompt is not None and "answer" in e.records[0]]
@@ -156,7 +172,7 @@ def cmd_train_grpo(args: argparse.Namespace) -> None:
     prompts = load_rl_prompts(args.prompts)
     evals = load_rl_prompts(args.eval_prompts) if args.eval_prompts else None
     out = _out_dir(args.out, args.overwrite)
-    model, tok = _load(args.model, args.dtype)
+    model, tok = load_for_cli(args)
     m = train_grpo(model, tok, prompts, reward, cfg, out, evals, out / "metrics.csv", progress=not args.quiet)
     zero = int(m["zero_variance_groups"].fillna(0).sum())
     groups = int(m["groups"].fillna(0).sum())
@@ -174,7 +190,7 @@ def cmd_redistill(args: argparse.Namespace) -> None:
         raise SampleEffectError("--finetune needs --finetune-out DIR")
     reward = get_reward(args.reward)
     prompts = load_rl_prompts(args.prompts)
-    model, tok = _load(args.model, args.dtype)
+    model, tok = load_for_cli(args)
     recs = redistill(model, tok, prompts, reward, args.out, args.samples_per_prompt, args.keep_per_prompt,
                      args.temperature, args.max_new_tokens, args.seed, progress=not args.quiet)
     print(f"kept {len(recs)} correct completions from {len(prompts)} prompts; wrote {args.out}")
@@ -185,7 +201,7 @@ def cmd_redistill(args: argparse.Namespace) -> None:
         from .trainers import SFTConfig, train_sft
 
         out = _out_dir(args.finetune_out, args.overwrite)
-        base, btok = _load(args.finetune, args.dtype)
+        base, btok = load_for_cli(args, args.finetune)
         train, _ = tokenize_examples(examples_from_records(list(enumerate(recs, 1)), args.out), btok)
         cfg = SFTConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
         train_sft(base, btok, train, cfg, out, metrics_path=out / "metrics.csv", progress=not args.quiet)

@@ -79,6 +79,9 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype = "float32", de
     """Load a causal LM and its tokenizer from a local directory, ready for per-example maths."""
     from transformers import AutoModelForCausalLM
 
+    p = Path(path)
+    if (p / "adapter_config.json").exists() and not (p / "config.json").exists():
+        return _load_adapter_dir(p, dtype, device)
     p = check_model_dir(path)
     torch_dtype = parse_dtype(dtype)
     quiet_hf_progress()
@@ -89,6 +92,21 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype = "float32", de
         raise SampleEffectError(f"could not load a causal LM from {p}: {str(exc).splitlines()[0]}") from None
     prepare_model(model)
     return model.to(device), tokenizer
+
+
+def _load_adapter_dir(p: Path, dtype: str | torch.dtype, device: str | torch.device) -> tuple[torch.nn.Module, Any]:
+    """A PEFT adapter directory: load its base model (adapter_config's base path), then the adapter."""
+    import json
+
+    from .lora import load_adapter
+
+    base_path = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base_path or not Path(base_path).is_dir():
+        raise SampleEffectError(f"{p}: adapter_config.json names no local base model directory ({base_path!r})")
+    base, tokenizer = load_model(base_path, dtype, device)
+    if (p / "tokenizer_config.json").exists():
+        tokenizer = load_tokenizer(p)
+    return prepare_model(load_adapter(str(p), base)).to(device), tokenizer
 
 
 def prepare_model(model: torch.nn.Module) -> torch.nn.Module:

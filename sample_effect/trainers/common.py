@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -55,9 +56,16 @@ def save_checkpoint(
     from ..models import quiet_hf_progress
 
     quiet_hf_progress()
+    from ..lora import is_peft
+
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(p))
+    if is_peft(model):  # the adapter in adapter/, the merged model at the top as a plain checkpoint
+        model.save_pretrained(str(p / "adapter"))
+        tokenizer.save_pretrained(str(p / "adapter"))
+        copy.deepcopy(model).merge_and_unload().save_pretrained(str(p))
+    else:
+        model.save_pretrained(str(p))
     tokenizer.save_pretrained(str(p))
     with atomic_path(p / "optimizer.pt") as tmp:
         torch.save({"optimizer": opt.state_dict(), "param_names": list(names)}, tmp)
