@@ -206,10 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_rank(sub)
     _add_kk(sub)
-    from .cli_train import add_train_parsers
+    from .cli_train import add_train_parsers, add_validate_parser
     from .demo import add_demo_parser
 
     add_train_parsers(sub, _common)
+    add_validate_parser(sub, _common)
     add_demo_parser(sub, _common)
     return parser
 

@@ -206,3 +206,56 @@ def cmd_redistill(args: argparse.Namespace) -> None:
         cfg = SFTConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
         train_sft(base, btok, train, cfg, out, metrics_path=out / "metrics.csv", progress=not args.quiet)
         print(f"fine-tuned {args.finetune} on them; wrote {out / 'final'}")
+
+
+def add_validate_parser(sub: argparse._SubParsersAction, common: Common) -> None:
+    """`validate linearization`: predicted vs actual one-step changes over an lr sweep."""
+    v = sub.add_parser("validate", help="check the first-order predictions against real optimiser steps",
+                       description="linearization: for each example, one real optimiser step on it alone at each lr, "
+                       "the actual drop of the target loss against lr * e(s); Pearson / Spearman per lr, CSV, JSON, PNG.")
+    v.add_argument("check", choices=["linearization"])
+    _model_args(v, lora=False)
+    v.add_argument("--data", required=True, help="SFT JSONL of examples to step on")
+    v.add_argument("--target-data", required=True, help="SFT JSONL whose mean loss is the target")
+    v.add_argument("--out", required=True, help="output directory")
+    v.add_argument("--lrs", default="1e-6,1e-5,1e-4,1e-3", help="comma-separated learning rates")
+    v.add_argument("--optimizer", default="sgd")
+    v.add_argument("--clip", type=float, default=None)
+    v.add_argument("--weight-decay", type=float, default=None)
+    v.add_argument("--params", default=None, metavar="REGEX")
+    v.add_argument("--max-length", type=int, default=None)
+    common(v)
+    v.set_defaults(func=cmd_validate)
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    import json
+
+    from .data import load_examples, tokenize_examples
+    from .io import atomic_open
+    from .models import select_parameters
+    from .optim import UpdateConfig
+    from .validation import linearization_check, plot_linearization
+
+    try:
+        lrs = [float(x) for x in args.lrs.split(",") if x.strip()]
+    except ValueError:
+        raise SampleEffectError(f"--lrs must be comma-separated numbers, got '{args.lrs}'") from None
+    update = UpdateConfig(args.optimizer.lower(), clip=args.clip, weight_decay=args.weight_decay).validate()
+    data, target = load_examples(args.data), load_examples(args.target_data)
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise SampleEffectError(f"output directory's parent does not exist: {out.parent}")
+    out.mkdir(exist_ok=True)
+    model, tok = load_for_cli(args)
+    exs, _ = tokenize_examples(data, tok, args.max_length)
+    tgt, _ = tokenize_examples(target, tok, args.max_length)
+    res = linearization_check(model, select_parameters(model, args.params), exs, tgt, update, lrs)
+    from .cli import write_table
+
+    write_table(res.rows, out / "linearization.csv")
+    with atomic_open(out / "linearization.json") as f:
+        json.dump({"optimizer": update.optimizer, "clip": update.clip, "summary": res.summary.to_dict("records")}, f, indent=2)
+    plot_linearization(res, str(out / "linearization.png"))
+    print(res.summary.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(f"wrote {out / 'linearization.csv'}, {out / 'linearization.json'}, {out / 'linearization.png'}")
