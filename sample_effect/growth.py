@@ -1,0 +1,105 @@
+"""Growth-rate terms of the SDE view (DESIGN.md section 1): positive effect and noise effect.
+
+One optimiser step on a batch B of b examples moves a target objective T by, to second order,
+
+    lr <E d, grad T> + (lr^2 / 2) E[ dbar_B^T H_T dbar_B ],   E[...] = dbar^T H dbar + tr(H_T Sigma) / b,
+
+with d the per-example update per unit lr, H_T the Hessian of T and Sigma the covariance of d
+over examples. The first term is the positive effect lr * E(D); the noise effect is
+(lr^2 / 2b) tr(H_T Sigma). For a loss target T = -L_target, so H_T = -H_L; for a fixed direction
+T is linear and its noise effect is zero.
+
+This module estimates tr(H_T Sigma) = E_i[(d_i - dbar)^T H_T (d_i - dbar)] * n / (n - 1) with one
+Hessian-vector product (forward-over-reverse, `torch.func.jvp` of `torch.func.grad`) per centred
+per-example update, for SGD (optionally clipped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call, grad, jvp
+
+from .data import TokenizedExample, pad_sequences
+from .engine import ComputeConfig, iter_example_gradients, split_parameters
+from .errors import SampleEffectError
+from .losses import sft_sequence_loss
+from .optim import OptimizerState, UpdateConfig, clip_coefficients, update_per_lr
+
+
+@dataclass
+class NoiseEffect:
+    """tr(H_T Sigma) with its standard error, and the per-step noise effect for (lr, batch size)."""
+
+    trace: float
+    stderr: float
+    n: int
+
+    def per_step(self, lr: float, batch_size: int) -> float:
+        """(lr^2 / 2b) tr(H_T Sigma): the expected per-step change of T caused by gradient noise."""
+        return lr * lr / (2 * batch_size) * self.trace
+
+
+def target_loss_hvp(
+    model: torch.nn.Module, params: Mapping[str, torch.Tensor], target: Sequence[TokenizedExample]
+):  # type: ignore[no-untyped-def]
+    """A function v -> H_L v, the Hessian of the mean target loss times v (all target sequences in one batch)."""
+    consts = split_parameters(model, params)
+    flat = [(i, s, r) for i, ex in enumerate(target) for s, r in zip(ex.sequences, ex.response_starts)]
+    ids, mask = pad_sequences([s for _, s, _ in flat], [r for _, _, r in flat])
+    device = next(iter(params.values())).device
+    ids, mask = ids.to(device), mask.to(device)
+    w = torch.tensor([1.0 / (target[i].n_responses * len(target)) for i, _, _ in flat], device=device)
+    primal = {n: p.detach() for n, p in params.items()}
+
+    def loss(p: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        logits = functional_call(model, {**consts, **p}, args=(), kwargs={"input_ids": ids, "use_cache": False}).logits
+        seq = sft_sequence_loss(logits, ids, mask)
+        return (seq * w.to(seq.dtype)).sum()
+
+    def hvp(v: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        tangent = {n: v[n].to(primal[n].dtype) for n in primal}
+        return jvp(grad(loss), (primal,), (tangent,))[1]
+
+    return hvp
+
+
+def noise_effect_loss_target(
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    examples: Sequence[TokenizedExample],
+    target: Sequence[TokenizedExample],
+    update: UpdateConfig,
+    compute: ComputeConfig | None = None,
+) -> NoiseEffect:
+    """tr(H_T Sigma) for T = -(mean target loss) and per-example SGD updates (clipping honoured)."""
+    update.validate()
+    if update.optimizer != "sgd":
+        raise SampleEffectError("the Hessian noise-effect estimator covers SGD; Adam needs the Monte Carlo estimator")
+    if len(examples) < 2:
+        raise SampleEffectError("the noise effect needs at least 2 examples")
+    state = OptimizerState()
+    hypers = {n: state.hyper(n, update) for n in params}
+    updates: list[dict[str, torch.Tensor]] = []
+    for batch in iter_example_gradients(model, params, examples, compute):
+        sq = sum((g.flatten(1) ** 2).sum(1) for g in batch.grads.values())
+        coef = clip_coefficients(sq, update.clip)
+        d = {
+            n: update_per_lr(g * coef.view(-1, *([1] * (g.dim() - 1))), params[n].detach().to(g.dtype), update, hypers[n])
+            for n, g in batch.grads.items()
+        }
+        updates += [{n: t[k] for n, t in d.items()} for k in range(len(batch.indices))]
+    n = len(updates)
+    mean = {k: sum(u[k] for u in updates) / n for k in params}
+    hvp = target_loss_hvp(model, params, target)
+    quads = []
+    for u in updates:
+        c = {k: u[k] - mean[k] for k in params}
+        hc = hvp(c)
+        quads.append(-float(sum((c[k] * hc[k].to(c[k].dtype)).sum() for k in params)))  # H_T = -H_L
+    q = torch.tensor(quads, dtype=torch.float64)
+    trace = float(q.sum() / (n - 1))
+    stderr = float(q.std(unbiased=True) * n / (n - 1) / n**0.5) if n > 2 else float("nan")
+    return NoiseEffect(trace=trace, stderr=stderr, n=n)
