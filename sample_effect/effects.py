@@ -31,7 +31,7 @@ from .targets import Target, TargetVector, resolve_target
 
 log = logging.getLogger("sample_effect")
 
-COLUMNS = ["id", "rank", "effect", "loss", "n_tokens", "n_responses", "grad_norm"]
+COLUMNS = ["id", "rank", "effect", "loss", "n_tokens", "n_responses", "grad_norm", "flag"]
 
 
 @dataclass
@@ -56,6 +56,7 @@ class EffectResult:
                 "n_tokens": self.n_tokens,
                 "n_responses": self.n_responses,
                 "grad_norm": self.grad_norm,
+                "flag": np.where(np.isfinite(self.effect) & np.isfinite(self.loss), "", "nonfinite"),
             }
         )
         return rank_table(df)
@@ -87,6 +88,8 @@ def compute_effects(
     compute = compute or ComputeConfig()
     state = state or OptimizerState()
     n = len(examples)
+    if not all(bool(torch.isfinite(v).all()) for v in target.vector.values()):
+        raise SampleEffectError(f"the target direction '{target.kind}' contains NaN or Inf; nothing can be ranked against it")
     effect = np.full(n, np.nan)
     loss = np.full(n, np.nan)
     gnorm = np.full(n, np.nan)
@@ -98,8 +101,10 @@ def compute_effects(
     else:
         raise SampleEffectError(f"unknown engine method '{compute.method}'; choose vmap or jvp")
     bad = [examples[i].id for i in np.flatnonzero(~np.isfinite(effect))]
+    if bad and len(bad) == n:
+        raise SampleEffectError("every effect is NaN or Inf; check the model weights and the data")
     if bad:
-        log.warning("%d example(s) have a non-finite effect (ranked last), e.g. id '%s'", len(bad), bad[0])
+        log.warning("%d example(s) have a non-finite effect (flagged, ranked last), e.g. id '%s'", len(bad), bad[0])
     return EffectResult(
         ids=[ex.id for ex in examples],
         effect=effect,

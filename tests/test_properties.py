@@ -67,3 +67,27 @@ def test_duplicates_get_identical_effects_and_order_does_not_matter(setup, token
     np.testing.assert_allclose(b.loc[a.index, "effect"], a["effect"], rtol=1e-10)
     ties = {"t0", "dup"}  # equal effects: their order follows the input, everything else must not move
     assert [i for i in a.index if i not in ties] == [i for i in b.index if i not in ties]
+
+
+def test_nonfinite_examples_are_flagged_and_ranked_last(model_dirs, tokenizer, caplog):
+    from collections import Counter
+
+    from sample_effect import SampleEffectError
+
+    model, tok = load_model(model_dirs["llama"], "float64")  # untied embeddings
+    params = select_parameters(model)
+    exs, _ = tokenize_examples(examples_from_records(list(enumerate(TRAIN, 1))), tok)
+    counts = Counter(t for ex in exs for s in ex.sequences for t in set(s.tolist()))
+    owner = {t: ex.id for ex in exs for s in ex.sequences for t in s.tolist()}
+    token = next(t for t, c in counts.items() if c == 1)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[token] = float("nan")
+    g = TargetVector(random_target(params, 1), "t")
+    res = compute_effects(model, params, exs, g, UpdateConfig("sgd"), compute=COMPUTE)
+    table = res.table()
+    bad = table[table["flag"] == "nonfinite"]
+    assert list(bad["id"]) == [owner[token]] and int(bad["rank"].iloc[0]) == len(table)
+    assert "non-finite effect" in caplog.text and owner[token] in caplog.text
+    nan_target = TargetVector({n: torch.full_like(v, float("nan")) for n, v in g.vector.items()}, "t")
+    with pytest.raises(SampleEffectError, match="contains NaN or Inf"):
+        compute_effects(model, params, exs, nan_target, UpdateConfig("sgd"), compute=COMPUTE)
