@@ -20,7 +20,7 @@ from .data import TokenizedExample, pad_sequences
 from .errors import SampleEffectError
 from .kernels import per_sequence_directional, per_sequence_grads
 from .losses import example_losses, sft_sequence_loss
-from .models import accumulation_dtype
+from .models import accumulation_dtype, config_int, position_limit
 
 _UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -65,15 +65,6 @@ def split_parameters(model: torch.nn.Module, params: Mapping[str, torch.Tensor])
     return consts
 
 
-def _config_dim(model: torch.nn.Module, *names: str, default: int) -> int:
-    cfg = getattr(model, "config", None)
-    for n in names:
-        v = getattr(cfg, n, None)
-        if isinstance(v, int):
-            return v
-    return default
-
-
 def bytes_per_sequence(model: torch.nn.Module, params: Mapping[str, torch.Tensor], seq_len: int) -> int:
     """Rough peak bytes one sequence adds to a vmap chunk: its gradients plus its activations."""
     p = next(iter(params.values()))
@@ -81,10 +72,10 @@ def bytes_per_sequence(model: torch.nn.Module, params: Mapping[str, torch.Tensor
     acc_itemsize = torch.empty((), dtype=accumulation_dtype(p.dtype)).element_size()
     n_params = sum(t.numel() for t in params.values())
     largest = max(t.numel() for t in params.values())
-    hidden = _config_dim(model, "hidden_size", "n_embd", "d_model", default=1024)
-    layers = _config_dim(model, "num_hidden_layers", "n_layer", default=12)
-    vocab = _config_dim(model, "vocab_size", default=32000)
-    inter = _config_dim(model, "intermediate_size", "n_inner", default=4 * hidden) or 4 * hidden
+    hidden = config_int(model, "hidden_size", "n_embd", "d_model", default=1024)
+    layers = config_int(model, "num_hidden_layers", "n_layer", default=12)
+    vocab = config_int(model, "vocab_size", default=32000)
+    inter = config_int(model, "intermediate_size", "n_inner", default=4 * hidden) or 4 * hidden
     acts = seq_len * (layers * (12 * hidden + 3 * inter) + 4 * vocab) * max(itemsize, 4)
     grads = n_params * (itemsize + acc_itemsize) + 6 * largest * acc_itemsize
     return int(acts + grads)
@@ -92,7 +83,7 @@ def bytes_per_sequence(model: torch.nn.Module, params: Mapping[str, torch.Tensor
 
 def check_lengths(model: torch.nn.Module, examples: Sequence[TokenizedExample]) -> None:
     """Error (naming the example) if a sequence is longer than the model's position limit."""
-    limit = _config_dim(model, "n_positions", "max_position_embeddings", default=0)
+    limit = position_limit(model)
     if not limit:
         return
     for ex in examples:

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from .models import position_limit
+
 
 @dataclass
 class Completion:
@@ -42,7 +44,7 @@ def sample(
     eos = getattr(tokenizer, "eos_token_id", None)
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids(tokenizer, prompt)] * n, device=device)
-    limit = _position_limit(model)
+    limit = position_limit(model)
     if limit:
         max_new_tokens = max(0, min(max_new_tokens, limit - ids.shape[1]))
     was_training = model.training
@@ -77,15 +79,6 @@ def sample(
         text_ids = row[:-1] if finished else row
         result.append(Completion(tokenizer.decode(text_ids, skip_special_tokens=True), row, finished))
     return result
-
-
-def _position_limit(model: torch.nn.Module) -> int:
-    cfg = getattr(model, "config", None)
-    for name in ("n_positions", "max_position_embeddings"):
-        v = getattr(cfg, name, None)
-        if isinstance(v, int):
-            return v
-    return 0
 
 
 def greedy_accuracy(

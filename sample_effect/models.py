@@ -126,6 +126,21 @@ def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
     return make_float64_exact(model)
 
 
+def config_int(model: torch.nn.Module, *names: str, default: int) -> int:
+    """The first integer among the model config's attributes `names` (e.g. n_positions), else `default`."""
+    cfg = getattr(model, "config", None)
+    for n in names:
+        v = getattr(cfg, n, None)
+        if isinstance(v, int):
+            return v
+    return default
+
+
+def position_limit(model: torch.nn.Module) -> int:
+    """Longest sequence the model accepts (0 if its config does not say)."""
+    return config_int(model, "n_positions", "max_position_embeddings", default=0)
+
+
 def select_parameters(model: torch.nn.Module, pattern: str | None = None) -> OrderedDict[str, torch.nn.Parameter]:
     """The trainable parameters to score, optionally filtered by a regex searched in each name.
 
