@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import SampleEffectError
+from .io import write_table
 
 log = logging.getLogger("sample_effect")
 
@@ -180,18 +181,6 @@ def _require_parquet() -> None:
         import pyarrow  # noqa: F401
     except ImportError:
         raise SampleEffectError("writing .parquet needs pyarrow: pip install 'sample-effect[parquet]'") from None
-
-
-def write_table(df, path: str | Path) -> None:  # type: ignore[no-untyped-def]
-    """Write a DataFrame as CSV or Parquet (by extension), atomically."""
-    from .io import atomic_path
-
-    p = Path(path)
-    with atomic_path(p) as tmp:
-        if p.suffix.lower() == ".parquet":
-            df.to_parquet(tmp, index=False)
-        else:
-            df.to_csv(tmp, index=False, float_format="%.10g")
 
 
 def build_parser() -> argparse.ArgumentParser:

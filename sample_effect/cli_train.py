@@ -251,7 +251,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
     exs, _ = tokenize_examples(data, tok, args.max_length)
     tgt, _ = tokenize_examples(target, tok, args.max_length)
     res = linearization_check(model, select_parameters(model, args.params), exs, tgt, update, lrs)
-    from .cli import write_table
+    from .io import write_table
 
     write_table(res.rows, out / "linearization.csv")
     with atomic_open(out / "linearization.json") as f:

@@ -57,11 +57,10 @@ def kk_records(n: int, seed: int, styles: list[str], prefix: str) -> list[dict]:
 def cmd_demo(args: argparse.Namespace) -> None:
     import torch
 
-    from .cli import write_table
     from .data import examples_from_records, export_examples, tokenize_examples
     from .effects import score_examples_result
     from .engine import ComputeConfig
-    from .io import atomic_open
+    from .io import atomic_open, write_table
     from .kk import STYLES
     from .models import load_model
     from .optim import UpdateConfig

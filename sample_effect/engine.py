@@ -117,6 +117,18 @@ def _flat_sequences(examples: Sequence[TokenizedExample]) -> list[tuple[int, tor
     return [(i, s, r) for i, ex in enumerate(examples) for s, r in zip(ex.sequences, ex.response_starts)]
 
 
+def _pad_part(part: Sequence[tuple[int, torch.Tensor, int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, mask = pad_sequences([s for _, s, _ in part], [r for _, _, r in part])
+    return ids.to(device), mask.to(device)
+
+
+def collate(examples: Sequence[TokenizedExample], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All responses of `examples` as one right-padded batch: (ids, label mask, owner example index per row)."""
+    flat = _flat_sequences(examples)
+    ids, mask = _pad_part(flat, torch.device(device))
+    return ids, mask, torch.tensor([i for i, _, _ in flat], device=ids.device)
+
+
 def forward_logits(
     model: torch.nn.Module, params: Mapping[str, torch.Tensor], constants: Mapping[str, torch.Tensor], input_ids: torch.Tensor
 ) -> torch.Tensor:
@@ -152,9 +164,8 @@ def mean_loss_gradient(
     with tqdm(total=len(flat), desc=desc, unit="seq", disable=not compute.progress, leave=False) as bar:
         for start in range(0, len(flat), chunk):
             part = flat[start : start + chunk]
-            ids, mask = pad_sequences([s for _, s, _ in part], [r for _, _, r in part])
             device = next(iter(params.values())).device
-            ids, mask = ids.to(device), mask.to(device)
+            ids, mask = _pad_part(part, device)
             logits = forward_logits(model, leaves, consts, ids)
             seq_loss = sft_sequence_loss(logits, ids, mask)
             w = torch.tensor(weights[start : start + chunk], dtype=seq_loss.dtype, device=device)
@@ -207,8 +218,8 @@ def iter_example_gradients(
     with tqdm(total=len(flat), desc=desc, unit="seq", disable=not compute.progress, leave=False) as bar:
         for start in range(0, len(flat), chunk):
             part = flat[start : start + chunk]
-            ids, mask = pad_sequences([s for _, s, _ in part], [r for _, _, r in part])
-            grads, losses = per_sequence_grads(model, detached, consts, ids.to(device), mask.to(device), sft_sequence_loss)
+            ids, mask = _pad_part(part, device)
+            grads, losses = per_sequence_grads(model, detached, consts, ids, mask, sft_sequence_loss)
             owners = [i for i, _, _ in part]
             first = owners[0]
             local = torch.tensor([o - first for o in owners], device=device)
@@ -247,8 +258,7 @@ def example_loss_values(
     seq_losses = []
     for start in range(0, len(flat), batch_size):
         part = flat[start : start + batch_size]
-        ids, mask = pad_sequences([s for _, s, _ in part], [r for _, _, r in part])
-        ids, mask = ids.to(device), mask.to(device)
+        ids, mask = _pad_part(part, device)
         seq_losses.append(sft_sequence_loss(model(input_ids=ids, use_cache=False).logits, ids, mask).double())
     owners = torch.tensor([i for i, _, _ in flat], device=device)
     return example_losses(torch.cat(seq_losses), owners, len(examples))
@@ -284,10 +294,8 @@ def iter_example_directional(
                 n_seq += examples[j].n_responses
                 j += 1
             part = [(k, s, r) for k in range(i, j) for s, r in zip(examples[k].sequences, examples[k].response_starts)]
-            ids, mask = pad_sequences([s for _, s, _ in part], [r for _, _, r in part])
-            losses, dots = per_sequence_directional(
-                model, params, consts, ids.to(device), mask.to(device), sft_sequence_loss, direction
-            )
+            ids, mask = _pad_part(part, device)
+            losses, dots = per_sequence_directional(model, params, consts, ids, mask, sft_sequence_loss, direction)
             owners = torch.tensor([k - i for k, _, _ in part], device=device)
             yield (
                 list(range(i, j)),

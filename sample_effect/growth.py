@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call, grad, jvp
 
-from .data import TokenizedExample, pad_sequences
-from .engine import ComputeConfig, iter_example_gradients, split_parameters
+from .data import TokenizedExample
+from .engine import ComputeConfig, collate, iter_example_gradients, split_parameters
 from .errors import SampleEffectError
 from .losses import sft_sequence_loss
 from .optim import OptimizerState, UpdateConfig, clip_coefficients, update_per_lr
@@ -47,11 +47,8 @@ def target_loss_hvp(
 ):  # type: ignore[no-untyped-def]
     """A function v -> H_L v, the Hessian of the mean target loss times v (all target sequences in one batch)."""
     consts = split_parameters(model, params)
-    flat = [(i, s, r) for i, ex in enumerate(target) for s, r in zip(ex.sequences, ex.response_starts)]
-    ids, mask = pad_sequences([s for _, s, _ in flat], [r for _, _, r in flat])
-    device = next(iter(params.values())).device
-    ids, mask = ids.to(device), mask.to(device)
-    w = torch.tensor([1.0 / (target[i].n_responses * len(target)) for i, _, _ in flat], device=device)
+    ids, mask, owners = collate(target, next(iter(params.values())).device)
+    w = torch.tensor([1.0 / (target[i].n_responses * len(target)) for i in owners.tolist()], device=ids.device)
     primal = {n: p.detach() for n, p in params.items()}
 
     def loss(p: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -7,8 +7,12 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import SampleEffectError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool = True) -> Path:
@@ -48,3 +52,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         encoding = None
     with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding) as f:
         yield f
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a DataFrame as CSV or Parquet (by extension), atomically."""
+    p = Path(path)
+    with atomic_path(p) as tmp:
+        if p.suffix.lower() == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False, float_format="%.10g")

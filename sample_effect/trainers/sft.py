@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..data import TokenizedExample, pad_sequences
-from ..engine import check_lengths, example_loss_values
+from ..data import TokenizedExample
+from ..engine import check_lengths, collate, example_loss_values
 from ..errors import SampleEffectError
 from ..generation import greedy_accuracy
 from ..losses import example_losses, sft_sequence_loss
@@ -63,12 +63,8 @@ class SFTConfig:
 
 def batch_loss(model: torch.nn.Module, batch: Sequence[TokenizedExample]) -> torch.Tensor:
     """Mean example loss over a batch (each example: mean of its responses' response-token CE)."""
-    flat = [(i, s, r) for i, ex in enumerate(batch) for s, r in zip(ex.sequences, ex.response_starts)]
-    device = next(model.parameters()).device
-    ids, mask = pad_sequences([s for _, s, _ in flat], [r for _, _, r in flat])
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask, owners = collate(batch, next(model.parameters()).device)
     seq = sft_sequence_loss(model(input_ids=ids, use_cache=False).logits, ids, mask)
-    owners = torch.tensor([i for i, _, _ in flat], device=device)
     return example_losses(seq, owners, len(batch)).mean()
 
 
