@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-METHODS = ["floor", "loop", "sgd", "sgd_jvp", "sgd_clip", "adam"]
+METHODS = ["floor", "loop", "vmap", "sgd", "sgd_jvp", "sgd_clip", "adam"]
 
 
 def build(arch: str, batch: int, seq: int):  # type: ignore[no-untyped-def]
@@ -65,11 +65,11 @@ def runner(method: str, model, params, exs, target):  # type: ignore[no-untyped-
                 g = torch.autograd.grad(loss, leaves)
                 sum((a * target[n]).sum() for a, n in zip(g, params))
     else:
-        cfg = {"sgd": UpdateConfig("sgd"), "sgd_jvp": UpdateConfig("sgd"), "sgd_clip": UpdateConfig("sgd", clip=1.0),
-               "adam": UpdateConfig("adamw")}[method]
+        cfg = {"vmap": UpdateConfig("sgd"), "sgd": UpdateConfig("sgd"), "sgd_jvp": UpdateConfig("sgd"),
+               "sgd_clip": UpdateConfig("sgd", clip=1.0), "adam": UpdateConfig("adamw")}[method]
         tv = TargetVector(target, "bench")
         compute = ComputeConfig(batch_size=len(exs), memory_budget=None, progress=False,
-                                method="jvp" if method == "sgd_jvp" else "vmap")
+                                method={"sgd_jvp": "jvp", "vmap": "vmap"}.get(method, "auto"))
 
         def run() -> None:
             compute_effects(model, params, exs, tv, cfg, compute=compute)

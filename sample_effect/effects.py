@@ -17,8 +17,15 @@ import pandas as pd
 import torch
 
 from .data import Example, TokenizedExample, tokenize_examples
-from .engine import ComputeConfig, iter_example_directional, iter_example_gradients
+from .engine import (
+    ComputeConfig,
+    iter_example_directional,
+    iter_example_factors,
+    iter_example_gradients,
+)
 from .errors import SampleEffectError
+from .kernels.adam import adam_effect_rows, adamw_decay_dot
+from .kernels.ghost import Factor, factor_dot, materialise_sum, norm_method, sq_norms_gram
 from .models import accumulation_dtype, select_parameters
 from .optim import (
     OptimizerState,
@@ -98,8 +105,10 @@ def compute_effects(
         _jvp_effects(model, params, examples, target, update, hypers, compute, effect, loss)
     elif compute.method == "vmap":
         _vmap_effects(model, params, examples, target, update, hypers, state, compute, effect, loss, gnorm)
+    elif compute.method in ("auto", "ghost"):
+        _ghost_effects(model, params, examples, target, update, hypers, state, compute, effect, loss, gnorm)
     else:
-        raise SampleEffectError(f"unknown engine method '{compute.method}'; choose vmap or jvp")
+        raise SampleEffectError(f"unknown engine method '{compute.method}'; choose auto, ghost, vmap or jvp")
     bad = [examples[i].id for i in np.flatnonzero(~np.isfinite(effect))]
     if bad and len(bad) == n:
         raise SampleEffectError("every effect is NaN or Inf; check the model weights and the data")
@@ -134,15 +143,94 @@ def _vmap_effects(model, params, examples, target, update, hypers, state, comput
         gnorm[batch.indices] = sq.sqrt().double().cpu().numpy()
 
 
-def _jvp_effects(model, params, examples, target, update, hypers, compute, effect, loss) -> None:  # type: ignore[no-untyped-def]
-    """SGD without clipping: e(s) = -<g(s), G> - wd <theta, G>, by forward-mode AD (no grad norms)."""
-    if update.optimizer != "sgd" or update.clip is not None:
-        raise SampleEffectError("the jvp method computes SGD effects without clipping only; use --method vmap")
-    decay = sum(
+def _weight_decay_dot(params, target, hypers) -> float:  # type: ignore[no-untyped-def]
+    """sum over parameters of wd * <theta, G>: the part of an SGD effect that is the same for every example."""
+    return sum(
         hypers[n].weight_decay * float((params[n].detach().to(target.vector[n].dtype) * target.vector[n]).sum())
         for n in params
         if hypers[n].weight_decay
     )
+
+
+def _ghost_effects(model, params, examples, target, update, hypers, state, compute, effect, loss, gnorm) -> None:  # type: ignore[no-untyped-def]
+    """Fast path: per-example gradients kept as factors, contracted with G layer by layer.
+
+    SGD: e = -coef * sum_l <g_l, G_l> - wd <theta, G> with no per-example gradient formed; the
+    clipping coefficient needs ||g||, from Gram forms or one layer's gradients at a time. Adam:
+    each layer's per-example gradients are formed (in row chunks under the budget), clipped,
+    stepped and dotted with G, then dropped.
+    """
+    need_norm = update.clip is not None or compute.grad_norms
+    decay = _weight_decay_dot(params, target, hypers) if update.optimizer == "sgd" else 0.0
+    budget = compute.budget_bytes()
+    for batch in iter_example_factors(model, params, examples, compute):
+        idx = batch.indices
+        n_ex = len(idx)
+        sq = None
+        if need_norm:
+            sq = sum(_sq_norms(fs, compute.norm_method, _rows(fs[0], 1, budget)) for fs in batch.factors.values())
+        if update.optimizer == "sgd":
+            dots = sum(factor_dot(f, target.vector[name]) for name, fs in batch.factors.items() for f in fs)
+            coef = clip_coefficients(sq, update.clip) if update.clip is not None else None  # type: ignore[arg-type]
+            eff = -(coef * dots if coef is not None else dots) - decay  # type: ignore[operator]
+        else:
+            coef = clip_coefficients(sq, update.clip) if update.clip is not None else None  # type: ignore[arg-type]
+            eff = torch.zeros(n_ex, dtype=batch.losses.dtype, device=batch.losses.device)
+            sq_mat = torch.zeros_like(eff)
+            for name, fs in batch.factors.items():
+                p = params[name].detach().to(eff.dtype)
+                h = hypers[name]
+                eff += adamw_decay_dot(p, target.vector[name], update.optimizer, h.weight_decay)
+                step = _rows(fs[0], 2, budget)
+                for r0 in range(0, n_ex, step):
+                    rows = slice(r0, min(n_ex, r0 + step))
+                    g = materialise_sum(fs, rows).clone() if fs[0].kind == "dense" and len(fs) == 1 else materialise_sum(fs, rows)
+                    if coef is not None:
+                        g.mul_(coef[rows].view(-1, *([1] * (g.dim() - 1))))
+                    dots, sq_rows = adam_effect_rows(
+                        g, p, target.vector[name], update.optimizer, h.beta1, h.beta2, h.eps, h.weight_decay,
+                        state.exp_avg.get(name), state.exp_avg_sq.get(name), state.step.get(name, 0.0),
+                        want_sq_norms=not need_norm,
+                    )
+                    eff[rows] += dots
+                    if sq_rows is not None:
+                        sq_mat[rows] += sq_rows
+            if not need_norm:
+                sq = sq_mat
+        effect[idx] = eff.double().cpu().numpy()
+        loss[idx] = batch.losses.double().cpu().numpy()
+        if sq is not None:
+            gnorm[idx] = sq.sqrt().double().cpu().numpy()
+
+
+BLOCK_BYTES = 64 * 2**20  # per-layer gradient blocks: large enough for fast kernels, small enough to reuse memory
+
+
+def _rows(f: Factor, copies: int, budget: int | None) -> int:
+    """How many examples' gradients of one layer to form at once: `copies` buffers within min(64 MiB, budget / 4)."""
+    n = int(f.b.shape[0])
+    cap = BLOCK_BYTES if budget is None else min(BLOCK_BYTES, budget // 4)
+    per = copies * f.numel() * f.b.element_size()
+    return max(1, min(n, cap // max(per, 1)))
+
+
+def _sq_norms(fs: list[Factor], method: str, rows: int) -> torch.Tensor:
+    """||g_e||^2 of one parameter for every example, by Gram forms or by forming `rows` gradients at a time."""
+    if method not in ("auto", "gram", "materialise"):
+        raise SampleEffectError(f"unknown norm method '{method}'; choose auto, gram or materialise")
+    chosen = norm_method(fs) if method == "auto" else method
+    if chosen == "gram" and norm_method(fs, force_gram=True) == "gram":
+        return sq_norms_gram(fs)
+    n = int(fs[0].b.shape[0])
+    parts = [materialise_sum(fs, slice(r, min(n, r + rows))).flatten(1).pow(2).sum(1) for r in range(0, n, rows)]
+    return torch.cat(parts)
+
+
+def _jvp_effects(model, params, examples, target, update, hypers, compute, effect, loss) -> None:  # type: ignore[no-untyped-def]
+    """SGD without clipping: e(s) = -<g(s), G> - wd <theta, G>, by forward-mode AD (no grad norms)."""
+    if update.optimizer != "sgd" or update.clip is not None:
+        raise SampleEffectError("the jvp method computes SGD effects without clipping only; use --method vmap")
+    decay = _weight_decay_dot(params, target, hypers)
     for idx, dots, losses in iter_example_directional(model, params, examples, target.vector, compute):
         effect[idx] = (-dots.double() - decay).cpu().numpy()
         loss[idx] = losses.double().cpu().numpy()

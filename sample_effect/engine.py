@@ -8,8 +8,10 @@ maths of one chunk lives in `sample_effect.kernels`.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,8 +21,11 @@ from tqdm.auto import tqdm
 from .data import TokenizedExample, pad_sequences
 from .errors import SampleEffectError
 from .kernels import per_sequence_directional, per_sequence_grads
+from .kernels.ghost import Factor, capture_factors, group_examples, plan_coverage, verify_factors
 from .losses import example_losses, sft_sequence_loss
 from .models import accumulation_dtype, config_int, position_limit
+
+log = logging.getLogger("sample_effect")
 
 _UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -52,7 +57,9 @@ class ComputeConfig:
     batch_size: int = 16
     memory_budget: int | str | None = "4GB"
     progress: bool = True
-    method: str = "vmap"  # "vmap" (reference) or "jvp" (SGD without clipping; no grad norms)
+    method: str = "auto"  # "auto" (= "ghost"), "ghost", "vmap" (reference) or "jvp" (SGD without clipping)
+    grad_norms: bool = False  # ghost/jvp paths: also compute grad_norm when nothing needs it (SGD, no clip)
+    norm_method: str = "auto"  # ghost path: "auto", "gram" or "materialise" (per layer; speed only)
 
     def budget_bytes(self) -> int | None:
         return parse_bytes(self.memory_budget)
@@ -81,6 +88,17 @@ def bytes_per_sequence(model: torch.nn.Module, params: Mapping[str, torch.Tensor
     return int(acts + grads)
 
 
+def activation_bytes_per_sequence(model: torch.nn.Module, params: Mapping[str, torch.Tensor], seq_len: int) -> int:
+    """Rough peak bytes one sequence adds to a ghost chunk: activations plus the captured output gradients."""
+    p = next(iter(params.values()))
+    itemsize = max(p.element_size(), torch.empty((), dtype=accumulation_dtype(p.dtype)).element_size())
+    hidden = config_int(model, "hidden_size", "n_embd", "d_model", default=1024)
+    layers = config_int(model, "num_hidden_layers", "n_layer", default=12)
+    vocab = config_int(model, "vocab_size", default=32000)
+    inter = config_int(model, "intermediate_size", "n_inner", default=4 * hidden) or 4 * hidden
+    return int(2 * seq_len * (layers * (12 * hidden + 3 * inter) + 4 * vocab) * itemsize + 8 * seq_len * seq_len * itemsize)
+
+
 def check_lengths(model: torch.nn.Module, examples: Sequence[TokenizedExample]) -> None:
     """Error (naming the example) if a sequence is longer than the model's position limit."""
     limit = position_limit(model)
@@ -96,7 +114,8 @@ def check_lengths(model: torch.nn.Module, examples: Sequence[TokenizedExample]) 
 
 
 def plan_chunk(
-    model: torch.nn.Module, params: Mapping[str, torch.Tensor], max_len: int, compute: ComputeConfig
+    model: torch.nn.Module, params: Mapping[str, torch.Tensor], max_len: int, compute: ComputeConfig,
+    per_sequence: Callable[[torch.nn.Module, Mapping[str, torch.Tensor], int], int] | None = None,
 ) -> int:
     """Sequences per chunk: at most batch_size, and within the memory budget."""
     if compute.batch_size < 1:
@@ -104,7 +123,7 @@ def plan_chunk(
     budget = compute.budget_bytes()
     if budget is None:
         return compute.batch_size
-    per_seq = bytes_per_sequence(model, params, max_len)
+    per_seq = (per_sequence or bytes_per_sequence)(model, params, max_len)
     if per_seq > budget:
         raise SampleEffectError(
             f"memory budget {budget / 1e9:.3g} GB is too small for one example of {max_len} tokens "
@@ -286,14 +305,8 @@ def iter_example_directional(
     first_param = next(iter(params.values()))
     acc = accumulation_dtype(first_param.dtype)
     device = first_param.device
-    i = 0
     with tqdm(total=len(flat), desc=desc, unit="seq", disable=not compute.progress, leave=False) as bar:
-        while i < len(examples):
-            j, n_seq = i, 0
-            while j < len(examples) and (j == i or n_seq + examples[j].n_responses <= cap):
-                n_seq += examples[j].n_responses
-                j += 1
-            part = [(k, s, r) for k in range(i, j) for s, r in zip(examples[k].sequences, examples[k].response_starts)]
+        for i, j, part in _whole_example_chunks(examples, cap):
             ids, mask = _pad_part(part, device)
             losses, dots = per_sequence_directional(model, params, consts, ids, mask, sft_sequence_loss, direction)
             owners = torch.tensor([k - i for k, _, _ in part], device=device)
@@ -303,4 +316,110 @@ def iter_example_directional(
                 example_losses(losses.to(acc), owners, j - i),
             )
             bar.update(len(part))
-            i = j
+
+
+def _whole_example_chunks(
+    examples: Sequence[TokenizedExample], cap: int
+) -> Iterator[tuple[int, int, list[tuple[int, torch.Tensor, int]]]]:
+    """(first, end, sequences) of consecutive whole examples with at most `cap` sequences (or one example)."""
+    i = 0
+    while i < len(examples):
+        j, n_seq = i, 0
+        while j < len(examples) and (j == i or n_seq + examples[j].n_responses <= cap):
+            n_seq += examples[j].n_responses
+            j += 1
+        yield i, j, [(k, s, r) for k in range(i, j) for s, r in zip(examples[k].sequences, examples[k].response_starts)]
+        i = j
+
+
+@dataclass
+class FactorBatch:
+    """Per-example gradients of consecutive examples kept as factors (see `sample_effect.kernels.ghost`)."""
+
+    indices: list[int]
+    factors: dict[str, list[Factor]]
+    losses: torch.Tensor
+
+
+# model -> {frozenset of covered names: names whose factors disagreed with autograd}
+_VERIFIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def ghost_coverage(
+    model: torch.nn.Module, params: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, list[tuple[str, str, str]]], list[str], bool]:
+    """(covered parameter -> its uses, uncovered names, whether the self-check already ran for this model)."""
+    coverage, uncovered = plan_coverage(model, params)
+    known = _VERIFIED.get(model, {}).get(frozenset(coverage))
+    if known is None:
+        return coverage, uncovered, False
+    coverage = {n: u for n, u in coverage.items() if n not in known}
+    return coverage, [n for n in params if n not in coverage], True
+
+
+def iter_example_factors(
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    examples: Sequence[TokenizedExample],
+    compute: ComputeConfig | None = None,
+    desc: str = "per-example factors",
+) -> Iterator[FactorBatch]:
+    """Yield per-example gradient factors of whole examples, chunk by chunk, from batched backwards.
+
+    Parameters of Linear / Conv1D / Embedding / norm layers come as ghost factors from one batched
+    forward+backward; any other parameter comes as a dense [E, *shape] gradient from vmap. The
+    first time a model is seen, the factor sums are checked against autograd's batch gradient and
+    any parameter that disagrees is moved to the vmap side (remembered for this model).
+    """
+    compute = compute or ComputeConfig()
+    check_lengths(model, examples)
+    flat = _flat_sequences(examples)
+    if not flat:
+        raise SampleEffectError("the dataset is empty")
+    cap = plan_chunk(model, params, max(int(s.shape[0]) for _, s, _ in flat), compute, activation_bytes_per_sequence)
+    first_param = next(iter(params.values()))
+    acc = accumulation_dtype(first_param.dtype)
+    device = first_param.device
+    key = frozenset(plan_coverage(model, params)[0])
+    coverage, uncovered, verified = ghost_coverage(model, params)
+    rtol = 1e3 * torch.finfo(acc).eps
+    with tqdm(total=len(flat), desc=desc, unit="seq", disable=not compute.progress, leave=False) as bar:
+        for i, j, part in _whole_example_chunks(examples, cap):
+            ids, mask = _pad_part(part, device)
+            owners = torch.tensor([k - i for k, _, _ in part], device=device)
+            w = torch.tensor([1.0 / examples[k].n_responses for k, _, _ in part], dtype=acc, device=device)
+            factors: dict[str, list[Factor]] = {}
+            losses = None
+            if coverage:
+                check = None if verified else {n: params[n] for n in coverage}
+                flags = {n: params[n].requires_grad for n in coverage}
+                try:
+                    for n in coverage:
+                        params[n].requires_grad_(True)
+                    cap_ = capture_factors(model, coverage, ids, mask, sft_sequence_loss, w, check)
+                finally:
+                    for n, f in flags.items():
+                        params[n].requires_grad_(f)
+                factors = group_examples(cap_.factors, owners, j - i, acc)
+                losses = cap_.losses
+                if check is not None:
+                    bad = set(verify_factors(factors, cap_.batch_grads or {}, rtol))
+                    _VERIFIED.setdefault(model, {})[key] = bad
+                    verified = True
+                    if bad:
+                        log.info("ghost kernels disagree with autograd for %s; using vmap for them", sorted(bad))
+                        factors = {n: f for n, f in factors.items() if n not in bad}
+                        coverage = {n: u for n, u in coverage.items() if n not in bad}
+                        uncovered = [n for n in params if n not in coverage]
+            if uncovered:
+                sub = {n: params[n].detach() for n in uncovered}
+                grads, seq_losses = per_sequence_grads(model, sub, split_parameters(model, sub), ids, mask, sft_sequence_loss)
+                for n, g in grads.items():
+                    g = g.to(acc) * w.view(-1, *([1] * (g.dim() - 1)))
+                    dense = torch.zeros((j - i, *g.shape[1:]), dtype=acc, device=device).index_add_(0, owners, g)
+                    factors[n] = [Factor("dense", None, dense, params[n].shape)]
+                losses = seq_losses.detach() if losses is None else losses
+            assert losses is not None
+            ex_losses = torch.zeros(j - i, dtype=acc, device=device).index_add_(0, owners, losses.to(acc) * w)
+            bar.update(len(part))
+            yield FactorBatch(list(range(i, j)), {n: factors[n] for n in params}, ex_losses)

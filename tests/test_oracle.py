@@ -158,13 +158,14 @@ UPDATES = {
 }
 
 
+@pytest.mark.parametrize("method", ["ghost", "vmap"])
 @pytest.mark.parametrize("params", [None, SUBSET], ids=["all", "subset"])
-def test_effects_match_oracle(setup, params):
+def test_effects_match_oracle(setup, params, method):
     tok = setup["tok"]
     train = load_examples(setup["files"]["train"])
     target_ex, _ = tokenize_examples(load_examples(setup["files"]["target"]), tok)
     direction = DirectionTarget(setup["base_dir"], setup["final_dir"])
-    compute = ComputeConfig(batch_size=2, progress=False)  # forces an example to straddle two chunks
+    compute = ComputeConfig(batch_size=2, progress=False, method=method)  # vmap: an example straddles two chunks
     worst = {}
     for upd_name, (kwargs, make_opt, use_state) in UPDATES.items():
         model = setup["trained"] if use_state else setup["base"]

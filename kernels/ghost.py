@@ -1,0 +1,368 @@
+"""Per-example gradients kept as factors: ghost inner products, ghost norms, one layer at a time.
+
+For a Linear layer y = x W^T + b hit by one sequence, the gradient of that sequence's loss is
+g_W = B^T A with A [T, in] the layer's inputs and B [T, out] the loss gradients at its outputs
+(Goodfellow 2015; Li et al. 2021 "ghost clipping"; Bu et al. 2023 "book-keeping"). A, B for a
+whole batch come out of ONE batched forward and backward (forward hooks keep the inputs, a
+backward toward the layer outputs gives B, and the weight-gradient GEMMs are skipped), and then
+
+    <g_W, G>  = sum((A G^T) * B)                      one GEMM per layer, no [E, out, in] tensor,
+    ||g_W||^2 = sum((A A^T) * (B B^T))                the Gram ("ghost norm") form, T^2 (in + out),
+    g_W       = B^T A (batched)                       when an elementwise optimiser needs it.
+
+The same holds for GPT-2's Conv1D (g = A^T B), embeddings (A is the one-hot of the looked-up ids,
+so contractions become gathers), biases (A = 1) and the elementwise weight of LayerNorm / RMSNorm
+(g = sum_t B * xhat, xhat recomputed by calling the norm with unit weight). A parameter shared by
+several modules (tied embeddings) carries one factor per use; its gradient is their sum and its
+norm includes the cross terms. Every other parameter is handed back as "uncovered" so the caller
+computes it with vmap; `verify_factors` compares the factor sums with autograd's batch gradient
+once, so a layer used in an unforeseen way is caught instead of silently giving a wrong number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+KINDS = ("outer", "outer_t", "embed", "sum", "scale", "dense")
+
+
+@dataclass
+class Factor:
+    """One use of a parameter by one module, for E examples over N token slots.
+
+    kind: 'outer' g = B^T A (Linear weight [out, in]); 'outer_t' g = A^T B (Conv1D weight [in, out]);
+    'embed' g[v] = sum over slots with ids == v of B (a: ids [E, N]); 'sum' g = sum_n B (bias);
+    'scale' g = sum_n B * a (norm weight); 'dense' b is the gradient itself [E, *shape].
+    """
+
+    kind: str
+    a: torch.Tensor | None
+    b: torch.Tensor
+    shape: torch.Size
+
+    def numel(self) -> int:
+        return int(torch.Size(self.shape).numel())
+
+    def slots(self) -> int:
+        return 0 if self.kind == "dense" else int(self.b.shape[1])
+
+
+def _module_rule(module: torch.nn.Module, pname: str) -> str | None:
+    """Which factor kind a module's own parameter gets, or None (not covered)."""
+    cls = type(module).__name__
+    if isinstance(module, torch.nn.Linear):
+        return {"weight": "outer", "bias": "sum"}.get(pname)
+    if cls == "Conv1D" and hasattr(module, "nf"):  # transformers' GPT-2 Conv1D: y = x W + b, W [in, out]
+        return {"weight": "outer_t", "bias": "sum"}.get(pname)
+    if isinstance(module, torch.nn.Embedding):
+        if pname == "weight" and module.max_norm is None and not module.scale_grad_by_freq and not module.sparse:
+            return "embed"
+        return None
+    if isinstance(module, torch.nn.LayerNorm) or cls.endswith("RMSNorm") or cls.endswith("LayerNorm"):
+        w = getattr(module, "weight", None)
+        if w is None or w.dim() != 1:
+            return None
+        return {"weight": "scale", "bias": "sum"}.get(pname)
+    return None
+
+
+def plan_coverage(
+    model: torch.nn.Module, params: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, list[tuple[str, str, str]]], list[str]]:
+    """Map each chosen parameter to the modules that use it: name -> [(module name, its param name, kind)].
+
+    A parameter is covered only if every module that owns it has a rule; the rest are returned as
+    uncovered (computed by vmap). Tied parameters are found by identity.
+    """
+    by_id = {id(p): n for n, p in params.items()}
+    uses: dict[str, list[tuple[str, str, str]]] = {n: [] for n in params}
+    bad: set[str] = set()
+    for mname, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            name = by_id.get(id(p))
+            if name is None:
+                continue
+            kind = _module_rule(module, pname)
+            if kind is None:
+                bad.add(name)
+            else:
+                uses[name].append((mname, pname, kind))
+    uncovered = [n for n in params if n in bad or not uses[n]]
+    return {n: u for n, u in uses.items() if n not in uncovered}, uncovered
+
+
+@dataclass
+class Capture:
+    """What one batched forward+backward leaves: per-sequence losses and factors per parameter."""
+
+    losses: torch.Tensor
+    factors: dict[str, list[Factor]]
+    batch_grads: dict[str, torch.Tensor] | None = None
+
+
+def capture_factors(
+    model: torch.nn.Module,
+    coverage: Mapping[str, list[tuple[str, str, str]]],
+    input_ids: torch.Tensor,
+    label_mask: torch.Tensor,
+    loss_fn: LossFn,
+    weights: torch.Tensor,
+    params_for_check: Mapping[str, torch.Tensor] | None = None,
+) -> Capture:
+    """Run the batch once with hooks; return per-sequence losses and per-sequence factors (B scaled by `weights`).
+
+    The backward is of sum_s weights[s] * loss_s toward the hooked modules' outputs only, so no
+    weight gradient is formed unless `params_for_check` asks for the batch gradient as well.
+    """
+    modules = dict(model.named_modules())
+    wanted: dict[str, list[tuple[str, str, str]]] = {}
+    for name, uses in coverage.items():
+        for mname, pname, kind in uses:
+            wanted.setdefault(mname, []).append((name, pname, kind))
+    records: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (module name, input, output) per call
+    n_seq = input_ids.shape[0]
+
+    def hook(mname: str):  # type: ignore[no-untyped-def]
+        def fn(module, args, output):  # type: ignore[no-untyped-def]
+            x = args[0]
+            if output.shape[0] == 1 and n_seq > 1:
+                # a batch-1 output broadcast over the batch (GPT-2's position embeddings): hand on an
+                # expanded view instead, so the backward gives every sequence its own gradient; the
+                # forward values are unchanged.
+                output = output.expand(n_seq, *output.shape[1:])
+                x = x.expand(n_seq, *x.shape[1:])
+            records.append((mname, x, output))
+            return output
+
+        return fn
+
+    handles = [modules[m].register_forward_hook(hook(m)) for m in wanted]
+    try:
+        with torch.enable_grad():
+            logits = model(input_ids=input_ids, use_cache=False).logits
+            losses = loss_fn(logits, input_ids, label_mask)
+            total = (losses * weights.to(losses.dtype)).sum()
+            outs = [o for _, _, o in records]
+            check = list(params_for_check.values()) if params_for_check else []
+            grads = torch.autograd.grad(total, outs + check, allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    factors: dict[str, list[Factor]] = {n: [] for n in coverage}
+    for (mname, x, out), gy in zip(records, grads[: len(outs)]):
+        if gy is None:
+            gy = torch.zeros_like(out)
+        module = modules[mname]
+        x = x.detach()
+        for name, pname, kind in wanted[mname]:
+            shape = getattr(module, pname).shape
+            if kind == "outer" or kind == "outer_t":
+                factors[name].append(Factor(kind, x, gy, shape))
+            elif kind == "embed":
+                ids = x.expand(gy.shape[:-1]) if x.shape != gy.shape[:-1] else x
+                if module.padding_idx is not None:  # torch gives the padding row no gradient
+                    gy = gy * (ids != module.padding_idx).unsqueeze(-1).to(gy.dtype)
+                factors[name].append(Factor("embed", ids, gy, shape))
+            elif kind == "sum":
+                factors[name].append(Factor("sum", None, gy, shape))
+            else:  # scale: recompute the normalised input exactly as the module does, with unit weight
+                with torch.no_grad():
+                    unit = {"weight": torch.ones_like(module.weight)}
+                    if getattr(module, "bias", None) is not None:
+                        unit["bias"] = torch.zeros_like(module.bias)
+                    xhat = functional_call(module, unit, (x,))
+                factors[name].append(Factor("scale", xhat, gy, shape))
+    batch_grads = None
+    if params_for_check:
+        batch_grads = {
+            n: (g if g is not None else torch.zeros_like(p))
+            for (n, p), g in zip(params_for_check.items(), grads[len(outs) :])
+        }
+    return Capture(losses.detach(), factors, batch_grads)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """[S, ..., k] -> [S, N, k]: every leading axis after the first is a token slot."""
+    return t.reshape(t.shape[0], -1, t.shape[-1])
+
+
+def group_examples(
+    factors: Mapping[str, list[Factor]], owners: torch.Tensor, n_examples: int, dtype: torch.dtype
+) -> dict[str, list[Factor]]:
+    """Per-sequence factors -> per-example factors: an example's sequences become one row of slots.
+
+    g(example) = sum of its (already weighted) sequences' gradients, so concatenating their token
+    slots gives exactly that sum for every factor kind. Rows are zero-padded to the largest
+    example; padded slots have B = 0 and contribute nothing. Tensors are cast to `dtype`.
+    """
+    counts = torch.bincount(owners, minlength=n_examples)
+    r_max = int(counts.max())
+    single = r_max == 1 and owners.shape[0] == n_examples and bool((owners == torch.arange(n_examples, device=owners.device)).all())
+    slot = torch.zeros_like(owners)
+    if not single:
+        seen: dict[int, int] = {}
+        for k, o in enumerate(owners.tolist()):
+            slot[k] = seen.get(o, 0)
+            seen[o] = int(slot[k]) + 1
+
+    def regroup(t: torch.Tensor) -> torch.Tensor:
+        if single:
+            return t
+        out = t.new_zeros((n_examples, r_max, *t.shape[1:]))
+        out[owners, slot] = t
+        return out.reshape(n_examples, r_max * t.shape[1], *t.shape[2:])
+
+    grouped: dict[str, list[Factor]] = {}
+    for name, fs in factors.items():
+        grouped[name] = []
+        for f in fs:
+            b = _flat(f.b.to(dtype))
+            a = None
+            if f.kind == "embed":
+                a = f.a.reshape(f.a.shape[0], -1)  # type: ignore[union-attr]
+            elif f.a is not None:
+                a = _flat(f.a.to(dtype))
+            grouped[name].append(Factor(f.kind, None if a is None else regroup(a), regroup(b), f.shape))
+    return grouped
+
+
+def factor_dot(f: Factor, g: torch.Tensor) -> torch.Tensor:
+    """<g_e, G> for every example e of one factor, without forming g_e (one GEMM or gather)."""
+    g = g.to(f.b.dtype)
+    if f.kind == "outer":
+        return ((f.a @ g.T) * f.b).sum((1, 2))  # type: ignore[operator]
+    if f.kind == "outer_t":
+        return ((f.a @ g) * f.b).sum((1, 2))  # type: ignore[operator]
+    if f.kind == "embed":
+        return (g[f.a] * f.b).sum((1, 2))  # type: ignore[index]
+    if f.kind == "sum":
+        return f.b.sum(1) @ g
+    if f.kind == "scale":
+        return (f.b * f.a).sum(1) @ g  # type: ignore[operator]
+    return f.b.flatten(1) @ g.flatten()
+
+
+def materialise(f: Factor, rows: slice = slice(None)) -> torch.Tensor:
+    """The per-example gradients [e, *shape] of the examples in `rows`."""
+    b = f.b[rows]
+    if f.kind == "dense":
+        return b
+    if f.kind == "outer":
+        return torch.bmm(b.transpose(1, 2), f.a[rows])  # type: ignore[index]
+    if f.kind == "outer_t":
+        return torch.bmm(f.a[rows].transpose(1, 2), b)  # type: ignore[index]
+    if f.kind == "embed":
+        out = b.new_zeros((b.shape[0], *f.shape))
+        return out.scatter_add_(1, f.a[rows].unsqueeze(-1).expand(-1, -1, b.shape[-1]), b)  # type: ignore[index]
+    if f.kind == "sum":
+        return b.sum(1)
+    return (b * f.a[rows]).sum(1)  # type: ignore[index]
+
+
+def _pair_gram(f1: Factor, f2: Factor) -> torch.Tensor | None:
+    """<g1_e, g2_e> for every e from the factors alone, or None if this pair has no cheap form."""
+    k1, k2 = f1.kind, f2.kind
+    if {k1, k2} <= {"outer", "outer_t"} and k1 == k2:
+        return ((f1.a @ f2.a.transpose(1, 2)) * (f1.b @ f2.b.transpose(1, 2))).sum((1, 2))  # type: ignore[union-attr]
+    if k1 == k2 == "embed":
+        same = (f1.a.unsqueeze(2) == f2.a.unsqueeze(1)).to(f1.b.dtype)  # type: ignore[union-attr]
+        return (same * (f1.b @ f2.b.transpose(1, 2))).sum((1, 2))
+    if k1 == "outer" and k2 == "embed":
+        f1, f2 = f2, f1
+        k1, k2 = k2, k1
+    if k1 == "embed" and k2 == "outer":
+        # tied lm_head: g_lin = B^T A [V, d]; <g_lin, g_emb> = sum_t sum_t' B[t', id_t] (A_t' . Be_t)
+        m = f2.a @ f1.b.transpose(1, 2)  # type: ignore[operator]  # [E, N', N]
+        bg = torch.gather(f2.b, 2, f1.a.unsqueeze(1).expand(-1, f2.b.shape[1], -1))  # type: ignore[union-attr]
+        return (m * bg).sum((1, 2))
+    if k1 in ("sum", "scale", "dense") or k2 in ("sum", "scale", "dense"):
+        return None
+    return None
+
+
+def gram_cost(f1: Factor, f2: Factor) -> float | None:
+    """Multiply-adds of `_pair_gram(f1, f2)`, or None if it would fall back to materialising."""
+    k1, k2 = sorted((f1.kind, f2.kind))
+    n1, n2 = f1.slots(), f2.slots()
+    if k1 == k2 and k1 in ("outer", "outer_t"):
+        return n1 * n2 * (f1.a.shape[-1] + f1.b.shape[-1])  # type: ignore[union-attr]
+    if k1 == k2 == "embed":
+        return n1 * n2 * (f1.b.shape[-1] + 1)
+    if (k1, k2) == ("embed", "outer"):
+        return 2 * n1 * n2 * f1.b.shape[-1]
+    return None
+
+
+def materialise_cost(f: Factor) -> float:
+    """Multiply-adds to form one example's gradient from this factor."""
+    if f.kind in ("outer", "outer_t"):
+        return f.slots() * f.numel()
+    if f.kind == "dense":
+        return 0.0
+    return f.slots() * f.b.shape[-1]
+
+
+def norm_method(fs: Sequence[Factor], force_gram: bool = False) -> str:
+    """'gram' if every pair of a parameter's factors has a Gram form and it is cheaper (or forced), else 'materialise'."""
+    costs = [gram_cost(f1, f2) for i, f1 in enumerate(fs) for f2 in fs[i:]]
+    if any(c is None for c in costs):
+        return "materialise"
+    mat = sum(materialise_cost(f) for f in fs) + fs[0].numel()
+    return "gram" if force_gram or sum(costs) < mat else "materialise"  # type: ignore[arg-type]
+
+
+def sq_norms_gram(fs: Sequence[Factor]) -> torch.Tensor:
+    """||sum_k g_k||^2 per example from pairwise Gram forms (cross terms counted twice)."""
+    total = None
+    for i, f1 in enumerate(fs):
+        for j in range(i, len(fs)):
+            g = _pair_gram(f1, fs[j])
+            assert g is not None
+            g = g if i == j else 2 * g
+            total = g if total is None else total + g
+    assert total is not None
+    return total
+
+
+def materialise_sum(fs: Sequence[Factor], rows: slice = slice(None)) -> torch.Tensor:
+    """The full per-example gradient (sum over the parameter's uses) for the examples in `rows`."""
+    out = materialise(fs[0], rows)
+    for f in fs[1:]:
+        out = out + materialise(f, rows)
+    return out
+
+
+def factor_total(f: Factor) -> torch.Tensor:
+    """Sum over examples of the per-example gradients: what autograd gives for the batch loss."""
+    if f.kind == "dense":
+        return f.b.sum(0)
+    b = f.b.reshape(-1, f.b.shape[-1])
+    if f.kind == "outer":
+        return b.T @ f.a.reshape(-1, f.a.shape[-1])  # type: ignore[union-attr]
+    if f.kind == "outer_t":
+        return f.a.reshape(-1, f.a.shape[-1]).T @ b  # type: ignore[union-attr]
+    if f.kind == "embed":
+        return b.new_zeros(f.shape).index_add_(0, f.a.reshape(-1), b)  # type: ignore[union-attr]
+    if f.kind == "sum":
+        return b.sum(0)
+    return (b * f.a.reshape(-1, f.a.shape[-1])).sum(0)  # type: ignore[union-attr]
+
+
+def verify_factors(
+    factors: Mapping[str, list[Factor]], batch_grads: Mapping[str, torch.Tensor], rtol: float
+) -> list[str]:
+    """Names whose factor sums differ from autograd's batch gradient (relative to its norm) by more than rtol."""
+    bad = []
+    for name, fs in factors.items():
+        ref = batch_grads[name].to(fs[0].b.dtype)
+        got = sum(factor_total(f).reshape(ref.shape) for f in fs)
+        scale = float(ref.norm()) + float(got.norm())  # type: ignore[union-attr]
+        if float((got - ref).norm()) > rtol * max(scale, 1e-30):  # type: ignore[operator]
+            bad.append(name)
+    return bad
