@@ -1,11 +1,12 @@
 """Per-example engine cost, measured side by side in one run as ratios to the floor.
 
 The floor is one batched forward+backward of the mean loss on the same batch. Methods:
-`loop` (one backward per example, the naive oracle), the engine's reference vmap path for
-`sgd`, `sgd_clip` and `adam` (AdamW from a fresh state), and the forward-mode path `sgd_jvp`. Peak memory is measured per method in a
-fresh subprocess: its RSS high-water mark during the method (peak_mem_mb) and that minus the RSS
-before it (extra_mem_mb). Writes JSON records:
-method, arch, params, batch, seq_len, median_s, ratio_to_floor, peak_mem_mb, extra_mem_mb.
+`loop` (one backward per example, the naive oracle), `vmap` (the engine's reference path, SGD),
+the default fast paths `sgd`, `sgd_clip` (C = 1) and `adam` (AdamW from a fresh state), the
+forward-mode path `sgd_jvp`, and `projection` (SGD updates projected to k = 256, written to a
+cache). Peak memory is measured in a separate process, per method: its RSS high-water mark during
+the method (peak_mem_mb) and that minus the RSS before it (extra_mem_mb). Writes JSON records:
+method, arch, params, batch, seq_len, median_s, ratio_to_floor, ratio_to_loop, peak_mem_mb, extra_mem_mb.
 
     python benchmarks/per_example.py --quick --out benchmarks/results/per_example_quick.json
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-METHODS = ["floor", "loop", "vmap", "sgd", "sgd_jvp", "sgd_clip", "adam"]
+METHODS = ["floor", "loop", "vmap", "sgd", "sgd_jvp", "sgd_clip", "adam", "projection"]
 
 
 def build(arch: str, batch: int, seq: int):  # type: ignore[no-untyped-def]
@@ -64,6 +65,16 @@ def runner(method: str, model, params, exs, target):  # type: ignore[no-untyped-
                 loss = sft_sequence_loss(model(input_ids=ids[i : i + 1]).logits, ids[i : i + 1], mask[i : i + 1])[0]
                 g = torch.autograd.grad(loss, leaves)
                 sum((a * target[n]).sum() for a, n in zip(g, params))
+    elif method == "projection":
+        import tempfile
+
+        from sample_effect.projection import ProjectionConfig, project_examples
+
+        compute = ComputeConfig(batch_size=len(exs), memory_budget=None, progress=False)
+
+        def run() -> None:
+            with tempfile.TemporaryDirectory() as d:
+                project_examples(model, params, exs, d, UpdateConfig("sgd"), ProjectionConfig(dim=256), compute=compute)
     else:
         cfg = {"vmap": UpdateConfig("sgd"), "sgd": UpdateConfig("sgd"), "sgd_jvp": UpdateConfig("sgd"),
                "sgd_clip": UpdateConfig("sgd", clip=1.0), "adam": UpdateConfig("adamw")}[method]
@@ -93,34 +104,38 @@ def _status_mb(field: str) -> float:
     return float("nan")
 
 
-def worker(method: str, arch: str, batch: int, seq: int) -> None:
-    """Run one method in this process; print its peak RSS and the RSS before it (MB).
+def worker(arch: str, batch: int, seq: int) -> None:
+    """Run every method once in this process; print {method: [peak RSS, RSS before]} (MB).
 
-    The peak is reset after imports and set-up (Linux: writing 5 to /proc/self/clear_refs), so it
-    is the method's own high-water mark; elsewhere ru_maxrss (whole-process peak) is reported.
+    Before each method the RSS high-water mark is reset (Linux: writing 5 to /proc/self/clear_refs),
+    so each peak is that method's own; large tensors are returned to the OS when freed, so one
+    method's memory does not count toward the next. Elsewhere ru_maxrss (whole-process) is reported.
     """
     model, params, exs, target = build(arch, batch, seq)
-    run = runner(method, model, params, exs, target)
-    base = _status_mb("VmRSS")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        reset = True
-    except OSError:
-        reset = False
-    run()
-    peak = _status_mb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_mem_mb": peak, "base_mem_mb": base}))
+    out = {}
+    for method in METHODS:
+        run = runner(method, model, params, exs, target)
+        base = _status_mb("VmRSS")
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            reset = True
+        except OSError:
+            reset = False
+        run()
+        peak = _status_mb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        out[method] = [peak, base]
+    print(json.dumps(out))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer cases and repeats (under 2 minutes)")
     ap.add_argument("--out", default="benchmarks/results/per_example.json")
-    ap.add_argument("--worker", nargs=4, metavar=("METHOD", "ARCH", "BATCH", "SEQ"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=3, metavar=("ARCH", "BATCH", "SEQ"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        m, a, b, s = args.worker
-        worker(m, a, int(b), int(s))
+        a, b, s = args.worker
+        worker(a, int(b), int(s))
         return
     torch.set_num_threads(torch.get_num_threads())
     if args.quick:
@@ -133,14 +148,15 @@ def main() -> None:
         model, params, exs, target = build(arch, batch, seq)
         n_params = sum(p.numel() for p in params.values())
         timings = {m: time_it(runner(m, model, params, exs, target), repeats) for m in METHODS}
+        proc = subprocess.run([sys.executable, __file__, "--worker", arch, str(batch), str(seq)],
+                              capture_output=True, text=True, check=True)
+        mem = json.loads(proc.stdout.strip().splitlines()[-1])
         for m in METHODS:
-            proc = subprocess.run([sys.executable, __file__, "--worker", m, arch, str(batch), str(seq)],
-                                  capture_output=True, text=True, check=True)
-            mem = json.loads(proc.stdout.strip().splitlines()[-1])
+            peak, base = mem[m]
             rec = {"method": m, "arch": arch, "params": n_params, "batch": batch, "seq_len": seq,
                    "median_s": round(timings[m], 4), "ratio_to_floor": round(timings[m] / timings["floor"], 3),
-                   "peak_mem_mb": round(mem["peak_mem_mb"], 1),
-                   "extra_mem_mb": round(mem["peak_mem_mb"] - mem["base_mem_mb"], 1)}
+                   "ratio_to_loop": round(timings[m] / timings["loop"], 3),
+                   "peak_mem_mb": round(peak, 1), "extra_mem_mb": round(peak - base, 1)}
             records.append(rec)
             print(json.dumps(rec), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
