@@ -23,17 +23,23 @@ def _clip_arg(text: str) -> float | None:
     return None if v == 0 else v
 
 
-def _out_dir(path: str, overwrite: bool) -> Path:
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise SampleEffectError(f"--out must be a directory, but {p} is a file")
+def _out_dir(path: str, overwrite: bool, flag: str = "--out") -> Path:
+    """Check a run directory before any compute; it is created later, by `output_dir`, once inputs are checked."""
+    from .io import check_output_dir
+
+    p = check_output_dir(path, flag)
     if (p / "final").exists() and not overwrite:
         raise SampleEffectError(f"{p} already holds a finished run (final/); pass --overwrite to replace it")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise SampleEffectError(f"output directory's parent does not exist: {parent}")
-    p.mkdir(exist_ok=True)
     return p
+
+
+def _require_eos(tok: object, what: str) -> None:
+    """Sampling stops at EOS; without one no completion can finish and every built-in reward is 0."""
+    if getattr(tok, "eos_token_id", None) is None:
+        raise SampleEffectError(
+            f"the tokenizer of {what} has no EOS token, so a sampled completion can never finish "
+            "(rewards would only see finished=False); use a tokenizer that defines eos_token"
+        )
 
 
 def _model_args(p: argparse.ArgumentParser, lora: bool = True) -> None:
@@ -135,6 +141,7 @@ def load_for_cli(args: argparse.Namespace, spec: str | None = None):  # type: ig
 
 def cmd_train_sft(args: argparse.Namespace) -> None:
     from .data import load_examples, tokenize_examples
+    from .io import output_dir
     from .rewards import get_reward
     from .trainers import SFTConfig, train_sft
 
@@ -152,13 +159,17 @@ def cmd_train_sft(args: argparse.Namespace) -> None:
     train, _ = tokenize_examples(train_raw, tok, args.max_length)
     eval_ex = tokenize_examples(eval_raw, tok, args.max_length)[0] if eval_raw else None
     prompts = [(e.prompt, str(e.records[0]["answer"])) for e in eval_raw or [] if e.prompt is not None and "answer" in e.records[0]]
-    metrics = train_sft(model, tok, train, cfg, out, eval_ex, prompts or None, reward, out / "metrics.csv", progress=not args.quiet)
+    if prompts:
+        _require_eos(tok, f"--model {args.model} (greedy --eval-data accuracy)")
+    with output_dir(out):
+        metrics = train_sft(model, tok, train, cfg, out, eval_ex, prompts or None, reward, out / "metrics.csv", progress=not args.quiet)
     last = metrics.iloc[-1].to_dict()
     shown = ", ".join(f"{k} {last[k]:.4g}" for k in ("eval_loss", "eval_accuracy") if k in last)
     print(f"trained {int(last['step'])} steps; {shown}; wrote {out / 'final'} and {out / 'metrics.csv'}")
 
 
 def cmd_train_grpo(args: argparse.Namespace) -> None:
+    from .io import output_dir
     from .rewards import get_reward
     from .trainers import GRPOConfig, load_rl_prompts, train_grpo
 
@@ -173,7 +184,9 @@ def cmd_train_grpo(args: argparse.Namespace) -> None:
     evals = load_rl_prompts(args.eval_prompts) if args.eval_prompts else None
     out = _out_dir(args.out, args.overwrite)
     model, tok = load_for_cli(args)
-    m = train_grpo(model, tok, prompts, reward, cfg, out, evals, out / "metrics.csv", progress=not args.quiet)
+    _require_eos(tok, f"--model {args.model}")
+    with output_dir(out):
+        m = train_grpo(model, tok, prompts, reward, cfg, out, evals, out / "metrics.csv", progress=not args.quiet)
     zero = int(m["zero_variance_groups"].fillna(0).sum())
     groups = int(m["groups"].fillna(0).sum())
     print(f"GRPO: {cfg.steps} steps, mean reward {m['reward_mean'].mean():.3f}, zero-variance groups {zero}/{groups}; "
@@ -181,16 +194,24 @@ def cmd_train_grpo(args: argparse.Namespace) -> None:
 
 
 def cmd_redistill(args: argparse.Namespace) -> None:
-    from .io import check_output_path
+    from .io import check_output_path, output_dir
     from .rewards import get_reward
     from .trainers import load_rl_prompts, redistill
 
     check_output_path(args.out, args.overwrite)
     if args.finetune and not args.finetune_out:
         raise SampleEffectError("--finetune needs --finetune-out DIR")
+    for flag, value in (("--samples-per-prompt", args.samples_per_prompt), ("--keep-per-prompt", args.keep_per_prompt),
+                        ("--max-new-tokens", args.max_new_tokens)):
+        if value < 1:
+            raise SampleEffectError(f"{flag} must be >= 1, got {value}")
+    if not args.temperature >= 0:
+        raise SampleEffectError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    fout = _out_dir(args.finetune_out, args.overwrite, "--finetune-out") if args.finetune else None
     reward = get_reward(args.reward)
     prompts = load_rl_prompts(args.prompts)
     model, tok = load_for_cli(args)
+    _require_eos(tok, f"--model {args.model}")
     recs = redistill(model, tok, prompts, reward, args.out, args.samples_per_prompt, args.keep_per_prompt,
                      args.temperature, args.max_new_tokens, args.seed, progress=not args.quiet)
     print(f"kept {len(recs)} correct completions from {len(prompts)} prompts; wrote {args.out}")
@@ -200,11 +221,12 @@ def cmd_redistill(args: argparse.Namespace) -> None:
         from .data import examples_from_records, tokenize_examples
         from .trainers import SFTConfig, train_sft
 
-        out = _out_dir(args.finetune_out, args.overwrite)
+        assert fout is not None
         base, btok = load_for_cli(args, args.finetune)
         train, _ = tokenize_examples(examples_from_records(list(enumerate(recs, 1)), args.out), btok)
-        cfg = SFTConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
-        train_sft(base, btok, train, cfg, out, metrics_path=out / "metrics.csv", progress=not args.quiet)
+        cfg = SFTConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed).validate()
+        with output_dir(fout) as out:
+            train_sft(base, btok, train, cfg, out, metrics_path=out / "metrics.csv", progress=not args.quiet)
         print(f"fine-tuned {args.finetune} on them; wrote {out / 'final'}")
 
 
@@ -230,9 +252,10 @@ def add_validate_parser(sub: argparse._SubParsersAction, common: Common) -> None
 
 def cmd_validate(args: argparse.Namespace) -> None:
     import json
+    import math
 
     from .data import load_examples, tokenize_examples
-    from .io import atomic_open
+    from .io import atomic_open, check_output_dir, check_output_path, output_dir
     from .models import select_parameters
     from .optim import UpdateConfig
     from .validation import linearization_check, plot_linearization
@@ -241,21 +264,24 @@ def cmd_validate(args: argparse.Namespace) -> None:
         lrs = [float(x) for x in args.lrs.split(",") if x.strip()]
     except ValueError:
         raise SampleEffectError(f"--lrs must be comma-separated numbers, got '{args.lrs}'") from None
+    if not lrs or not all(math.isfinite(x) and x > 0 for x in lrs):
+        raise SampleEffectError(f"--lrs must be comma-separated positive numbers, got '{args.lrs}'")
     update = UpdateConfig(args.optimizer.lower(), clip=args.clip, weight_decay=args.weight_decay).validate()
     data, target = load_examples(args.data), load_examples(args.target_data)
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise SampleEffectError(f"output directory's parent does not exist: {out.parent}")
-    out.mkdir(exist_ok=True)
+    out = check_output_dir(args.out)
+    for name in ("linearization.csv", "linearization.json", "linearization.png") if out.is_dir() else ():
+        check_output_path(out / name, args.overwrite)
     model, tok = load_for_cli(args)
     exs, _ = tokenize_examples(data, tok, args.max_length)
     tgt, _ = tokenize_examples(target, tok, args.max_length)
-    res = linearization_check(model, select_parameters(model, args.params), exs, tgt, update, lrs)
+    params = select_parameters(model, args.params)
     from .io import write_table
 
-    write_table(res.rows, out / "linearization.csv")
-    with atomic_open(out / "linearization.json") as f:
-        json.dump({"optimizer": update.optimizer, "clip": update.clip, "summary": res.summary.to_dict("records")}, f, indent=2)
-    plot_linearization(res, str(out / "linearization.png"))
+    with output_dir(out):
+        res = linearization_check(model, params, exs, tgt, update, lrs)
+        write_table(res.rows, out / "linearization.csv")
+        with atomic_open(out / "linearization.json") as f:
+            json.dump({"optimizer": update.optimizer, "clip": update.clip, "summary": res.summary.to_dict("records")}, f, indent=2)
+        plot_linearization(res, str(out / "linearization.png"))
     print(res.summary.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"wrote {out / 'linearization.csv'}, {out / 'linearization.json'}, {out / 'linearization.png'}")

@@ -35,6 +35,13 @@ class Example:
     messages: list[list[dict[str, Any]]] | None = None  # chat form: one message list per response
     records: list[dict[str, Any]] = field(default_factory=list)  # the input lines, for export
     line_numbers: list[int] = field(default_factory=list)
+    source: str | None = None  # the file the lines came from, for error messages
+
+    def where(self, i: int = 0) -> str:
+        """'file:line: ' of the i-th response's line when known (prefix for error messages), else ''."""
+        if self.source is None or i >= len(self.line_numbers):
+            return ""
+        return f"{self.source}:{self.line_numbers[i]}: "
 
 
 @dataclass
@@ -75,26 +82,42 @@ def _read_text(path: Path) -> str:
     if b"\x00" in raw:
         raise SampleEffectError(f"{path}: looks like a binary file (NUL byte found), expected JSONL text")
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")  # a leading byte-order mark (Windows editors) is not data
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise SampleEffectError(f"{path}:{line}: not valid UTF-8 ({exc.reason})") from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
-    """Parse a JSONL file into (line number, object) pairs; blank lines are skipped."""
+    """Parse a JSONL file into (line number, object) pairs; blank lines are skipped.
+
+    Lines end at "\n" only (a "\r" before it is dropped): str.splitlines() would also split at
+    U+2028, U+0085 and other characters that JSON allows raw inside a string.
+    """
     p = Path(path)
     text = _read_text(p)
     out: list[tuple[int, dict[str, Any]]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise SampleEffectError(f"{p}:{lineno}: malformed JSON ({exc.msg})") from None
+        except RecursionError:
+            raise SampleEffectError(f"{p}:{lineno}: malformed JSON (nested too deeply)") from None
+        except ValueError as exc:  # e.g. an integer longer than Python's int-string conversion limit
+            raise SampleEffectError(f"{p}:{lineno}: malformed JSON ({str(exc).split(':')[0]})") from None
         if not isinstance(obj, dict):
             raise SampleEffectError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        if "\\u" in line:  # a \uD800-style escape can decode to a lone surrogate, which is not text
+            try:
+                json.dumps(obj, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise SampleEffectError(
+                    f"{p}:{lineno}: a string holds a lone UTF-16 surrogate escape (e.g. \\ud800), which is not valid text"
+                ) from None
         out.append((lineno, obj))
     if not out:
         raise SampleEffectError(f"{p}: no examples (the file is empty)")
@@ -106,10 +129,15 @@ def _field(obj: dict[str, Any], name: str, where: str, kind: type = str) -> Any:
         raise SampleEffectError(f"{where}: missing field '{name}'")
     value = obj[name]
     if not isinstance(value, kind) or (kind is str and isinstance(value, bool)):
-        raise SampleEffectError(
-            f"{where}: field '{name}' must be a {kind.__name__}, got {type(value).__name__}"
-        )
+        want = {"str": "string"}.get(kind.__name__, kind.__name__)
+        raise SampleEffectError(f"{where}: field '{name}' must be a {want}, got {_json_type(value)}")
     return value
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for error messages."""
+    names = {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _check_messages(messages: list[Any], where: str) -> int:
@@ -134,7 +162,7 @@ def examples_from_records(records: Sequence[tuple[int, dict[str, Any]]], source:
             raise SampleEffectError(f"{where}: missing field 'id'")
         ex_id = obj["id"]
         if isinstance(ex_id, bool) or not isinstance(ex_id, (str, int)):
-            raise SampleEffectError(f"{where}: field 'id' must be a string, got {type(ex_id).__name__}")
+            raise SampleEffectError(f"{where}: field 'id' must be a string, got {_json_type(ex_id)}")
         ex_id = str(ex_id)
         if "messages" in obj:
             messages = _field(obj, "messages", where, list)
@@ -149,7 +177,9 @@ def examples_from_records(records: Sequence[tuple[int, dict[str, Any]]], source:
             raise SampleEffectError(f"{where}: example '{ex_id}' has an empty response")
         ex = by_id.get(ex_id)
         if ex is None:
-            ex = by_id[ex_id] = Example(id=ex_id, responses=[], prompt=prompt, messages=[] if conv else None)
+            ex = by_id[ex_id] = Example(
+                id=ex_id, responses=[], prompt=prompt, messages=[] if conv else None, source=source
+            )
         elif (ex.messages is None) != (conv is None):
             raise SampleEffectError(f"{where}: id '{ex_id}' mixes chat 'messages' and 'prompt'/'response' lines")
         elif conv is None and ex.prompt != prompt:
@@ -190,16 +220,16 @@ def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def _chat_split(tokenizer: Any, conv: list[dict[str, Any]], ex_id: str) -> tuple[str, str]:
+def _chat_split(tokenizer: Any, conv: list[dict[str, Any]], ex_id: str, where: str = "") -> tuple[str, str]:
     if getattr(tokenizer, "chat_template", None) is None:
         raise SampleEffectError(
-            f"example '{ex_id}' uses 'messages' but the tokenizer has no chat template"
+            f"{where}example '{ex_id}' uses 'messages' but the tokenizer has no chat template"
         )
     prompt = tokenizer.apply_chat_template(conv[:-1], add_generation_prompt=True, tokenize=False)
     full = tokenizer.apply_chat_template(conv, tokenize=False)
     if not full.startswith(prompt):
         raise SampleEffectError(
-            f"example '{ex_id}': the chat template renders the conversation without the prompt as a prefix, "
+            f"{where}example '{ex_id}': the chat template renders the conversation without the prompt as a prefix, "
             "so the response cannot be separated from the prompt"
         )
     return prompt, full[len(prompt):]
@@ -214,7 +244,7 @@ def tokenize_example(
     starts: list[int] = []
     for i, response in enumerate(ex.responses):
         if ex.messages is not None:
-            prompt_text, response_text = _chat_split(tokenizer, ex.messages[i], ex.id)
+            prompt_text, response_text = _chat_split(tokenizer, ex.messages[i], ex.id, ex.where(i))
             prompt_ids = _ids(tokenizer, prompt_text, special=False)
             resp_ids = _ids(tokenizer, response_text, special=False)
             needs_eos = eos is not None and eos not in resp_ids
@@ -234,7 +264,7 @@ def tokenize_example(
         start = max(len(prompt_ids), 1)
         if len(ids) <= start:
             why = f" after truncation to --max-length {max_length}" if max_length is not None and len(prompt_ids) + len(resp_ids) > max_length else ""
-            raise SampleEffectError(f"example '{ex.id}' has no response tokens left{why}")
+            raise SampleEffectError(f"{ex.where(i)}example '{ex.id}' has no response tokens left{why}")
         seqs.append(torch.tensor(ids, dtype=torch.long))
         starts.append(start)
     return TokenizedExample(id=ex.id, sequences=seqs, response_starts=starts)

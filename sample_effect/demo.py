@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import time
 from collections.abc import Callable
@@ -48,7 +49,7 @@ def kk_records(n: int, seed: int, styles: list[str], prefix: str) -> list[dict]:
 
     recs = []
     for people, count in ((2, n // 2), (3, n - n // 2)):
-        for p in generate_puzzles(people, count, seed=seed):
+        for p in generate_puzzles(people, count, seed=seed) if count else []:
             for style in styles:
                 recs.append(puzzle_record(p, style, seed=seed, id_prefix=f"{prefix}-{style}"))
     return recs
@@ -70,9 +71,24 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .targets import LossTarget
     from .trainers import SFTConfig, train_sft
 
+    for flag, value in (("--n-pool", args.n_pool), ("--n-target", args.n_target), ("--n-test", args.n_test),
+                        ("--top-k", args.top_k), ("--max-new-tokens", args.max_new_tokens)):
+        if value < 1:
+            raise SampleEffectError(f"{flag} must be >= 1, got {value}")
+    for flag, x in (("--epochs", args.epochs), ("--lr", args.lr)):
+        if not (math.isfinite(x) and x > 0):
+            raise SampleEffectError(f"{flag} must be a positive number, got {x}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise SampleEffectError(f"--out must be a directory, but {out} is a file")
     t0 = time.perf_counter()
+    # The model loads before anything is written, so a bad --model leaves no output behind.
+    model_dir = resolve_model(args.model)
+    model, tok = load_model(model_dir, "float32")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SampleEffectError(f"cannot create --out directory {out}: {exc.strerror}") from None
     say = (lambda *a: None) if args.quiet else (lambda *a: print("demo:", *a, flush=True))
     # Seeds 10_000+ keep the demo's puzzles apart from the base model's pre-training corpus (seed 100).
     base_seed = 10_000 + 3 * args.seed
@@ -82,8 +98,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
     for name, recs in (("pool.jsonl", pool), ("target.jsonl", target), ("test.jsonl", test)):
         with atomic_open(out / name) as f:
             f.writelines(json.dumps(r) + "\n" for r in recs)
-    model_dir = resolve_model(args.model)
-    model, tok = load_model(model_dir, "float32")
     examples = examples_from_records(list(enumerate(pool, 1)), "pool.jsonl")
     tok_pool, _ = tokenize_examples(examples, tok)
     tok_target, _ = tokenize_examples(examples_from_records(list(enumerate(target, 1)), "target.jsonl"), tok)

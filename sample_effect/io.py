@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,35 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = True) -> Path:
     if p.exists() and not overwrite:
         raise SampleEffectError(f"output file already exists: {p} (pass --overwrite to replace it)")
     return p
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Fail early, before any compute, if `path` cannot be used as an output directory; creates nothing."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise SampleEffectError(f"{flag} must be a directory, but {p} is a file")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise SampleEffectError(f"output directory's parent does not exist: {parent} (for {flag} {p})")
+    where = p if p.is_dir() else parent
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise SampleEffectError(f"output directory is not writable: {where} (for {flag} {p})")
+    return p
+
+
+@contextlib.contextmanager
+def output_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Create the output directory for the block; if the block fails, remove it again when this call
+    created it and nothing worth keeping (a `checkpoint-*` directory) was saved into it."""
+    p = Path(path)
+    created = not p.exists()
+    p.mkdir(exist_ok=True)
+    try:
+        yield p
+    except BaseException:
+        if created and not any(p.glob("checkpoint-*")):
+            shutil.rmtree(p, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager

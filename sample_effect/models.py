@@ -6,6 +6,7 @@ KV cache, and in eval mode (dropout breaks vmap and makes gradients random).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import OrderedDict
@@ -22,6 +23,7 @@ DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
 }
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -50,6 +52,10 @@ def check_model_dir(path: str | os.PathLike) -> Path:
         raise SampleEffectError(f"model path is not a directory: {p}")
     if not (p / "config.json").exists():
         raise SampleEffectError(f"model directory has no config.json: {p}")
+    try:
+        json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SampleEffectError(f"{p / 'config.json'}: not valid JSON ({str(exc).splitlines()[0]})") from None
     if not any((p / f).exists() for f in WEIGHT_FILES):
         raise SampleEffectError(f"model directory has no weights ({' / '.join(WEIGHT_FILES[::2])}): {p}")
     return p
@@ -69,10 +75,17 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     """Load the tokenizer saved next to a model, with a clear error if there is none."""
     from transformers import AutoTokenizer
 
+    p = Path(path)
+    if p.is_dir() and not any((p / f).exists() for f in TOKENIZER_FILES):
+        # transformers would build an empty tokenizer from config.json alone and every text would have no tokens
+        raise SampleEffectError(f"could not load a tokenizer from {p}: no tokenizer files ({' / '.join(TOKENIZER_FILES[:2])}) in it")
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        tok = AutoTokenizer.from_pretrained(str(path))
     except Exception as exc:  # transformers raises many types here
         raise SampleEffectError(f"could not load a tokenizer from {path}: {str(exc).splitlines()[0]}") from None
+    if len(tok) < 2:
+        raise SampleEffectError(f"could not load a tokenizer from {path}: its vocabulary is empty")
+    return tok
 
 
 def load_model(path: str | os.PathLike, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,11 +108,18 @@ def load_optimizer_state(
     """
     p = Path(path)
     if not p.exists():
-        raise SampleEffectError(f"optimizer state file not found: {p}")
+        raise SampleEffectError(f"--optimizer-state file not found: {p}")
+    if p.is_dir():
+        raise SampleEffectError(f"--optimizer-state must be a file written by torch.save, but {p} is a directory")
     try:
-        blob = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise SampleEffectError(f"could not read optimizer state {p}: {str(exc).splitlines()[0]}") from None
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then rejects
+            warnings.simplefilter("ignore")
+            blob = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle / zip / weights-only errors of many types
+        raise SampleEffectError(
+            f"could not read --optimizer-state {p}: not a torch.save file of tensors and plain containers "
+            f"({type(exc).__name__})"
+        ) from None
     if not isinstance(blob, dict) or "optimizer" not in blob or "param_names" not in blob:
         raise SampleEffectError(f"{p}: expected a dict with keys 'optimizer' (a state_dict) and 'param_names'")
     sd, names = blob["optimizer"], list(blob["param_names"])

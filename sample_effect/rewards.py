@@ -84,13 +84,15 @@ def get_reward(name: str) -> Reward:
     if name in BUILTIN:
         return _checked(BUILTIN[name], name)
     if ":" not in name:
-        raise SampleEffectError(f"unknown reward '{name}'; use one of {', '.join(BUILTIN)} or module:function")
+        raise SampleEffectError(f"unknown reward '{name}' for --reward; use one of {', '.join(BUILTIN)} or module:function")
     module_name, _, func_name = name.partition(":")
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise SampleEffectError(f"cannot import reward module '{module_name}': {exc}") from None
+        raise SampleEffectError(
+            f"cannot import reward module '{module_name}' (--reward {name}): {type(exc).__name__}: {exc}"
+        ) from None
     fn = getattr(module, func_name, None)
     if not callable(fn):
-        raise SampleEffectError(f"reward '{name}': module '{module_name}' has no function '{func_name}'")
+        raise SampleEffectError(f"--reward '{name}': module '{module_name}' has no function '{func_name}'")
     return _checked(fn, name)

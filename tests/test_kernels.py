@@ -136,7 +136,7 @@ def test_ghost_uses_vmap_for_parameters_of_unknown_modules(model_dirs):
     mlp = model.model.layers[0].mlp
     mlp.down_proj = torch.nn.Sequential(mlp.down_proj, _Gate(mlp.down_proj.out_features))
     params = select_parameters(model)
-    coverage, uncovered, _ = ghost_coverage(model, params)
+    _coverage, uncovered, _ = ghost_coverage(model, params)
     assert uncovered == ["model.layers.0.mlp.down_proj.1.gate"]
     exs, _ = tokenize_examples(examples_from_records(list(enumerate(TRAIN, 1))), tok)
     gen = torch.Generator().manual_seed(0)

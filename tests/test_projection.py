@@ -10,7 +10,14 @@ import pytest
 import torch
 from conftest import TRAIN
 
-from sample_effect import ComputeConfig, SampleEffectError, UpdateConfig, compute_effects, load_model, select_parameters
+from sample_effect import (
+    ComputeConfig,
+    SampleEffectError,
+    UpdateConfig,
+    compute_effects,
+    load_model,
+    select_parameters,
+)
 from sample_effect.data import examples_from_records, tokenize_examples
 from sample_effect.projection import (
     ProjectionConfig,
@@ -33,7 +40,7 @@ def _setup(model_dirs, subset=SUBSET):
 
 def _explicit_p(params, cfg):
     rows = []
-    for i, (n, p) in enumerate(params.items()):
+    for i, (_n, p) in enumerate(params.items()):
         rows.append(torch.cat([b for _, _, b in _blocks(i, p.numel(), cfg, torch.float64, torch.device("cpu"))]))
     return torch.cat(rows)  # [n_params, k]
 

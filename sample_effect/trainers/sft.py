@@ -23,7 +23,7 @@ from ..engine import check_lengths, collate, example_loss_values
 from ..errors import SampleEffectError
 from ..generation import greedy_accuracy
 from ..losses import example_losses, sft_sequence_loss
-from .common import MetricsWriter, make_optimizer, make_schedule, save_checkpoint
+from .common import SCHEDULES, MetricsWriter, make_optimizer, make_schedule, save_checkpoint
 
 
 @dataclass
@@ -58,6 +58,8 @@ class SFTConfig:
             raise SampleEffectError(f"--epochs must be positive, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:
             raise SampleEffectError(f"--steps must be >= 1, got {self.max_steps}")
+        if self.schedule not in SCHEDULES:
+            raise SampleEffectError(f"unknown --schedule '{self.schedule}'; choose one of {', '.join(SCHEDULES)}")
         return self
 
 
