@@ -37,21 +37,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
 
 
-def _add_rank(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "rank",
-        help="score every example of an SFT set by its sample effect and rank them",
-        description="Score every example of an SFT JSONL file by its sample effect e(s) = <delta_theta(s), G> / lr "
-        "toward a target, and write a ranked table (rank 1 = most helpful).",
-    )
-    p.add_argument("--model", required=True, help="local model directory (config, weights, tokenizer)")
-    p.add_argument("--data", required=True, help="SFT JSONL to score ({id, prompt, response} or {id, messages})")
-    tg = p.add_mutually_exclusive_group(required=True)
-    tg.add_argument("--target-data", metavar="FILE", help="G = -grad of the mean loss over this SFT JSONL")
-    tg.add_argument("--target", choices=["self"], help="'self': G = -grad of the mean loss over --data itself")
-    tg.add_argument("--direction", nargs=2, metavar=("BASE", "FINAL"), help="G = theta_FINAL - theta_BASE (checkpoint dirs)")
-    p.add_argument("--normalize", action="store_true", help="with --direction: scale G to unit norm")
-    p.add_argument("--out", required=True, help="output table, .csv or .parquet")
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by every command that simulates optimiser steps on examples (rank, project)."""
     p.add_argument("--optimizer", default="sgd", help="simulated optimiser: sgd, adam or adamw (default sgd)")
     p.add_argument("--lr", type=float, default=1e-5, help="learning rate (effects are per unit lr; default 1e-5)")
     p.add_argument("--beta1", type=float, default=None, help="Adam beta1 (default: state file's, else 0.9)")
@@ -65,9 +52,59 @@ def _add_rank(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=_positive_int, default=None, help="truncate sequences from the right to this many tokens")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="most sequences per vmap chunk (speed/memory only)")
     p.add_argument("--memory-budget", default="4GB", help="memory budget for one chunk, e.g. 4GB (default 4GB)")
-    p.add_argument("--method", default="vmap", choices=["vmap", "jvp"],
-                   help="engine path: vmap (reference, default) or jvp (forward-mode; SGD without --clip only, "
-                   "no grad_norm column values)")
+    p.add_argument("--method", default="auto", choices=["auto", "ghost", "vmap", "jvp"],
+                   help="engine path (same numbers, different speed): auto/ghost (per-layer factors from one batched "
+                   "backward; default), vmap (reference), jvp (forward-mode; SGD without --clip only)")
+    p.add_argument("--grad-norms", action="store_true",
+                   help="fill the grad_norm column even when nothing needs it (SGD without --clip on the fast paths)")
+    p.add_argument("--explain", action="store_true",
+                   help="print the engine's plan (per-layer path, chunk size, expected peak memory) and exit")
+
+
+def _update_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """UpdateConfig and ComputeConfig from the shared engine arguments, validated."""
+    from .engine import ComputeConfig, parse_bytes
+    from .optim import UpdateConfig
+
+    update = UpdateConfig(
+        optimizer=args.optimizer.lower(), lr=args.lr, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
+        weight_decay=args.weight_decay, clip=args.clip,
+    ).validate()
+    if args.optimizer_state and update.optimizer == "sgd":
+        raise SampleEffectError("--optimizer-state holds Adam moments; use --optimizer adam or adamw with it")
+    try:
+        budget = parse_bytes(args.memory_budget)
+    except SampleEffectError as exc:
+        raise SampleEffectError(f"--memory-budget: {exc}") from None
+    compute = ComputeConfig(batch_size=args.batch_size, memory_budget=budget, progress=not args.quiet, method=args.method,
+                            grad_norms=args.grad_norms)
+    if args.method == "jvp" and (update.optimizer != "sgd" or update.clip is not None):
+        raise SampleEffectError("--method jvp computes SGD effects without --clip only")
+    return update, compute
+
+
+def _add_rank(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "rank",
+        help="score every example of an SFT set by its sample effect and rank them",
+        description="Score every example of an SFT JSONL file by its sample effect e(s) = <delta_theta(s), G> / lr "
+        "toward a target, and write a ranked table (rank 1 = most helpful).",
+    )
+    p.add_argument("--model", required=True, help="local model directory (config, weights, tokenizer)")
+    p.add_argument("--data", required=True, help="SFT JSONL to score ({id, prompt, response} or {id, messages})")
+    tg = p.add_mutually_exclusive_group(required=True)
+    tg.add_argument("--target-data", metavar="FILE", help="G = -grad of the mean loss over this SFT JSONL")
+    tg.add_argument("--target", choices=["self"], help="'self': G = -grad of the mean loss over --data itself")
+    tg.add_argument("--direction", nargs=2, metavar=("BASE", "FINAL"), help="G = theta_FINAL - theta_BASE (checkpoint dirs)")
+    tg.add_argument("--target-prompts", metavar="FILE", help="G = grad of test accuracy on these RL prompts (REINFORCE)")
+    p.add_argument("--normalize", action="store_true", help="with --direction: scale G to unit norm")
+    from .cli_predict import add_accuracy_target_args
+
+    add_accuracy_target_args(p)
+    p.add_argument("--out", required=True, help="output table, .csv or .parquet")
+    _add_engine_args(p)
+    p.add_argument("--projection", metavar="DIR",
+                   help="score from a cache written by `sample-effect project` (estimate <P d, P G>; no gradients recomputed)")
     p.add_argument("--top-k", type=_positive_int, default=None, help="with --export: how many top examples to export")
     from .cli_train import add_lora_args
 
@@ -111,9 +148,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
     from .cli_train import load_for_cli
     from .data import load_examples, tokenize_examples
     from .effects import score_examples_result
-    from .engine import ComputeConfig, parse_bytes
     from .io import check_output_path
-    from .optim import UpdateConfig
     from .targets import DirectionTarget, LossTarget, SelfTarget
 
     out = Path(args.out)
@@ -130,17 +165,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
         check_output_path(args.export, args.overwrite)
         if Path(args.export).resolve() == out.resolve():
             raise SampleEffectError("--export and --out must be different files")
-    update = UpdateConfig(
-        optimizer=args.optimizer.lower(), lr=args.lr, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
-        weight_decay=args.weight_decay, clip=args.clip,
-    ).validate()
-    if args.optimizer_state and update.optimizer == "sgd":
-        raise SampleEffectError("--optimizer-state holds Adam moments; use --optimizer adam or adamw with it")
-    compute = ComputeConfig(
-        batch_size=args.batch_size, memory_budget=parse_bytes(args.memory_budget), progress=not args.quiet, method=args.method
-    )
-    if args.method == "jvp" and (update.optimizer != "sgd" or update.clip is not None):
-        raise SampleEffectError("--method jvp computes SGD effects without --clip only")
+    update, compute = _update_from_args(args)
 
     t0 = time.perf_counter()
     examples = load_examples(args.data)
@@ -156,11 +181,27 @@ def cmd_rank(args: argparse.Namespace) -> None:
         target = LossTarget(target_tok)
     elif args.direction:
         target = DirectionTarget(args.direction[0], args.direction[1], normalize=args.normalize)
+    elif args.target_prompts:
+        from .cli_predict import accuracy_target_from_args
+
+        target = accuracy_target_from_args(args, tokenizer)
     else:
         target = SelfTarget()
-    result = score_examples_result(
-        model, tokenizer, tokenized, target, update, params=args.params, optimizer_state=args.optimizer_state, compute=compute
-    )
+    if args.explain:
+        from .models import select_parameters
+        from .planner import make_plan
+
+        print(make_plan(model, select_parameters(model, args.params), tokenized, update, compute).render())
+        return
+    if args.projection:
+        from .cli_project import projected_result
+
+        result = projected_result(args, model, tokenized, target, update, compute)
+    else:
+        result = score_examples_result(
+            model, tokenizer, tokenized, target, update, params=args.params, optimizer_state=args.optimizer_state,
+            compute=compute,
+        )
     table = result.table()
     write_table(table, out)
     if args.export:
@@ -195,12 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_rank(sub)
     _add_kk(sub)
+    from .cli_predict import add_predict_rl_parser
     from .cli_train import add_train_parsers, add_validate_parser
     from .demo import add_demo_parser
 
     add_train_parsers(sub, _common)
     add_validate_parser(sub, _common)
     add_demo_parser(sub, _common)
+    add_predict_rl_parser(sub, _common)
+    from .cli_growth import add_predict_sft_parser
+    from .cli_project import add_project_parser
+
+    add_predict_sft_parser(sub, _common)
+
+    add_project_parser(sub, _common, _add_engine_args)
     return parser
 
 
@@ -221,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SampleEffectError as exc:
         if args.debug:
             raise
-        print(f"sample-effect: error: {exc}", file=sys.stderr)
+        # One line whatever the message holds (a reward's or a loader's exception text may span lines).
+        print("sample-effect: error: " + " ".join(x.strip() for x in str(exc).splitlines() if x.strip()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sample-effect: interrupted", file=sys.stderr)

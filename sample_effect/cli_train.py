@@ -57,15 +57,8 @@ def add_lora_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-targets", default=None, help="comma-separated module names (default: PEFT's per-architecture choice)")
 
 
-def add_train_parsers(sub: argparse._SubParsersAction, common: Common) -> None:
-    """Register train-sft, train-grpo and redistill."""
-    p = sub.add_parser("train-sft", help="supervised fine-tuning with AdamW on response tokens",
-                       description="Fine-tune on SFT JSONL with the same loss the engine linearises.")
-    _model_args(p)
-    p.add_argument("--data", required=True, help="SFT JSONL")
-    p.add_argument("--eval-data", help="SFT JSONL for eval loss; lines with an 'answer' also give greedy accuracy")
-    p.add_argument("--reward", default="kk", help="reward for eval accuracy: kk, exact, boxed or module:function")
-    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.csv)")
+def add_sft_schedule_args(p: argparse.ArgumentParser) -> None:
+    """The SFT trainer's schedule (shared by train-sft, predict-sft and validate curves/selection)."""
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--schedule", default="constant", help="constant or cosine (after linear warmup)")
     p.add_argument("--warmup-steps", type=_nonneg_int, default=0)
@@ -75,6 +68,29 @@ def add_train_parsers(sub: argparse._SubParsersAction, common: Common) -> None:
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (overrides --epochs)")
     p.add_argument("--weight-decay", type=float, default=0.0)
+
+
+def sft_config_from_args(args: argparse.Namespace, **extra: object):  # type: ignore[no-untyped-def]
+    """SFTConfig from add_sft_schedule_args' arguments (plus trainer-only settings), validated."""
+    from .trainers import SFTConfig
+
+    return SFTConfig(
+        lr=args.lr, schedule=args.schedule, warmup_steps=args.warmup_steps, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm, epochs=args.epochs, max_steps=args.steps,
+        seed=args.seed, weight_decay=args.weight_decay, **extra,  # type: ignore[arg-type]
+    ).validate()
+
+
+def add_train_parsers(sub: argparse._SubParsersAction, common: Common) -> None:
+    """Register train-sft, train-grpo and redistill."""
+    p = sub.add_parser("train-sft", help="supervised fine-tuning with AdamW on response tokens",
+                       description="Fine-tune on SFT JSONL with the same loss the engine linearises.")
+    _model_args(p)
+    p.add_argument("--data", required=True, help="SFT JSONL")
+    p.add_argument("--eval-data", help="SFT JSONL for eval loss; lines with an 'answer' also give greedy accuracy")
+    p.add_argument("--reward", default="kk", help="reward for eval accuracy: kk, exact, boxed or module:function")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.csv)")
+    add_sft_schedule_args(p)
     p.add_argument("--eval-every", type=_nonneg_int, default=0, help="evaluate every k steps (0 = at the end only)")
     p.add_argument("--eval-max-new-tokens", type=int, default=256)
     p.add_argument("--save-every", type=_nonneg_int, default=0)
@@ -143,14 +159,10 @@ def cmd_train_sft(args: argparse.Namespace) -> None:
     from .data import load_examples, tokenize_examples
     from .io import output_dir
     from .rewards import get_reward
-    from .trainers import SFTConfig, train_sft
+    from .trainers import train_sft
 
-    cfg = SFTConfig(
-        lr=args.lr, schedule=args.schedule, warmup_steps=args.warmup_steps, batch_size=args.batch_size,
-        grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm, epochs=args.epochs, max_steps=args.steps,
-        seed=args.seed, weight_decay=args.weight_decay, eval_every=args.eval_every,
-        eval_max_new_tokens=args.eval_max_new_tokens, save_every=args.save_every,
-    ).validate()
+    cfg = sft_config_from_args(args, eval_every=args.eval_every, eval_max_new_tokens=args.eval_max_new_tokens,
+                               save_every=args.save_every)
     reward = get_reward(args.reward)
     train_raw = load_examples(args.data)
     eval_raw = load_examples(args.eval_data) if args.eval_data else None
@@ -232,10 +244,12 @@ def cmd_redistill(args: argparse.Namespace) -> None:
 
 def add_validate_parser(sub: argparse._SubParsersAction, common: Common) -> None:
     """`validate linearization`: predicted vs actual one-step changes over an lr sweep."""
-    v = sub.add_parser("validate", help="check the first-order predictions against real optimiser steps",
-                       description="linearization: for each example, one real optimiser step on it alone at each lr, "
-                       "the actual drop of the target loss against lr * e(s); Pearson / Spearman per lr, CSV, JSON, PNG.")
-    v.add_argument("check", choices=["linearization"])
+    top = sub.add_parser("validate", help="check the predictions against real training (linearization, curves, selection)",
+                         description="Three checks of the first-order picture, each writing JSON metrics, a CSV and a figure.")
+    checks = top.add_subparsers(dest="check", required=True, metavar="CHECK")
+    v = checks.add_parser("linearization", help="one real step per example vs lr * e(s), over an lr sweep",
+                          description="For each example, one real optimiser step on it alone at each lr, the actual "
+                          "drop of the target loss against lr * e(s); Pearson / Spearman per lr, CSV, JSON, PNG.")
     _model_args(v, lora=False)
     v.add_argument("--data", required=True, help="SFT JSONL of examples to step on")
     v.add_argument("--target-data", required=True, help="SFT JSONL whose mean loss is the target")
@@ -248,6 +262,10 @@ def add_validate_parser(sub: argparse._SubParsersAction, common: Common) -> None
     v.add_argument("--max-length", type=int, default=None)
     common(v)
     v.set_defaults(func=cmd_validate)
+    from .cli_growth import add_validate_curves_parser, add_validate_selection_parser
+
+    add_validate_curves_parser(checks, common)
+    add_validate_selection_parser(checks, common)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:

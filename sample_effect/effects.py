@@ -258,6 +258,23 @@ def score_examples(
     ).table()
 
 
+def resolve_state(
+    model: torch.nn.Module,
+    chosen: Mapping[str, torch.Tensor],
+    update: UpdateConfig,
+    optimizer_state: str | os.PathLike | OptimizerState | None,
+) -> OptimizerState | None:
+    """An optimiser state for the chosen parameters: as given, loaded from a file by name, or None (fresh)."""
+    if optimizer_state is None or isinstance(optimizer_state, OptimizerState):
+        return optimizer_state
+    if update.optimizer == "sgd":
+        raise SampleEffectError("--optimizer-state holds Adam moments; use --optimizer adam or adamw with it")
+    dtype = next(iter(chosen.values())).dtype
+    return load_optimizer_state(
+        optimizer_state, chosen, accumulation_dtype(dtype), model_names={n for n, _ in model.named_parameters()}
+    )
+
+
 def score_examples_result(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -281,15 +298,6 @@ def score_examples_result(
     else:
         tokenized = list(examples)  # type: ignore[arg-type]
     chosen = select_parameters(model, params)
-    state: OptimizerState | None
-    if optimizer_state is None or isinstance(optimizer_state, OptimizerState):
-        state = optimizer_state
-    else:
-        if update.optimizer == "sgd":
-            raise SampleEffectError("--optimizer-state holds Adam moments; use --optimizer adam or adamw with it")
-        dtype = next(iter(chosen.values())).dtype
-        state = load_optimizer_state(
-            optimizer_state, chosen, accumulation_dtype(dtype), model_names={n for n, _ in model.named_parameters()}
-        )
+    state = resolve_state(model, chosen, update, optimizer_state)
     g = resolve_target(target, model, chosen, tokenized, compute)
     return compute_effects(model, chosen, tokenized, g, update, state, compute)

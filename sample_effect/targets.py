@@ -3,14 +3,17 @@
 - `LossTarget`: G = -grad of the mean loss over a target set (validation / test SFT data);
 - `SelfTarget`: the same over the scored data itself (the paper's <E grad l(s), E grad l>);
 - `DirectionTarget`: a fixed vector theta_final - theta_base read from two checkpoints, e.g.
-  base -> RL checkpoint, optionally normalised to unit length.
+  base -> RL checkpoint, optionally normalised to unit length;
+- `AccuracyTarget`: G = grad of the test accuracy, a REINFORCE estimate from completions sampled
+  on test prompts (computed by `sample_effect.rl_predict.accuracy_target_vector`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -45,7 +48,30 @@ class DirectionTarget:
     name: str = field(default="direction")
 
 
-Target = LossTarget | SelfTarget | DirectionTarget
+@dataclass
+class AccuracyTarget:
+    """G = grad of test accuracy = mean over `prompts` of E_{y~pi_T}[(r(x,y) - b) grad log pi_T(y|x)], estimated.
+
+    REINFORCE from `n_samples` completions per prompt, sampled at `temperature` (T) with a generator
+    seeded by `seed`, up to `max_new_tokens`; grad log pi_T(y|x) is the gradient of the *sum* of the
+    completion tokens' log-probs under softmax(logits / T). `baseline` is "loo" (per-prompt
+    leave-one-out mean of the other samples' rewards: unbiased, and exactly 0 for a prompt whose
+    rewards are all equal) or "none". `reward` is a reward callable or a name for `get_reward`;
+    `prompts` are `RLPrompt`s; `tokenizer` is the scored model's (sampling decodes text for the reward).
+    """
+
+    prompts: Sequence[Any]
+    reward: Callable[..., float] | str
+    tokenizer: Any = None
+    n_samples: int = 8
+    temperature: float = 1.0
+    seed: int = 0
+    max_new_tokens: int = 256
+    baseline: str = "loo"
+    name: str = "accuracy"
+
+
+Target = LossTarget | SelfTarget | DirectionTarget | AccuracyTarget
 
 
 @dataclass
@@ -55,6 +81,7 @@ class TargetVector:
     vector: dict[str, torch.Tensor]
     kind: str
     target_loss: float | None = None
+    stats: dict[str, float] = field(default_factory=dict)  # e.g. accuracy and standard errors (AccuracyTarget)
 
     def norm(self) -> float:
         return float(sum((v.double() ** 2).sum() for v in self.vector.values()) ** 0.5)
@@ -121,4 +148,8 @@ def resolve_target(
     if isinstance(target, DirectionTarget):
         vec = direction_vector(target.base, target.final, params, target.normalize)
         return TargetVector({n: v.to(dtype=acc, device=params[n].device) for n, v in vec.items()}, target.name)
+    if isinstance(target, AccuracyTarget):
+        from .rl_predict import accuracy_target_vector
+
+        return accuracy_target_vector(target, model, params, compute)
     raise SampleEffectError(f"unknown target {target!r}")

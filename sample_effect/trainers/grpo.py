@@ -33,7 +33,7 @@ from ..errors import SampleEffectError
 from ..generation import greedy_accuracy, prompt_ids, sample
 from ..io import atomic_open
 from ..losses import grpo_advantages, grpo_loss, token_logprobs
-from .common import MetricsWriter, make_optimizer, make_schedule, save_checkpoint
+from .common import SCHEDULES, MetricsWriter, make_optimizer, make_schedule, save_checkpoint
 
 
 @dataclass
@@ -54,6 +54,8 @@ def load_rl_prompts(path: str | os.PathLike) -> list[RLPrompt]:
                 raise SampleEffectError(f"{path}:{lineno}: missing field '{key}'")
             if not isinstance(obj[key], (str, int)) or isinstance(obj[key], bool):
                 raise SampleEffectError(f"{path}:{lineno}: field '{key}' must be a string")
+        if obj["prompt"] == "":
+            raise SampleEffectError(f"{path}:{lineno}: field 'prompt' is empty; sampling needs a prompt to continue")
         if str(obj["id"]) in seen:
             raise SampleEffectError(f"{path}:{lineno}: duplicate prompt id '{obj['id']}'")
         seen.add(str(obj["id"]))
@@ -92,6 +94,12 @@ class GRPOConfig:
             raise SampleEffectError("--steps, --prompts-per-step and --inner-epochs must be >= 1")
         if self.temperature <= 0:
             raise SampleEffectError(f"--temperature must be positive for GRPO rollouts, got {self.temperature}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise SampleEffectError(f"--max-grad-norm must be positive, got {self.max_grad_norm}")
+        if self.max_new_tokens < 1:
+            raise SampleEffectError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.schedule not in SCHEDULES:
+            raise SampleEffectError(f"unknown schedule '{self.schedule}'; choose one of {', '.join(SCHEDULES)}")
         return self
 
 
@@ -126,6 +134,38 @@ def policy_logprobs(model: torch.nn.Module, rollouts: Sequence[Rollout]) -> tupl
     ids, mask = pad_sequences([r.ids for r in rollouts], [r.start for r in rollouts])
     ids, mask = ids.to(device), mask.to(device)
     return token_logprobs(model(input_ids=ids, use_cache=False).logits, ids), mask
+
+
+def set_advantages(group: Sequence[Rollout]) -> bool:
+    """Set each rollout's group-normalised advantage (`grpo_advantages`); True if the group has zero variance.
+
+    A zero-variance group (all rewards equal) has zero advantages; `train_grpo` leaves it out of the batch.
+    """
+    adv = grpo_advantages(torch.tensor([[r.reward for r in group]], dtype=torch.float64))[0]
+    for r, a in zip(group, adv.tolist()):
+        r.advantage = a
+    return all(r.reward == group[0].reward for r in group)
+
+
+def grpo_batch_loss(
+    model: torch.nn.Module,
+    batch: Sequence[Rollout],
+    old_logprobs: torch.Tensor | None = None,
+    advantages: torch.Tensor | None = None,
+    clip_eps: float = 0.2,
+    ref_logprobs: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+) -> torch.Tensor:
+    """The loss `train_grpo` minimises on `batch`: `grpo_loss` token-mean over the rollouts' completion tokens.
+
+    `old_logprobs` None is the on-policy first step (old = current log-probs detached, ratio 1);
+    `advantages` None takes each rollout's `.advantage` (pass a tensor to differentiate through them).
+    """
+    lp, mask = policy_logprobs(model, batch)
+    old = lp.detach() if old_logprobs is None else old_logprobs
+    if advantages is None:
+        advantages = torch.tensor([r.advantage for r in batch], dtype=lp.dtype, device=lp.device)
+    return grpo_loss(lp, old, advantages, mask, clip_eps, ref_logprobs, kl_coef)
 
 
 def train_grpo(
@@ -180,10 +220,7 @@ def train_grpo(
             keep_idx: list[int] = []
             zero_var = 0
             for k, g in enumerate(groups):
-                adv = grpo_advantages(torch.tensor([[r.reward for r in g]], dtype=torch.float64))[0]
-                for r, a in zip(g, adv.tolist()):
-                    r.advantage = a
-                if all(r.reward == g[0].reward for r in g):
+                if set_advantages(g):
                     zero_var += 1
                 else:
                     keep_idx.extend(range(k * cfg.group_size, (k + 1) * cfg.group_size))
@@ -194,17 +231,15 @@ def train_grpo(
             if batch:
                 keep = torch.tensor(keep_idx)
                 width = max(int(r.ids.shape[0]) for r in batch) - 1
-                old_b, mask_b = old_lp[keep, :width], mask[keep, :width]
+                old_b = old_lp[keep, :width]
                 ref_lp = None
                 if reference is not None and cfg.kl_coef:
                     with torch.no_grad():
                         ref_lp, _ = policy_logprobs(reference, batch)
-                adv_t = torch.tensor([r.advantage for r in batch], dtype=old_lp.dtype, device=old_lp.device)
                 model.train()
                 for _ in range(cfg.inner_epochs):
                     opt.zero_grad(set_to_none=True)
-                    lp, _ = policy_logprobs(model, batch)
-                    loss = grpo_loss(lp, old_b, adv_t, mask_b, cfg.clip_eps, ref_lp, cfg.kl_coef)
+                    loss = grpo_batch_loss(model, batch, old_b, None, cfg.clip_eps, ref_lp, cfg.kl_coef)
                     loss.backward()
                     if cfg.max_grad_norm is not None:
                         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

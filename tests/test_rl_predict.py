@@ -1,0 +1,438 @@
+"""RL growth prediction: GRPO prompt effects against naive loops and real GRPO steps; the accuracy target."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TARGET, TRAIN, write_jsonl
+from torch.func import functional_call, jvp
+
+from sample_effect import UpdateConfig, load_model, select_parameters
+from sample_effect.cli import main
+from sample_effect.data import examples_from_records, tokenize_examples
+from sample_effect.engine import ComputeConfig, example_loss_values
+from sample_effect.generation import prompt_ids
+from sample_effect.losses import token_logprobs
+from sample_effect.rl_predict import (
+    empty_batch_probability,
+    predict_rl,
+    reinforce_coefficients,
+    reinforce_gradient,
+    rl_noise_effect,
+    rl_prompt_effects,
+    sample_groups,
+    sequence_logprobs,
+)
+from sample_effect.targets import AccuracyTarget, LossTarget, TargetVector, resolve_target
+from sample_effect.trainers.grpo import (
+    GRPOConfig,
+    RLPrompt,
+    grpo_batch_loss,
+    rollout_group,
+    train_grpo,
+)
+
+QUIET = ComputeConfig(progress=False)
+
+
+def long_completion(prompt, completion, answer, finished=True):
+    """About a third of 3-token completions of the tiny models earn it: at least 4 visible characters."""
+    return float(len(completion.strip()) >= 4)
+
+
+def const_or_long(prompt, completion, answer, finished=True):
+    """Constant (a zero-variance group for sure) on prompts whose answer is 'const', else `long_completion`."""
+    return 1.0 if answer == "const" else long_completion(prompt, completion, answer)
+
+
+def has_e(prompt, completion, answer, finished=True):
+    """1 if the completion contains the letter e (decided byte by byte, so exact enumeration is easy)."""
+    return float("e" in completion)
+
+
+def rl_prompts(n=6):
+    return [RLPrompt(f"p{i}", r["prompt"], "") for i, r in enumerate(TRAIN[:n])]
+
+
+def random_target(params, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return TargetVector({n: torch.randn(p.shape, generator=gen, dtype=torch.float64) for n, p in params.items()}, "direction")
+
+
+def dot(a, b):
+    return sum(float((a[n].double() * b[n].double()).sum()) for n in b)
+
+
+def informative(groups):
+    return [r for g in groups if any(r.reward != g[0].reward for r in g) for r in g]
+
+
+def naive_advantages(rewards):
+    r = torch.tensor(rewards, dtype=torch.float64)
+    return (r - r.mean()) / (r.std(unbiased=True) + 1e-6)
+
+
+# (a) ------------------------------------------------------------------------------------------
+
+
+def test_prompt_effects_sgd_equal_a_naive_float64_loop(model_dirs):
+    """e_x = -<grad of the group's token-mean GRPO loss, G>; rollout shares sum to it (per-rollout backward)."""
+    model, tok = load_model(model_dirs["gpt2"], "float64")
+    params = select_parameters(model)
+    groups = sample_groups(model, tok, rl_prompts(4), long_completion, 4, 1.0, 3, seed=0, progress=False)
+    G = random_target(params)
+    eff = rl_prompt_effects(model, params, groups, G, UpdateConfig("sgd", lr=1e-3), progress=False)
+    n_informative = 0
+    for k, group in enumerate(groups):
+        rewards = [r.reward for r in group]
+        if len(set(rewards)) == 1:
+            assert eff.effect[k] == 0.0 and eff.zero_variance[k]
+            continue
+        n_informative += 1
+        adv = naive_advantages(rewards)
+        n_tok = sum(len(r.ids) - r.start for r in group)
+        assert eff.n_tokens[k] == n_tok
+        shares, total = [], 0.0
+        for a, r in zip(adv, group):  # one rollout at a time, unpadded
+            model.zero_grad()
+            ids = r.ids[None]
+            lp = token_logprobs(model(input_ids=ids).logits, ids)[0, r.start - 1 :]
+            (-a * lp.sum() / n_tok).backward()
+            share = -dot({n: p.grad for n, p in params.items()}, G.vector)
+            shares.append(share)
+            total += share
+        assert eff.effect[k] == pytest.approx(total, rel=1e-8)
+        np.testing.assert_allclose(eff.rollout_effect[k], shares, rtol=1e-8, atol=1e-12 * abs(total))
+    assert n_informative >= 2  # the check ran on real groups
+
+
+# (b) ------------------------------------------------------------------------------------------
+
+
+def test_positive_effect_equals_one_real_grpo_step_on_the_same_rollouts(model_dirs):
+    """lr * positive effect vs T(theta') - T(theta), T = -target loss, after one SGD step on the trainer's loss."""
+    model, tok = load_model(model_dirs["llama"], "float64")
+    params = select_parameters(model)
+    tgt, _ = tokenize_examples(examples_from_records(list(enumerate(TARGET, 1))), tok)
+    groups = sample_groups(model, tok, rl_prompts(5), long_completion, 4, 1.0, 3, seed=3, progress=False)
+    for k, g in enumerate(groups):  # cut completions to 1..3 tokens: groups of unequal token counts
+        for i, r in enumerate(g):
+            r.ids = r.ids[: r.start + 1 + (i + 2 * k) % 3]
+    batch = informative(groups)
+    assert len(batch) >= 8 and len(batch) < sum(len(g) for g in groups)  # >= 2 informative groups, >= 1 zero-variance
+    G = resolve_target(LossTarget(tgt), model, params, [], QUIET)
+    t0 = -float(example_loss_values(model, tgt).mean())
+    errors = {}
+    for lr in (1e-6, 1e-5):
+        pred = predict_rl(model, tok, [], long_completion, G, UpdateConfig("sgd", lr=lr), groups=groups,
+                          prompts_per_step=len(groups), compute=QUIET, noise=False, n_boot=10)
+        stepped = copy.deepcopy(model)
+        opt = torch.optim.SGD(stepped.parameters(), lr=lr)
+        grpo_batch_loss(stepped, batch).backward()  # the loss train_grpo minimises on its first step
+        opt.step()
+        actual = -float(example_loss_values(stepped, tgt).mean()) - t0
+        errors[lr] = abs(actual - pred.record["positive_effect"]) / abs(actual)
+        assert pred.record["empty_batch_probability"] == 0.0
+        eff = pred.effects
+        plain = lr * eff.effect[~eff.zero_variance].mean()  # without the trainer's token weighting
+        assert abs(actual - plain) > 1e-2 * abs(actual)  # so the check tells the weightings apart
+    print(f"relative error of the first-order prediction: {errors}")
+    assert errors[1e-5] < 1e-3 and errors[1e-6] < 1e-4
+    assert errors[1e-6] < errors[1e-5]  # first order: the error shrinks with lr
+
+
+def test_prompt_effect_equals_train_grpos_own_first_step_with_adamw_and_clipping(model_dirs, tmp_path):
+    """train_grpo itself (AdamW, clip 1.0, one prompt per step) moves theta exactly as the simulated step says."""
+    model, tok = load_model(model_dirs["qwen2"], "float64")
+    params = select_parameters(model)
+    prompt = rl_prompts(1)[0]
+    lr = 1e-3
+    for seed in range(20):  # the first seed whose group has reward variance (the trainer skips others)
+        cfg = GRPOConfig(lr=lr, steps=1, prompts_per_step=1, group_size=4, max_new_tokens=3, seed=seed, max_grad_norm=1.0)
+        gen = torch.Generator().manual_seed(seed)
+        torch.randperm(1, generator=gen)  # train_grpo draws its prompt order first
+        group = rollout_group(model, tok, prompt, long_completion, cfg, gen)
+        if len({r.reward for r in group}) > 1:
+            break
+    else:
+        raise AssertionError("no seed gave a group with reward variance")
+    G = random_target(params, seed=2)
+    upd = UpdateConfig("adamw", lr=lr, weight_decay=0.0, clip=1.0)
+    predicted = rl_prompt_effects(model, params, [group], G, upd, progress=False).effect[0]
+    trained = copy.deepcopy(model)
+    before = {n: p.detach().clone() for n, p in trained.named_parameters()}
+    train_grpo(trained, tok, [prompt], long_completion, cfg, out_dir=tmp_path / "g", progress=False)
+    replay = [json.loads(x) for x in (tmp_path / "g" / "replay" / "step-00001.jsonl").read_text().splitlines()]
+    assert [r["completion"] for r in replay] == [r.completion for r in group]  # the same rollouts
+    named = dict(trained.named_parameters())
+    actual = dot({n: (named[n].detach() - before[n]) / lr for n in params}, G.vector)
+    assert actual == pytest.approx(predicted, rel=1e-6)
+
+
+def first_token_long(prompt, completion, answer, finished=True):
+    """For one-token completions: about 18% of the tiny vocabulary decodes to 2+ visible characters."""
+    return float(len(completion.strip()) >= 2)
+
+
+def test_prediction_agrees_with_real_steps_on_fresh_rollouts(model_dirs, tokenizer):
+    """T = exact expected reward of one-token completions; G = grad T. Fresh rollouts per seed: the mean real
+    one-step change of T is within a few standard errors of the prediction from an independent sample."""
+    model, tok = load_model(model_dirs["gpt2"], "float64")
+    params = select_parameters(model)
+    prompts = rl_prompts(6)
+    V, eos = model.config.vocab_size, tok.eos_token_id
+    r = torch.tensor([first_token_long("", tok.decode([v], skip_special_tokens=True), "") for v in range(V)], dtype=torch.float64)
+    r[eos] = 0.0  # an EOS completion is empty
+    seqs = [torch.tensor(prompt_ids(tok, p.prompt)) for p in prompts]
+    ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+
+    def exact_reward(m):
+        logits = m(input_ids=ids).logits
+        last = torch.stack([logits[i, len(s) - 1] for i, s in enumerate(seqs)])
+        return (torch.softmax(last, -1) @ r).mean()
+
+    t0 = exact_reward(model)
+    d = TargetVector(dict(zip(params, torch.autograd.grad(t0, list(params.values())))), "direction")
+    lr = 1e-6
+    pred = predict_rl(model, tok, prompts, first_token_long, d, UpdateConfig("sgd", lr=lr), group_size=8,
+                      max_new_tokens=1, seed=0, prompts_per_step=len(prompts), compute=QUIET, n_boot=1000)
+    rec = pred.record
+    assert rec["noise_effect"] == 0.0
+    lo, hi = rec["positive_effect_ci95"]
+    assert 0 < lo < rec["positive_effect"] < hi  # GRPO raises the expected reward, significantly
+    actual = []
+    for seed in range(1, 6):
+        groups = sample_groups(model, tok, prompts, first_token_long, 8, 1.0, 1, seed=seed, progress=False)
+        stepped = copy.deepcopy(model)
+        opt = torch.optim.SGD(stepped.parameters(), lr=lr)
+        grpo_batch_loss(stepped, informative(groups)).backward()
+        opt.step()
+        with torch.no_grad():
+            actual.append(float(exact_reward(stepped) - t0))
+    se_pred = (hi - lo) / (2 * 1.96)
+    se_act = np.std(actual, ddof=1) / math.sqrt(len(actual))
+    print(f"predicted {rec['positive_effect']:.4g} [{lo:.4g}, {hi:.4g}], actual {np.mean(actual):.4g} +- {se_act:.2g}")
+    assert abs(np.mean(actual) - rec["positive_effect"]) < 3 * math.hypot(se_pred, se_act)
+
+
+# (c) ------------------------------------------------------------------------------------------
+
+
+def test_accuracy_target_is_exactly_zero_for_a_constant_reward_with_loo(model_dirs, tokenizer):
+    model, tok = load_model(model_dirs["gpt2"], "float64")
+    params = select_parameters(model)
+    target = AccuracyTarget(rl_prompts(3), lambda p, c, a: 0.3, tok, n_samples=4, max_new_tokens=3, seed=5)
+    tv = resolve_target(target, model, params, [], QUIET)
+    assert tv.kind == "accuracy" and set(tv.vector) == set(params)
+    assert all(bool((v == 0).all()) for v in tv.vector.values())
+    assert tv.stats["accuracy"] == pytest.approx(0.3) and tv.stats["zero_variance_prompts"] == 3
+    no_baseline = resolve_target(AccuracyTarget(rl_prompts(3), lambda p, c, a: 0.3, tok, n_samples=4, max_new_tokens=3,
+                                                seed=5, baseline="none"), model, params, [], QUIET)
+    assert no_baseline.norm() > 0  # without a baseline a constant reward still moves the estimate
+
+
+def test_reinforce_estimate_is_the_mean_of_per_sample_score_terms(model_dirs):
+    """<G, d> = mean_x (1/n) sum_i (r_i - b_i) <grad sum_t log pi_T(y_i,t), d>, per-sample backward, T != 1."""
+    model, tok = load_model(model_dirs["qwen2"], "float64")
+    params = select_parameters(model)
+    T = 0.7
+    groups = sample_groups(model, tok, rl_prompts(2), long_completion, 6, T, 3, seed=4, progress=False)
+    vec, stats = reinforce_gradient(model, params, groups, "loo", T, batch_size=4, progress=False)
+    d = random_target(params, seed=3).vector
+    expected = []
+    for g in groups:
+        rewards = [r.reward for r in g]
+        n = len(rewards)
+        terms = []
+        for i, r in enumerate(g):
+            b = (sum(rewards) - rewards[i]) / (n - 1)
+            model.zero_grad()
+            ids = r.ids[None]
+            lp = token_logprobs(model(input_ids=ids).logits / T, ids)[0, r.start - 1 :]
+            lp.sum().backward()  # the SUM of the completion's token log-probs
+            terms.append((rewards[i] - b) * dot({k: p.grad for k, p in params.items()}, d))
+        expected.append(sum(terms) / n)
+    assert any(e != 0 for e in expected)
+    assert dot(vec, d) == pytest.approx(sum(expected) / len(expected), rel=1e-8)
+    assert stats["accuracy"] == pytest.approx(np.mean([r.reward for g in groups for r in g]))
+
+
+def test_reinforce_estimate_matches_the_exact_accuracy_gradient(model_dirs):
+    """Two-token completions: exact accuracy by enumerating every completion, its gradient by autograd."""
+    model, tok = load_model(model_dirs["gpt2"], "float64")
+    params = select_parameters(model)
+    names, plist = list(params), list(params.values())
+    prompt = rl_prompts(1)[0]
+    eos = tok.eos_token_id
+    V = model.config.vocab_size
+    e = torch.tensor([float("e" in tok.decode([v], skip_special_tokens=True)) for v in range(V)], dtype=torch.float64)
+    e[eos] = 0.0
+    pids = prompt_ids(tok, prompt.prompt)
+    first = torch.softmax(model(input_ids=torch.tensor([pids])).logits[0, -1], -1)
+    seconds = torch.softmax(model(input_ids=torch.cat([torch.tensor([pids] * V), torch.arange(V)[:, None]], 1)).logits[:, -1], -1)
+    p_e_second = seconds @ e  # P(second token has an e | first)
+    cont = (e + (1 - e) * p_e_second)
+    cont[eos] = 0.0  # an EOS first token ends the completion (empty, no e)
+    exact_acc = first @ cont
+    exact_grad = dict(zip(names, torch.autograd.grad(exact_acc, plist)))
+    norm = math.sqrt(dot(exact_grad, exact_grad))
+    d = {n: g / norm for n, g in exact_grad.items()}  # project on the exact gradient's direction
+
+    n = 600
+    groups = sample_groups(model, tok, [prompt], has_e, n, 1.0, 2, seed=7, progress=False)
+    vec, _ = reinforce_gradient(model, params, groups, "loo", 1.0, batch_size=600, progress=False)
+    rollouts = groups[0]
+    rewards = torch.tensor([r.reward for r in rollouts], dtype=torch.float64)
+    acc = float(exact_acc.detach())
+    assert abs(float(rewards.mean()) - acc) < 4 * math.sqrt(acc * (1 - acc) / n)  # the sampler draws from pi
+    # per-sample score terms along d by forward-mode AD, for the standard error of <G_hat, d>
+    consts = {k: v for k, v in model.named_buffers()}
+
+    def seq_lp(p):
+        class _M(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.config = model.config
+
+            def parameters(self, recurse=True):
+                return model.parameters()
+
+            def forward(self, input_ids, use_cache=False):
+                return functional_call(model, {**consts, **p}, args=(), kwargs={"input_ids": input_ids, "use_cache": False})
+
+        return sequence_logprobs(_M(), rollouts)
+
+    _, dd = jvp(seq_lp, ({k: v.detach() for k, v in params.items()},), (d,))
+    terms = torch.tensor(reinforce_coefficients(rewards.tolist(), "loo"), dtype=torch.float64) * dd
+    est = dot(vec, d)
+    assert est == pytest.approx(float(terms.mean()), rel=1e-8)
+    se = float(terms.std()) / math.sqrt(n)
+    print(f"<G_hat, u> = {est:.5f}, exact ||G|| = {norm:.5f}, standard error {se:.5f}")
+    assert abs(est - norm) < 4 * se
+    assert se < 0.2 * norm  # informative: a flipped sign or a doubled estimate would fail it
+
+
+# (d) ------------------------------------------------------------------------------------------
+
+
+def test_predict_rl_cli_two_models_end_to_end(model_dirs, tmp_path, capsys):
+    rl = write_jsonl(tmp_path / "rl.jsonl", [{"id": f"p{i}", "prompt": r["prompt"], "answer": ""} for i, r in enumerate(TRAIN[:4])])
+    tgt = write_jsonl(tmp_path / "target.jsonl", TARGET)
+    out, ranking, rolls = tmp_path / "res.json", tmp_path / "prompts.csv", tmp_path / "rollouts.jsonl"
+    models = [str(model_dirs["gpt2"]), str(model_dirs["llama"])]
+    argv = ["predict-rl", "--model", models[0], "--model", models[1], "--prompts", str(rl),
+            "--reward", "test_rl_predict:long_completion", "--group-size", "4", "--max-new-tokens", "3",
+            "--target-data", str(tgt), "--out", str(out), "--ranking", str(ranking), "--rollouts", str(rolls),
+            "--lr", "1e-4", "--prompts-per-step", "2", "--bootstrap", "200", "--dtype", "float64", "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    recs = json.loads(out.read_text())
+    assert [r["model"] for r in recs] == models
+    for r in recs:
+        assert r["target"] == "loss" and r["n_prompts"] == 4 and r["n_rollouts"] == 16
+        lo, hi = r["positive_effect_ci95"]
+        assert lo <= r["positive_effect"] <= hi
+        assert r["positive_effect"] == pytest.approx(1e-4 * r["effect_per_step"])
+        if r["zero_variance_groups"] <= 2:  # at least 2 informative groups: the noise effect is estimated
+            assert r["noise_effect"] is not None
+            assert r["growth_rate"] == pytest.approx(r["positive_effect"] + r["noise_effect"])
+    table = pd.read_csv(ranking)
+    assert len(table) == 8 and list(table.columns[:4]) == ["model", "id", "rank", "effect"]
+    for _, part in table.groupby("model", sort=False):
+        assert list(part["rank"]) == [1, 2, 3, 4] and part["effect"].is_monotonic_decreasing
+    lines = [json.loads(x) for x in rolls.read_text().splitlines()]
+    assert len(lines) == 32 and {"model", "prompt_id", "reward", "advantage", "effect_sgd", "completion"} <= set(lines[0])
+    assert main(argv) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main([*argv, "--overwrite", "--group-size", "1"]) == 2
+    assert "--group-size must be >= 2" in capsys.readouterr().err
+
+
+def test_rank_with_an_accuracy_target(model_dirs, tmp_path, capsys):
+    rl = write_jsonl(tmp_path / "rl.jsonl", [{"id": f"p{i}", "prompt": r["prompt"], "answer": ""} for i, r in enumerate(TRAIN[:3])])
+    data = write_jsonl(tmp_path / "train.jsonl", TRAIN)
+    argv = ["rank", "--model", str(model_dirs["gpt2"]), "--data", str(data), "--target-prompts", str(rl),
+            "--reward", "test_rl_predict:long_completion", "--target-samples", "4", "--max-new-tokens", "3",
+            "--seed", "1", "--out", str(tmp_path / "r.csv"), "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "r.csv")
+    assert len(table) == 5 and table["effect"].notna().all() and (table["effect"] != 0).any()
+    assert "toward 'accuracy'" in capsys.readouterr().out
+
+
+# (e) ------------------------------------------------------------------------------------------
+
+
+def test_zero_variance_groups_are_counted_and_contribute_nothing(model_dirs):
+    model, tok = load_model(model_dirs["gpt2"], "float64")
+    params = select_parameters(model)
+    prompts = [RLPrompt(f"p{i}", r["prompt"], "const" if i % 2 else "") for i, r in enumerate(TRAIN)]
+    groups = sample_groups(model, tok, prompts, const_or_long, 4, 1.0, 3, seed=2, progress=False)
+    zero = [len({r.reward for r in g}) == 1 for g in groups]
+    assert sum(zero) >= 3 and not all(zero)
+    G = random_target(params)
+    lr, B = 1e-4, 2
+    pred = predict_rl(model, tok, prompts, const_or_long, G, UpdateConfig("sgd", lr=lr), groups=groups,
+                      prompts_per_step=B, compute=QUIET, n_boot=100)
+    rec, eff = pred.record, pred.effects
+    assert rec["zero_variance_groups"] == sum(zero) and rec["zero_variance_fraction"] == sum(zero) / len(groups)
+    assert list(eff.zero_variance) == zero
+    assert all(eff.effect[k] == 0.0 for k in range(len(groups)) if zero[k])
+    n_tok = np.array([sum(len(r.ids) - r.start for r in g) for g in groups])
+    keep = ~np.array(zero)
+    R = float((n_tok[keep] * eff.effect[keep]).sum() / n_tok[keep].sum())
+    assert rec["effect_token_weighted"] == pytest.approx(R, rel=1e-12)
+    p_empty = math.comb(sum(zero), B) / math.comb(len(groups), B)
+    assert rec["empty_batch_probability"] == pytest.approx(p_empty) and p_empty > 0
+    assert rec["positive_effect"] == pytest.approx(lr * (1 - p_empty) * R, rel=1e-12)
+    assert rec["effect_mean"] == pytest.approx(eff.effect.mean())
+    table = pred.ranking()
+    assert table.loc[table["zero_variance"], "effect"].eq(0).all()
+    assert empty_batch_probability(4, 4, 9) == 1.0 and empty_batch_probability(4, 3, 4) == 0.0
+
+
+def test_noise_trace_matches_explicit_hessian_and_weighted_covariance(model_dirs):
+    """tr(H_T Sigma_w) on one small parameter: explicit Hessian of the target loss, token-weighted centred updates."""
+    model, tok = load_model(model_dirs["gpt2"], "float64")
+    params = select_parameters(model, r"ln_f\.weight")
+    ((name, p),) = params.items()
+    tgt, _ = tokenize_examples(examples_from_records(list(enumerate(TARGET, 1))), tok)
+    groups = sample_groups(model, tok, rl_prompts(4), long_completion, 4, 1.0, 3, seed=3, progress=False)
+    for k, g in enumerate(groups):  # unequal token counts, so the weights matter
+        for i, r in enumerate(g):
+            r.ids = r.ids[: r.start + 1 + (i + k) % 3]
+    G = resolve_target(LossTarget(tgt), model, params, [], QUIET)
+    eff = rl_prompt_effects(model, params, groups, G, UpdateConfig("sgd"), keep_updates=True, progress=False)
+    est = rl_noise_effect(model, params, eff, tgt)
+
+    ds, ws = [], []
+    for g in groups:
+        if len({r.reward for r in g}) == 1:
+            continue
+        model.zero_grad()
+        grpo_batch_loss(model, g).backward()
+        ds.append(-p.grad.detach().flatten().clone())
+        ws.append(float(sum(len(r.ids) - r.start for r in g)))
+    D, w = torch.stack(ds), torch.tensor(ws, dtype=torch.float64)
+    assert len(set(ws)) > 1 and len(ds) >= 3
+    C = (w / w.mean())[:, None] * (D - (w[:, None] * D).sum(0) / w.sum())
+
+    def target_loss(flat):
+        out = []
+        for ex in tgt:
+            ids = ex.sequences[0][None]
+            logits = functional_call(model, {name: flat.view_as(p)}, args=(), kwargs={"input_ids": ids}).logits
+            lp = token_logprobs(logits, ids)[0, ex.response_starts[0] - 1 :]
+            out.append(-lp.mean())
+        return sum(out) / len(out)
+
+    H = torch.autograd.functional.hessian(target_loss, p.detach().clone().flatten())
+    expected = -float(torch.einsum("ki,ij,kj->", C, H, C)) / (len(ds) - 1)
+    assert abs(expected) > 1e-10
+    assert est.n == len(ds)
+    assert est.trace == pytest.approx(expected, rel=1e-8)
