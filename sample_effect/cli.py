@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_sft_parser(sub, _common)
 
     add_project_parser(sub, _common, _add_engine_args)
+    from .cli_plot import add_plot_parser
+    add_plot_parser(sub, _common)
     return parser
 
 

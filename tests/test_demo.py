@@ -29,10 +29,12 @@ def test_demo_writes_report_figures_and_tables(tmp_path, capsys):
                  "--epochs", "1", "--max-new-tokens", "16", "--quiet"])
     assert code == 0, capsys.readouterr().err
     for f in ("report.md", "effects.csv", "top_k.jsonl", "selection.csv", "effects_by_style.png",
-              "selection_loss.png", "selection_accuracy.png"):
+              "selection_loss.png", "selection_accuracy.png", "predicted_vs_actual.png"):
         assert (out / f).stat().st_size > 0, f
     table = pd.read_csv(out / "effects.csv")
     assert len(table) == 12 and set(table["style"]) == {"answer-only", "short-cot", "long-cot"}
     assert len((out / "top_k.jsonl").read_text().splitlines()) == 3
     report = (out / "report.md").read_text()
-    assert "effects_by_style.png" in report and "| top-3 |" in report
+    assert "effects_by_style.png" in report and "| top-3 |" in report and "predicted drop" in report
+    sel = pd.read_csv(out / "selection.csv")
+    assert {"predicted_drop", "actual_drop"} <= set(sel.columns) and sel["predicted_drop"].notna().all()
