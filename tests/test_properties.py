@@ -91,3 +91,43 @@ def test_nonfinite_examples_are_flagged_and_ranked_last(model_dirs, tokenizer, c
     nan_target = TargetVector({n: torch.full_like(v, float("nan")) for n, v in g.vector.items()}, "t")
     with pytest.raises(SampleEffectError, match="contains NaN or Inf"):
         compute_effects(model, params, exs, nan_target, UpdateConfig("sgd"), compute=COMPUTE)
+
+
+@settings(max_examples=6, deadline=None)
+@given(c=st.floats(0.1, 10.0), method=st.sampled_from(["ghost", "vmap"]))
+def test_scaling_the_loss_scales_sgd_effects_and_leaves_fresh_adam_unchanged_up_to_eps(setup, c, method):
+    """loss -> c * loss scales every gradient by c: SGD effects scale by c, and a fresh Adam step,
+    g / (|g| + eps) up to constants, is unchanged except through eps: exactly the step with eps / c.
+
+    (Taking eps -> 0 instead would not make the invariance exact in floating point: coordinates
+    whose true gradient is 0 carry rounding noise of either sign, which eps-free Adam maps to +-1.)"""
+    import sample_effect.engine as engine
+
+    model, params, exs = setup
+    g = TargetVector(random_target(params, 11), "t")
+    compute = ComputeConfig(batch_size=3, progress=False, method=method)
+    eps = 1e-8
+    base_sgd = compute_effects(model, params, exs, g, UpdateConfig("sgd"), compute=compute).effect
+    base_adam = compute_effects(model, params, exs, g, UpdateConfig("adamw", eps=eps / c, weight_decay=0.0), compute=compute).effect
+    original = engine.sft_sequence_loss
+    engine.sft_sequence_loss = lambda *a: c * original(*a)
+    try:
+        scaled_sgd = compute_effects(model, params, exs, g, UpdateConfig("sgd"), compute=compute).effect
+        scaled_adam = compute_effects(model, params, exs, g, UpdateConfig("adamw", eps=eps, weight_decay=0.0), compute=compute).effect
+    finally:
+        engine.sft_sequence_loss = original
+    np.testing.assert_allclose(scaled_sgd, c * base_sgd, rtol=1e-9)
+    np.testing.assert_allclose(scaled_adam, base_adam, rtol=1e-6)
+
+
+def test_dataset_effect_is_the_mean_of_sample_effects(setup):
+    """SGD without clipping is linear: one step on the mean gradient of the set moves the target by
+    the mean of the examples' effects (DESIGN: E(D) = mean over s of e(s))."""
+    from sample_effect.engine import mean_loss_gradient
+
+    model, params, exs = setup
+    g = random_target(params, 12)
+    effects = compute_effects(model, params, exs, TargetVector(g, "t"), UpdateConfig("sgd"), compute=COMPUTE).effect
+    mean_grad, _ = mean_loss_gradient(model, params, exs, COMPUTE)
+    dataset_effect = -sum(float((mean_grad[n] * g[n]).sum()) for n in params)
+    assert dataset_effect == pytest.approx(effects.mean(), rel=1e-10)
