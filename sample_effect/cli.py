@@ -45,7 +45,9 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta2", type=float, default=None, help="Adam beta2 (default: state file's, else 0.999)")
     p.add_argument("--eps", type=float, default=None, help="Adam eps (default: state file's, else 1e-8)")
     p.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: state file's, else torch's: 0.01 for adamw, 0 otherwise)")
-    p.add_argument("--optimizer-state", metavar="FILE", help="torch.save of {'optimizer': opt.state_dict(), 'param_names': [...]}")
+    p.add_argument("--optimizer-state", metavar="FILE|DIR",
+                   help="torch.save of {'optimizer': opt.state_dict(), 'param_names': [...]}, or a transformers Trainer "
+                   "checkpoint directory (its optimizer.pt)")
     p.add_argument("--clip", type=float, default=None, help="per-example gradient clipping to this norm (as clip_grad_norm_)")
     p.add_argument("--params", default=None, metavar="REGEX", help="score only trainable parameters whose name matches")
     p.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16 (float32 accumulation)")
@@ -91,9 +93,10 @@ def _add_rank(sub: argparse._SubParsersAction) -> None:
         "toward a target, and write a ranked table (rank 1 = most helpful).",
     )
     p.add_argument("--model", required=True, help="local model directory (config, weights, tokenizer)")
-    p.add_argument("--data", required=True, help="SFT JSONL to score ({id, prompt, response} or {id, messages})")
+    p.add_argument("--data", required=True, help="SFT data to score ({id, prompt, response} or {id, messages}): "
+                   "JSONL, .parquet, or a `datasets` directory saved with save_to_disk")
     tg = p.add_mutually_exclusive_group(required=True)
-    tg.add_argument("--target-data", metavar="FILE", help="G = -grad of the mean loss over this SFT JSONL")
+    tg.add_argument("--target-data", metavar="FILE", help="G = -grad of the mean loss over this SFT data (same formats as --data)")
     tg.add_argument("--target", choices=["self"], help="'self': G = -grad of the mean loss over --data itself")
     tg.add_argument("--direction", nargs=2, metavar=("BASE", "FINAL"), help="G = theta_FINAL - theta_BASE (checkpoint dirs)")
     tg.add_argument("--target-prompts", metavar="FILE", help="G = grad of test accuracy on these RL prompts (REINFORCE)")
@@ -110,6 +113,9 @@ def _add_rank(sub: argparse._SubParsersAction) -> None:
 
     add_lora_args(p)
     p.add_argument("--export", metavar="FILE.jsonl", help="write the top-k examples in the input's own format")
+    from .runcache import add_cache_args
+
+    add_cache_args(p)  # --cache-dir, --resume, --shard-size
     _common(p)
     p.set_defaults(func=cmd_rank)
 
@@ -193,10 +199,22 @@ def cmd_rank(args: argparse.Namespace) -> None:
 
         print(make_plan(model, select_parameters(model, args.params), tokenized, update, compute).render())
         return
+    from .distributed import is_distributed
+
+    if args.projection and (args.cache_dir or is_distributed()):
+        raise SampleEffectError("--projection scores a finished projection cache; it takes no --cache-dir or torchrun")
     if args.projection:
         from .cli_project import projected_result
 
         result = projected_result(args, model, tokenized, target, update, compute)
+    elif args.cache_dir or args.resume or is_distributed():
+        from .runcache import score_rank
+
+        ranked = score_rank(model, tokenized, target, update, params=args.params, optimizer_state=args.optimizer_state,
+                            compute=compute, cache_dir=args.cache_dir, shard_size=args.shard_size, resume=args.resume)
+        if ranked is None:  # a torchrun rank other than 0: rank 0 writes the output
+            return
+        result = ranked
     else:
         result = score_examples_result(
             model, tokenizer, tokenized, target, update, params=args.params, optimizer_state=args.optimizer_state,
@@ -252,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_project_parser(sub, _common, _add_engine_args)
     from .cli_plot import add_plot_parser
     add_plot_parser(sub, _common)
+    from .cli_imitation import add_imitation_parsers
+    add_imitation_parsers(sub, _common)
+    from .sources import add_data_format_args_everywhere
+
+    add_data_format_args_everywhere(parser)  # --split/--id-field/... wherever there is a --data
     return parser
 
 
@@ -268,7 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_transformers()
     func: Callable[[argparse.Namespace], None] = args.func
     try:
-        func(args)
+        from .sources import data_format_options, format_from_args
+
+        with data_format_options(format_from_args(args)):
+            func(args)
     except SampleEffectError as exc:
         if args.debug:
             raise

@@ -23,6 +23,7 @@ import torch
 
 from .errors import SampleEffectError
 from .io import atomic_open
+from .sources import FieldNames
 
 
 @dataclass
@@ -36,11 +37,14 @@ class Example:
     records: list[dict[str, Any]] = field(default_factory=list)  # the input lines, for export
     line_numbers: list[int] = field(default_factory=list)
     source: str | None = None  # the file the lines came from, for error messages
+    rows: bool = False  # line_numbers are 0-based rows of a Parquet file or dataset, not JSONL lines
 
     def where(self, i: int = 0) -> str:
         """'file:line: ' of the i-th response's line when known (prefix for error messages), else ''."""
         if self.source is None or i >= len(self.line_numbers):
             return ""
+        if self.rows:
+            return f"{self.source}: row {self.line_numbers[i]}: "
         return f"{self.source}:{self.line_numbers[i]}: "
 
 
@@ -140,55 +144,63 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
-def _check_messages(messages: list[Any], where: str) -> int:
+def _check_messages(messages: list[Any], where: str, name: str = "messages") -> int:
     """Validate a chat message list; return the index of the last assistant turn."""
     last = -1
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise SampleEffectError(f"{where}: messages[{i}] must be an object with string 'role' and 'content'")
+            raise SampleEffectError(f"{where}: {name}[{i}] must be an object with string 'role' and 'content'")
         if m["role"] == "assistant":
             last = i
     if last < 0:
-        raise SampleEffectError(f"{where}: 'messages' has no assistant turn to use as the response")
+        raise SampleEffectError(f"{where}: '{name}' has no assistant turn to use as the response")
     return last
 
 
-def examples_from_records(records: Sequence[tuple[int, dict[str, Any]]], source: str = "<data>") -> list[Example]:
-    """Group validated records by `id` (first-seen order) into examples."""
+def examples_from_records(
+    records: Sequence[tuple[int, dict[str, Any]]], source: str = "<data>", fields: FieldNames | None = None,
+    rows: bool = False,
+) -> list[Example]:
+    """Group validated records by `id` (first-seen order) into examples.
+
+    `fields` maps the contract's names to the records' keys; `rows` says the numbers are 0-based
+    rows of a table (error messages then read 'file: row 3') rather than JSONL line numbers.
+    """
+    f = fields or FieldNames()
     by_id: dict[str, Example] = {}
     for lineno, obj in records:
-        where = f"{source}:{lineno}"
-        if "id" not in obj:
-            raise SampleEffectError(f"{where}: missing field 'id'")
-        ex_id = obj["id"]
+        where = f"{source}: row {lineno}" if rows else f"{source}:{lineno}"
+        if f.id not in obj:
+            raise SampleEffectError(f"{where}: missing field '{f.id}'")
+        ex_id = obj[f.id]
         if isinstance(ex_id, bool) or not isinstance(ex_id, (str, int)):
-            raise SampleEffectError(f"{where}: field 'id' must be a string, got {_json_type(ex_id)}")
+            raise SampleEffectError(f"{where}: field '{f.id}' must be a string, got {_json_type(ex_id)}")
         ex_id = str(ex_id)
-        if "messages" in obj:
-            messages = _field(obj, "messages", where, list)
-            last = _check_messages(messages, where)
+        if f.messages in obj:
+            messages = _field(obj, f.messages, where, list)
+            last = _check_messages(messages, where, f.messages)
             conv = messages[: last + 1]
             prompt, response = None, conv[-1]["content"]
         else:
-            prompt = _field(obj, "prompt", where)
-            response = _field(obj, "response", where)
+            prompt = _field(obj, f.prompt, where)
+            response = _field(obj, f.response, where)
             conv = None
         if response == "":
             raise SampleEffectError(f"{where}: example '{ex_id}' has an empty response")
         ex = by_id.get(ex_id)
         if ex is None:
             ex = by_id[ex_id] = Example(
-                id=ex_id, responses=[], prompt=prompt, messages=[] if conv else None, source=source
+                id=ex_id, responses=[], prompt=prompt, messages=[] if conv else None, source=source, rows=rows
             )
         elif (ex.messages is None) != (conv is None):
             raise SampleEffectError(f"{where}: id '{ex_id}' mixes chat 'messages' and 'prompt'/'response' lines")
         elif conv is None and ex.prompt != prompt:
             raise SampleEffectError(
-                f"{where}: id '{ex_id}' appears again with a different prompt (first at line {ex.line_numbers[0]})"
+                f"{where}: id '{ex_id}' appears again with a different prompt (first at {'row' if rows else 'line'} {ex.line_numbers[0]})"
             )
         elif conv is not None and ex.messages and conv[:-1] != ex.messages[0][:-1]:
             raise SampleEffectError(
-                f"{where}: id '{ex_id}' appears again with a different conversation (first at line {ex.line_numbers[0]})"
+                f"{where}: id '{ex_id}' appears again with a different conversation (first at {'row' if rows else 'line'} {ex.line_numbers[0]})"
             )
         ex.responses.append(response)
         if conv is not None:
@@ -199,9 +211,24 @@ def examples_from_records(records: Sequence[tuple[int, dict[str, Any]]], source:
     return list(by_id.values())
 
 
-def load_examples(path: str | os.PathLike) -> list[Example]:
-    """Read an SFT JSONL file (DESIGN.md section 4) into examples, grouping lines by `id`."""
-    return examples_from_records(read_jsonl(path), source=str(path))
+def load_examples(
+    path: str | os.PathLike, *, split: str | None = None, id_field: str | None = None,
+    prompt_field: str | None = None, response_field: str | None = None, messages_field: str | None = None,
+) -> list[Example]:
+    """Read SFT data (DESIGN.md section 4) into examples, grouping records by id.
+
+    `path` is a JSONL file, a Parquet file (.parquet) or a directory saved by `datasets`
+    (`split` picks a DatasetDict's split). The *_field options name the columns holding each
+    field (defaults: id, prompt, response, messages, or the CLI's --*-field flags); a table with no
+    id column gets ids from 0-based row numbers. See `sample_effect.sources`.
+    """
+    from .sources import current_format, map_fields, read_records
+
+    fmt = current_format()
+    given = {"id": id_field, "prompt": prompt_field, "response": response_field, "messages": messages_field}
+    names = FieldNames(**{k: v if v is not None else getattr(fmt.fields, k) for k, v in given.items()})
+    records, rows = read_records(path, split if split is not None else fmt.split, strict=split is not None)
+    return examples_from_records(map_fields(records, names, rows), source=str(path), fields=names, rows=rows)
 
 
 # --------------------------------------------------------------------------------------------

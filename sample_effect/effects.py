@@ -270,6 +270,10 @@ def resolve_state(
     if update.optimizer == "sgd":
         raise SampleEffectError("--optimizer-state holds Adam moments; use --optimizer adam or adamw with it")
     dtype = next(iter(chosen.values())).dtype
+    if os.path.isdir(optimizer_state):  # a transformers Trainer checkpoint: optimizer.pt without names
+        from .hf_checkpoint import load_trainer_optimizer_state
+
+        return load_trainer_optimizer_state(optimizer_state, model, chosen, accumulation_dtype(dtype))
     return load_optimizer_state(
         optimizer_state, chosen, accumulation_dtype(dtype), model_names={n for n, _ in model.named_parameters()}
     )

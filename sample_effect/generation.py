@@ -39,8 +39,13 @@ def sample(
     max_new_tokens: int = 256,
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
+    logits_processor: Any = None,
 ) -> list[Completion]:
-    """`n` completions of one prompt; temperature 0 is greedy decoding."""
+    """`n` completions of one prompt; temperature 0 is greedy decoding.
+
+    `logits_processor(ids, logits) -> logits`, if given, rewrites each step's next-token logits
+    ([n, V]) given the tokens so far (prompt + generated, [n, t]) before the choice, e.g. to ban tokens.
+    """
     eos = getattr(tokenizer, "eos_token_id", None)
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids(tokenizer, prompt)] * n, device=device)
@@ -54,6 +59,8 @@ def sample(
     tokens = torch.zeros(n, 0, dtype=torch.long, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
+        if logits_processor is not None:
+            logits = logits_processor(torch.cat([ids, tokens], dim=1), logits)
         if temperature and temperature > 0:
             probs = torch.softmax(logits.float() / temperature, dim=-1)
             nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)

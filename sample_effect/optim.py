@@ -110,7 +110,10 @@ def load_optimizer_state(
     if not p.exists():
         raise SampleEffectError(f"--optimizer-state file not found: {p}")
     if p.is_dir():
-        raise SampleEffectError(f"--optimizer-state must be a file written by torch.save, but {p} is a directory")
+        raise SampleEffectError(
+            f"--optimizer-state {p} is a directory; a transformers Trainer checkpoint directory is read with the "
+            "model (sample_effect.hf_checkpoint.load_trainer_optimizer_state)"
+        )
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then rejects
             warnings.simplefilter("ignore")
@@ -122,7 +125,22 @@ def load_optimizer_state(
         ) from None
     if not isinstance(blob, dict) or "optimizer" not in blob or "param_names" not in blob:
         raise SampleEffectError(f"{p}: expected a dict with keys 'optimizer' (a state_dict) and 'param_names'")
-    sd, names = blob["optimizer"], list(blob["param_names"])
+    return state_from_state_dict(blob["optimizer"], list(blob["param_names"]), params, dtype, model_names, p)
+
+
+def state_from_state_dict(
+    sd: dict,
+    names: list[str],
+    params: Mapping[str, torch.Tensor],
+    dtype: torch.dtype = torch.float32,
+    model_names: Collection[str] | None = None,
+    p: str | os.PathLike = "<optimizer state>",
+) -> OptimizerState:
+    """Match an optimizer state_dict to `params`, given the name of each of its parameters in order.
+
+    `names[k]` names the k-th parameter of the state_dict (its param groups concatenated); `p`
+    is where it came from, for error messages.
+    """
     if not isinstance(sd, dict) or "state" not in sd or "param_groups" not in sd:
         raise SampleEffectError(f"{p}: 'optimizer' is not an optimizer state_dict (no 'state'/'param_groups')")
     if len(set(names)) != len(names):
