@@ -1,0 +1,374 @@
+#!/usr/bin/env python
+"""The paper's questions (arXiv 2505.17988) in miniature on Knights-and-Knaves with `--model tiny`.
+
+Runs every command behind docs/experiments.md through the CLI (`python -m sample_effect ...` in a
+subprocess), writes everything under --out (default runs/experiments), records each command's wall
+time in OUT/timings-STAGES.json and gathers the small result tables into OUT/summary.json.
+
+    python scripts/experiments.py --out runs/experiments            # all stages (~30-40 min on 2 CPU cores)
+    python scripts/experiments.py --out runs/experiments --stages q1
+    python scripts/experiments.py --out runs/experiments --stages q2,q3 --grpo-steps 4
+
+Stages: data, q1 (SFT dataset effects vs real SFT), q2 (SFT inits -> predicted vs actual GRPO growth),
+q3 (re-distilled data vs template styles), summary. Later stages read earlier stages' files; a stage
+whose outputs exist is re-run only with --overwrite (commands get --overwrite too).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STYLES = ("answer-only", "short-cot", "long-cot")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/experiments", help="output directory")
+    p.add_argument("--stages", default="data,q1,q2,q2b,q3,summary")
+    p.add_argument("--python", default=sys.executable, help="interpreter that has sample_effect installed")
+    p.add_argument("--seed", type=int, default=0, help="training / sampling seed passed to every command")
+    p.add_argument("--data-seed", type=int, default=1, help="seed of the SFT puzzles (same puzzles in every style)")
+    p.add_argument("--n-train", type=int, default=12, help="SFT puzzles per people-count (2 and 3 people)")
+    p.add_argument("--n-target", type=int, default=10, help="held-out target puzzles per people-count")
+    p.add_argument("--n-rl", type=int, default=16, help="2-person RL training prompts")
+    p.add_argument("--n-rl-eval", type=int, default=12, help="2-person RL eval prompts")
+    # Q1
+    p.add_argument("--q1-lrs", default="3e-4,1e-5", help="lrs for validate curves (the first also for predict-sft)")
+    p.add_argument("--q1-steps", type=int, default=24)
+    p.add_argument("--batch-size", type=int, default=4)
+    # Q2
+    p.add_argument("--sft-steps", type=int, default=60)
+    p.add_argument("--sft-lr", type=float, default=1e-3)
+    p.add_argument("--grpo-steps", type=int, default=6)
+    p.add_argument("--grpo-prompts-per-step", type=int, default=4)
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--grpo-lr", type=float, default=1e-4)
+    p.add_argument("--max-new-tokens", type=int, default=200, help="q2 rollout length")
+    p.add_argument("--q2-grpo", action="store_true",
+                   help="q2 also runs the accuracy-target predict-rl and GRPO from every SFT start (off by default: "
+                        "with the default sizes no start solves a puzzle, so every group has zero variance)")
+    # Q3
+    p.add_argument("--n-strong", type=int, default=64, help="2-person answer-only puzzles for the stronger SFT")
+    p.add_argument("--strong-steps", type=int, default=120)
+    p.add_argument("--strong-lr", type=float, default=2e-3)
+    p.add_argument("--redistill-samples", type=int, default=4, help="samples per prompt (temperature 0.7)")
+    p.add_argument("--rank-lr", type=float, default=3e-4)
+    p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads per command (default 1)")
+    p.add_argument("--overwrite", action="store_true")
+    return p.parse_args(argv)
+
+
+class Runner:
+    def __init__(self, args):
+        self.args = args
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        # one timings file per invocation's stage list, so stages may run in parallel processes
+        self.tpath = self.out / f"timings-{args.stages.replace(',', '_')}.json"
+        self.timings = json.loads(self.tpath.read_text()) if self.tpath.exists() else []
+
+    def p(self, *parts) -> str:
+        return str(self.out.joinpath(*parts))
+
+    def se(self, *argv, label=None, check=True):
+        """Run `python -m sample_effect ARGV`; record the wall time."""
+        cmd = [self.args.python, "-m", "sample_effect", *map(str, argv), "--quiet"]
+        if self.args.overwrite and argv[0] != "plot":
+            cmd.append("--overwrite")
+        elif argv[0] == "plot":
+            cmd.append("--overwrite")
+        shown = " ".join(cmd[2:])
+        print(f"$ {shown}", flush=True)
+        t0 = time.time()
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.args.threads), MKL_NUM_THREADS=str(self.args.threads))
+        r = subprocess.run(cmd, text=True, capture_output=True, env=env)
+        dt = time.time() - t0
+        sys.stdout.write(r.stdout)
+        sys.stderr.write(r.stderr[-3000:])
+        self.timings.append({"label": label or argv[0], "cmd": shown, "seconds": round(dt, 1), "rc": r.returncode})
+        self.tpath.write_text(json.dumps(self.timings, indent=1))
+        print(f"  [{dt:.1f} s, rc {r.returncode}]", flush=True)
+        if check and r.returncode != 0:
+            raise SystemExit(f"command failed: {shown}")
+        return r
+
+    def done(self, *paths) -> bool:
+        return not self.args.overwrite and all(Path(x).exists() for x in paths)
+
+
+def cat(files, out):
+    with open(out, "w") as f:
+        for name in files:
+            f.write(Path(name).read_text())
+
+
+def stage_data(R: Runner):
+    a = R.args
+    d = R.p("data")
+    os.makedirs(d, exist_ok=True)
+    for style in STYLES:
+        parts = []
+        for people in (2, 3):
+            f = f"{d}/{style}-{people}p.jsonl"
+            if not R.done(f):
+                R.se("kk", "--people", people, "--n", a.n_train, "--seed", a.data_seed, "--style", style,
+                     "--id-prefix", style, "--out", f, label="kk")
+            parts.append(f)
+        cat(parts, f"{d}/train-{style}.jsonl")
+    parts = []
+    for people in (2, 3):
+        f = f"{d}/target-{people}p.jsonl"
+        if not R.done(f):
+            R.se("kk", "--people", people, "--n", a.n_target, "--seed", a.data_seed + 1000, "--style", "answer-only",
+                 "--id-prefix", "target", "--out", f, label="kk")
+        parts.append(f)
+    cat(parts, f"{d}/target.jsonl")
+    for name, n, seed in (("rl", a.n_rl, a.data_seed + 2000), ("rl-eval", a.n_rl_eval, a.data_seed + 3000)):
+        f = f"{d}/{name}.jsonl"
+        if not R.done(f):
+            R.se("kk", "--people", 2, "--n", n, "--seed", seed, "--style", "answer-only", "--id-prefix", name,
+                 "--out", f, label="kk")
+
+
+def sft_schedule(a, lr):
+    return ["--lr", lr, "--batch-size", a.batch_size, "--steps", a.q1_steps, "--max-grad-norm", 1.0,
+            "--schedule", "constant", "--seed", a.seed]
+
+
+def data_flags(R, extra=()):
+    flags = []
+    for style in STYLES:
+        flags += ["--data", f"{style}={R.p('data', f'train-{style}.jsonl')}"]
+    for name, f in extra:
+        flags += ["--data", f"{name}={f}"]
+    return flags
+
+
+def stage_q1(R: Runner):
+    a = R.args
+    q = R.p("q1")
+    os.makedirs(q, exist_ok=True)
+    lrs = [x.strip() for x in a.q1_lrs.split(",") if x.strip()]
+    target = R.p("data", "target.jsonl")
+    if not R.done(f"{q}/predict_lr{lrs[0]}.json"):
+        R.se("predict-sft", "--model", "tiny", *data_flags(R), "--target-data", target, *sft_schedule(a, lrs[0]),
+             "--out", f"{q}/predict_lr{lrs[0]}.json", label=f"q1 predict-sft lr {lrs[0]}")
+    for lr in lrs:
+        if not R.done(f"{q}/curves_lr{lr}.json"):
+            R.se("validate", "curves", "--model", "tiny", *data_flags(R), "--target-data", target,
+                 *sft_schedule(a, lr), "--eval-every", max(1, a.q1_steps // 8), "--out", f"{q}/curves_lr{lr}.json",
+                 label=f"q1 validate curves lr {lr}")
+        R.se("plot", "curves", f"{q}/curves_lr{lr}.csv", "--out", f"{q}/curves_lr{lr}.png", label="plot")
+    R.se("plot", "predict-sft", f"{q}/predict_lr{lrs[0]}.csv", "--out", f"{q}/predict_lr{lrs[0]}.png", label="plot")
+
+
+def stage_q2(R: Runner):
+    a = R.args
+    q = R.p("q2")
+    os.makedirs(q, exist_ok=True)
+    target = R.p("data", "target.jsonl")
+    rl, rl_eval = R.p("data", "rl.jsonl"), R.p("data", "rl-eval.jsonl")
+    starts = {"base": "tiny"}
+    for style in STYLES:
+        run = f"{q}/sft-{style}"
+        if not R.done(f"{run}/final"):
+            R.se("train-sft", "--model", "tiny", "--data", R.p("data", f"train-{style}.jsonl"), "--eval-data", rl_eval,
+                 "--reward", "kk", "--out", run, "--lr", a.sft_lr, "--batch-size", a.batch_size, "--steps", a.sft_steps,
+                 "--schedule", "cosine", "--warmup-steps", 5, "--eval-every", 0,
+                 "--eval-max-new-tokens", 320, "--seed", a.seed, label=f"q2 train-sft {style}")
+        starts[style] = f"{run}/final"
+    models = []
+    for m in starts.values():
+        models += ["--model", m]
+    rl_common = ["--prompts", rl, "--reward", "kk", "--group-size", a.group_size, "--max-new-tokens", a.max_new_tokens,
+                 "--seed", a.seed]
+    if not R.done(f"{q}/predict_rl.json"):
+        R.se("predict-rl", *models, *rl_common, "--target-data", target, "--prompts-per-step",
+             a.grpo_prompts_per_step, "--optimizer", "adamw", "--weight-decay", 0, "--clip", 1.0, "--lr", a.grpo_lr,
+             "--out", f"{q}/predict_rl.json", "--ranking", f"{q}/predict_rl_prompts.csv",
+             label="q2 predict-rl (loss target)")
+    R.se("plot", "predict-rl", f"{q}/predict_rl.json", "--out", f"{q}/predict_rl.png", label="plot", check=False)
+    if not a.q2_grpo:
+        return
+    if not R.done(f"{q}/predict_rl_acc.json"):
+        R.se("predict-rl", *models, *rl_common, "--target-prompts", rl_eval, "--target-samples", 8,
+             "--prompts-per-step", a.grpo_prompts_per_step, "--optimizer", "adamw", "--weight-decay", 0,
+             "--clip", 1.0, "--lr", a.grpo_lr, "--out", f"{q}/predict_rl_acc.json",
+             label="q2 predict-rl (accuracy target)", check=False)
+    for name, m in starts.items():
+        run = f"{q}/grpo-{name}"
+        if not R.done(f"{run}/final"):
+            R.se("train-grpo", "--model", m, "--prompts", rl, "--eval-prompts", rl_eval, "--reward", "kk",
+                 "--out", run, "--steps", a.grpo_steps, "--prompts-per-step", a.grpo_prompts_per_step,
+                 "--group-size", a.group_size, "--max-new-tokens", a.max_new_tokens, "--lr", a.grpo_lr,
+                 "--eval-every", a.grpo_steps, "--eval-max-new-tokens", a.max_new_tokens, "--seed", a.seed,
+                 label=f"q2 train-grpo {name}")
+    if Path(f"{q}/predict_rl_acc.json").exists():
+        R.se("plot", "predict-rl", f"{q}/predict_rl_acc.json", "--out", f"{q}/predict_rl_acc.png", label="plot")
+    R.se("plot", "training", *[f"{q}/grpo-{n}" for n in starts], "--y", "reward_mean", "--out", f"{q}/grpo_reward.png",
+         label="plot", check=False)
+    R.se("plot", "quantiles", f"{q}/grpo-long-cot", "--bucket", 8, "--out", f"{q}/quantiles_long-cot.png",
+         label="plot", check=False)
+
+
+def stage_q2b(R: Runner):
+    """A stronger starting point: the q2 SFT checkpoints solve no 2-person puzzle (0/16 informative
+    groups), so train answer-only SFT on more 2-person puzzles, then predict-rl and a short GRPO from it."""
+    a = R.args
+    q = R.p("q2b")
+    os.makedirs(q, exist_ok=True)
+    data = f"{q}/train-answer-only-2p.jsonl"
+    if not R.done(data):
+        R.se("kk", "--people", 2, "--n", a.n_strong, "--seed", a.data_seed + 4000, "--style", "answer-only",
+             "--id-prefix", "strong", "--out", data, label="kk")
+    rl, rl_eval, target = R.p("data", "rl.jsonl"), R.p("data", "rl-eval.jsonl"), R.p("data", "target.jsonl")
+    run = f"{q}/sft-strong"
+    if not R.done(f"{run}/final"):
+        R.se("train-sft", "--model", "tiny", "--data", data, "--eval-data", rl_eval, "--reward", "kk", "--out", run,
+             "--lr", a.strong_lr, "--batch-size", 8, "--steps", a.strong_steps, "--schedule", "cosine",
+             "--warmup-steps", 10, "--eval-every", 0, "--eval-max-new-tokens", 64, "--seed", a.seed,
+             label="q2b train-sft strong")
+    if not R.done(f"{q}/predict_rl.json"):
+        R.se("predict-rl", "--model", f"{R.p('q2', 'sft-answer-only')}/final", "--model", f"{run}/final",
+             "--prompts", rl, "--reward", "kk", "--group-size", a.group_size, "--max-new-tokens", 64,
+             "--seed", a.seed, "--target-data", target, "--prompts-per-step", a.grpo_prompts_per_step,
+             "--optimizer", "adamw", "--weight-decay", 0, "--clip", 1.0, "--lr", a.grpo_lr,
+             "--out", f"{q}/predict_rl.json", "--ranking", f"{q}/predict_rl_prompts.csv",
+             label="q2b predict-rl")
+    grpo = f"{q}/grpo-strong"
+    if not R.done(f"{grpo}/final"):
+        R.se("train-grpo", "--model", f"{run}/final", "--prompts", rl, "--eval-prompts", rl_eval, "--reward", "kk",
+             "--out", grpo, "--steps", a.grpo_steps, "--prompts-per-step", a.grpo_prompts_per_step,
+             "--group-size", a.group_size, "--max-new-tokens", 64, "--lr", a.grpo_lr, "--eval-every", a.grpo_steps,
+             "--eval-max-new-tokens", 64, "--seed", a.seed, label="q2b train-grpo strong")
+    R.se("plot", "predict-rl", f"{q}/predict_rl.json", "--out", f"{q}/predict_rl.png", label="plot", check=False)
+    R.se("plot", "quantiles", grpo, "--bucket", 2, "--min-count", 3, "--out", f"{q}/quantiles.png", label="plot",
+         check=False)
+
+
+def stage_q3(R: Runner):
+    a = R.args
+    q = R.p("q3")
+    os.makedirs(q, exist_ok=True)
+    target = R.p("data", "target.jsonl")
+    src = pick_redistill_source(R)
+    print(f"re-distilling from {src}")
+    Path(q, "redistill_source.txt").write_text(src + "\n")
+    prompts = R.p("data", "train-long-cot.jsonl")  # the SFT puzzles, as the paper's re-distilled-A
+    raw = f"{q}/redistilled-raw.jsonl"
+    if not R.done(raw):
+        R.se("redistill", "--model", src, "--prompts", prompts, "--reward", "kk", "--out", raw,
+             "--samples-per-prompt", a.redistill_samples, "--keep-per-prompt", 1, "--temperature", 0.7,
+             "--max-new-tokens", 320, "--seed", a.seed, label="q3 redistill", check=False)
+    red = f"{q}/redistilled.jsonl"
+    n = 0
+    with open(red, "w") as f:
+        for line in open(raw) if Path(raw).exists() else []:
+            rec = json.loads(line)
+            rec["id"] = "redistilled-" + rec["id"].removeprefix("long-cot-")
+            f.write(json.dumps(rec) + "\n")
+            n += 1
+    print(f"re-distilled examples kept: {n}")
+    pool = f"{q}/pool.jsonl"
+    cat([R.p("data", f"train-{s}.jsonl") for s in STYLES] + ([red] if n else []), pool)
+    if not R.done(f"{q}/rank.csv"):
+        R.se("rank", "--model", "tiny", "--data", pool, "--target-data", target, "--optimizer", "adamw",
+             "--lr", a.rank_lr, "--clip", 1.0, "--out", f"{q}/rank.csv", label="q3 rank")
+    R.se("plot", "effects", f"{q}/rank.csv", "--group-by", "^(answer-only|short-cot|long-cot|redistilled)-",
+         "--out", f"{q}/effects_by_source.png", label="plot")
+    if n >= a.batch_size and not R.done(f"{q}/curves.json"):
+        # the same puzzles in each source, restricted to those the re-distiller solved
+        ids = {json.loads(x)["id"].removeprefix("redistilled-") for x in open(red)}
+        extra = []
+        for s in STYLES:
+            f = f"{q}/sub-{s}.jsonl"
+            with open(f, "w") as o:
+                for x in open(R.p("data", f"train-{s}.jsonl")):
+                    if json.loads(x)["id"].removeprefix(s + "-") in ids:
+                        o.write(x)
+            extra.append((s, f))
+        extra.append(("redistilled", red))
+        flags = []
+        for name, f in extra:
+            flags += ["--data", f"{name}={f}"]
+        R.se("validate", "curves", "--model", "tiny", *flags, "--target-data", target,
+             *sft_schedule(a, a.rank_lr), "--eval-every", max(1, a.q1_steps // 8), "--out", f"{q}/curves.json",
+             label="q3 validate curves", check=False)
+        if Path(f"{q}/curves.csv").exists():
+            R.se("plot", "curves", f"{q}/curves.csv", "--out", f"{q}/curves.png", label="plot")
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def final_acc(run):
+    rows = read_csv(Path(run) / "metrics.csv")
+    accs = [r.get("eval_accuracy") for r in rows if r.get("eval_accuracy") not in (None, "")]
+    return float(accs[-1]) if accs else None
+
+
+def pick_redistill_source(R: Runner):
+    """The checkpoint with the best eval accuracy among the GRPO runs (then the SFT runs)."""
+    best, best_acc = None, -1.0
+    for q, kind, name in [(R.p("q2b"), k, "strong") for k in ("grpo", "sft")] + \
+            [(R.p("q2"), k, n) for k in ("grpo", "sft") for n in ("long-cot", "short-cot", "answer-only")]:
+        if True:
+            run = Path(q) / f"{kind}-{name}"
+            if (run / "final").exists() and (run / "metrics.csv").exists():
+                acc = final_acc(run)
+                if acc is not None and acc > best_acc:
+                    best, best_acc = str(run / "final"), acc
+    if best is None:
+        raise SystemExit("stage q3 needs the q2 runs (SFT/GRPO checkpoints)")
+    return best
+
+
+def stage_summary(R: Runner):
+    q2 = Path(R.p("q2"))
+    out = {}
+    grpo = {}
+    for run in sorted(q2.glob("grpo-*")):
+        rows = read_csv(run / "metrics.csv")
+        grpo[run.name] = rows
+    out["grpo_metrics"] = grpo
+    sft = {}
+    for run in sorted(q2.glob("sft-*")):
+        sft[run.name] = read_csv(run / "metrics.csv")
+    out["sft_metrics"] = sft
+    rank = Path(R.p("q3", "rank.csv"))
+    if rank.exists():
+        by = {}
+        for r in read_csv(rank):
+            src = r["id"].split("-2p-")[0].split("-3p-")[0]
+            by.setdefault(src, []).append(float(r["effect"]))
+        out["q3_effect_by_source"] = {k: {"n": len(v), "mean": sum(v) / len(v), "min": min(v), "max": max(v)}
+                                      for k, v in by.items()}
+    out["timings"] = [t for f in sorted(R.out.glob("timings*.json")) for t in json.loads(f.read_text())]
+    Path(R.p("summary.json")).write_text(json.dumps(out, indent=1))
+    print(json.dumps({k: v for k, v in out.items() if k.startswith("q3")}, indent=1))
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    R = Runner(a)
+    stages = {"data": stage_data, "q1": stage_q1, "q2": stage_q2, "q2b": stage_q2b, "q3": stage_q3, "summary": stage_summary}
+    t0 = time.time()
+    for s in a.stages.split(","):
+        s = s.strip()
+        if s not in stages:
+            raise SystemExit(f"unknown stage {s!r}; choose from {', '.join(stages)}")
+        print(f"=== stage {s}", flush=True)
+        stages[s](R)
+    print(f"done in {time.time() - t0:.0f} s; wrote {R.out.resolve()} (timings-*.json, summary.json, q1/ q2/ q3/)")
+
+
+if __name__ == "__main__":
+    main()
