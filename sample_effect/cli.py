@@ -35,6 +35,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     p.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+    p.add_argument("--log-level", default="warning", type=str.lower, choices=["debug", "info", "warning", "error"],
+                   help="sample-effect's own log messages on stderr (default warning)")
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -286,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(format="sample-effect: %(levelname)s: %(message)s", level=logging.WARNING, stream=sys.stderr)
+    log.setLevel(getattr(logging, str(getattr(args, "log_level", "warning")).upper()))
     for noisy in ("transformers", "torch"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     _quiet_transformers()

@@ -142,3 +142,20 @@ def test_kk_command_writes_puzzles(tmp_path, capsys):
     assert len(rows) == 4 and {"id", "prompt", "response", "answer", "names", "statements", "solution"} <= set(rows[0])
     code, _, err = run(["kk", "--people", 9, "--n", 4, "--out", tmp_path / "x.jsonl"], capsys)
     assert code == 2 and "between 2 and 8" in err and not (tmp_path / "x.jsonl").exists()
+
+
+def test_log_level_controls_warnings(model_dirs, data_files, tmp_path, caplog):
+    """A truncation warning is logged at the default level and silenced by --log-level error."""
+    import logging
+
+    base = ["rank", "--model", str(model_dirs["gpt2"]), "--data", str(data_files["train"]), "--target", "self",
+            "--max-length", "24", "--quiet"]
+    try:
+        with caplog.at_level(logging.DEBUG, logger="root"):
+            assert main([*base, "--out", str(tmp_path / "a.csv")]) == 0
+            assert any("truncated" in r.getMessage() for r in caplog.records)
+            caplog.clear()
+            assert main([*base, "--out", str(tmp_path / "b.csv"), "--log-level", "error"]) == 0
+            assert not any("truncated" in r.getMessage() for r in caplog.records)
+    finally:
+        logging.getLogger("sample_effect").setLevel(logging.NOTSET)
