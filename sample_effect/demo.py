@@ -138,21 +138,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
         say(f"{label}: target loss {last['eval_loss']:.3f}, test accuracy {last['eval_accuracy']:.3f}")
     # What the growth predictor said about each selection before training (same schedule, frozen gradients).
     from .models import select_parameters
-    from .plots import predicted_vs_actual
+    from .plots import predicted_vs_actual_bars
     from .sft_predict import predict_sft_curve
 
     say("predicting each selection's curve (predict-sft) to set against the real runs")
-    pred_rows, predicted = [], {}
-    for label, ids in selections.items():
-        curve = predict_sft_curve(model, select_parameters(model), [tok_pool[index[i]] for i in ids], result.target,
-                                  cfg, label, replicates=4, compute=ComputeConfig(batch_size=8, progress=False))
-        predicted[label] = curve
-        by_step = curve.steps.set_index("step")
-        for _, m in runs[label].iterrows():
-            st = int(m["step"])
-            pred = curve.start_value if st == 0 else float(by_step.loc[st, "target"])
-            pred_rows.append({"dataset": label, "step": st, "actual": float(m["eval_loss"]), "predicted": pred})
-    predicted_vs_actual(pd.DataFrame(pred_rows), out / "predicted_vs_actual.png")
+    predicted = {
+        label: predict_sft_curve(model, select_parameters(model), [tok_pool[index[i]] for i in ids], result.target,
+                                 cfg, label, replicates=4, compute=ComputeConfig(batch_size=8, progress=False))
+        for label, ids in selections.items()
+    }
     curves(runs, "step", "eval_loss", out / "selection_loss.png", f"Held-out target loss while fine-tuning on {k} examples",
            "held-out answer loss (nats/token)")
     curves(runs, "step", "eval_accuracy", out / "selection_accuracy.png", "Greedy test accuracy (K&K reward)", "accuracy")
@@ -165,6 +159,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
           "actual_drop": float(df["eval_loss"].iloc[0] - df["eval_loss"].iloc[-1])} for lab, df in runs.items()]
     )
     write_table(summary, out / "selection.csv")
+    predicted_vs_actual_bars(summary, out / "predicted_vs_actual.png")
     per_style = table.groupby("style")["effect"].agg(["mean", "std", "count"]).sort_values("mean", ascending=False)
     elapsed = time.perf_counter() - t0
     write_report(out, args, table, per_style, summary, k, steps, elapsed, str(model_dir))

@@ -263,3 +263,22 @@ def logprob_quantile_curves(
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def predicted_vs_actual_bars(summary: pd.DataFrame, path: str | os.PathLike, label: str = "selection") -> None:
+    """Side by side per run: the predicted drop (first order, its own axis) and the actual drop of the target loss.
+
+    Two panels rather than one overlay because a first-order prediction over many large steps can be
+    orders of magnitude off in size while still ordering the runs correctly; the panels compare order.
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    names = list(summary[label])
+    for ax, col, title in ((axes[0], "predicted_drop", "predicted (first order)"), (axes[1], "actual_drop", "actual")):
+        ax.bar(range(len(names)), summary[col], color="lightsteelblue" if col == "predicted_drop" else "tab:blue")
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("drop of the target loss (nats/token)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("Drop of the held-out target loss over the run, per selection")
+    _save(fig, path)
