@@ -26,13 +26,10 @@ FIGURE_SUFFIXES = (".png", ".svg")
 
 
 def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+    """The same integer check as the other commands' (one definition, in cli.py)."""
+    from .cli import _positive_int as check
+
+    return check(text)
 
 
 def _steps_arg(text: str) -> list[int]:
