@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .data import TokenizedExample, examples_from_records, tokenize_examples
+from .data import TokenizedExample, examples_from_records, pad_sequences, tokenize_examples
 from .errors import SampleEffectError
 from .generation import Completion, greedy_accuracy, prompt_ids, sample
 from .io import atomic_open
@@ -315,15 +315,18 @@ def reverse_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 
 
 def onpolicy_batch(tokenizer: Any, prompts: Sequence[str], completions: Sequence[Sequence[int]], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded prompt + completion ids [B, T] and the mask [B, T] of positions whose logits predict a completion token."""
-    rows = [(prompt_ids(tokenizer, p), list(c)) for p, c in zip(prompts, completions)]
-    width = max(len(p) + len(c) for p, c in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, (p, c) in enumerate(rows):
-        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
-        mask[i, len(p) - 1 : len(p) - 1 + len(c)] = True
-    return ids.to(device), mask.to(device)
+    """Right-padded prompt + completion ids [B, T] and the mask [B, T] of positions whose logits predict a completion token.
+
+    The engine's `pad_sequences` gives the same mask over the T - 1 next-token targets; the last
+    position predicts nothing, so it is padded with False to line up with the logits.
+    """
+    seqs, starts = [], []
+    for p, c in zip(prompts, completions):
+        pid = prompt_ids(tokenizer, p)
+        seqs.append(torch.tensor(pid + list(c), dtype=torch.long))
+        starts.append(len(pid))
+    ids, mask = pad_sequences(seqs, starts)
+    return ids.to(device), torch.nn.functional.pad(mask, (0, 1)).to(device)
 
 
 def onpolicy_loss(student: torch.nn.Module, teacher: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
