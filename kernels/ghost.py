@@ -330,11 +330,17 @@ def sq_norms_gram(fs: Sequence[Factor]) -> torch.Tensor:
     return total
 
 
-def materialise_sum(fs: Sequence[Factor], rows: slice = slice(None)) -> torch.Tensor:
-    """The full per-example gradient (sum over the parameter's uses) for the examples in `rows`."""
+def materialise_sum(fs: Sequence[Factor], rows: slice = slice(None), writable: bool = False) -> torch.Tensor:
+    """The full per-example gradient (sum over the parameter's uses) for the examples in `rows`.
+
+    A lone dense factor comes back as a view of its storage; `writable=True` returns a tensor the
+    caller may overwrite in place (a copy only in that case).
+    """
     out = materialise(fs[0], rows)
     for f in fs[1:]:
         out = out + materialise(f, rows)
+    if writable and len(fs) == 1 and fs[0].kind == "dense":
+        out = out.clone()
     return out
 
 

@@ -184,7 +184,7 @@ def _ghost_effects(model, params, examples, target, update, hypers, state, compu
                 step = _rows(fs[0], 2, budget)
                 for r0 in range(0, n_ex, step):
                     rows = slice(r0, min(n_ex, r0 + step))
-                    g = materialise_sum(fs, rows).clone() if fs[0].kind == "dense" and len(fs) == 1 else materialise_sum(fs, rows)
+                    g = materialise_sum(fs, rows, writable=True)  # adam_effect_rows overwrites it
                     if coef is not None:
                         g.mul_(coef[rows].view(-1, *([1] * (g.dim() - 1))))
                     dots, sq_rows = adam_effect_rows(

@@ -347,14 +347,19 @@ _VERIFIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def ghost_coverage(
     model: torch.nn.Module, params: Mapping[str, torch.Tensor]
-) -> tuple[dict[str, list[tuple[str, str, str]]], list[str], bool]:
-    """(covered parameter -> its uses, uncovered names, whether the self-check already ran for this model)."""
+) -> tuple[dict[str, list[tuple[str, str, str]]], list[str], frozenset | None]:
+    """(covered parameter -> its uses, uncovered names, the self-check key if the check still has to run).
+
+    The key is the set of parameters the module rules cover; once the check has run for this model
+    and key, the parameters it failed are moved to the uncovered side and None is returned.
+    """
     coverage, uncovered = plan_coverage(model, params)
-    known = _VERIFIED.get(model, {}).get(frozenset(coverage))
+    key = frozenset(coverage)
+    known = _VERIFIED.get(model, {}).get(key)
     if known is None:
-        return coverage, uncovered, False
+        return coverage, uncovered, key
     coverage = {n: u for n, u in coverage.items() if n not in known}
-    return coverage, [n for n in params if n not in coverage], True
+    return coverage, [n for n in params if n not in coverage], None
 
 
 def iter_example_factors(
@@ -380,8 +385,7 @@ def iter_example_factors(
     first_param = next(iter(params.values()))
     acc = accumulation_dtype(first_param.dtype)
     device = first_param.device
-    key = frozenset(plan_coverage(model, params)[0])
-    coverage, uncovered, verified = ghost_coverage(model, params)
+    coverage, uncovered, check_key = ghost_coverage(model, params)
     rtol = 1e3 * torch.finfo(acc).eps
     with tqdm(total=len(flat), desc=desc, unit="seq", disable=not compute.progress, leave=False) as bar:
         for i, j, part in _whole_example_chunks(examples, cap):
@@ -391,7 +395,7 @@ def iter_example_factors(
             factors: dict[str, list[Factor]] = {}
             losses = None
             if coverage:
-                check = None if verified else {n: params[n] for n in coverage}
+                check = None if check_key is None else {n: params[n] for n in coverage}
                 flags = {n: params[n].requires_grad for n in coverage}
                 try:
                     for n in coverage:
@@ -404,8 +408,8 @@ def iter_example_factors(
                 losses = cap_.losses
                 if check is not None:
                     bad = set(verify_factors(factors, cap_.batch_grads or {}, rtol))
-                    _VERIFIED.setdefault(model, {})[key] = bad
-                    verified = True
+                    _VERIFIED.setdefault(model, {})[check_key] = bad
+                    check_key = None
                     if bad:
                         log.info("ghost kernels disagree with autograd for %s; using vmap for them", sorted(bad))
                         factors = {n: f for n, f in factors.items() if n not in bad}
