@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import SampleEffectError
 from .io import write_table
@@ -65,9 +66,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="print the engine's plan (per-layer path, chunk size, expected peak memory) and exit")
 
 
-def _update_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """UpdateConfig and ComputeConfig from the shared engine arguments, validated."""
-    from .engine import ComputeConfig, parse_bytes
+def update_config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The simulated update (--optimizer/--lr/--beta1/--beta2/--eps/--weight-decay/--clip), validated."""
     from .optim import UpdateConfig
 
     update = UpdateConfig(
@@ -76,10 +76,45 @@ def _update_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     ).validate()
     if args.optimizer_state and update.optimizer == "sgd":
         raise SampleEffectError("--optimizer-state holds Adam moments; use --optimizer adam or adamw with it")
+    return update
+
+
+def memory_budget_from_args(args: argparse.Namespace) -> int | None:
+    """--memory-budget in bytes, with the flag named in the error."""
+    from .engine import parse_bytes
+
     try:
-        budget = parse_bytes(args.memory_budget)
+        return parse_bytes(args.memory_budget)
     except SampleEffectError as exc:
         raise SampleEffectError(f"--memory-budget: {exc}") from None
+
+
+def target_from_args(args: argparse.Namespace, tokenizer: Any, target_raw: Any, accuracy_prefix: str | None = ""):  # type: ignore[no-untyped-def]
+    """The target a command's flags name: --target-data (already loaded as `target_raw`), --direction,
+    or --target-prompts (when `accuracy_prefix` is not None); None if none of them is given."""
+    from .data import tokenize_examples
+    from .targets import DirectionTarget, LossTarget
+
+    if target_raw is not None:
+        tokenized, report = tokenize_examples(target_raw, tokenizer, args.max_length)
+        if report.n_truncated:
+            log.warning("%d sequence(s) of --target-data truncated to --max-length %d", report.n_truncated, args.max_length)
+        return LossTarget(tokenized)
+    if getattr(args, "direction", None):
+        return DirectionTarget(args.direction[0], args.direction[1], normalize=getattr(args, "normalize", False))
+    if accuracy_prefix is not None and getattr(args, "target_prompts", None):
+        from .cli_predict import accuracy_target_from_args
+
+        return accuracy_target_from_args(args, tokenizer, prefix=accuracy_prefix)
+    return None
+
+
+def _update_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """UpdateConfig and ComputeConfig from the shared engine arguments, validated."""
+    from .engine import ComputeConfig
+
+    update = update_config_from_args(args)
+    budget = memory_budget_from_args(args)
     compute = ComputeConfig(batch_size=args.batch_size, memory_budget=budget, progress=not args.quiet, method=args.method,
                             grad_norms=args.grad_norms)
     if args.method == "jvp" and (update.optimizer != "sgd" or update.clip is not None):
@@ -157,7 +192,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
     from .data import load_examples, tokenize_examples
     from .effects import score_examples_result
     from .io import check_output_path
-    from .targets import DirectionTarget, LossTarget, SelfTarget
+    from .targets import SelfTarget
 
     out = Path(args.out)
     if out.suffix.lower() not in TABLE_SUFFIXES:
@@ -182,19 +217,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
     tokenized, report = tokenize_examples(examples, tokenizer, args.max_length)
     if report.n_truncated:
         log.warning("%d sequence(s) of --data truncated to --max-length %d", report.n_truncated, args.max_length)
-    if target_examples is not None:
-        target_tok, trep = tokenize_examples(target_examples, tokenizer, args.max_length)
-        if trep.n_truncated:
-            log.warning("%d sequence(s) of --target-data truncated to --max-length %d", trep.n_truncated, args.max_length)
-        target = LossTarget(target_tok)
-    elif args.direction:
-        target = DirectionTarget(args.direction[0], args.direction[1], normalize=args.normalize)
-    elif args.target_prompts:
-        from .cli_predict import accuracy_target_from_args
-
-        target = accuracy_target_from_args(args, tokenizer)
-    else:
-        target = SelfTarget()
+    target = target_from_args(args, tokenizer, target_examples) or SelfTarget()
     if args.explain:
         from .models import select_parameters
         from .planner import make_plan

@@ -90,18 +90,19 @@ def _outputs(out: str, overwrite: bool, suffixes: tuple[str, ...]) -> list[Path]
 
 def _predict(args: argparse.Namespace, model: Any, tok: Any, cfg: Any, compute: Any) -> tuple[list, Any, Any, list]:
     """Curves for every --data: (curves, target vector, target examples or None, tokenized datasets)."""
+    from .cli import target_from_args
     from .data import load_examples, tokenize_examples
     from .models import select_parameters
     from .sft_predict import predict_sft_curve
-    from .targets import DirectionTarget, LossTarget, resolve_target
+    from .targets import LossTarget, resolve_target
 
     datasets = [(name, load_examples(path)) for name, path in args.data]
     names = [n for n, _ in datasets]
     if len(set(names)) != len(names):
         raise SampleEffectError(f"two --data share the name '{next(n for n in names if names.count(n) > 1)}'; use NAME=FILE")
     params = select_parameters(model)
-    target_ex = tokenize_examples(load_examples(args.target_data), tok, args.max_length)[0] if args.target_data else None
-    target = LossTarget(target_ex) if target_ex is not None else DirectionTarget(*args.direction)
+    target = target_from_args(args, tok, load_examples(args.target_data) if args.target_data else None, accuracy_prefix=None)
+    target_ex = target.examples if isinstance(target, LossTarget) else None
     tokenized = [(n, tokenize_examples(exs, tok, args.max_length)[0]) for n, exs in datasets]
     g = resolve_target(target, model, params, tokenized[0][1], compute)
     curves = [

@@ -140,24 +140,21 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
     """`sample-effect predict-rl`: check inputs, then per model sample, score and predict; write atomically."""
     import pandas as pd
 
-    from .data import load_examples, tokenize_examples
-    from .engine import ComputeConfig, parse_bytes
+    from .cli import memory_budget_from_args, target_from_args, update_config_from_args
+    from .data import load_examples
+    from .effects import resolve_state
+    from .engine import ComputeConfig
     from .io import atomic_open, write_table
-    from .models import accumulation_dtype, load_model, select_parameters
-    from .optim import UpdateConfig, load_optimizer_state
+    from .models import load_model, select_parameters
     from .registry import resolve_model
     from .rewards import get_reward
     from .rl_predict import predict_rl
-    from .targets import DirectionTarget, LossTarget, Target
     from .trainers.grpo import load_rl_prompts
 
     _check_args(args)
     _check_outputs(args)
-    update = UpdateConfig(
-        optimizer=args.optimizer.lower(), lr=args.lr, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
-        weight_decay=args.weight_decay, clip=args.clip,
-    ).validate()
-    compute = ComputeConfig(batch_size=args.batch_size, memory_budget=parse_bytes(args.memory_budget), progress=not args.quiet)
+    update = update_config_from_args(args)
+    compute = ComputeConfig(batch_size=args.batch_size, memory_budget=memory_budget_from_args(args), progress=not args.quiet)
     reward = get_reward(args.reward)
     prompts = load_rl_prompts(args.prompts)
     if not prompts:
@@ -174,20 +171,8 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
         if getattr(tok, "eos_token_id", None) is None:
             raise SampleEffectError(f"the tokenizer of --model {spec} has no EOS token, so no rollout can finish")
         params = select_parameters(model, args.params)
-        target: Target
-        if target_raw is not None:
-            tokenized, report = tokenize_examples(target_raw, tok, args.max_length)
-            if report.n_truncated:
-                log.warning("%d sequence(s) of --target-data truncated to --max-length %d", report.n_truncated, args.max_length)
-            target = LossTarget(tokenized)
-        elif args.direction:
-            target = DirectionTarget(args.direction[0], args.direction[1], normalize=args.normalize)
-        else:
-            target = accuracy_target_from_args(args, tok, prefix="target-")
-        state = None
-        if args.optimizer_state:
-            dtype = accumulation_dtype(next(iter(params.values())).dtype)
-            state = load_optimizer_state(args.optimizer_state[i], params, dtype, model_names={n for n, _ in model.named_parameters()})
+        target = target_from_args(args, tok, target_raw, accuracy_prefix="target-")
+        state = resolve_state(model, params, update, args.optimizer_state[i] if args.optimizer_state else None)
         pred = predict_rl(
             model, tok, prompts, reward, target, update, group_size=args.group_size, temperature=args.temperature,
             max_new_tokens=args.max_new_tokens, seed=args.seed, prompts_per_step=args.prompts_per_step,
