@@ -208,12 +208,7 @@ def predict_sft_curve(
     else:
         noise, noise_se = _sgd_noise(model, params, examples, target, cfg, lrs, target_examples, compute)
     predicted = positive + noise
-    # one fresh AdamW step per example (batch of one, clipped as the trainer clips a batch), dotted with G
-    fresh = []
-    for i in range(grads.shape[0]):
-        g = _clip(grads[i], cfg.max_grad_norm)
-        d = _AdamW(grads.shape[1], acc, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, theta0).step(g) if optimizer == "adamw" else -g
-        fresh.append(float(d @ gvec))
+    dataset_effect = _fresh_dataset_effect(grads, gvec, theta0, cfg, optimizer)
     start = target.target_loss
     sign = -1.0 if start is not None else 1.0
     cum = np.cumsum(predicted)
@@ -222,7 +217,29 @@ def predict_sft_curve(
         "seed_path": seed_path, "predicted": predicted, "cumulative": cum,
         "target": (start + sign * cum) if start is not None else cum,
     })
-    return SFTCurve(name, steps, float(np.mean(fresh)), len(examples), start, sign)
+    return SFTCurve(name, steps, dataset_effect, len(examples), start, sign)
+
+
+def _fresh_dataset_effect(grads: torch.Tensor, gvec: torch.Tensor, theta0: torch.Tensor, cfg: SFTConfig, optimizer: str) -> float:
+    """Mean over examples of one fresh step's effect (a batch of one, clipped as the trainer clips a batch).
+
+    The per-example AdamW step is the engine's own (`kernels.adam.adam_effect_rows`), in blocks of rows.
+    """
+    from .kernels.adam import adam_effect_rows, adamw_decay_dot
+    from .optim import clip_coefficients
+
+    total = 0.0
+    for r0 in range(0, grads.shape[0], 64):
+        g = grads[r0 : r0 + 64].clone()
+        if cfg.max_grad_norm is not None:
+            g.mul_(clip_coefficients(g.pow(2).sum(1), cfg.max_grad_norm).unsqueeze(1))
+        if optimizer == "adamw":
+            dots, _ = adam_effect_rows(g, theta0, gvec, "adamw", cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay)
+        else:
+            dots = -(g @ gvec)
+        total += float(dots.sum())
+    decay = adamw_decay_dot(theta0, gvec, "adamw", cfg.weight_decay) if optimizer == "adamw" else 0.0
+    return total / grads.shape[0] + decay
 
 
 def _sgd_noise(model, params, examples, target, cfg, lrs, target_examples, compute):  # type: ignore[no-untyped-def]
