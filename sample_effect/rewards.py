@@ -55,7 +55,8 @@ def exact_reward(prompt: str, completion: str, answer: str, finished: bool = Tru
 BUILTIN: dict[str, Reward] = {"kk": kk_reward, "boxed": boxed_reward, "exact": exact_reward}
 
 
-def _checked(fn: Callable[..., object], name: str) -> Reward:
+def checked_reward(fn: Callable[..., object], name: str) -> Reward:
+    """Wrap a reward function so it always takes `finished` and returns a finite float (else a clear error)."""
     try:
         params = inspect.signature(fn).parameters
         takes_finished = "finished" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
@@ -82,7 +83,7 @@ def _checked(fn: Callable[..., object], name: str) -> Reward:
 def get_reward(name: str) -> Reward:
     """A built-in reward by name (kk, exact, boxed) or `module:function`, wrapped to check its output."""
     if name in BUILTIN:
-        return _checked(BUILTIN[name], name)
+        return checked_reward(BUILTIN[name], name)
     if ":" not in name:
         raise SampleEffectError(f"unknown reward '{name}' for --reward; use one of {', '.join(BUILTIN)} or module:function")
     module_name, _, func_name = name.partition(":")
@@ -95,4 +96,4 @@ def get_reward(name: str) -> Reward:
     fn = getattr(module, func_name, None)
     if not callable(fn):
         raise SampleEffectError(f"--reward '{name}': module '{module_name}' has no function '{func_name}'")
-    return _checked(fn, name)
+    return checked_reward(fn, name)

@@ -54,8 +54,7 @@ from .growth import NoiseEffect, target_loss_hvp
 from .losses import token_logprobs
 from .models import accumulation_dtype, position_limit, select_parameters
 from .optim import OptimizerState, UpdateConfig, clip_coefficients, update_per_lr
-from .rewards import _checked as checked_reward
-from .rewards import get_reward
+from .rewards import checked_reward, get_reward
 from .targets import (
     AccuracyTarget,
     DirectionTarget,
