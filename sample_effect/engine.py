@@ -72,6 +72,15 @@ def split_parameters(model: torch.nn.Module, params: Mapping[str, torch.Tensor])
     return consts
 
 
+def _activations_per_token(model: torch.nn.Module) -> int:
+    """Rough count of activation values one token keeps for the backward pass, from the config."""
+    hidden = config_int(model, "hidden_size", "n_embd", "d_model", default=1024)
+    layers = config_int(model, "num_hidden_layers", "n_layer", default=12)
+    vocab = config_int(model, "vocab_size", default=32000)
+    inter = config_int(model, "intermediate_size", "n_inner", default=4 * hidden) or 4 * hidden
+    return layers * (12 * hidden + 3 * inter) + 4 * vocab
+
+
 def bytes_per_sequence(model: torch.nn.Module, params: Mapping[str, torch.Tensor], seq_len: int) -> int:
     """Rough peak bytes one sequence adds to a vmap chunk: its gradients plus its activations."""
     p = next(iter(params.values()))
@@ -79,11 +88,7 @@ def bytes_per_sequence(model: torch.nn.Module, params: Mapping[str, torch.Tensor
     acc_itemsize = torch.empty((), dtype=accumulation_dtype(p.dtype)).element_size()
     n_params = sum(t.numel() for t in params.values())
     largest = max(t.numel() for t in params.values())
-    hidden = config_int(model, "hidden_size", "n_embd", "d_model", default=1024)
-    layers = config_int(model, "num_hidden_layers", "n_layer", default=12)
-    vocab = config_int(model, "vocab_size", default=32000)
-    inter = config_int(model, "intermediate_size", "n_inner", default=4 * hidden) or 4 * hidden
-    acts = seq_len * (layers * (12 * hidden + 3 * inter) + 4 * vocab) * max(itemsize, 4)
+    acts = seq_len * _activations_per_token(model) * max(itemsize, 4)
     grads = n_params * (itemsize + acc_itemsize) + 6 * largest * acc_itemsize
     return int(acts + grads)
 
@@ -92,11 +97,7 @@ def activation_bytes_per_sequence(model: torch.nn.Module, params: Mapping[str, t
     """Rough peak bytes one sequence adds to a ghost chunk: activations plus the captured output gradients."""
     p = next(iter(params.values()))
     itemsize = max(p.element_size(), torch.empty((), dtype=accumulation_dtype(p.dtype)).element_size())
-    hidden = config_int(model, "hidden_size", "n_embd", "d_model", default=1024)
-    layers = config_int(model, "num_hidden_layers", "n_layer", default=12)
-    vocab = config_int(model, "vocab_size", default=32000)
-    inter = config_int(model, "intermediate_size", "n_inner", default=4 * hidden) or 4 * hidden
-    return int(2 * seq_len * (layers * (12 * hidden + 3 * inter) + 4 * vocab) * itemsize + 8 * seq_len * seq_len * itemsize)
+    return int(2 * seq_len * _activations_per_token(model) * itemsize + 8 * seq_len * seq_len * itemsize)
 
 
 def check_lengths(model: torch.nn.Module, examples: Sequence[TokenizedExample]) -> None:
