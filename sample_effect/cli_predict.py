@@ -62,7 +62,8 @@ def add_predict_rl_parser(sub: argparse._SubParsersAction, common: Common) -> No
     p.add_argument("--eps", type=float, default=None, help="Adam eps (default: state file's, else 1e-8)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="weight decay (default: state file's, else torch's: 0.01 for adamw, 0 otherwise; train-grpo uses 0)")
-    p.add_argument("--clip", type=float, default=None, help="gradient clipping to this norm per prompt (train-grpo: 1.0)")
+    p.add_argument("--clip", type=float, default=None,
+                   help="gradient clipping to this norm: per prompt for the effects, per batch for the noise term (train-grpo: 1.0)")
     p.add_argument("--optimizer-state", nargs="+", metavar="FILE",
                    help="Adam state per --model, in the same order (e.g. RUN/checkpoint-k/optimizer.pt)")
     p.add_argument("--params", default=None, metavar="REGEX", help="score only trainable parameters whose name matches")
@@ -71,7 +72,11 @@ def add_predict_rl_parser(sub: argparse._SubParsersAction, common: Common) -> No
     p.add_argument("--batch-size", type=int, default=16, help="sequences per chunk for the target gradient (speed/memory only)")
     p.add_argument("--memory-budget", default="4GB", help="memory budget, e.g. 4GB (also bounds the noise effect's stored updates)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates over prompts for the 95%% interval (default 2000)")
-    p.add_argument("--no-noise", action="store_true", help="skip the noise effect (Hessian-vector products)")
+    p.add_argument("--no-noise", action="store_true",
+                   help="skip the noise effect (Hessian-vector products; batch draws for Adam or clipping)")
+    p.add_argument("--noise-draws", type=int, default=256,
+                   help="batches drawn for the noise term of a non-linear update (Adam, clipping); every batch when "
+                   "there are fewer (default 256)")
     common(p)
     p.set_defaults(func=cmd_predict_rl)
 
@@ -90,7 +95,8 @@ def _finite_or_none(obj: Any) -> Any:
 def _check_args(args: argparse.Namespace) -> None:
     for flag, value, low in (("--group-size", args.group_size, 2), ("--max-new-tokens", args.max_new_tokens, 1),
                              ("--prompts-per-step", args.prompts_per_step, 1), ("--bootstrap", args.bootstrap, 1),
-                             ("--batch-size", args.batch_size, 1), ("--target-samples", args.target_samples, 1)):
+                             ("--batch-size", args.batch_size, 1), ("--target-samples", args.target_samples, 1),
+                             ("--noise-draws", args.noise_draws, 1)):
         if value < low:
             raise SampleEffectError(f"{flag} must be >= {low}, got {value}")
     if args.max_length is not None and args.max_length < 1:
@@ -177,7 +183,7 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
             model, tok, prompts, reward, target, update, group_size=args.group_size, temperature=args.temperature,
             max_new_tokens=args.max_new_tokens, seed=args.seed, prompts_per_step=args.prompts_per_step,
             clip_eps=args.clip_eps, params=params, state=state, compute=compute, noise=not args.no_noise,
-            n_boot=args.bootstrap,
+            n_boot=args.bootstrap, noise_draws=args.noise_draws,
         )
         rec = {"model": str(spec), **pred.record}
         records.append(rec)

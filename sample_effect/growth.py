@@ -11,12 +11,15 @@ T is linear and its noise effect is zero.
 
 This module estimates tr(H_T Sigma) = E_i[(d_i - dbar)^T H_T (d_i - dbar)] * n / (n - 1) with one
 Hessian-vector product (forward-over-reverse, `torch.func.jvp` of `torch.func.grad`) per centred
-per-example update, for SGD (optionally clipped).
+per-example update, for SGD (optionally clipped). A trainer that draws a batch of b out of n
+examples without replacement sees Cov(dbar_B) = (Sigma / b) (n - b) / n (Sigma with divisor
+n - 1), so the exact per-step term carries the finite-population factor (n - b) / n
+(`NoiseEffect.per_step(lr, b, population=n)`); it vanishes when the batch is the whole dataset.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,9 +40,52 @@ class NoiseEffect:
     stderr: float
     n: int
 
-    def per_step(self, lr: float, batch_size: int) -> float:
-        """(lr^2 / 2b) tr(H_T Sigma): the expected per-step change of T caused by gradient noise."""
-        return lr * lr / (2 * batch_size) * self.trace
+    def per_step(self, lr: float, batch_size: float, population: float | None = None) -> float:
+        """(lr^2 / 2b) tr(H_T Sigma): the expected per-step change of T caused by gradient noise.
+
+        With `population` n, batches are drawn without replacement from n examples and the
+        factor (n - b) / n makes the term exact for a quadratic T (0 when b >= n).
+        """
+        return lr * lr / (2 * batch_size) * self.trace * finite_population(batch_size, population)
+
+
+def finite_population(batch_size: float, population: float | None) -> float:
+    """(n - b) / n, the variance factor of a mean over b draws without replacement from n (1 for n = None)."""
+    if population is None:
+        return 1.0
+    return max(0.0, (population - batch_size) / population) if population > 0 else 0.0
+
+
+HVP = Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]
+
+
+def loss_hvp(loss: Callable[[Mapping[str, torch.Tensor]], torch.Tensor], params: Mapping[str, torch.Tensor]) -> HVP:
+    """v -> H v for a scalar function of named parameters, by forward-over-reverse (jvp of grad) at `params`."""
+    primal = {n: p.detach() for n, p in params.items()}
+
+    def hvp(v: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        tangent = {n: v[n].to(primal[n].dtype) for n in primal}
+        return jvp(grad(loss), (primal,), (tangent,))[1]
+
+    return hvp
+
+
+def trace_from_centred(centred: Sequence[Mapping[str, torch.Tensor]], hvp: HVP, sign: float = -1.0) -> NoiseEffect:
+    """tr(H_T Sigma) = sum_i c_i^T H_T c_i / (n - 1) over centred updates c_i, with H_T = sign * (hvp's Hessian).
+
+    sign -1: `hvp` is the Hessian of a loss L and T = -L. The standard error is over the n terms.
+    """
+    n = len(centred)
+    if n < 2:
+        raise SampleEffectError("the noise effect needs at least 2 centred updates")
+    quads = []
+    for c in centred:
+        hc = hvp(c)
+        quads.append(sign * float(sum((c[k].double() * hc[k].double()).sum() for k in c)))
+    q = torch.tensor(quads, dtype=torch.float64)
+    trace = float(q.sum() / (n - 1))
+    stderr = float(q.std(unbiased=True) * n / (n - 1) / n**0.5) if n > 2 else float("nan")
+    return NoiseEffect(trace=trace, stderr=stderr, n=n)
 
 
 def target_loss_hvp(
@@ -49,18 +95,13 @@ def target_loss_hvp(
     consts = split_parameters(model, params)
     ids, mask, owners = collate(target, next(iter(params.values())).device)
     w = torch.tensor([1.0 / (target[i].n_responses * len(target)) for i in owners.tolist()], device=ids.device)
-    primal = {n: p.detach() for n, p in params.items()}
 
     def loss(p: Mapping[str, torch.Tensor]) -> torch.Tensor:
         logits = functional_call(model, {**consts, **p}, args=(), kwargs={"input_ids": ids, "use_cache": False}).logits
         seq = sft_sequence_loss(logits, ids, mask)
         return (seq * w.to(seq.dtype)).sum()
 
-    def hvp(v: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        tangent = {n: v[n].to(primal[n].dtype) for n in primal}
-        return jvp(grad(loss), (primal,), (tangent,))[1]
-
-    return hvp
+    return loss_hvp(loss, params)
 
 
 def noise_effect_loss_target(
@@ -90,13 +131,5 @@ def noise_effect_loss_target(
         updates += [{n: t[k] for n, t in d.items()} for k in range(len(batch.indices))]
     n = len(updates)
     mean = {k: sum(u[k] for u in updates) / n for k in params}
-    hvp = target_loss_hvp(model, params, target)
-    quads = []
-    for u in updates:
-        c = {k: u[k] - mean[k] for k in params}
-        hc = hvp(c)
-        quads.append(-float(sum((c[k] * hc[k].to(c[k].dtype)).sum() for k in params)))  # H_T = -H_L
-    q = torch.tensor(quads, dtype=torch.float64)
-    trace = float(q.sum() / (n - 1))
-    stderr = float(q.std(unbiased=True) * n / (n - 1) / n**0.5) if n > 2 else float("nan")
-    return NoiseEffect(trace=trace, stderr=stderr, n=n)
+    centred = [{k: u[k] - mean[k] for k in params} for u in updates]
+    return trace_from_centred(centred, target_loss_hvp(model, params, target), sign=-1.0)  # H_T = -H_L

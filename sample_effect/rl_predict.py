@@ -21,13 +21,17 @@ informative groups' effects (exactly, for SGD). The predicted growth of the targ
 with p_empty the probability that a batch of B prompts drawn without replacement from the
 sampled ones holds no informative group (the trainer then takes no step); R is the ratio
 estimator of the batch's token-weighted mean (exact for a batch holding every sampled prompt,
-bias O(1/B) otherwise). The noise effect is (lr^2 / 2b) tr(H_T Sigma_w) for a loss target
-(Hessian-vector products from `growth.target_loss_hvp`, SGD only, as in `growth`), with
-b = B (1 - zero-variance fraction) the expected informative groups per batch and Sigma_w the
-covariance of the token-weighted centred updates (n_x / mean n)(d_x - dbar_w), the delta-method
-covariance of the batch's weighted mean; it is 0 for a fixed direction and not estimated for
-an accuracy target. A percentile bootstrap over prompts gives the 95% interval of the positive
-effect.
+bias O(1/B) otherwise). The noise effect has two parts. The second-order term is
+(lr^2 / 2b) tr(H_T Sigma_w) for a loss target (Hessian-vector products from
+`growth.target_loss_hvp`, SGD only, as in `growth`), with b = B (1 - zero-variance fraction) the
+expected informative groups per batch and Sigma_w the covariance of the token-weighted centred
+updates (n_x / mean n)(d_x - dbar_w), the delta-method covariance of the batch's weighted mean;
+it is 0 for a fixed direction and not estimated for an accuracy target. The first-order batch
+term exists when the update is not linear in the gradient (Adam, clipping): the trainer steps
+on U(clip(gbar_S)) for the batch S, not on the mean of the per-prompt U(clip(g_x)), so the term
+is lr E_S <U(clip(gbar_S)), G> - positive effect, over every batch of B prompts when there are
+few, else over seeded random draws (`batch_step_effects`). A percentile bootstrap over prompts
+gives the 95% interval of the positive effect.
 
 The accuracy target (`targets.AccuracyTarget`) is G = grad of the test accuracy, estimated by
 REINFORCE from completions sampled on test prompts (`accuracy_target_vector`).
@@ -50,7 +54,7 @@ from .data import TokenizedExample, pad_sequences
 from .engine import ComputeConfig
 from .errors import SampleEffectError
 from .generation import prompt_ids
-from .growth import NoiseEffect, target_loss_hvp
+from .growth import NoiseEffect, finite_population, target_loss_hvp, trace_from_centred
 from .losses import token_logprobs
 from .models import accumulation_dtype, position_limit, select_parameters
 from .optim import OptimizerState, UpdateConfig, clip_coefficients, update_per_lr
@@ -140,7 +144,8 @@ class RLEffects:
     tokens (its weight in the trainer's token mean); rollout_effect[x][i]: -<gradient of rollout
     i's term of the group loss, G>, the rollout's share of the SGD effect (they sum to
     -<g_x, G>, which is e_x for SGD without clipping or weight decay); updates: U(g_x) of the
-    informative groups when kept (for the noise effect).
+    informative groups when kept (for the Hessian noise term); grads: the raw g_x of the
+    informative groups when kept (for the batch noise term, `batch_step_effects`).
     """
 
     ids: list[str]
@@ -152,6 +157,7 @@ class RLEffects:
     rollout_effect: list[np.ndarray]
     target: TargetVector
     updates: list[dict[str, torch.Tensor]] | None = None
+    grads: list[dict[str, torch.Tensor]] | None = None
 
     def step_effect(self) -> float:
         """R: the token-weighted mean effect of the informative groups (the trainer's batch weighting)."""
@@ -190,6 +196,7 @@ def rl_prompt_effects(
     keep_updates: bool = False,
     rollout_effects: bool = True,
     progress: bool = True,
+    keep_grads: bool = False,
 ) -> RLEffects:
     """e_x for every prompt group: gradient of the group's GRPO loss, simulated optimiser step, dot with G.
 
@@ -197,6 +204,7 @@ def rl_prompt_effects(
     (re)set from the rewards with `set_advantages`, as the trainer sets them. Per-rollout shares
     come from differentiating <g_x, G> with respect to the advantages (the loss is linear in
     them), one extra backward pass per group; pass `rollout_effects=False` to skip it.
+    `keep_updates` / `keep_grads` keep U(g_x) / g_x of the informative groups for the noise terms.
     """
     update.validate()
     state = state or OptimizerState()
@@ -219,6 +227,7 @@ def rl_prompt_effects(
     gnorm = np.zeros(n)
     shares: list[np.ndarray] = []
     updates: list[dict[str, torch.Tensor]] | None = [] if keep_updates else None
+    kept_grads: list[dict[str, torch.Tensor]] | None = [] if keep_grads else None
     for k, group in enumerate(tqdm(groups, desc="GRPO effects", unit="prompt", disable=not progress, leave=False)):
         if not group:
             raise SampleEffectError(f"prompt group {k} has no rollouts")
@@ -240,6 +249,8 @@ def rl_prompt_effects(
         else:
             shares.append(np.full(len(group), np.nan))
         g = {nm: gr.detach().to(acc) for nm, gr in zip(names, grads)}
+        if kept_grads is not None:
+            kept_grads.append(g)
         sq = sum((t.double() ** 2).sum() for t in g.values())
         coef = float(clip_coefficients(sq.reshape(1), update.clip)[0])
         gnorm[k] = float(sq.sqrt())
@@ -260,6 +271,7 @@ def rl_prompt_effects(
     return RLEffects(
         ids=[g[0].prompt_id for g in groups], effect=effect, n_tokens=n_tokens, zero_variance=zero,
         reward_mean=reward_mean, grad_norm=gnorm, rollout_effect=shares, target=target, updates=updates,
+        grads=kept_grads,
     )
 
 
@@ -301,6 +313,66 @@ def bootstrap_positive_effect(
     return (1.0 - p_empty) * ratio
 
 
+def batch_draws(n_prompts: int, batch: int, draws: int, seed: int = 0) -> tuple[list[np.ndarray], bool]:
+    """Batches of min(batch, n) prompt indices drawn without replacement, as the trainer draws a step's prompts.
+
+    Every batch (exact expectation, returns True) when there are at most `draws` of them;
+    otherwise `draws` seeded random ones (Monte Carlo, False).
+    """
+    b = min(batch, n_prompts)
+    if math.comb(n_prompts, b) <= draws:
+        import itertools
+
+        return [np.array(c) for c in itertools.combinations(range(n_prompts), b)], True
+    rng = np.random.default_rng(seed)
+    return [np.sort(rng.choice(n_prompts, size=b, replace=False)) for _ in range(draws)], False
+
+
+def batch_step_effects(
+    effects: RLEffects,
+    params: Mapping[str, torch.Tensor],
+    update: UpdateConfig,
+    state: OptimizerState | None,
+    batches: Sequence[np.ndarray],
+) -> np.ndarray:
+    """Per unit lr, the first-order effect <U(clip(gbar_S)), G> of the trainer's step on each batch S of prompts.
+
+    gbar_S = sum n_x g_x / sum n_x over S's informative groups (the gradient of the trainer's
+    token-mean loss), clipped by its own norm as `clip_grad_norm_` clips the batch, then one
+    simulated optimiser step from `state`; a batch with no informative group takes no step (0).
+    Averaged over batches this is the expected first-order growth of a real step; its gap to the
+    positive effect is the noise effect of a non-linear update (Adam, clipping).
+    """
+    if effects.grads is None:
+        raise SampleEffectError("the batch noise term needs the per-prompt gradients (rl_prompt_effects(keep_grads=True))")
+    state = state or OptimizerState()
+    names = list(params)
+    informative = np.flatnonzero(~effects.zero_variance)
+    slot = {int(x): j for j, x in enumerate(informative)}
+    if len(effects.grads) != len(informative):
+        raise SampleEffectError("the kept gradients do not match the informative groups")
+    hypers = {n: state.hyper(n, update) for n in names}
+    out = np.zeros(len(batches))
+    for b, idx in enumerate(batches):
+        chosen = [int(x) for x in idx if int(x) in slot]
+        if not chosen:
+            continue
+        w = effects.n_tokens[chosen].astype(np.float64)
+        w = w / w.sum()
+        g = {nm: sum(float(wi) * effects.grads[slot[x]][nm] for wi, x in zip(w, chosen)) for nm in names}
+        sq = sum((t.double() ** 2).sum() for t in g.values())
+        coef = float(clip_coefficients(sq.reshape(1), update.clip)[0])
+        total = 0.0
+        for nm in names:
+            d = update_per_lr(
+                (g[nm] * coef).unsqueeze(0), params[nm].detach().to(g[nm].dtype), update, hypers[nm],
+                state.exp_avg.get(nm), state.exp_avg_sq.get(nm), state.step.get(nm, 0.0),
+            )[0]
+            total += float(torch.dot(d.flatten(), effects.target.vector[nm].to(d.dtype).flatten()))
+        out[b] = total
+    return out
+
+
 def rl_noise_effect(
     model: torch.nn.Module,
     params: Mapping[str, torch.Tensor],
@@ -322,16 +394,8 @@ def rl_noise_effect(
     names = list(params)
     wbar = float(w.mean())
     dbar = {nm: sum(float(wi) * u[nm] for wi, u in zip(w, ups)) / float(w.sum()) for nm in names}
-    hvp = target_loss_hvp(model, params, target_examples)
-    quads = []
-    for wi, u in zip(w, ups):
-        c = {nm: (float(wi) / wbar) * (u[nm] - dbar[nm]) for nm in names}
-        hc = hvp(c)
-        quads.append(-float(sum((c[nm].double() * hc[nm].double()).sum() for nm in names)))  # H_T = -H_L
-    q = torch.tensor(quads, dtype=torch.float64)
-    trace = float(q.sum() / (m - 1))
-    stderr = float(q.std(unbiased=True) * m / (m - 1) / m**0.5) if m > 2 else float("nan")
-    return NoiseEffect(trace=trace, stderr=stderr, n=m)
+    centred = [{nm: (float(wi) / wbar) * (u[nm] - dbar[nm]) for nm in names} for wi, u in zip(w, ups)]
+    return trace_from_centred(centred, target_loss_hvp(model, params, target_examples), sign=-1.0)  # H_T = -H_L
 
 
 @dataclass
@@ -390,13 +454,16 @@ def predict_rl(
     noise: bool = True,
     n_boot: int = 2000,
     groups: Sequence[Sequence[Rollout]] | None = None,
+    noise_draws: int = 256,
 ) -> RLPrediction:
     """Predict the per-step growth of `target` under GRPO from this checkpoint, and rank the prompts.
 
     Samples `group_size` rollouts per prompt (unless `groups` are given), computes each prompt's
     effect, the positive effect per step for batches of `prompts_per_step` prompts with a
-    bootstrap 95% interval over prompts, and the noise effect (loss target and SGD only; 0 for
-    a direction). `params` is a regex over parameter names or the chosen parameters.
+    bootstrap 95% interval over prompts, and the noise effect: the second-order Hessian term (loss
+    target and SGD; 0 for a direction) plus, for a non-linear update (Adam, clipping), the
+    first-order batch term over `noise_draws` batch draws (every batch when there are fewer).
+    `params` is a regex over parameter names or the chosen parameters.
     """
     t0 = time.perf_counter()
     update = (update or UpdateConfig()).validate()
@@ -407,15 +474,19 @@ def predict_rl(
         raise SampleEffectError(f"--prompts-per-step must be >= 1, got {prompts_per_step}")
     if n_boot < 1:
         raise SampleEffectError(f"--bootstrap must be >= 1, got {n_boot}")
+    if noise_draws < 1:
+        raise SampleEffectError(f"--noise-draws must be >= 1, got {noise_draws}")
     if isinstance(target, SelfTarget):
         raise SampleEffectError("a 'self' target has no meaning for RL prompts; use a loss, direction or accuracy target")
     chosen = select_parameters(model, params) if params is None or isinstance(params, str) else dict(params)
     n_prompts = len(groups) if groups is not None else len(prompts)
     if n_prompts == 0:
         raise SampleEffectError("no RL prompts")
-    want_noise = noise and isinstance(target, LossTarget) and update.optimizer == "sgd"
-    if want_noise:
-        _needs_noise_memory(chosen, n_prompts, compute)
+    want_hessian = noise and isinstance(target, LossTarget) and update.optimizer == "sgd"
+    nonlinear = update.optimizer != "sgd" or update.clip is not None
+    want_batch = noise and nonlinear
+    if want_hessian or want_batch:
+        _needs_noise_memory(chosen, n_prompts * (int(want_hessian) + int(want_batch)), compute)
     if isinstance(target, TargetVector):
         g = target
     else:
@@ -424,7 +495,8 @@ def predict_rl(
     if groups is None:
         groups = sample_groups(model, tokenizer, prompts, reward, group_size, temperature, max_new_tokens, seed, compute.progress)
     groups = [list(gr) for gr in groups]
-    eff = rl_prompt_effects(model, chosen, groups, g, update, state, clip_eps, keep_updates=want_noise, progress=compute.progress)
+    eff = rl_prompt_effects(model, chosen, groups, g, update, state, clip_eps, keep_updates=want_hessian,
+                            progress=compute.progress, keep_grads=want_batch)
 
     n = len(eff.effect)
     n_zero = int(eff.zero_variance.sum())
@@ -434,28 +506,15 @@ def predict_rl(
     boot = bootstrap_positive_effect(eff.effect, eff.n_tokens, eff.zero_variance, prompts_per_step, n_boot, seed)
     ci = (lr * float(np.percentile(boot, 2.5)), lr * float(np.percentile(boot, 97.5)))
     b_eff = batch * (n - n_zero) / n
-    noise_effect: float | None
-    noise_stderr: float | None = None
-    noise_trace: float | None = None
-    if isinstance(target, DirectionTarget) or (isinstance(target, TargetVector) and target.kind == "direction"):
-        noise_effect, note = 0.0, "a fixed direction is linear in theta: no noise effect"
-    elif isinstance(target, AccuracyTarget):
-        noise_effect, note = None, "not estimated for an accuracy target (its Hessian is not available)"
-    elif not isinstance(target, LossTarget):
-        noise_effect, note = None, "not estimated for a precomputed target vector"
-    elif not noise:
-        noise_effect, note = None, "not requested (--no-noise)"
-    elif update.optimizer != "sgd":
-        noise_effect, note = None, "the Hessian noise estimator covers SGD only"
-    elif n - n_zero < 2:
-        noise_effect, note = 0.0 if n - n_zero == 0 else None, "fewer than 2 prompts with reward variance"
-    else:
-        ne = rl_noise_effect(model, chosen, eff, target.examples)
-        noise_trace, noise_effect = ne.trace, lr * lr / (2 * b_eff) * ne.trace
-        noise_stderr = lr * lr / (2 * b_eff) * ne.stderr
-        note = "(lr^2 / 2b) tr(H_T Sigma_w), b = prompts_per_step * (1 - zero_variance_fraction)"
-    eff.updates = None  # the kept updates are large; the record holds what they gave
     positive = lr * per_lr
+    hess = _hessian_noise(model, chosen, eff, target, update, noise, lr, b_eff)
+    bat = _batch_noise(chosen, eff, update, state, noise, nonlinear, lr, positive, prompts_per_step, noise_draws, seed)
+    terms = [t for t in (hess, bat) if t["effect"] is not None]
+    noise_effect = sum(t["effect"] for t in terms) if terms else None
+    ses = [t["stderr"] for t in terms if t["stderr"] is not None and math.isfinite(t["stderr"])]
+    noise_stderr = math.hypot(*ses) if ses else None
+    note = f"second-order (Hessian) term: {hess['note']}; first-order batch term: {bat['note']}"
+    eff.updates = eff.grads = None  # the kept updates are large; the record holds what they gave
     noise_add = noise_effect or 0.0
     record: dict[str, Any] = {
         "target": g.kind,
@@ -483,7 +542,12 @@ def predict_rl(
         "positive_effect_ci95": list(ci),
         "noise_effect": noise_effect,
         "noise_effect_stderr": noise_stderr,
-        "noise_trace": noise_trace,
+        "noise_trace": hess["trace"],
+        "noise_hessian_effect": hess["effect"],
+        "noise_batch_effect": bat["effect"],
+        "noise_batch_stderr": bat["stderr"],
+        "noise_batch_exact": bat["exact"],
+        "noise_batch_draws": bat["draws"],
         "noise_note": note,
         "growth_rate": positive + noise_add,
         "growth_rate_ci95": [ci[0] + noise_add, ci[1] + noise_add],
@@ -494,6 +558,49 @@ def predict_rl(
         "seconds": time.perf_counter() - t0,
     }
     return RLPrediction(record=record, effects=eff, groups=groups)
+
+
+def _hessian_noise(model, params, eff: RLEffects, target, update: UpdateConfig, noise: bool, lr: float, b_eff: float) -> dict:  # type: ignore[no-untyped-def]
+    """(lr^2 / 2b) tr(H_T Sigma_w) where it is defined and estimated; else None (or 0) with the reason."""
+    m = int((~eff.zero_variance).sum())
+    out: dict[str, Any] = {"effect": None, "stderr": None, "trace": None}
+    if isinstance(target, DirectionTarget) or (isinstance(target, TargetVector) and target.kind == "direction"):
+        return {**out, "effect": 0.0, "note": "0, a fixed direction is linear in theta"}
+    if isinstance(target, AccuracyTarget):
+        return {**out, "note": "not estimated for an accuracy target (its Hessian is not available)"}
+    if not isinstance(target, LossTarget):
+        return {**out, "note": "not estimated for a precomputed target vector"}
+    if not noise:
+        return {**out, "note": "not requested (--no-noise)"}
+    if update.optimizer != "sgd":
+        return {**out, "note": "not estimated for Adam (O(lr^2); the first-order batch term dominates at small lr)"}
+    if m < 2:
+        return {**out, "effect": 0.0 if m == 0 else None, "note": "fewer than 2 prompts with reward variance"}
+    ne = rl_noise_effect(model, params, eff, target.examples)
+    scale = lr * lr / (2 * b_eff) * finite_population(b_eff, m)
+    return {"effect": scale * ne.trace, "stderr": scale * ne.stderr, "trace": ne.trace,
+            "note": "(lr^2 / 2b) tr(H_T Sigma_w) (m - b) / m, b = prompts_per_step * (1 - zero_variance_fraction), "
+                    "m = prompts with reward variance"}
+
+
+def _batch_noise(  # type: ignore[no-untyped-def]
+    params, eff: RLEffects, update: UpdateConfig, state, noise: bool, nonlinear: bool, lr: float, positive: float,
+    prompts_per_step: int, draws: int, seed: int,
+) -> dict:
+    """lr E_S <U(clip(gbar_S)), G> - positive effect, over batch draws; 0 for a linear update."""
+    out: dict[str, Any] = {"effect": None, "stderr": None, "exact": None, "draws": 0}
+    if not nonlinear:
+        return {**out, "effect": 0.0, "note": "0, SGD without clipping is linear in the gradient"}
+    if not noise:
+        return {**out, "note": "not requested (--no-noise)"}
+    if not (~eff.zero_variance).any():
+        return {**out, "effect": 0.0, "note": "0, no prompt has reward variance"}
+    batches, exact = batch_draws(len(eff.effect), prompts_per_step, draws, seed)
+    vals = lr * batch_step_effects(eff, params, update, state, batches)
+    se = 0.0 if exact else (float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan"))
+    how = f"every one of the {len(vals)} batches" if exact else f"{len(vals)} random batches"
+    return {"effect": float(vals.mean()) - positive, "stderr": se, "exact": exact, "draws": len(vals),
+            "note": f"E over {how} of the clipped, simulated batch step's effect, minus the positive effect"}
 
 
 # ---------------------------------------------------------------------------------------------

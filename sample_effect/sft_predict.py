@@ -12,7 +12,8 @@ Two parts per step (SDE view, arXiv 2505.17988):
 - noise effect: what drawing small batches adds on average. For AdamW it is the Monte Carlo
   mean over R independent batch orders of lr_t <d_t, G> minus the positive effect (Adam is not
   linear in the gradient, so batch noise changes the expected step); for SGD it is the
-  second-order term (lr_t^2 / 2b) tr(H_T Sigma), by Hessian-vector products (`growth.py`).
+  second-order term (lr_t^2 / 2b) tr(H_T Sigma) (n - b) / n, by Hessian-vector products
+  (`growth.py`; (n - b) / n because a batch is drawn without replacement from the n examples).
 The curve for the trainer's own seed is reported too: it is what one real run should follow
 while the first-order picture holds.
 """
@@ -48,6 +49,7 @@ class SFTCurve:
     sign: float  # +1: the target value rises with the target (direction); -1: a loss falls
 
     def summary(self) -> dict:
+        """The curve's scalars as a JSON-ready dict: totals of each term and the predicted final value."""
         last = self.steps.iloc[-1]
         return {
             "name": self.name, "n_examples": self.n_examples, "dataset_effect": self.dataset_effect,
@@ -250,9 +252,12 @@ def _sgd_noise(model, params, examples, target, cfg, lrs, target_examples, compu
     from .optim import UpdateConfig
 
     ne = noise_effect_loss_target(model, params, examples, target_examples, UpdateConfig("sgd", clip=cfg.max_grad_norm), compute)
+    from .growth import finite_population
+
     b = cfg.batch_size * cfg.grad_accum
     lr = np.asarray(lrs)
-    return lr * lr / (2 * b) * ne.trace, lr * lr / (2 * b) * ne.stderr
+    scale = lr * lr / (2 * b) * finite_population(b, len(examples))  # batches drawn without replacement
+    return scale * ne.trace, scale * ne.stderr
 
 
 def curves_table(curves: Sequence[SFTCurve]) -> pd.DataFrame:

@@ -147,6 +147,61 @@ def test_positive_effect_equals_one_real_grpo_step_on_the_same_rollouts(model_di
     assert errors[1e-6] < errors[1e-5]  # first order: the error shrinks with lr
 
 
+@pytest.mark.parametrize(("optimizer", "clip"), [("adamw", 1.0), ("sgd", 0.05)])
+def test_growth_with_a_nonlinear_update_equals_the_mean_real_step_over_every_batch(model_dirs, optimizer, clip):
+    """Adam / clipping are not linear in the gradient, so the batch step differs from the mean per-prompt step.
+    With a fixed direction the first order is exact: positive + batch noise term must equal the mean, over
+    every batch of B prompts (trainer's draw, without replacement), of <real step / lr, G> with torch's own
+    optimiser and clip_grad_norm_ on the trainer's loss."""
+    import itertools
+
+    model, tok = load_model(model_dirs["qwen2"], "float64")
+    params = select_parameters(model)
+    groups = sample_groups(model, tok, rl_prompts(5), long_completion, 4, 1.0, 3, seed=3, progress=False)
+    for k, g in enumerate(groups):  # unequal token counts per group
+        for i, r in enumerate(g):
+            r.ids = r.ids[: r.start + 1 + (i + 2 * k) % 3]
+    assert 2 <= sum(len(informative([g])) > 0 for g in groups) < len(groups)
+    G = random_target(params, seed=5)
+    lr, B = 1e-3, 2
+    upd = UpdateConfig(optimizer, lr=lr, clip=clip, weight_decay=0.0)
+    pred = predict_rl(model, tok, [], long_completion, G, upd, groups=groups, prompts_per_step=B,
+                      compute=QUIET, n_boot=10, noise_draws=64)
+    rec = pred.record
+    assert rec["noise_batch_exact"] is True and rec["noise_batch_draws"] == math.comb(len(groups), B)
+    actual = []
+    for batch in itertools.combinations(range(len(groups)), B):
+        rollouts = informative([groups[i] for i in batch])
+        if not rollouts:  # the trainer takes no step
+            actual.append(0.0)
+            continue
+        stepped = copy.deepcopy(model)
+        before = {n: p.detach().clone() for n, p in stepped.named_parameters()}
+        opt = (torch.optim.AdamW(stepped.parameters(), lr=lr, weight_decay=0.0) if optimizer == "adamw"
+               else torch.optim.SGD(stepped.parameters(), lr=lr))
+        grpo_batch_loss(stepped, rollouts).backward()
+        torch.nn.utils.clip_grad_norm_(list(stepped.parameters()), clip)
+        opt.step()
+        named = dict(stepped.named_parameters())
+        actual.append(dot({n: named[n].detach() - before[n] for n in params}, G.vector))
+    expected = float(np.mean(actual))
+    assert rec["growth_rate"] == pytest.approx(expected, rel=1e-7)
+    assert abs(rec["noise_batch_effect"]) > 1e-2 * abs(rec["positive_effect"])  # the term is not negligible here
+    assert rec["positive_effect"] != pytest.approx(expected, rel=1e-3)  # and the positive effect alone is off
+
+
+def test_batch_noise_draws_are_random_when_there_are_too_many_batches():
+    from sample_effect.rl_predict import batch_draws
+
+    every, exact = batch_draws(6, 3, 20)
+    assert exact and len(every) == 20 and len({tuple(b) for b in every}) == 20
+    some, exact = batch_draws(30, 8, 50, seed=1)
+    assert not exact and len(some) == 50 and all(len(set(b.tolist())) == 8 for b in some)
+    again, _ = batch_draws(30, 8, 50, seed=1)
+    assert all((a == b).all() for a, b in zip(some, again))
+    assert len(batch_draws(3, 10, 5)[0][0]) == 3  # a batch larger than the pool is the pool
+
+
 def test_prompt_effect_equals_train_grpos_own_first_step_with_adamw_and_clipping(model_dirs, tmp_path):
     """train_grpo itself (AdamW, clip 1.0, one prompt per step) moves theta exactly as the simulated step says."""
     model, tok = load_model(model_dirs["qwen2"], "float64")

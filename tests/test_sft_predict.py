@@ -84,7 +84,8 @@ def test_sgd_noise_is_the_hessian_term(model_dirs):
     cfg = SFTConfig(lr=1e-3, batch_size=2, max_steps=2, max_grad_norm=None)
     curve = predict_sft_curve(model, params, train, g, cfg, optimizer="sgd", target_examples=target, compute=COMPUTE)
     trace = noise_effect_loss_target(model, params, train, target, UpdateConfig("sgd"), COMPUTE).trace
-    np.testing.assert_allclose(curve.steps["noise"], 1e-3**2 / (2 * 2) * trace, rtol=1e-10)
+    n = len(train)  # batches of 2 drawn without replacement from n: finite-population factor (n - 2) / n
+    np.testing.assert_allclose(curve.steps["noise"], 1e-3**2 / (2 * 2) * trace * (n - 2) / n, rtol=1e-10)
     # SGD positive effect per step is lr * <-mean g, G>: the mean of the SGD sample effects
     from sample_effect.effects import compute_effects
 
