@@ -71,8 +71,8 @@ def add_plot_parser(sub: argparse._SubParsersAction, common: Common) -> None:
          "the directory `validate linearization --out` wrote (or its linearization.csv)", title=False)
     kind("predict-sft", "predicted cumulative change of the target per dataset (`predict-sft`)",
          "the CSV `predict-sft --out X.json` wrote next to it (X.csv)")
-    kind("curves", "predicted vs actual target loss per dataset (`validate curves`)",
-         "the CSV `validate curves --out X.json` wrote next to it (X.csv)", title=False)
+    kind("curves", "predicted vs actual target loss per dataset (`validate curves`) or checkpoint (`validate rl-curves`)",
+         "the CSV `validate curves` or `validate rl-curves --out X.json` wrote next to it (X.csv)", title=False)
     kind("selection", "top-k vs random-k vs bottom-k final target loss (`validate selection`)",
          "the CSV `validate selection --out X.json` wrote next to it (X.csv)", title=False)
     kind("predict-rl", "predicted growth per GRPO step per model with its bootstrap 95% interval (`predict-rl`)",
@@ -288,6 +288,12 @@ def _draw_curves(args: argparse.Namespace, out: Path) -> str:
     from .plots import predicted_vs_actual
 
     path = args.inputs[0]
+    head = read_table(path, "validate curves table", ("step", "actual", "predicted"))
+    if "model" in head.columns and "dataset" not in head.columns:  # validate rl-curves: runs averaged per checkpoint
+        df = _numeric(head, ("step", "actual", "predicted"), path)
+        df = df.groupby(["model", "step"], sort=False)[["actual", "predicted"]].mean().reset_index()
+        predicted_vs_actual(df.rename(columns={"model": "dataset"}), out, title="Predicted vs actual target loss during GRPO")
+        return f"{df['model'].nunique()} checkpoint(s)"
     cols = ("dataset", "step", "actual", "predicted")
     df = _numeric(read_table(path, "validate curves table", cols), cols[1:], path)
     predicted_vs_actual(df, out)

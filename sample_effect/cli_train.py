@@ -266,6 +266,9 @@ def add_validate_parser(sub: argparse._SubParsersAction, common: Common) -> None
 
     add_validate_curves_parser(checks, common)
     add_validate_selection_parser(checks, common)
+    from .cli_rl_validate import add_validate_rl_curves_parser
+
+    add_validate_rl_curves_parser(checks, common)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:

@@ -78,7 +78,7 @@ def predicted_curves(curves_: Sequence[Any], path: str | os.PathLike) -> None:
     _save(fig, path)
 
 
-def predicted_vs_actual(df: pd.DataFrame, path: str | os.PathLike) -> None:
+def predicted_vs_actual(df: pd.DataFrame, path: str | os.PathLike, title: str = "Predicted vs actual target loss during SFT") -> None:
     """Actual target loss of real runs (solid, markers) against the predicted curve (dashed), per dataset."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4))
@@ -87,7 +87,7 @@ def predicted_vs_actual(df: pd.DataFrame, path: str | os.PathLike) -> None:
         ax.plot(g["step"], g["predicted"], ls="--", color=line.get_color(), label=f"{name}: predicted")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("target loss (nats/token)")
-    ax.set_title("Predicted vs actual target loss during SFT")
+    ax.set_title(title)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     _save(fig, path)

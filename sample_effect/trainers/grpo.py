@@ -86,6 +86,7 @@ class GRPOConfig:
     save_every: int = 0
 
     def validate(self) -> GRPOConfig:
+        """Raise SampleEffectError on any out-of-range setting; return self."""
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise SampleEffectError(f"--lr must be a positive number, got {self.lr}")
         if self.group_size < 2:
@@ -179,8 +180,14 @@ def train_grpo(
     metrics_path: str | os.PathLike | None = None,
     reference: torch.nn.Module | None = None,
     progress: bool = True,
+    on_eval: Callable[[int, torch.nn.Module], dict[str, float]] | None = None,
 ) -> pd.DataFrame:
-    """Run GRPO in place on `model`; returns one metrics row per step (eval columns every eval_every)."""
+    """Run GRPO in place on `model`; returns one metrics row per step (eval columns every eval_every).
+
+    `on_eval(step, model)` adds its columns to the rows where the trainer evaluates: step 0 (before
+    any update), every `eval_every` steps and the last step (e.g. a target loss to compare with a
+    prediction).
+    """
     cfg = config.validate()
     if not prompts:
         raise SampleEffectError("no RL prompts")
@@ -206,9 +213,12 @@ def train_grpo(
 
     with tqdm(total=cfg.steps, desc="grpo", unit="step", disable=not progress) as bar:
         for step in range(1, cfg.steps + 1):
-            row: dict[str, Any] = {"step": step - 1} if step == 1 and eval_prompts else {}
+            row: dict[str, Any] = {"step": step - 1} if step == 1 and (eval_prompts or on_eval) else {}
             if row:
-                row["eval_accuracy"] = eval_acc()
+                if eval_prompts:
+                    row["eval_accuracy"] = eval_acc()
+                if on_eval is not None:
+                    row.update(on_eval(0, model))
                 row["elapsed_s"] = time.perf_counter() - t0
                 metrics.add(row)
             while len(order) < cfg.prompts_per_step:
@@ -269,8 +279,11 @@ def train_grpo(
                 "completion_tokens_mean": float(mask.sum(1).double().mean()),
                 "finished_frac": sum(r.finished for r in everything) / len(everything),
             }
-            if eval_prompts and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
-                row["eval_accuracy"] = eval_acc()
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+                if eval_prompts:
+                    row["eval_accuracy"] = eval_acc()
+                if on_eval is not None:
+                    row.update(on_eval(step, model))
             row["elapsed_s"] = time.perf_counter() - t0
             metrics.add(row)
             bar.update(1)
