@@ -104,7 +104,15 @@ def _predict(args: argparse.Namespace, model: Any, tok: Any, cfg: Any, compute: 
     target = target_from_args(args, tok, load_examples(args.target_data) if args.target_data else None, accuracy_prefix=None)
     target_ex = target.examples if isinstance(target, LossTarget) else None
     tokenized = [(n, tokenize_examples(exs, tok, args.max_length)[0]) for n, exs in datasets]
-    g = resolve_target(target, model, params, tokenized[0][1], compute)
+    from . import distributed as dist
+
+    if dist.is_distributed():  # torchrun: the target and the per-example gradients are split across ranks
+        from .runcache import resolve_target_distributed
+
+        dist.init(next(iter(params.values())).device)
+        g = resolve_target_distributed(target, model, params, tokenized[0][1], compute)
+    else:
+        g = resolve_target(target, model, params, tokenized[0][1], compute)
     curves = [
         predict_sft_curve(model, params, exs, g, cfg, name, getattr(args, "replicates", 8),
                           getattr(args, "optimizer", "adamw"), target_ex, compute)
@@ -126,6 +134,10 @@ def cmd_predict_sft(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     model, tok = load(args)
     curves, g, _, _ = _predict(args, model, tok, cfg, compute)
+    from . import distributed as dist
+
+    if dist.is_distributed() and dist.rank() != 0:
+        return  # rank 0 alone reports and writes
     report = predict_sft_report(curves, cfg, g.kind, args.optimizer, args.replicates)
     write_table(curves_table(curves), csv)
     predicted_curves(curves, png)

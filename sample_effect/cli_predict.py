@@ -169,6 +169,9 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
     if args.target_prompts and not load_rl_prompts(args.target_prompts):
         raise SampleEffectError(f"{args.target_prompts} holds no prompts")
 
+    from . import distributed as dist
+
+    rank0 = not dist.is_distributed() or dist.rank() == 0  # under torchrun, rank 0 alone reports and writes
     records: list[dict[str, Any]] = []
     tables = []
     rollout_rows: list[dict[str, Any]] = []
@@ -185,6 +188,8 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
             clip_eps=args.clip_eps, params=params, state=state, compute=compute, noise=not args.no_noise,
             n_boot=args.bootstrap, noise_draws=args.noise_draws,
         )
+        if not rank0:
+            continue
         rec = {"model": str(spec), **pred.record}
         records.append(rec)
         table = pred.ranking()
@@ -197,6 +202,8 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
             f"{spec}: growth {rec['growth_rate']:.4g} per step toward '{rec['target']}' (positive {rec['positive_effect']:.4g}, "
             f"95% CI [{lo:.4g}, {hi:.4g}]; noise {noise}); zero-variance groups {rec['zero_variance_groups']}/{rec['n_prompts']}"
         )
+    if not rank0:
+        return
     with atomic_open(args.out) as f:
         json.dump(_finite_or_none(records), f, indent=2, allow_nan=False)
         f.write("\n")

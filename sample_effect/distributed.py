@@ -18,6 +18,7 @@ from .errors import SampleEffectError
 
 
 def world_size() -> int:
+    """Number of processes from the launcher's WORLD_SIZE (1 when unset)."""
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
@@ -30,6 +31,7 @@ def is_distributed() -> bool:
 
 
 def rank() -> int:
+    """This process's rank: the process group's when joined, else the launcher's RANK (0 when unset)."""
     import torch.distributed as dist
 
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
@@ -50,6 +52,25 @@ def init(device: torch.device) -> None:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
+
+
+def active() -> bool:
+    """True when this process has joined a process group of several ranks (collectives must be called)."""
+    import torch.distributed as dist
+
+    return is_distributed() and dist.is_available() and dist.is_initialized()
+
+
+def gather_blocks(n: int, local: dict[int, Any]) -> list[Any]:
+    """Every rank's {index: value} for its block of range(n), merged into one list on every rank."""
+    out: list[Any] = [None] * n
+    for part in all_gather_objects(local):
+        for i, v in part.items():
+            out[i] = v
+    missing = [i for i, v in enumerate(out) if v is None]
+    if missing:
+        raise SampleEffectError(f"distributed gather: no rank returned item {missing[0]}")
+    return out
 
 
 def block(n: int, r: int | None = None, w: int | None = None) -> range:
@@ -78,6 +99,7 @@ def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
 
 
 def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj` (picklable), in rank order, on every rank."""
     import torch.distributed as dist
 
     out: list[Any] = [None] * dist.get_world_size()
@@ -86,6 +108,7 @@ def all_gather_objects(obj: Any) -> list[Any]:
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s `obj` (picklable), on every rank."""
     import torch.distributed as dist
 
     box = [obj]
@@ -105,6 +128,7 @@ def all_agree(flag: bool) -> bool:
 
 
 def barrier() -> None:
+    """Wait until every rank gets here (no-op when not in a process group)."""
     import torch.distributed as dist
 
     if dist.is_initialized():

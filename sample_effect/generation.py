@@ -63,7 +63,10 @@ def sample(
             logits = logits_processor(torch.cat([ids, tokens], dim=1), logits)
         if temperature and temperature > 0:
             probs = torch.softmax(logits.float() / temperature, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            if generator is not None and generator.device != probs.device:  # a CPU generator drives a GPU model
+                nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(device)
+            else:
+                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         else:
             nxt = logits.argmax(-1)
         if eos is not None:

@@ -74,14 +74,21 @@ def trace_from_centred(centred: Sequence[Mapping[str, torch.Tensor]], hvp: HVP, 
     """tr(H_T Sigma) = sum_i c_i^T H_T c_i / (n - 1) over centred updates c_i, with H_T = sign * (hvp's Hessian).
 
     sign -1: `hvp` is the Hessian of a loss L and T = -L. The standard error is over the n terms.
+    Under torchrun every rank must call it with the same updates: each takes its block of the
+    Hessian-vector products and the terms are gathered.
     """
+    from . import distributed as dist
+
     n = len(centred)
     if n < 2:
         raise SampleEffectError("the noise effect needs at least 2 centred updates")
-    quads = []
-    for c in centred:
+    mine = dist.block(n) if dist.active() else range(n)
+    local = {}
+    for i in mine:
+        c = centred[i]
         hc = hvp(c)
-        quads.append(sign * float(sum((c[k].double() * hc[k].double()).sum() for k in c)))
+        local[i] = sign * float(sum((c[k].double() * hc[k].double()).sum() for k in c))
+    quads = dist.gather_blocks(n, local) if dist.active() else [local[i] for i in range(n)]
     q = torch.tensor(quads, dtype=torch.float64)
     trace = float(q.sum() / (n - 1))
     stderr = float(q.std(unbiased=True) * n / (n - 1) / n**0.5) if n > 2 else float("nan")

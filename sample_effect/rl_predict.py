@@ -85,6 +85,12 @@ BASELINES = ("loo", "none")
 # ---------------------------------------------------------------------------------------------
 
 
+def prompt_generator(seed: int, index: int) -> torch.Generator:
+    """The CPU generator of prompt `index` under `seed`: independent streams per prompt, reproducible anywhere."""
+    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
 def sample_groups(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -96,11 +102,14 @@ def sample_groups(
     seed: int = 0,
     progress: bool = True,
     desc: str = "rollouts",
+    first_index: int = 0,
 ) -> list[list[Rollout]]:
     """`group_size` rollouts per prompt, sampled as `train_grpo` samples them, with rewards and GRPO advantages.
 
-    One generator seeded with `seed` drives all prompts in order, so the same seed on two
-    checkpoints gives common random numbers (a fairer side-by-side comparison).
+    Prompt k (counted from `first_index`) has its own CPU generator seeded by (seed, k)
+    (`prompt_generator`), so the same seed on two checkpoints gives common random numbers (a
+    fairer side-by-side comparison) and a block of prompts sampled on one torchrun rank gets
+    exactly the rollouts a single process would.
     """
     if group_size < 1:
         raise SampleEffectError(f"the number of samples per prompt must be >= 1, got {group_size}")
@@ -115,12 +124,11 @@ def sample_groups(
     fn = get_reward(reward) if isinstance(reward, str) else checked_reward(reward, getattr(reward, "__name__", "reward"))
     limit = position_limit(model)
     cfg = GRPOConfig(group_size=group_size, temperature=temperature, max_new_tokens=max_new_tokens)
-    gen = torch.Generator().manual_seed(seed)
     groups = []
-    for p in tqdm(prompts, desc=desc, unit="prompt", disable=not progress, leave=False):
+    for k, p in enumerate(tqdm(prompts, desc=desc, unit="prompt", disable=not progress, leave=False)):
         if limit and len(prompt_ids(tokenizer, p.prompt)) >= limit:
             raise SampleEffectError(f"prompt '{p.id}' fills the model's {limit} positions; no room to sample a completion")
-        group = rollout_group(model, tokenizer, p, fn, cfg, gen)
+        group = rollout_group(model, tokenizer, p, fn, cfg, prompt_generator(seed, first_index + k))
         set_advantages(group)
         groups.append(group)
     return groups
@@ -487,16 +495,32 @@ def predict_rl(
     want_batch = noise and nonlinear
     if want_hessian or want_batch:
         _needs_noise_memory(chosen, n_prompts * (int(want_hessian) + int(want_batch)), compute)
+    from . import distributed as dist
+
+    if dist.is_distributed():
+        dist.init(next(iter(chosen.values())).device)
     if isinstance(target, TargetVector):
         g = target
+    elif dist.active():
+        from .runcache import resolve_target_distributed
+
+        g = resolve_target_distributed(target, model, chosen, [], compute)
     else:
         g = resolve_target(target, model, chosen, [], compute)
     sampled = groups is None
+    mine = dist.block(n_prompts) if dist.active() else range(n_prompts)
     if groups is None:
-        groups = sample_groups(model, tokenizer, prompts, reward, group_size, temperature, max_new_tokens, seed, compute.progress)
-    groups = [list(gr) for gr in groups]
-    eff = rl_prompt_effects(model, chosen, groups, g, update, state, clip_eps, keep_updates=want_hessian,
-                            progress=compute.progress, keep_grads=want_batch)
+        local = sample_groups(model, tokenizer, [prompts[i] for i in mine], reward, group_size, temperature,
+                              max_new_tokens, seed, compute.progress, first_index=mine.start) if len(mine) else []
+    else:
+        local = [list(groups[i]) for i in mine]
+    eff = rl_prompt_effects(model, chosen, local, g, update, state, clip_eps, keep_updates=want_hessian,
+                            progress=compute.progress, keep_grads=want_batch) if local else None
+    if dist.active():
+        eff, groups = _gather_effects(eff, local, mine, n_prompts, g, next(iter(chosen.values())).device)
+    else:
+        groups = local
+    assert eff is not None
 
     n = len(eff.effect)
     n_zero = int(eff.zero_variance.sum())
@@ -558,6 +582,43 @@ def predict_rl(
         "seconds": time.perf_counter() - t0,
     }
     return RLPrediction(record=record, effects=eff, groups=groups)
+
+
+def _gather_effects(  # type: ignore[no-untyped-def]
+    eff: RLEffects | None, local: list[list[Rollout]], mine: range, n: int, g: TargetVector, device
+) -> tuple[RLEffects, list[list[Rollout]]]:
+    """Every rank's block of prompt effects (and rollouts, kept updates/gradients) merged in prompt order."""
+    from . import distributed as dist
+
+    def cpu(d):  # type: ignore[no-untyped-def]
+        return None if d is None else {k: v.cpu() for k, v in d.items()}
+
+    items: dict[int, tuple] = {}
+    ups = iter(eff.updates or []) if eff is not None else iter([])
+    grs = iter(eff.grads or []) if eff is not None else iter([])
+    for j, i in enumerate(mine):
+        assert eff is not None
+        zero = bool(eff.zero_variance[j])
+        items[i] = (float(eff.effect[j]), int(eff.n_tokens[j]), zero, float(eff.reward_mean[j]), float(eff.grad_norm[j]),
+                    eff.rollout_effect[j], local[j],
+                    None if zero or eff.updates is None else cpu(next(ups)),
+                    None if zero or eff.grads is None else cpu(next(grs)))
+    rows = dist.gather_blocks(n, items)
+    zero = np.array([r[2] for r in rows], dtype=bool)
+
+    def kept(col: int):  # type: ignore[no-untyped-def]
+        vals = [r[col] for r, z in zip(rows, zero) if not z]
+        if any(v is None for v in vals):
+            return None
+        return [{k: v.to(device) for k, v in d.items()} for d in vals]
+
+    merged = RLEffects(
+        ids=[r[6][0].prompt_id for r in rows], effect=np.array([r[0] for r in rows]),
+        n_tokens=np.array([r[1] for r in rows], dtype=np.int64), zero_variance=zero,
+        reward_mean=np.array([r[3] for r in rows]), grad_norm=np.array([r[4] for r in rows]),
+        rollout_effect=[r[5] for r in rows], target=g, updates=kept(7), grads=kept(8),
+    )
+    return merged, [r[6] for r in rows]
 
 
 def _hessian_noise(model, params, eff: RLEffects, target, update: UpdateConfig, noise: bool, lr: float, b_eff: float) -> dict:  # type: ignore[no-untyped-def]

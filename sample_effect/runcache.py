@@ -143,6 +143,14 @@ def _other_target(target, model, chosen, scored, compute, distributed: bool) -> 
     return TargetVector({n: v.to(chosen[n].device) for n, v in g.vector.items()}, g.kind, g.target_loss, g.stats)
 
 
+def resolve_target_distributed(target: Target, model, chosen, scored, compute) -> TargetVector:  # type: ignore[no-untyped-def]
+    """G on every rank of a torchrun job: a loss target summed over blocks of its set, others resolved on rank 0."""
+    from . import distributed as dist
+
+    loss_kind = isinstance(target, (LossTarget, SelfTarget))
+    return (_loss_target if loss_kind else _other_target)(target, model, chosen, scored, compute, dist.active())
+
+
 def _save_target(path: Path, g: TargetVector) -> None:
     from safetensors.torch import save_file
 

@@ -116,10 +116,22 @@ def example_gradient_matrix(
             f"predict-sft keeps every example's gradient: {len(examples)} x {n_params} parameters needs "
             f"{need / 1e9:.3g} GB; pass fewer examples, --params, or a larger --memory-budget"
         )
-    out = torch.empty(len(examples), n_params, dtype=acc, device=first.device)
-    for batch in iter_example_factors(model, params, examples, compute, desc="per-example gradients"):
-        cols = [materialise_sum(fs).flatten(1) for fs in batch.factors.values()]
-        out[batch.indices] = torch.cat(cols, dim=1)
+    from . import distributed as dist
+
+    if dist.active():  # torchrun: each rank its block of rows, summed into the full matrix on every rank
+        mine = dist.block(len(examples))
+        out = torch.zeros(len(examples), n_params, dtype=acc, device=first.device)
+        part = [examples[i] for i in mine]
+        offset = mine.start
+    else:
+        out = torch.empty(len(examples), n_params, dtype=acc, device=first.device)
+        part, offset = list(examples), 0
+    if part:
+        for batch in iter_example_factors(model, params, part, compute, desc="per-example gradients"):
+            cols = [materialise_sum(fs).flatten(1) for fs in batch.factors.values()]
+            out[[offset + i for i in batch.indices]] = torch.cat(cols, dim=1)
+    if dist.active():
+        dist.all_reduce_sum_(out)
     return out
 
 
@@ -208,7 +220,7 @@ def predict_sft_curve(
         noise = reps.mean(0) - positive
         noise_se = reps.std(0, ddof=1) / math.sqrt(replicates) if replicates > 1 else np.full(total, np.nan)
     else:
-        noise, noise_se = _sgd_noise(model, params, examples, target, cfg, lrs, target_examples, compute)
+        noise, noise_se = _sgd_noise(model, params, grads, target, cfg, lrs, target_examples)
     predicted = positive + noise
     dataset_effect = _fresh_dataset_effect(grads, gvec, theta0, cfg, optimizer)
     start = target.target_loss
@@ -244,19 +256,35 @@ def _fresh_dataset_effect(grads: torch.Tensor, gvec: torch.Tensor, theta0: torch
     return total / grads.shape[0] + decay
 
 
-def _sgd_noise(model, params, examples, target, cfg, lrs, target_examples, compute):  # type: ignore[no-untyped-def]
-    """(lr_t^2 / 2b) tr(H_T Sigma) per step for a loss target; zero for a fixed direction."""
+def _sgd_noise(model, params, grads, target, cfg, lrs, target_examples):  # type: ignore[no-untyped-def]
+    """(lr_t^2 / 2b) tr(H_T Sigma) (n - b) / n per step for a loss target; zero for a fixed direction.
+
+    The per-example SGD updates -clip(g_i) come from the gradient matrix already held, so the
+    only new work is one Hessian-vector product per example (split across torchrun ranks).
+    """
     if target_examples is None:
         return np.zeros(len(lrs)), np.zeros(len(lrs))
-    from .growth import noise_effect_loss_target
-    from .optim import UpdateConfig
+    from .growth import finite_population, target_loss_hvp, trace_from_centred
+    from .optim import clip_coefficients
 
-    ne = noise_effect_loss_target(model, params, examples, target_examples, UpdateConfig("sgd", clip=cfg.max_grad_norm), compute)
-    from .growth import finite_population
+    if grads.shape[0] < 2:
+        raise SampleEffectError("the noise effect needs at least 2 examples")
+    d = -grads * clip_coefficients(grads.pow(2).sum(1), cfg.max_grad_norm).unsqueeze(1)
+    centred_flat = d - d.mean(0)
+    shapes = [(name, p.shape, p.numel()) for name, p in params.items()]
 
+    def unflatten(row: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, o = {}, 0
+        for name, shape, k in shapes:
+            out[name] = row[o : o + k].view(shape)
+            o += k
+        return out
+
+    centred = [unflatten(row) for row in centred_flat]
+    ne = trace_from_centred(centred, target_loss_hvp(model, params, target_examples), sign=-1.0)  # H_T = -H_L
     b = cfg.batch_size * cfg.grad_accum
     lr = np.asarray(lrs)
-    scale = lr * lr / (2 * b) * finite_population(b, len(examples))  # batches drawn without replacement
+    scale = lr * lr / (2 * b) * finite_population(b, grads.shape[0])  # batches drawn without replacement
     return scale * ne.trace, scale * ne.stderr
 
 
