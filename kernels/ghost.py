@@ -47,9 +47,11 @@ class Factor:
     shape: torch.Size
 
     def numel(self) -> int:
+        """Number of elements of the parameter (of one example's gradient)."""
         return int(torch.Size(self.shape).numel())
 
     def slots(self) -> int:
+        """N, the token slots the factors span per example (0 for a 'dense' gradient)."""
         return 0 if self.kind == "dense" else int(self.b.shape[1])
 
 

@@ -58,6 +58,7 @@ class TokenizedExample:
 
     @property
     def n_responses(self) -> int:
+        """Number of response sequences (an example's direction is their mean gradient)."""
         return len(self.sequences)
 
     @property

@@ -62,6 +62,7 @@ class ComputeConfig:
     norm_method: str = "auto"  # ghost path: "auto", "gram" or "materialise" (per layer; speed only)
 
     def budget_bytes(self) -> int | None:
+        """`memory_budget` in bytes (see `parse_bytes`); None means no budget."""
         return parse_bytes(self.memory_budget)
 
 

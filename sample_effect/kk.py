@@ -130,6 +130,7 @@ class Puzzle:
 
     @property
     def n(self) -> int:
+        """Number of people in the puzzle."""
         return len(self.names)
 
     @property
@@ -139,6 +140,7 @@ class Puzzle:
 
 
 def role(value: bool) -> str:
+    """"knight" for True (always tells the truth), "knave" for False (always lies)."""
     return "knight" if value else "knave"
 
 

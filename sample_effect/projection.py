@@ -48,6 +48,7 @@ class ProjectionConfig:
     seed: int = 0
 
     def validate(self) -> ProjectionConfig:
+        """Raise SampleEffectError on any out-of-range setting; return self."""
         if self.dim < 1:
             raise SampleEffectError(f"--dim must be >= 1, got {self.dim}")
         if self.kind not in KINDS:
@@ -219,6 +220,7 @@ class ProjectionCache:
 
     @property
     def config(self) -> ProjectionConfig:
+        """The projection these shards were written with (dim, kind, seed), read from the manifest."""
         return ProjectionConfig(**self.manifest["projection"])
 
     def scores(self, target: Mapping[str, torch.Tensor]) -> np.ndarray:

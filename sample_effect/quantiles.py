@@ -122,6 +122,7 @@ def logprob_quantiles(
 
 
 def check_settings(q: float, min_count: int, bucket: int) -> None:
+    """Raise SampleEffectError unless 0 <= q <= 1, min_count >= 1 and bucket >= 1."""
     if not (isinstance(q, (int, float)) and 0 <= q <= 1):
         raise SampleEffectError(f"--quantile must be in [0, 1], got {q}")
     if min_count < 1:

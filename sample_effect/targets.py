@@ -84,6 +84,7 @@ class TargetVector:
     stats: dict[str, float] = field(default_factory=dict)  # e.g. accuracy and standard errors (AccuracyTarget)
 
     def norm(self) -> float:
+        """Euclidean norm of G over all its parameters, in float64 (for reports and normalising)."""
         return float(sum((v.double() ** 2).sum() for v in self.vector.values()) ** 0.5)
 
 

@@ -48,6 +48,7 @@ class SFTConfig:
     save_every: int = 0
 
     def validate(self) -> SFTConfig:
+        """Raise SampleEffectError on any out-of-range setting; return self."""
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise SampleEffectError(f"--lr must be a positive number, got {self.lr}")
         if self.batch_size < 1 or self.grad_accum < 1:
