@@ -38,7 +38,7 @@ def add_predict_rl_parser(sub: argparse._SubParsersAction, common: Common) -> No
     p.add_argument("--model", action="append", required=True, metavar="DIR",
                    help="policy checkpoint directory (or 'tiny'); repeat to compare several side by side")
     p.add_argument("--prompts", required=True, help='RL JSONL: {"id", "prompt", "answer"}')
-    p.add_argument("--reward", default="kk", help="kk, exact, boxed or module:function (default kk); also the accuracy target's")
+    p.add_argument("--reward", default="kk", help="kk, kk-partial, exact, boxed or module:function (default kk); also the accuracy target's")
     p.add_argument("--group-size", type=int, default=8, help="rollouts per prompt (default 8)")
     p.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature (default 1)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest rollout (default 256)")
@@ -243,7 +243,7 @@ def add_accuracy_target_args(p: argparse.ArgumentParser, prefix: str = "") -> No
     p.add_argument(f"--{prefix}max-new-tokens", type=int, default=256 if own else None,
                    help="accuracy target: longest completion" + (" (default 256)" if own else " (default: --max-new-tokens)"))
     if own:
-        p.add_argument("--reward", default="kk", help="accuracy target: kk, exact, boxed or module:function (default kk)")
+        p.add_argument("--reward", default="kk", help="accuracy target: kk, kk-partial, exact, boxed or module:function (default kk)")
 
 
 def accuracy_target_from_args(args: argparse.Namespace, tokenizer: Any, prefix: str = "") -> AccuracyTarget:

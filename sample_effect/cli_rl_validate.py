@@ -26,7 +26,7 @@ def add_validate_rl_curves_parser(checks: argparse._SubParsersAction, common: Co
     p.add_argument("--model", action="append", required=True, metavar="DIR",
                    help="starting checkpoint (or 'tiny'); repeat to compare initialisations")
     p.add_argument("--prompts", required=True, help='RL JSONL: {"id", "prompt", "answer"}')
-    p.add_argument("--reward", default="kk", help="kk, exact, boxed or module:function (default kk)")
+    p.add_argument("--reward", default="kk", help="kk, kk-partial, exact, boxed or module:function (default kk)")
     p.add_argument("--target-data", required=True, metavar="FILE", help="target: the mean loss over this SFT JSONL")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--prompts-per-step", type=int, default=8)

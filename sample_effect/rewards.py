@@ -3,6 +3,9 @@
 `finished` is False when generation was cut at the length limit; the trainers pass it. Built-ins:
 - `kk`: 1.0 only if the completion finished and the last \\boxed{...}, split on ", " and sorted,
   equals the sorted parts of the answer (the paper's K&K reward: no partial or format credit);
+- `kk-partial`: the fraction of the answer's parts (one per person) found in the last box of a
+  finished completion, 0 if the box holds more parts than the answer (no credit for listing both
+  roles). A shaped reward for models too weak to solve whole puzzles: GRPO needs reward variance;
 - `boxed`: 1.0 if the last \\boxed{...} content equals the answer string (stripped);
 - `exact`: 1.0 if the stripped completion equals the stripped answer.
 A user reward is `module:function`; a function without a `finished` parameter is called without it.
@@ -41,6 +44,20 @@ def kk_reward(prompt: str, completion: str, answer: str, finished: bool = True) 
     return 1.0 if got == want else 0.0
 
 
+def kk_partial_reward(prompt: str, completion: str, answer: str, finished: bool = True) -> float:
+    """Partial K&K credit: share of the answer's parts in the last box (0 when unfinished, unboxed or over-long)."""
+    if not finished:
+        return 0.0
+    box = last_boxed(completion)
+    if box is None:
+        return 0.0
+    got = {part.strip() for part in box.split(", ") if part.strip()}
+    want = [part.strip() for part in answer.split(", ")]
+    if not want or len(got) > len(want):
+        return 0.0
+    return sum(w in got for w in want) / len(want)
+
+
 def boxed_reward(prompt: str, completion: str, answer: str, finished: bool = True) -> float:
     """1.0 if the last box's content equals the answer string."""
     box = last_boxed(completion)
@@ -52,7 +69,7 @@ def exact_reward(prompt: str, completion: str, answer: str, finished: bool = Tru
     return 1.0 if finished and completion.strip() == answer.strip() else 0.0
 
 
-BUILTIN: dict[str, Reward] = {"kk": kk_reward, "boxed": boxed_reward, "exact": exact_reward}
+BUILTIN: dict[str, Reward] = {"kk": kk_reward, "kk-partial": kk_partial_reward, "boxed": boxed_reward, "exact": exact_reward}
 
 
 def checked_reward(fn: Callable[..., object], name: str) -> Reward:

@@ -71,6 +71,14 @@ def test_kk_reward_edge_cases():
     assert kk("", r"\boxed{Alice is a knight, Bob is a knave}", ans, finished=False) == 0.0  # truncated
     assert kk("", r"\boxed{Alice is a knight}", ans) == 0.0
     assert get_reward("boxed")("", r"\boxed{42}", "42") == 1.0
+    part = get_reward("kk-partial")
+    assert part("", r"\boxed{Bob is a knave, Alice is a knight}", ans) == 1.0
+    assert part("", r"\boxed{Alice is a knight, Bob is a knight}", ans) == 0.5
+    assert part("", r"\boxed{Alice is a knight}", ans) == 0.5  # one person named, rightly
+    assert part("", r"\boxed{Alice is a knave, Bob is a knight}", ans) == 0.0
+    assert part("", r"\boxed{Alice is a knight, Alice is a knave, Bob is a knave}", ans) == 0.0  # no credit for hedging
+    assert part("", r"\boxed{Alice is a knight, Bob is a knave}", ans, finished=False) == 0.0
+    assert part("", "Alice is a knight, Bob is a knave", ans) == 0.0  # no box
     assert get_reward("exact")("", " 42 ", "42") == 1.0
 
 
