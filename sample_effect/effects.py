@@ -168,7 +168,7 @@ def _ghost_effects(model, params, examples, target, update, hypers, state, compu
         n_ex = len(idx)
         sq = None
         if need_norm:
-            sq = sum(_sq_norms(fs, compute.norm_method, _rows(fs[0], 1, budget)) for fs in batch.factors.values())
+            sq = sum(_sq_norms(fs, compute.norm_method, block_rows(fs[0], 1, budget)) for fs in batch.factors.values())
         if update.optimizer == "sgd":
             dots = sum(factor_dot(f, target.vector[name]) for name, fs in batch.factors.items() for f in fs)
             coef = clip_coefficients(sq, update.clip) if update.clip is not None else None  # type: ignore[arg-type]
@@ -181,7 +181,7 @@ def _ghost_effects(model, params, examples, target, update, hypers, state, compu
                 p = params[name].detach().to(eff.dtype)
                 h = hypers[name]
                 eff += adamw_decay_dot(p, target.vector[name], update.optimizer, h.weight_decay)
-                step = _rows(fs[0], 2, budget)
+                step = block_rows(fs[0], 2, budget)
                 for r0 in range(0, n_ex, step):
                     rows = slice(r0, min(n_ex, r0 + step))
                     g = materialise_sum(fs, rows, writable=True)  # adam_effect_rows overwrites it
@@ -206,7 +206,7 @@ def _ghost_effects(model, params, examples, target, update, hypers, state, compu
 BLOCK_BYTES = 64 * 2**20  # per-layer gradient blocks: large enough for fast kernels, small enough to reuse memory
 
 
-def _rows(f: Factor, copies: int, budget: int | None) -> int:
+def block_rows(f: Factor, copies: int, budget: int | None) -> int:
     """How many examples' gradients of one layer to form at once: `copies` buffers within min(64 MiB, budget / 4)."""
     n = int(f.b.shape[0])
     cap = BLOCK_BYTES if budget is None else min(BLOCK_BYTES, budget // 4)

@@ -82,7 +82,7 @@ def make_plan(
     compute: ComputeConfig,
 ) -> Plan:
     """The engine's plan for scoring `examples` with `update` under `compute` (no computation)."""
-    from .effects import _rows
+    from .effects import block_rows
 
     max_len = max(int(s.shape[0]) for ex in examples for s in ex.sequences)
     max_resp = max(ex.n_responses for ex in examples)
@@ -117,7 +117,7 @@ def make_plan(
         if need_norm:
             norm = norm_method(fs) if compute.norm_method == "auto" else compute.norm_method
         copies = 2 if update.optimizer != "sgd" else 1
-        block = _rows(Factor(fs[0].kind, None, torch.empty(rows, 1, device="meta", dtype=acc), p.shape), copies, budget)
+        block = block_rows(Factor(fs[0].kind, None, torch.empty(rows, 1, device="meta", dtype=acc), p.shape), copies, budget)
         if update.optimizer != "sgd" or norm == "materialise":
             block_peak = max(block_peak, block * p.numel() * acc_size * copies)
         if norm == "gram":
