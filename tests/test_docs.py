@@ -1,5 +1,6 @@
 """The docs cannot drift: the CLI reference is regenerated and compared, and every documented
-`sample-effect ...` command line parses with the current parser (flags, choices, required args)."""
+`sample-effect ...` command line parses with the current parser (flags, choices, required args);
+`tests/test_docs_run.py` runs each of them."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def documented_commands() -> list[tuple[str, str]]:
-    """(file:line, command) for every `sample-effect ...` line in a code block (continuations joined)."""
+def documented_commands(pattern: str = r"^(\$ )?(PYTHONPATH=\S+ )?sample-effect \S") -> list[tuple[str, str]]:
+    """(file:line, command) for every `sample-effect ...` line (optionally after `PYTHONPATH=...`) in a
+    code block, continuations joined; `pattern` picks other shell lines (`tests/test_docs_run.py`
+    also runs the `mkdir` ones)."""
     found = []
     for path in DOCS:
         if path.name == "cli.md":
@@ -29,7 +32,7 @@ def documented_commands() -> list[tuple[str, str]]:
                 in_block = not in_block
             indented = line.startswith("    ") and not in_block
             text = line.strip()
-            if (in_block or indented) and re.match(r"^(\$ )?sample-effect \S", text):
+            if (in_block or indented) and re.match(pattern, text):
                 start = i
                 cmd = text.removeprefix("$ ")
                 while cmd.endswith("\\") and i + 1 < len(lines):
@@ -44,6 +47,11 @@ def documented_commands() -> list[tuple[str, str]]:
 COMMANDS = documented_commands()
 
 
+def env_prefix(command: str) -> str:
+    """The `NAME=value ` assignments before `sample-effect` ('' if none)."""
+    return command[: command.index("sample-effect")]
+
+
 def test_docs_document_commands():
     assert len(COMMANDS) >= 10
 
@@ -52,7 +60,7 @@ def test_docs_document_commands():
 def test_documented_command_parses(where, command):
     from sample_effect.cli import build_parser
 
-    argv = shlex.split(command)[1:]
+    argv = shlex.split(command.removeprefix(env_prefix(command)))[1:]
     argv = [a for a in argv if a not in ("|",)]
     if "|" in command or ">" in command:
         pytest.skip("shell pipeline")

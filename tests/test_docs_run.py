@@ -1,0 +1,266 @@
+"""Every documented `sample-effect ...` command runs, so the docs cannot drift.
+
+`tests/test_docs.py` finds every `sample-effect ...` line (also after `PYTHONPATH=.`) in a code
+block of README.md and docs/*.md (`documented_commands`; docs/cli.md is generated and checked
+there). This file runs each of them, in document order, in-process via `sample_effect.cli.main`
+with the working directory set to a sandbox of its document, and checks that it exits 0 and
+writes what it names. Run the whole file: later commands read what earlier ones wrote.
+
+The sandbox. Each document gets its own copy of one seed directory holding the inputs the docs
+name: tiny Knights-and-Knaves files made by `sample-effect kk` (`SEED_DATA`) and, for the
+placeholder model names (`MODEL_DIR`, `path/to/model`, `ckpt`, `base`, ...), links to a copy of
+the shipped `tiny` model (`MODEL_NAMES`). A file the document spells out ("`plain_answer.py`:"
+and an indented block) is written there from the document's own text, and the document's
+`mkdir -p DIR` lines are applied before the commands that follow them. Later commands use what
+earlier ones of the same document wrote (train-sft -> runs/sft/final -> train-grpo ->
+runs/grpo/final -> redistill), never another document's.
+
+What runs. Each command exactly as written, plus, appended at the end:
+- the size overrides of its subcommand in `OVERRIDES` (argparse keeps the last value, so they
+  only cut steps, rounds, samples, new tokens and puzzle counts to a few);
+- `IF_GIVEN` overrides, which replace a size flag only where the doc gives it (appending them
+  elsewhere would add work the doc does not ask for);
+- `--debug`, so a failure shows its traceback instead of one line.
+A command's outputs (`--out`, `--export`, `--finetune-out`, `--ranking`, `--rollouts`, and the
+files written next to an `--out` file: `markers.csv` -> `markers.json`) are removed before it
+runs, since the docs reuse names such as `effects.csv` and `runs/rft` for alternatives, and must
+exist after it (except with `--explain`, which prints a plan and writes nothing).
+
+Nothing documented is skipped: a subcommand without an `OVERRIDES` entry fails (add one, possibly
+empty), and so does a command whose inputs are neither in the seed nor written by an earlier
+command of its document (add them to `SEED_DATA` / `MODEL_NAMES`). The only exceptions are in
+`NEEDS_STRONGER_POLICY`: commands that need a policy which already solves puzzles, which the
+test's one-step checkpoints of the tiny model are not; they must stop with exactly that error
+and are reported as xfail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_docs import COMMANDS, DOCS, documented_commands, env_prefix
+
+from sample_effect.cli import main
+from sample_effect.errors import SampleEffectError
+from sample_effect.registry import TINY
+
+# The docs' own `mkdir -p DIR` lines (e.g. `runs/`), applied before the later commands of their document.
+MKDIRS = documented_commands(r"^mkdir -p \S")
+
+# Size overrides appended to every documented command of a subcommand.
+OVERRIDES: dict[str, str] = {
+    "kk": "--n 4",
+    "rank": "",
+    "project": "--dim 16",
+    "train-sft": "--steps 1 --eval-max-new-tokens 8",
+    "train-grpo": "--steps 1 --prompts-per-step 2 --group-size 2 --max-new-tokens 8 --eval-max-new-tokens 8",
+    "redistill": "--samples-per-prompt 1 --max-new-tokens 8 --epochs 1",
+    "predict-sft": "--steps 1 --replicates 2",
+    "predict-rl": "--group-size 2 --max-new-tokens 8 --target-samples 2 --target-max-new-tokens 8 --bootstrap 20",
+    "validate linearization": "--lrs 1e-5,1e-4",
+    "validate curves": "--steps 2 --eval-every 1 --replicates 2",
+    "validate selection": "--k 2 --steps 1 --random-seeds 1 --eval-max-new-tokens 8",
+    "plot curves": "",
+    "rft": "--rounds 1 --samples-per-prompt 2 --max-new-tokens 8 --eval-max-new-tokens 8 --entropy-samples 1 --steps 1",
+    "distill": "--samples-per-prompt 1 --max-new-tokens 8 --prompts-per-step 2 --steps 1",
+    "compare-sources": "--bootstrap 20",
+    "markers": "--max-new-tokens 8",
+    "init-tiny": "",
+}
+# Size overrides that replace a flag's value only where the documented command gives the flag.
+IF_GIVEN: dict[str, str] = {
+    "compare-sources": "--train-steps 1",
+}
+# Commands that need a policy already solving puzzles in the kk format (`\boxed{}`), which the
+# test's one-step checkpoints of the tiny model are not. Each must run up to the reward check and
+# stop there with this error (anything else, e.g. a flag or an input that no longer exists, fails);
+# then it is reported as xfail.
+NEEDS_STRONGER_POLICY: dict[str, str] = {
+    "sample-effect redistill --model runs/grpo/final --prompts sft_prompts.jsonl --out redistilled.jsonl"
+    "  --finetune tiny --finetune-out runs/redistilled": "no completion was accepted by the reward",
+}
+# Flags naming what a command writes: removed before it runs, required after.
+OUTPUT_FLAGS = ("--out", "--export", "--finetune-out", "--ranking", "--rollouts")
+SIDE_SUFFIXES = (".json", ".csv", ".png", ".svg")  # what commands write next to an --out file
+
+# Seed data: file -> `sample-effect kk` arguments (2-person puzzles, a handful each).
+SEED_DATA: dict[str, str] = {
+    "train.jsonl": "--n 4 --seed 11",
+    "val.jsonl": "--n 2 --seed 12",
+    "pool.jsonl": "--n 6 --seed 13",
+    "kk.jsonl": "--n 4 --seed 14",
+    "rl.jsonl": "--n 4 --seed 15",
+    "rl_eval.jsonl": "--n 2 --seed 16",
+    "test.jsonl": "--n 2 --seed 17",
+    "sft_prompts.jsonl": "--n 2 --seed 18",
+    "kk_train.jsonl": "--n 4 --seed 19",
+    "kk_test.jsonl": "--n 2 --seed 20",
+    "human.jsonl": "--n 4 --seed 21",
+    "answer_only.jsonl": "--n 4 --seed 22 --style answer-only",
+    "long_cot.jsonl": "--n 4 --seed 23 --style long-cot",
+    "a.jsonl": "--n 3 --seed 24 --style long-cot",
+    "b.jsonl": "--n 3 --seed 25 --style short-cot",
+}
+# Placeholder model names in the docs: each is the shipped tiny model.
+MODEL_NAMES = ("MODEL_DIR", "path/to/model", "MODEL", "ckpt", "base", "big", "small")
+
+
+def documented_files(doc: str) -> dict[str, str]:
+    """Files a document spells out: a line ending in "`NAME.py`:" followed by an indented block."""
+    lines = next(p for p in DOCS if p.name == doc).read_text().splitlines()
+    files = {}
+    for i, line in enumerate(lines):
+        m = re.search(r"`([\w/]+\.py)`:$", line.strip())
+        if not m:
+            continue
+        j = i + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        block = []
+        while j < len(lines) and (lines[j].startswith("    ") or not lines[j].strip()):
+            block.append(lines[j][4:])
+            j += 1
+        files[m.group(1)] = "\n".join(block).strip() + "\n"
+    return files
+
+
+def subcommand(argv: list[str]) -> str:
+    """`validate curves`, `plot curves`, or the single word of other commands."""
+    return " ".join(argv[:2]) if argv[0] in ("validate", "plot") else argv[0]
+
+
+def flag_values(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+
+
+@contextlib.contextmanager
+def working_dir(path: Path):
+    old = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+@contextlib.contextmanager
+def python_path(path: Path | None):
+    """`PYTHONPATH=path` for an in-process run: on sys.path, and its modules forgotten afterwards."""
+    if path is None:
+        yield
+        return
+    before = set(sys.modules)
+    sys.path.insert(0, str(path))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(path))
+        for name in set(sys.modules) - before:
+            if str(getattr(sys.modules[name], "__file__", None) or "").startswith(str(path)):
+                del sys.modules[name]
+
+
+def run_cli(argv: list[str]) -> None:
+    try:
+        code = main(argv)
+    except SampleEffectError as exc:
+        raise AssertionError(f"`sample-effect {shlex.join(argv)}` failed: {exc} (a missing input belongs in "
+                             "SEED_DATA / MODEL_NAMES unless an earlier command of the document writes it)") from exc
+    assert code == 0, f"`sample-effect {shlex.join(argv)}` exited {code}"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one thread is several times faster than contention
+    (measured here: 13 s with one thread, 4.5 min with two, while other jobs used the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def seed_dir(tmp_path_factory) -> Path:
+    seed = tmp_path_factory.mktemp("docs-seed")
+    shutil.copytree(TINY, seed / "tiny-model")
+    with working_dir(seed):
+        for name, args in SEED_DATA.items():
+            run_cli(["kk", "--people", "2", *shlex.split(args), "--id-prefix", Path(name).stem, "--out", name, "--quiet"])
+    return seed
+
+
+@pytest.fixture(scope="module")
+def sandboxes(seed_dir, tmp_path_factory):
+    """One sandbox per document, made on first use."""
+    made: dict[str, Path] = {}
+
+    def get(doc: str) -> Path:
+        if doc not in made:
+            box = tmp_path_factory.mktemp("docs-" + doc.replace(".", "-"))
+            for name in SEED_DATA:
+                shutil.copy(seed_dir / name, box / name)
+            for name in MODEL_NAMES:
+                link = box / name
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(seed_dir / "tiny-model", target_is_directory=True)
+            for name, text in documented_files(doc).items():
+                (box / name).write_text(text)
+            made[doc] = box
+        return made[doc]
+
+    return get
+
+
+def test_every_documented_subcommand_has_overrides():
+    subs = {subcommand(shlex.split(c.removeprefix(env_prefix(c)))[1:]) for _, c in COMMANDS}
+    missing = sorted(subs - set(OVERRIDES))
+    assert not missing, f"add size overrides (possibly empty) to OVERRIDES for: {missing}"
+
+
+@pytest.mark.parametrize(("where", "command"), COMMANDS, ids=[w for w, _ in COMMANDS])
+def test_documented_command_runs(where, command, sandboxes):
+    assert "|" not in command and ">" not in command, f"{where}: shell pipelines and redirections are not run yet"
+    env = shlex.split(env_prefix(command))
+    argv = shlex.split(command.removeprefix(env_prefix(command)))[1:]
+    sub = subcommand(argv)
+    assert sub in OVERRIDES, f"{where}: no size overrides for `{sub}`; add an entry to OVERRIDES"
+    argv += shlex.split(OVERRIDES[sub])
+    given = shlex.split(IF_GIVEN.get(sub, ""))
+    for flag, value in zip(given[::2], given[1::2]):
+        if flag in argv:
+            argv += [flag, value]
+    argv.append("--debug")
+
+    doc, line = where.split(":")
+    box = sandboxes(doc)
+    for mk_where, mkdir in MKDIRS:
+        mk_doc, mk_line = mk_where.split(":")
+        if mk_doc == doc and int(mk_line) < int(line):
+            for d in shlex.split(mkdir)[2:]:
+                (box / d).mkdir(parents=True, exist_ok=True)
+    outputs = [o for flag in OUTPUT_FLAGS for o in flag_values(argv, flag)]
+    for out in outputs:  # with the files written next to it (X.csv -> X.json, X.png), not inputs
+        side = [out.removesuffix(Path(out).suffix) + suffix for suffix in SIDE_SUFFIXES]
+        for p in [box / out, *(box / f for f in side if f not in argv)]:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    assert env in ([], ["PYTHONPATH=."]), f"{where}: only `PYTHONPATH=.` is supported before sample-effect"
+    with working_dir(box), python_path(box if env else None):
+        if command in NEEDS_STRONGER_POLICY:
+            with pytest.raises(SampleEffectError, match=re.escape(NEEDS_STRONGER_POLICY[command])):
+                main(argv)
+            pytest.xfail(f"ran up to `{NEEDS_STRONGER_POLICY[command]}`: the sandbox's policy is too weak")
+        run_cli(argv)
+    if "--explain" not in argv:
+        for out in outputs:
+            assert (box / out).exists(), f"{where}: `{command}` did not write {out}"
