@@ -1,4 +1,4 @@
-"""CLI commands about imitation sources: `rft`, `distill`, `compare-sources`, `markers`."""
+"""CLI commands about imitation sources: `rft`, `distill`, `init-tiny`, `compare-sources`, `markers`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ Common = Callable[[argparse.ArgumentParser], None]
 
 
 def add_imitation_parsers(sub: argparse._SubParsersAction, common: Common) -> None:
-    """Register rft, distill, compare-sources and markers."""
+    """Register rft, distill, init-tiny, compare-sources and markers."""
     from .cli_train import _model_args, add_sft_schedule_args
 
     r = sub.add_parser("rft", help="rejection-sampling fine-tuning (STaR/RAFT/ReST) with entropy tracking",
@@ -54,9 +54,29 @@ def add_imitation_parsers(sub: argparse._SubParsersAction, common: Common) -> No
     d.add_argument("--temperature", type=float, default=1.0)
     d.add_argument("--max-new-tokens", type=int, default=64)
     d.add_argument("--prompts-per-step", type=int, default=4, help="--on-policy: prompts per optimiser step")
+    d.add_argument("--chat-template", action="store_true",
+                   help="wrap each prompt as a user turn of the (shared) tokenizer's chat template, for instruct teachers")
     add_sft_schedule_args(d)
     common(d)
     d.set_defaults(func=cmd_distill)
+
+    t = sub.add_parser("init-tiny", help="a fresh tiny model sharing another model's tokenizer (a student for distill)",
+                       description="Build a randomly initialised (seeded) tiny causal LM whose tokenizer is copied from "
+                       "--tokenizer-from (a model directory, 'smollm2' or 'tiny') and whose output layer has as many "
+                       "logits as that model's, and save it to --out: a student that `distill` accepts with that "
+                       "model as --teacher.")
+    t.add_argument("--tokenizer-from", required=True, metavar="MODEL",
+                   help="'smollm2', 'tiny' or a model directory whose tokenizer (and vocabulary width) to copy")
+    t.add_argument("--out", required=True, help="output model directory")
+    t.add_argument("--arch", default="qwen2", help="qwen2 (default; tied embeddings), llama or gpt2")
+    t.add_argument("--hidden", type=int, default=64, help="hidden size (default 64)")
+    t.add_argument("--layers", type=int, default=2, help="transformer layers (default 2)")
+    t.add_argument("--heads", type=int, default=4, help="attention heads (default 4; must divide --hidden)")
+    t.add_argument("--max-len", type=int, default=2048, help="most positions (default 2048)")
+    t.add_argument("--dtype", default="float32")
+    t.add_argument("--seed", type=int, default=0)
+    common(t)
+    t.set_defaults(func=cmd_init_tiny)
 
     c = sub.add_parser("compare-sources", help="dataset effect per data source with bootstrap CIs (one table, one figure)",
                        description="Per source: mean sample effect toward the target loss (AdamW + clip 1.0 by default), "
@@ -151,6 +171,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     from .cli_train import _require_eos, load_for_cli, sft_config_from_args
     from .imitation import (
         OnPolicyConfig,
+        chat_prompts,
         check_same_tokenizer,
         onpolicy_distill,
         teacher_completions,
@@ -177,6 +198,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
     teacher, ttok = load_for_cli(args, args.teacher)
     check_same_tokenizer(stok, ttok, f"--model {args.model}", f"--teacher {args.teacher}")
     _require_eos(stok, f"--model {args.model}")
+    if args.chat_template:
+        prompts = chat_prompts(stok, prompts)
     with output_dir(out):
         if args.on_policy:
             m = onpolicy_distill(student, teacher, stok, prompts, oncfg, out / "metrics.csv", progress=_progress(args))
@@ -196,6 +219,30 @@ def cmd_distill(args: argparse.Namespace) -> None:
         m = train_sft(student, stok, train, sft, out, metrics_path=out / "metrics.csv", progress=_progress(args))
     print(f"off-policy distillation: kept {len(recs)}/{total} teacher completions ({'unfiltered' if args.no_filter else args.reward}); "
           f"SFT {int(m['step'].iloc[-1])} steps; wrote {out / 'teacher_data.jsonl'}, {out / 'metrics.csv'}, {out / 'final'}")
+
+
+def cmd_init_tiny(args: argparse.Namespace) -> None:
+    from .io import check_output_dir
+    from .models import parse_dtype
+    from .registry import resolve_model
+    from .tiny import ARCHS, init_tiny_student
+
+    if args.arch not in ARCHS:
+        raise SampleEffectError(f"--arch must be one of {', '.join(ARCHS)}, got '{args.arch}'")
+    for flag, v in (("--hidden", args.hidden), ("--layers", args.layers), ("--heads", args.heads), ("--max-len", args.max_len)):
+        if v < 1:
+            raise SampleEffectError(f"{flag} must be >= 1, got {v}")
+    if args.hidden % args.heads:
+        raise SampleEffectError(f"--heads ({args.heads}) must divide --hidden ({args.hidden})")
+    out = check_output_dir(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise SampleEffectError(f"{out} exists and is not empty; pass --overwrite to write into it")
+    src = resolve_model(args.tokenizer_from)
+    model = init_tiny_student(src, out, arch=args.arch, hidden=args.hidden, layers=args.layers, heads=args.heads,
+                              max_len=args.max_len, seed=args.seed, dtype=parse_dtype(args.dtype))
+    n = sum(p.numel() for p in model.parameters())
+    print(f"tiny {args.arch} model ({n:,} parameters, {model.config.vocab_size} logits per token) with the tokenizer of "
+          f"{src}; wrote {out}")
 
 
 def _parse_sources(specs: list[str]) -> dict[str, str]:

@@ -130,6 +130,7 @@ class RFTConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
 
     def validate(self) -> RFTConfig:
+        """Raise SampleEffectError on any out-of-range setting; return self."""
         if self.rounds < 1:
             raise SampleEffectError(f"--rounds must be >= 1, got {self.rounds}")
         for flag, v in (("--samples-per-prompt", self.samples_per_prompt), ("--max-new-tokens", self.max_new_tokens),
@@ -150,6 +151,8 @@ class RFTConfig:
 
 @dataclass
 class RFTResult:
+    """What `run_rft` returns: per-round metrics, the round entropy collapsed in (None if it did not) and the summary (out_dir/summary.json)."""
+
     metrics: pd.DataFrame
     collapse_round: int | None
     summary: dict[str, Any]
@@ -193,6 +196,7 @@ def rejection_sample(
 
 
 def write_jsonl(path: str | os.PathLike, records: Sequence[Mapping[str, Any]]) -> None:
+    """Write `records` as JSON lines (UTF-8, non-ASCII kept), atomically."""
     with atomic_open(path) as f:
         f.writelines(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in records)
 
@@ -300,6 +304,15 @@ def teacher_completions(
     return recs, total
 
 
+def chat_prompts(tokenizer: Any, prompts: Sequence[RLPrompt]) -> list[RLPrompt]:
+    """Each prompt as one user turn in the tokenizer's chat template, ending with the assistant's header
+    (instruct teachers such as SmolLM2-Instruct answer sensibly only in their chat format)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise SampleEffectError("--chat-template: the tokenizer has no chat template")
+    return [RLPrompt(p.id, tokenizer.apply_chat_template([{"role": "user", "content": p.prompt}], tokenize=False,
+                                                         add_generation_prompt=True), p.answer) for p in prompts]
+
+
 def reverse_kl_tokens(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """KL(student || teacher) = sum_v p_s(v) (log p_s(v) - log p_t(v)) per position ([..., V] -> [...])."""
     ls = torch.log_softmax(student_logits, dim=-1)
@@ -339,6 +352,8 @@ def onpolicy_loss(student: torch.nn.Module, teacher: torch.nn.Module, ids: torch
 
 @dataclass
 class OnPolicyConfig:
+    """On-policy distillation settings: steps of `prompts_per_step` prompts x `samples_per_prompt` student samples, one AdamW step each."""
+
     steps: int = 20
     prompts_per_step: int = 4
     samples_per_prompt: int = 1
@@ -350,6 +365,7 @@ class OnPolicyConfig:
     seed: int = 0
 
     def validate(self) -> OnPolicyConfig:
+        """Raise SampleEffectError on any out-of-range setting; return self."""
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise SampleEffectError(f"--lr must be a positive number, got {self.lr}")
         for flag, v in (("--steps", self.steps), ("--prompts-per-step", self.prompts_per_step),

@@ -41,6 +41,7 @@ def marker_regex(word: str) -> re.Pattern[str]:
 
 
 def count_marker(text: str, word: str) -> int:
+    """How often `word` occurs in `text` as a whole word (see `marker_regex`)."""
     return len(marker_regex(word).findall(text))
 
 
@@ -74,6 +75,7 @@ def load_completions(path: str) -> list[str]:
 
 
 def n_tokens(text: str, tokenizer: Any = None) -> int:
+    """Length of `text` in `tokenizer`'s tokens (no special tokens); in words when there is none."""
     if tokenizer is None:
         return len(text.split())
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -99,6 +101,7 @@ def marker_table(files: Mapping[str, Sequence[str]], sets: Mapping[str, Sequence
 
 
 def has_markers(text: str, words: Iterable[str]) -> bool:
+    """True when `text` uses any of `words` (see `count_marker`)."""
     return any(count_marker(text, w) for w in words)
 
 
@@ -108,6 +111,7 @@ def has_markers(text: str, words: Iterable[str]) -> bool:
 
 
 def word_variants(word: str) -> list[str]:
+    """The spellings a tokenizer sees for a marker: as is and capitalised, each with and without a leading space."""
     cap = word[:1].upper() + word[1:]
     return list(dict.fromkeys([word, " " + word, cap, " " + cap]))
 
@@ -135,6 +139,7 @@ class TokenBan:
 
     @property
     def n(self) -> int:
+        """Number of banned entries: single token ids plus multi-token sequences."""
         return len(self.single) + len(self.sequences)
 
 

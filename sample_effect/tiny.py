@@ -74,12 +74,15 @@ def tiny_config(arch: str, vocab_size: int, hidden: int = 32, layers: int = 2, h
 
 
 def build_tiny_model(
-    arch: str, tokenizer: Any, dtype: torch.dtype = torch.float32, seed: int = 0, **config_kwargs: Any
+    arch: str, tokenizer: Any, dtype: torch.dtype = torch.float32, seed: int = 0, vocab_size: int | None = None,
+    **config_kwargs: Any,
 ) -> torch.nn.Module:
-    """A seeded, randomly initialised causal LM sized for the tokenizer."""
+    """A seeded, randomly initialised causal LM sized for the tokenizer (or `vocab_size` logits, if larger)."""
     from transformers import AutoModelForCausalLM
 
-    cfg = tiny_config(arch, vocab_size=len(tokenizer), **config_kwargs)
+    if vocab_size is not None and vocab_size < len(tokenizer):
+        raise SampleEffectError(f"vocab_size {vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens")
+    cfg = tiny_config(arch, vocab_size=vocab_size or len(tokenizer), **config_kwargs)
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is not None:
         cfg.eos_token_id = eos
@@ -97,3 +100,38 @@ def save_model(model: torch.nn.Module, tokenizer: Any, path: str | os.PathLike) 
     quiet_hf_progress()
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
+
+
+def init_tiny_student(
+    source: str | os.PathLike, out: str | os.PathLike, arch: str = "qwen2", hidden: int = 64, layers: int = 2,
+    heads: int = 4, max_len: int = 2048, seed: int = 0, dtype: torch.dtype = torch.float32,
+) -> torch.nn.Module:
+    """A fresh tiny model that shares the tokenizer of the model directory `source` (e.g. a teacher), saved to `out`.
+
+    The tokenizer is copied as is (vocabulary, EOS, chat template), and the model outputs as many
+    logits per token as the source's config says (`vocab_size`, which may exceed len(tokenizer) when
+    the embedding is padded), so `distill` can compare the two models' per-token distributions.
+    """
+    import json
+    from pathlib import Path
+
+    from .models import load_tokenizer, quiet_hf_progress
+
+    quiet_hf_progress()
+    src = Path(source)
+    if not src.is_dir():
+        raise SampleEffectError(f"--tokenizer-from: no model directory at {src}")
+    tok = load_tokenizer(src)
+    if getattr(tok, "eos_token_id", None) is None:
+        raise SampleEffectError(f"the tokenizer of {src} has no EOS token; sampling needs one to stop")
+    vocab = len(tok)
+    cfg_file = src / "config.json"
+    if cfg_file.exists():
+        vocab = max(vocab, int(json.loads(cfg_file.read_text()).get("vocab_size") or 0))
+    model = build_tiny_model(arch, tok, dtype, seed=seed, vocab_size=vocab, hidden=hidden, layers=layers, heads=heads,
+                             max_len=max_len)
+    bos = getattr(tok, "bos_token_id", None)
+    if bos is not None:
+        model.config.bos_token_id = bos
+    save_model(model, tok, out)
+    return model

@@ -10,7 +10,9 @@ time in OUT/timings-STAGES.json and gathers the small result tables into OUT/sum
     python scripts/experiments.py --out runs/experiments --stages q2,q3 --grpo-steps 4
 
 Stages: data, q1 (SFT dataset effects vs real SFT), q2 (SFT inits -> predicted vs actual GRPO growth),
-q3 (re-distilled data vs template styles), summary. Later stages read earlier stages' files; a stage
+q3 (re-distilled data vs template styles), sources (every imitation-data source side by side: template,
+RFT, teacher distillation incl. SmolLM2-135M when the extra is installed, re-distilled; compare-sources + markers),
+summary. Later stages read earlier stages' files; a stage
 whose outputs exist is re-run only with --overwrite (commands get --overwrite too).
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ STYLES = ("answer-only", "short-cot", "long-cot")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/experiments", help="output directory")
-    p.add_argument("--stages", default="data,q1,q2,q2b,q3,summary")
+    p.add_argument("--stages", default="data,q1,q2,q2b,q3,sources,summary")
     p.add_argument("--python", default=sys.executable, help="interpreter that has sample_effect installed")
     p.add_argument("--seed", type=int, default=0, help="training / sampling seed passed to every command")
     p.add_argument("--data-seed", type=int, default=1, help="seed of the SFT puzzles (same puzzles in every style)")
@@ -59,6 +61,14 @@ def parse_args(argv=None):
     p.add_argument("--strong-lr", type=float, default=2e-3)
     p.add_argument("--redistill-samples", type=int, default=4, help="samples per prompt (temperature 0.7)")
     p.add_argument("--rank-lr", type=float, default=3e-4)
+    # sources
+    p.add_argument("--src-samples", type=int, default=32, help="sources: RFT samples per prompt")
+    p.add_argument("--src-rft-rounds", type=int, default=3, help="sources: RFT rounds (each round-XX.jsonl is a source)")
+    p.add_argument("--src-train-steps", type=int, default=24, help="sources: compare-sources --train-steps")
+    p.add_argument("--src-lr", type=float, default=1e-5, help="sources: simulated and --train-steps lr")
+    p.add_argument("--src-smollm2-prompts", type=int, default=24,
+                   help="sources: the first N SFT puzzles for SmolLM2 (0 = skip it)")
+    p.add_argument("--src-smollm2-tokens", type=int, default=128, help="sources: SmolLM2 max new tokens")
     p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads per command (default 1)")
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
@@ -217,9 +227,8 @@ def stage_q2(R: Runner):
          label="plot", check=False)
 
 
-def stage_q2b(R: Runner):
-    """A stronger starting point: the q2 SFT checkpoints solve no 2-person puzzle (0/16 informative
-    groups), so train answer-only SFT on more 2-person puzzles, then predict-rl and a short GRPO from it."""
+def train_strong_sft(R: Runner) -> str:
+    """q2b's stronger SFT start (answer-only SFT on more 2-person puzzles); trained once, shared by later stages."""
     a = R.args
     q = R.p("q2b")
     os.makedirs(q, exist_ok=True)
@@ -227,13 +236,23 @@ def stage_q2b(R: Runner):
     if not R.done(data):
         R.se("kk", "--people", 2, "--n", a.n_strong, "--seed", a.data_seed + 4000, "--style", "answer-only",
              "--id-prefix", "strong", "--out", data, label="kk")
-    rl, rl_eval, target = R.p("data", "rl.jsonl"), R.p("data", "rl-eval.jsonl"), R.p("data", "target.jsonl")
     run = f"{q}/sft-strong"
     if not R.done(f"{run}/final"):
-        R.se("train-sft", "--model", "tiny", "--data", data, "--eval-data", rl_eval, "--reward", "kk", "--out", run,
-             "--lr", a.strong_lr, "--batch-size", 8, "--steps", a.strong_steps, "--schedule", "cosine",
+        R.se("train-sft", "--model", "tiny", "--data", data, "--eval-data", R.p("data", "rl-eval.jsonl"), "--reward", "kk",
+             "--out", run, "--lr", a.strong_lr, "--batch-size", 8, "--steps", a.strong_steps, "--schedule", "cosine",
              "--warmup-steps", 10, "--eval-every", 0, "--eval-max-new-tokens", 64, "--seed", a.seed,
              label="q2b train-sft strong")
+    return run
+
+
+def stage_q2b(R: Runner):
+    """A stronger starting point: the q2 SFT checkpoints solve no 2-person puzzle (0/16 informative
+    groups), so train answer-only SFT on more 2-person puzzles, then predict-rl and a short GRPO from it."""
+    a = R.args
+    q = R.p("q2b")
+    os.makedirs(q, exist_ok=True)
+    rl, rl_eval, target = R.p("data", "rl.jsonl"), R.p("data", "rl-eval.jsonl"), R.p("data", "target.jsonl")
+    run = train_strong_sft(R)
     if not R.done(f"{q}/predict_rl.json"):
         R.se("predict-rl", "--model", f"{R.p('q2', 'sft-answer-only')}/final", "--model", f"{run}/final",
              "--prompts", rl, "--reward", "kk", "--group-size", a.group_size, "--max-new-tokens", 64,
@@ -304,6 +323,157 @@ def stage_q3(R: Runner):
             R.se("plot", "curves", f"{q}/curves.csv", "--out", f"{q}/curves.png", label="plot")
 
 
+def count_lines(path) -> int:
+    return sum(1 for x in open(path) if x.strip()) if Path(path).exists() else 0
+
+
+def stage_sources(R: Runner):
+    """Every imitation-data source on the same K&K prompts (the 24 SFT puzzles), one target, one yardstick.
+
+    Sources: the generator's own solutions (template styles `tpl-*`), RFT rounds `rft-rN` from the stronger SFT
+    checkpoint (its own correct samples), off-policy distillation from that checkpoint (`dist-tiny`, unfiltered,
+    as arXiv 2505.21067), SmolLM2-135M-Instruct off-policy (`dist-smollm2`: unfiltered, the first
+    --src-smollm2-prompts puzzles in its chat template; needs the smollm2 extra, and runs through a tiny student
+    built by `init-tiny` with its tokenizer), and q3's re-distilled data when q3 has run. Then compare-sources (dataset effect toward the
+    held-out answer loss, bootstrap CI, and the actual gain after --src-train-steps SFT steps from
+    `tiny`) and markers.
+    """
+    a = R.args
+    q = R.p("sources")
+    os.makedirs(q, exist_ok=True)
+    target, rl_eval = R.p("data", "target.jsonl"), R.p("data", "rl-eval.jsonl")
+    prompts = R.p("data", "train-answer-only.jsonl")  # {id, prompt, answer}: the 24 SFT puzzles as RL prompts
+    teacher = f"{train_strong_sft(R)}/final"
+    # short names: they label the figures' axes
+    sources = {f"tpl-{s.split('-')[0]}": R.p("data", f"train-{s}.jsonl") for s in STYLES}
+    rft = f"{q}/rft"
+    if not R.done(f"{rft}/summary.json"):
+        R.se("rft", "--model", teacher, "--prompts", prompts, "--eval-prompts", rl_eval, "--reward", "kk", "--out", rft,
+             "--rounds", a.src_rft_rounds, "--samples-per-prompt", a.src_samples, "--temperature", 1.0,
+             "--max-new-tokens", 64, "--eval-max-new-tokens", 64, "--lr", 1e-3, "--steps", 8, "--batch-size", 4,
+             "--seed", a.seed, label="sources rft")
+    for r in range(a.src_rft_rounds):
+        f = f"{rft}/round-{r:02d}.jsonl"
+        if count_lines(f):
+            sources[f"rft-r{r}"] = f
+    dst = f"{q}/distill-strong"
+    if not R.done(f"{dst}/teacher_data.jsonl"):
+        R.se("distill", "--teacher", teacher, "--model", "tiny", "--prompts", prompts, "--reward", "kk", "--out", dst,
+             "--no-filter", "--samples-per-prompt", 1, "--temperature", 1.0, "--max-new-tokens", 64, "--steps", 1,
+             "--batch-size", 4, "--seed", a.seed, label="sources distill (strong tiny teacher)")
+    sources["dist-tiny"] = f"{dst}/teacher_data.jsonl"
+    if a.src_smollm2_prompts > 0:
+        smol_prompts = f"{q}/smollm2-prompts.jsonl"
+        with open(smol_prompts, "w") as o:
+            o.writelines(list(open(prompts))[: a.src_smollm2_prompts])
+        student, sd = f"{q}/smollm2-student", f"{q}/distill-smollm2"
+        ok = R.done(f"{student}/config.json") or R.se(
+            "init-tiny", "--tokenizer-from", "smollm2", "--out", student, "--seed", a.seed,
+            label="sources init-tiny (SmolLM2 tokenizer)", check=False).returncode == 0
+        if ok and not R.done(f"{sd}/teacher_data.jsonl"):
+            ok = R.se("distill", "--teacher", "smollm2", "--model", student, "--prompts", smol_prompts, "--out", sd,
+                      "--no-filter", "--chat-template", "--samples-per-prompt", 1, "--temperature", 1.0,
+                      "--max-new-tokens", a.src_smollm2_tokens, "--steps", 2, "--batch-size", 4, "--seed", a.seed,
+                      label="sources distill (SmolLM2-135M teacher)", check=False).returncode == 0
+        if ok and count_lines(f"{sd}/teacher_data.jsonl"):
+            # the teacher saw its chat format; as SFT data for `tiny` the prompt is the plain puzzle again
+            plain = {json.loads(x)["id"]: json.loads(x)["prompt"] for x in open(prompts)}
+            with open(f"{q}/distill-smollm2.jsonl", "w") as o:
+                for x in open(f"{sd}/teacher_data.jsonl"):
+                    rec = json.loads(x)
+                    rec["prompt"] = plain[rec["id"].rsplit("-t", 1)[0]]
+                    rec["id"] = "smollm2-" + rec["id"]  # unique across the sources (markers --effects)
+                    o.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            sources["dist-smollm2"] = f"{q}/distill-smollm2.jsonl"
+    red = R.p("q3", "redistilled.jsonl")
+    if count_lines(red):
+        sources["redistilled"] = red
+    Path(q, "sources.json").write_text(json.dumps(source_info(sources), indent=1) + "\n")
+    flags = [x for n, f in sources.items() for x in ("--source", f"{n}={f}")]
+    if not R.done(f"{q}/compare.csv"):
+        R.se("compare-sources", "--model", "tiny", *flags, "--target-data", target, "--optimizer", "adamw",
+             "--lr", a.src_lr, "--clip", 1.0, "--train-steps", a.src_train_steps, "--batch-size", a.batch_size,
+             "--seed", a.seed, "--out", f"{q}/compare.csv", label="sources compare-sources")
+    if not R.done(f"{q}/markers.csv"):
+        R.se("markers", *sources.values(), "--model", "tiny", "--effects", "--target-data", target, "--lr", a.src_lr,
+             "--clip", 1.0, "--out", f"{q}/markers.csv", label="sources markers")
+    rows = read_csv(f"{q}/compare.csv")
+    eff, gain = [float(r["effect_mean"]) for r in rows], [float(r["actual_gain"]) for r in rows]
+    info = {"spearman_effect_vs_actual_gain": spearman(eff, gain), "n_sources": len(rows),
+            "sources": source_info(sources), "rft": json.loads(Path(rft, "summary.json").read_text())}
+    Path(q, "summary.json").write_text(json.dumps(info, indent=1) + "\n")
+    for r in rows:
+        ci = f"[{float(r['ci_low']):.0f}, {float(r['ci_high']):.0f}]" if r["ci_low"] else "[n < 2]"
+        print(f"{r['source']:>20} n={r['n']:>3} effect {float(r['effect_mean']):7.0f} {ci:>14}  "
+              f"actual gain {float(r['actual_gain']):.3f}")
+    print(f"Spearman(dataset effect, actual gain) over {len(rows)} sources: {info['spearman_effect_vs_actual_gain']:.3f}")
+    plot_effect_vs_gain(rows, a.src_lr, a.src_train_steps, f"{q}/effect_vs_gain.png")
+
+
+def source_info(sources):
+    """n, correct answers (kk reward) and mean response length in characters per source file."""
+    from sample_effect.rewards import kk_reward
+
+    out = {}
+    for name, f in sources.items():
+        recs = [json.loads(x) for x in open(f) if x.strip()]
+        ok = [kk_reward(r["prompt"], r["response"], r["answer"], finished=r.get("finished", True)) for r in recs]
+        out[name] = {"file": f, "n": len(recs), "correct": int(sum(ok)),
+                     "mean_response_chars": round(sum(len(r["response"]) for r in recs) / max(1, len(recs)), 1)}
+    return out
+
+
+def spearman(x, y):
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(v):  # average ranks over ties
+            j = i
+            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sx = sum((a - mx) ** 2 for a in rx) ** 0.5
+    sy = sum((b - my) ** 2 for b in ry) ** 0.5
+    return cov / (sx * sy) if sx and sy else float("nan")
+
+
+def plot_effect_vs_gain(rows, lr, steps, out):
+    """Dataset effect (with its bootstrap CI) against the actual target-loss drop after `steps` SFT steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=100)
+    top = max(float(q["effect_mean"]) for q in rows)
+    crowded = sorted((i for i, q in enumerate(rows) if float(q["effect_mean"]) > 0.6 * top),
+                     key=lambda i: -float(rows[i]["actual_gain"]))
+    side = {i: k % 2 == 1 for k, i in enumerate(crowded)}  # labels left/right in turn near the right edge
+    for i, r in enumerate(rows):
+        x, y = float(r["effect_mean"]), float(r["actual_gain"])
+        lo = float(r["ci_low"]) if r["ci_low"] else x
+        hi = float(r["ci_high"]) if r["ci_high"] else x
+        ax.errorbar([x], [y], xerr=[[x - lo], [hi - x]], fmt="o", capsize=3)
+        flip = side.get(i, False)
+        ax.annotate(f"{r['source']} (n={r['n']})", (x, y), textcoords="offset points", fontsize=8,
+                    xytext=(-8 if flip else 8, 5), ha="right" if flip else "left")
+    ax.set_xlabel("dataset effect toward held-out answer loss (AdamW, clip 1.0; 95% bootstrap CI)")
+    ax.set_ylabel(f"actual target-loss drop after {steps} SFT steps (lr {lr:g})")
+    ax.set_title("Imitation sources on K&K (tiny model)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
 def read_csv(path):
     with open(path) as f:
         return list(csv.DictReader(f))
@@ -351,15 +521,18 @@ def stage_summary(R: Runner):
             by.setdefault(src, []).append(float(r["effect"]))
         out["q3_effect_by_source"] = {k: {"n": len(v), "mean": sum(v) / len(v), "min": min(v), "max": max(v)}
                                       for k, v in by.items()}
+    if Path(R.p("sources", "compare.csv")).exists():
+        out["sources"] = read_csv(R.p("sources", "compare.csv"))
     out["timings"] = [t for f in sorted(R.out.glob("timings*.json")) for t in json.loads(f.read_text())]
     Path(R.p("summary.json")).write_text(json.dumps(out, indent=1))
-    print(json.dumps({k: v for k, v in out.items() if k.startswith("q3")}, indent=1))
+    print(json.dumps({k: v for k, v in out.items() if k.startswith("q3") or k == "sources"}, indent=1))
 
 
 def main(argv=None):
     a = parse_args(argv)
     R = Runner(a)
-    stages = {"data": stage_data, "q1": stage_q1, "q2": stage_q2, "q2b": stage_q2b, "q3": stage_q3, "summary": stage_summary}
+    stages = {"data": stage_data, "q1": stage_q1, "q2": stage_q2, "q2b": stage_q2b, "q3": stage_q3, "sources": stage_sources,
+              "summary": stage_summary}
     t0 = time.time()
     for s in a.stages.split(","):
         s = s.strip()
@@ -367,7 +540,7 @@ def main(argv=None):
             raise SystemExit(f"unknown stage {s!r}; choose from {', '.join(stages)}")
         print(f"=== stage {s}", flush=True)
         stages[s](R)
-    print(f"done in {time.time() - t0:.0f} s; wrote {R.out.resolve()} (timings-*.json, summary.json, q1/ q2/ q3/)")
+    print(f"done in {time.time() - t0:.0f} s; wrote {R.out.resolve()} (timings-*.json, summary.json, q1/ q2/ q3/ sources/)")
 
 
 if __name__ == "__main__":

@@ -151,6 +151,56 @@ def test_mismatched_tokenizers_clear_error(model_dirs, other_tok_model, rl_files
     assert not (tmp_path / "d").exists()
 
 
+def test_init_tiny_student_shares_teacher_tokenizer_and_distils(model_dirs, other_tok_model, rl_files, tmp_path, capsys):
+    """init-tiny copies a teacher's tokenizer and logit width, so distill accepts the pair (it refuses the shipped-style mismatch)."""
+    _, tok2 = load_model(other_tok_model, "float32")
+    # a teacher whose output layer is wider than its tokenizer (padded embeddings, as many real checkpoints)
+    teacher = tmp_path / "teacher"
+    save_model(build_tiny_model("qwen2", tok2, torch.float32, seed=9, vocab_size=len(tok2) + 5), tok2, teacher)
+    student = tmp_path / "student"
+    rc = main(["init-tiny", "--tokenizer-from", str(teacher), "--out", str(student), "--arch", "llama", "--hidden", "16",
+               "--layers", "1", "--heads", "2", "--seed", "3", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert "logits per token" in capsys.readouterr().out
+    s_model, s_tok = load_model(student, "float32")
+    check_same_tokenizer(s_tok, tok2)
+    assert s_tok.eos_token_id == tok2.eos_token_id and s_tok.chat_template == tok2.chat_template
+    assert s_model.get_output_embeddings().weight.shape[0] == len(tok2) + 5
+    assert s_model.config.hidden_size == 16 and s_model.config.num_hidden_layers == 1
+    # seeded: the same command gives the same weights
+    again = tmp_path / "again"
+    assert main(["init-tiny", "--tokenizer-from", str(teacher), "--out", str(again), "--arch", "llama", "--hidden", "16",
+                 "--layers", "1", "--heads", "2", "--seed", "3", "--quiet"]) == 0
+    a_model, _ = load_model(again, "float32")
+    assert all(torch.equal(x, y) for x, y in zip(s_model.state_dict().values(), a_model.state_dict().values()))
+    # the pair distils on-policy
+    on = tmp_path / "on"
+    rc = main(["distill", "--model", str(student), "--teacher", str(teacher), "--prompts", str(rl_files["prompts"]),
+               "--out", str(on), "--on-policy", "--steps", "2", "--max-new-tokens", "3", "--prompts-per-step", "2", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    m = pd.read_csv(on / "metrics.csv")
+    assert list(m["step"]) == [1, 2] and torch.isfinite(torch.tensor(m["reverse_kl"].to_numpy())).all()
+    # --chat-template: the teacher is prompted (and the student trained) in the shared chat format
+    off = tmp_path / "off"
+    rc = main(["distill", "--model", str(student), "--teacher", str(teacher), "--prompts", str(rl_files["prompts"]),
+               "--out", str(off), "--no-filter", "--chat-template", "--max-new-tokens", "3", "--steps", "1", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    recs = [json.loads(x) for x in (off / "teacher_data.jsonl").read_text().splitlines()]
+    assert recs and all(r["prompt"].startswith("<|user|>\n") and r["prompt"].endswith("<|assistant|>\n") for r in recs)
+    # a student built from another model's tokenizer is still refused
+    rc = main(["distill", "--model", str(student), "--teacher", str(model_dirs["qwen2"]), "--prompts",
+               str(rl_files["prompts"]), "--out", str(tmp_path / "x"), "--on-policy", "--quiet"])
+    assert rc == 2 and "do not share a tokenizer" in capsys.readouterr().err
+    # bad sizes and a non-empty --out fail before building anything
+    assert main(["init-tiny", "--tokenizer-from", str(teacher), "--out", str(tmp_path / "y"), "--hidden", "10",
+                 "--heads", "4", "--quiet"]) == 2
+    assert "must divide --hidden" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    assert main(["init-tiny", "--tokenizer-from", str(teacher), "--out", str(student), "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["init-tiny", "--tokenizer-from", str(tmp_path / "nope"), "--out", str(tmp_path / "z"), "--quiet"]) == 2
+    assert "no model directory" in capsys.readouterr().err
+
+
 def test_distill_offpolicy_writes_sft_jsonl_and_onpolicy_runs(model_dirs, rl_files, tmp_path, capsys):
     out = tmp_path / "off"
     rc = main(["distill", "--model", str(model_dirs["llama"]), "--teacher", str(model_dirs["qwen2"]), "--prompts",
