@@ -54,8 +54,9 @@ def sample(
         max_new_tokens = max(0, min(max_new_tokens, limit - ids.shape[1]))
     was_training = model.training
     model.eval()
+    kw = _cache_keyword(model)
     out = model(input_ids=ids, use_cache=True)
-    past, logits = out.past_key_values, out.logits[:, -1]
+    past, logits = _cache_of(out), out.logits[:, -1]
     tokens = torch.zeros(n, 0, dtype=torch.long, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
@@ -76,8 +77,8 @@ def sample(
             done |= nxt == eos
             if bool(done.all()):
                 break
-        out = model(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1]
+        out = model(input_ids=nxt[:, None], use_cache=True, **{kw: past})
+        past, logits = _cache_of(out), out.logits[:, -1]
     model.train(was_training)
     result = []
     for row in tokens.tolist():
@@ -89,6 +90,23 @@ def sample(
         text_ids = row[:-1] if finished else row
         result.append(Completion(tokenizer.decode(text_ids, skip_special_tokens=True), row, finished))
     return result
+
+
+def _cache_keyword(model: torch.nn.Module) -> str:
+    """The forward keyword of the KV cache: `cache` (transformers >= 5.2x) or the older `past_key_values`."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps forward(**kwargs)
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cache_of(out: Any) -> Any:
+    """The KV cache of a forward output, under either name."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
 
 
 def greedy_accuracy(
