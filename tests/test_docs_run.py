@@ -68,6 +68,7 @@ OVERRIDES: dict[str, str] = {
     "validate linearization": "--lrs 1e-5,1e-4",
     "validate curves": "--steps 2 --eval-every 1 --replicates 2",
     "validate selection": "--k 2 --steps 1 --random-seeds 1 --eval-max-new-tokens 8",
+    "validate rl-curves": "--steps 1 --runs 1 --prompts-per-step 2 --group-size 2 --max-new-tokens 8 --noise-draws 4",
     "plot curves": "",
     "rft": "--rounds 1 --samples-per-prompt 2 --max-new-tokens 8 --eval-max-new-tokens 8 --entropy-samples 1 --steps 1",
     "distill": "--samples-per-prompt 1 --max-new-tokens 8 --prompts-per-step 2 --steps 1",
