@@ -265,3 +265,48 @@ def test_documented_command_runs(where, command, sandboxes):
     if "--explain" not in argv:
         for out in outputs:
             assert (box / out).exists(), f"{where}: `{command}` did not write {out}"
+
+
+# `torchrun ... -m sample_effect CMD ...` lines: single-node ones run with 2 gloo processes (the doc's
+# --nproc_per_node replaced), multi-node ones (with `...` for the elided flags) only parse.
+TORCHRUN = documented_commands(r"^torchrun \S")
+
+
+def torchrun_parts(command: str) -> tuple[list[str], list[str]]:
+    """(torchrun's own arguments, the sample_effect argv) of a documented torchrun line."""
+    argv = shlex.split(command)[1:]
+    k = argv.index("-m")
+    assert argv[k + 1] == "sample_effect", f"`{command}`: expected `-m sample_effect`"
+    return argv[:k], argv[k + 2 :]
+
+
+def test_docs_document_torchrun():
+    assert len(TORCHRUN) >= 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("where", "command"), TORCHRUN, ids=[w for w, _ in TORCHRUN])
+def test_documented_torchrun_runs(where, command, sandboxes):
+    import subprocess
+
+    from sample_effect.cli import build_parser
+
+    launcher, argv = torchrun_parts(command)
+    if "..." in argv:  # a multi-node sketch: the launcher's flags and the command's name must be real
+        assert "--nnodes" in launcher and argv[0] in OVERRIDES, f"{where}: `{command}`"
+        return
+    sub = subcommand(argv)
+    argv = [*argv, *shlex.split(OVERRIDES[sub]), "--quiet"]
+    build_parser().parse_args(argv)
+    doc = where.split(":")[0]
+    box = sandboxes(doc)
+    for out in flag_values(argv, "--out"):
+        for p in [box / out, *(box / (out.removesuffix(Path(out).suffix) + s) for s in SIDE_SUFFIXES)]:
+            if p.exists():
+                p.unlink()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sample_effect", *argv]
+    run = subprocess.run(cmd, cwd=box, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, f"{where}: `{command}` failed:\n{run.stderr[-3000:]}"
+    for out in flag_values(argv, "--out"):
+        assert (box / out).exists(), f"{where}: `{command}` did not write {out}"
