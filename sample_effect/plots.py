@@ -35,7 +35,8 @@ def effects_by_group(table: pd.DataFrame, group: str, path: str | os.PathLike, t
     fig, ax = plt.subplots(figsize=(6.4, 4))
     data = [table.loc[table[group] == g, "effect"].to_numpy() for g in groups]
     ax.boxplot(data, showfliers=False)
-    ax.set_xticks(range(1, len(groups) + 1), groups)
+    long_labels = sum(len(str(g)) for g in groups) > 60  # rotate rather than let neighbours overlap
+    ax.set_xticks(range(1, len(groups) + 1), groups, rotation=30 if long_labels else 0, ha="right" if long_labels else "center")
     for i, d in enumerate(data, start=1):
         ax.scatter([i] * len(d), d, s=10, alpha=0.5)
     ax.axhline(0, color="grey", lw=0.8, ls="--")
