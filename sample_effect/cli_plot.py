@@ -291,7 +291,8 @@ def _draw_curves(args: argparse.Namespace, out: Path) -> str:
     head = read_table(path, "validate curves table", ("step", "actual", "predicted"))
     if "model" in head.columns and "dataset" not in head.columns:  # validate rl-curves: runs averaged per checkpoint
         df = _numeric(head, ("step", "actual", "predicted"), path)
-        df = df.groupby(["model", "step"], sort=False)[["actual", "predicted"]].mean().reset_index()
+        cols = [c for c in ("actual", "predicted", "predicted_second_order") if c in df and df[c].notna().any()]
+        df = df.groupby(["model", "step"], sort=False)[cols].mean().reset_index()
         predicted_vs_actual(df.rename(columns={"model": "dataset"}), out, title="Predicted vs actual target loss during GRPO")
         return f"{df['model'].nunique()} checkpoint(s)"
     cols = ("dataset", "step", "actual", "predicted")

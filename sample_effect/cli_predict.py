@@ -74,6 +74,9 @@ def add_predict_rl_parser(sub: argparse._SubParsersAction, common: Common) -> No
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates over prompts for the 95%% interval (default 2000)")
     p.add_argument("--no-noise", action="store_true",
                    help="skip the noise effect (Hessian-vector products; batch draws for Adam or clipping)")
+    p.add_argument("--curvature-draws", type=int, default=16,
+                   help="batches whose simulated step gets a Hessian-vector product for the second-order term "
+                   "(loss target; 0 = off; default 16)")
     p.add_argument("--noise-draws", type=int, default=256,
                    help="batches drawn for the noise term of a non-linear update (Adam, clipping); every batch when "
                    "there are fewer (default 256)")
@@ -96,7 +99,7 @@ def _check_args(args: argparse.Namespace) -> None:
     for flag, value, low in (("--group-size", args.group_size, 2), ("--max-new-tokens", args.max_new_tokens, 1),
                              ("--prompts-per-step", args.prompts_per_step, 1), ("--bootstrap", args.bootstrap, 1),
                              ("--batch-size", args.batch_size, 1), ("--target-samples", args.target_samples, 1),
-                             ("--noise-draws", args.noise_draws, 1)):
+                             ("--noise-draws", args.noise_draws, 1), ("--curvature-draws", args.curvature_draws, 0)):
         if value < low:
             raise SampleEffectError(f"{flag} must be >= {low}, got {value}")
     if args.max_length is not None and args.max_length < 1:
@@ -186,7 +189,7 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
             model, tok, prompts, reward, target, update, group_size=args.group_size, temperature=args.temperature,
             max_new_tokens=args.max_new_tokens, seed=args.seed, prompts_per_step=args.prompts_per_step,
             clip_eps=args.clip_eps, params=params, state=state, compute=compute, noise=not args.no_noise,
-            n_boot=args.bootstrap, noise_draws=args.noise_draws,
+            n_boot=args.bootstrap, noise_draws=args.noise_draws, curvature_draws=args.curvature_draws,
         )
         if not rank0:
             continue

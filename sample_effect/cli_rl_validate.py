@@ -100,10 +100,12 @@ def cmd_validate_rl_curves(args: argparse.Namespace) -> None:
         summaries.append(summary)
         print(f"{spec}: predicted growth {summary['predicted_growth_per_step']:.4g}/step "
               f"(95% CI [{summary['predicted_growth_ci95'][0]:.4g}, {summary['predicted_growth_ci95'][1]:.4g}]), "
+              f"with second order {summary['predicted_growth_second_order'] or float('nan'):.4g}/step, "
               f"actual {summary['actual_growth_per_step']:.4g}/step; total change predicted "
               f"{summary['predicted_total_change']:.4g}, actual {summary['actual_total_change']:.4g}")
     rows = pd.concat(frames, ignore_index=True)
-    mean = rows.groupby(["model", "step"], sort=False)[["actual", "predicted"]].mean().reset_index()
+    cols = [c for c in ("actual", "predicted", "predicted_second_order") if rows[c].notna().any()]
+    mean = rows.groupby(["model", "step"], sort=False)[cols].mean().reset_index()
     write_table(rows, csv)
     predicted_vs_actual(mean.rename(columns={"model": "dataset"}), png, title="Predicted vs actual target loss during GRPO")
     agree = agreement(summaries)

@@ -86,6 +86,9 @@ def predicted_vs_actual(df: pd.DataFrame, path: str | os.PathLike, title: str = 
     for name, g in df.groupby("dataset", sort=False):
         line = ax.plot(g["step"], g["actual"], marker="o", ms=3, label=f"{name}: actual")[0]
         ax.plot(g["step"], g["predicted"], ls="--", color=line.get_color(), label=f"{name}: predicted")
+        if "predicted_second_order" in g and g["predicted_second_order"].notna().any():
+            ax.plot(g["step"], g["predicted_second_order"], ls=":", color=line.get_color(),
+                    label=f"{name}: predicted, with 2nd order")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("target loss (nats/token)")
     ax.set_title(title)

@@ -336,6 +336,47 @@ def batch_draws(n_prompts: int, batch: int, draws: int, seed: int = 0) -> tuple[
     return [np.sort(rng.choice(n_prompts, size=b, replace=False)) for _ in range(draws)], False
 
 
+def batch_updates(
+    effects: RLEffects,
+    params: Mapping[str, torch.Tensor],
+    update: UpdateConfig,
+    state: OptimizerState | None,
+    batches: Sequence[np.ndarray],
+):  # type: ignore[no-untyped-def]
+    """Per batch S of prompts, the simulated trainer step per unit lr U(clip(gbar_S)) (None: no informative group).
+
+    gbar_S = sum n_x g_x / sum n_x over S's informative groups (the gradient of the trainer's
+    token-mean loss), clipped by its own norm as `clip_grad_norm_` clips the batch, then one
+    simulated optimiser step from `state`. A generator: one update is held at a time.
+    """
+    if effects.grads is None:
+        raise SampleEffectError("the batch terms need the per-prompt gradients (rl_prompt_effects(keep_grads=True))")
+    state = state or OptimizerState()
+    names = list(params)
+    informative = np.flatnonzero(~effects.zero_variance)
+    slot = {int(x): j for j, x in enumerate(informative)}
+    if len(effects.grads) != len(informative):
+        raise SampleEffectError("the kept gradients do not match the informative groups")
+    hypers = {n: state.hyper(n, update) for n in names}
+    for idx in batches:
+        chosen = [int(x) for x in idx if int(x) in slot]
+        if not chosen:
+            yield None
+            continue
+        w = effects.n_tokens[chosen].astype(np.float64)
+        w = w / w.sum()
+        g = {nm: sum(float(wi) * effects.grads[slot[x]][nm] for wi, x in zip(w, chosen)) for nm in names}
+        sq = sum((t.double() ** 2).sum() for t in g.values())
+        coef = float(clip_coefficients(sq.reshape(1), update.clip)[0])
+        yield {
+            nm: update_per_lr(
+                (g[nm] * coef).unsqueeze(0), params[nm].detach().to(g[nm].dtype), update, hypers[nm],
+                state.exp_avg.get(nm), state.exp_avg_sq.get(nm), state.step.get(nm, 0.0),
+            )[0]
+            for nm in names
+        }
+
+
 def batch_step_effects(
     effects: RLEffects,
     params: Mapping[str, torch.Tensor],
@@ -345,40 +386,48 @@ def batch_step_effects(
 ) -> np.ndarray:
     """Per unit lr, the first-order effect <U(clip(gbar_S)), G> of the trainer's step on each batch S of prompts.
 
-    gbar_S = sum n_x g_x / sum n_x over S's informative groups (the gradient of the trainer's
-    token-mean loss), clipped by its own norm as `clip_grad_norm_` clips the batch, then one
-    simulated optimiser step from `state`; a batch with no informative group takes no step (0).
-    Averaged over batches this is the expected first-order growth of a real step; its gap to the
-    positive effect is the noise effect of a non-linear update (Adam, clipping).
+    A batch with no informative group takes no step (0). Averaged over batches this is the
+    expected first-order growth of a real step; its gap to the positive effect is the noise
+    effect of a non-linear update (Adam, clipping). See `batch_updates`.
     """
-    if effects.grads is None:
-        raise SampleEffectError("the batch noise term needs the per-prompt gradients (rl_prompt_effects(keep_grads=True))")
-    state = state or OptimizerState()
-    names = list(params)
-    informative = np.flatnonzero(~effects.zero_variance)
-    slot = {int(x): j for j, x in enumerate(informative)}
-    if len(effects.grads) != len(informative):
-        raise SampleEffectError("the kept gradients do not match the informative groups")
-    hypers = {n: state.hyper(n, update) for n in names}
     out = np.zeros(len(batches))
-    for b, idx in enumerate(batches):
-        chosen = [int(x) for x in idx if int(x) in slot]
-        if not chosen:
-            continue
-        w = effects.n_tokens[chosen].astype(np.float64)
-        w = w / w.sum()
-        g = {nm: sum(float(wi) * effects.grads[slot[x]][nm] for wi, x in zip(w, chosen)) for nm in names}
-        sq = sum((t.double() ** 2).sum() for t in g.values())
-        coef = float(clip_coefficients(sq.reshape(1), update.clip)[0])
-        total = 0.0
-        for nm in names:
-            d = update_per_lr(
-                (g[nm] * coef).unsqueeze(0), params[nm].detach().to(g[nm].dtype), update, hypers[nm],
-                state.exp_avg.get(nm), state.exp_avg_sq.get(nm), state.step.get(nm, 0.0),
-            )[0]
-            total += float(torch.dot(d.flatten(), effects.target.vector[nm].to(d.dtype).flatten()))
-        out[b] = total
+    for b, d in enumerate(batch_updates(effects, params, update, state, batches)):
+        if d is not None:
+            out[b] = sum(float(torch.dot(v.flatten(), effects.target.vector[nm].to(v.dtype).flatten())) for nm, v in d.items())
     return out
+
+
+def second_order_effects(
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    effects: RLEffects,
+    update: UpdateConfig,
+    state: OptimizerState | None,
+    batches: Sequence[np.ndarray],
+    target_examples: Sequence[TokenizedExample],
+) -> np.ndarray:
+    """Per batch S, U_S^T H_T U_S / 2 (per unit lr^2) for T = -(mean target loss): the second-order change of T.
+
+    One Hessian-vector product per batch (split over torchrun ranks). With Adam every coordinate
+    moves by about lr, so this term grows with the number of parameters and can rival the
+    first-order growth at learning rates that look small.
+    """
+    from . import distributed as dist
+
+    hvp = target_loss_hvp(model, params, target_examples)
+    n = len(batches)
+    mine = set(dist.block(n)) if dist.active() else set(range(n))
+    local: dict[int, float] = {}
+    for b, d in enumerate(batch_updates(effects, params, update, state, batches)):
+        if b not in mine:
+            continue
+        if d is None:
+            local[b] = 0.0
+            continue
+        hd = hvp(d)
+        local[b] = -0.5 * float(sum((d[k].double() * hd[k].double()).sum() for k in d))  # H_T = -H_L
+    vals = dist.gather_blocks(n, local) if dist.active() else [local[b] for b in range(n)]
+    return np.asarray(vals, dtype=np.float64)
 
 
 def rl_noise_effect(
@@ -463,6 +512,7 @@ def predict_rl(
     n_boot: int = 2000,
     groups: Sequence[Sequence[Rollout]] | None = None,
     noise_draws: int = 256,
+    curvature_draws: int = 16,
 ) -> RLPrediction:
     """Predict the per-step growth of `target` under GRPO from this checkpoint, and rank the prompts.
 
@@ -471,7 +521,9 @@ def predict_rl(
     bootstrap 95% interval over prompts, and the noise effect: the second-order Hessian term (loss
     target and SGD; 0 for a direction) plus, for a non-linear update (Adam, clipping), the
     first-order batch term over `noise_draws` batch draws (every batch when there are fewer).
-    `params` is a regex over parameter names or the chosen parameters.
+    For a loss target, `curvature_draws` batches (0: off) also give the whole second-order term
+    (lr^2 / 2) E_S[U_S^T H_T U_S] and `growth_rate_second_order`, which says where the first-order
+    picture stops holding. `params` is a regex over parameter names or the chosen parameters.
     """
     t0 = time.perf_counter()
     update = (update or UpdateConfig()).validate()
@@ -484,6 +536,8 @@ def predict_rl(
         raise SampleEffectError(f"--bootstrap must be >= 1, got {n_boot}")
     if noise_draws < 1:
         raise SampleEffectError(f"--noise-draws must be >= 1, got {noise_draws}")
+    if curvature_draws < 0:
+        raise SampleEffectError(f"--curvature-draws must be >= 0, got {curvature_draws}")
     if isinstance(target, SelfTarget):
         raise SampleEffectError("a 'self' target has no meaning for RL prompts; use a loss, direction or accuracy target")
     chosen = select_parameters(model, params) if params is None or isinstance(params, str) else dict(params)
@@ -493,8 +547,10 @@ def predict_rl(
     want_hessian = noise and isinstance(target, LossTarget) and update.optimizer == "sgd"
     nonlinear = update.optimizer != "sgd" or update.clip is not None
     want_batch = noise and nonlinear
-    if want_hessian or want_batch:
-        _needs_noise_memory(chosen, n_prompts * (int(want_hessian) + int(want_batch)), compute)
+    want_second = noise and isinstance(target, LossTarget) and curvature_draws > 0
+    keep_grads = want_batch or want_second
+    if want_hessian or keep_grads:
+        _needs_noise_memory(chosen, n_prompts * (int(want_hessian) + int(keep_grads)), compute)
     from . import distributed as dist
 
     if dist.is_distributed():
@@ -515,7 +571,7 @@ def predict_rl(
     else:
         local = [list(groups[i]) for i in mine]
     eff = rl_prompt_effects(model, chosen, local, g, update, state, clip_eps, keep_updates=want_hessian,
-                            progress=compute.progress, keep_grads=want_batch) if local else None
+                            progress=compute.progress, keep_grads=keep_grads) if local else None
     if dist.active():
         eff, groups = _gather_effects(eff, local, mine, n_prompts, g, next(iter(chosen.values())).device)
     else:
@@ -538,6 +594,10 @@ def predict_rl(
     ses = [t["stderr"] for t in terms if t["stderr"] is not None and math.isfinite(t["stderr"])]
     noise_stderr = math.hypot(*ses) if ses else None
     note = f"second-order (Hessian) term: {hess['note']}; first-order batch term: {bat['note']}"
+    second = _second_order(model, chosen, eff, target, update, state, want_second, lr, prompts_per_step,
+                           curvature_draws, seed)
+    if second["effect"] is not None:  # first order (exact expectation over batches) + all of the second order
+        second["growth"] = positive + (bat["effect"] or 0.0) + second["effect"]
     eff.updates = eff.grads = None  # the kept updates are large; the record holds what they gave
     noise_add = noise_effect or 0.0
     record: dict[str, Any] = {
@@ -573,6 +633,11 @@ def predict_rl(
         "noise_batch_exact": bat["exact"],
         "noise_batch_draws": bat["draws"],
         "noise_note": note,
+        "second_order_effect": second["effect"],
+        "second_order_stderr": second["stderr"],
+        "second_order_draws": second["draws"],
+        "growth_rate_second_order": second["growth"],
+        "second_order_note": second["note"],
         "growth_rate": positive + noise_add,
         "growth_rate_ci95": [ci[0] + noise_add, ci[1] + noise_add],
         "n_bootstrap": n_boot,
@@ -619,6 +684,26 @@ def _gather_effects(  # type: ignore[no-untyped-def]
         rollout_effect=[r[5] for r in rows], target=g, updates=kept(7), grads=kept(8),
     )
     return merged, [r[6] for r in rows]
+
+
+def _second_order(  # type: ignore[no-untyped-def]
+    model, params, eff: RLEffects, target, update: UpdateConfig, state, wanted: bool, lr: float, prompts_per_step: int,
+    draws: int, seed: int,
+) -> dict:
+    """(lr^2 / 2) E_S[U_S^T H_T U_S] over `draws` batches (every batch when there are fewer), for a loss target."""
+    out: dict[str, Any] = {"effect": None, "stderr": None, "draws": 0, "growth": None}
+    if not wanted:
+        why = "off (--curvature-draws 0 or --no-noise)" if isinstance(target, LossTarget) else "needs a --target-data loss target"
+        return {**out, "note": why}
+    if not (~eff.zero_variance).any():
+        return {**out, "effect": 0.0, "stderr": 0.0, "note": "0, no prompt has reward variance"}
+    batches, exact = batch_draws(len(eff.effect), prompts_per_step, draws, seed + 1)
+    vals = lr * lr * second_order_effects(model, params, eff, update, state, batches, target.examples)
+    se = 0.0 if exact else (float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan"))
+    how = f"every one of the {len(vals)} batches" if exact else f"{len(vals)} random batches"
+    return {"effect": float(vals.mean()), "stderr": se, "draws": len(vals),
+            "note": f"(lr^2 / 2) U_S^T H_T U_S averaged over {how}; growth_rate_second_order = positive + "
+                    "first-order batch term + this (for SGD it contains the Hessian noise term)"}
 
 
 def _hessian_noise(model, params, eff: RLEffects, target, update: UpdateConfig, noise: bool, lr: float, b_eff: float) -> dict:  # type: ignore[no-untyped-def]

@@ -4,7 +4,8 @@ For each starting checkpoint (the paper's question: which SFT initialisation mak
 fastest), the prediction is made once, before training, from rollouts sampled with their own
 seed: the growth of T = -(mean target loss) per GRPO step under the trainer's own update (AdamW
 with its clipping, simulated by `predict_rl`: positive effect plus the first-order batch noise
-term), accumulated over the trainer's lr schedule. Then `train_grpo` runs from the same weights
+term; and with the second-order term, `predicted_second_order`), accumulated over the trainer's
+lr schedule. Then `train_grpo` runs from the same weights
 (several seeds if asked) and the target loss is evaluated every `eval_every` steps. Rank
 agreement across checkpoints compares the predicted growth with the actual slope.
 """
@@ -84,6 +85,7 @@ def rl_curve(
     lrs = np.asarray(grpo_lrs(cfg))
     scale = np.concatenate([[0.0], np.cumsum(lrs / cfg.lr)])  # steps weighted by lr_t / lr
     growth = float(pred["growth_rate"])
+    growth2 = pred.get("growth_rate_second_order")
     lo, hi = (float(v) for v in pred["growth_rate_ci95"])
     del model
     rows = []
@@ -105,6 +107,7 @@ def rl_curve(
                 "model": name, "run": run, "step": s, "actual": float(m["target_loss"]),
                 "predicted": start - growth * scale[s], "predicted_lo": start - hi * scale[s],
                 "predicted_hi": start - lo * scale[s],
+                "predicted_second_order": None if growth2 is None else start - float(growth2) * scale[s],
                 "zero_variance_groups": None if zv is None or (isinstance(zv, float) and math.isnan(zv)) else int(zv),
             })
     df = pd.DataFrame(rows)
@@ -118,6 +121,8 @@ def rl_curve(
         "predicted_positive_effect": pred["positive_effect"], "predicted_noise_effect": pred["noise_effect"],
         "predicted_zero_variance_fraction": pred["zero_variance_fraction"],
         "predicted_total_change": growth * float(scale[last]),
+        "predicted_growth_second_order": growth2,
+        "predicted_total_change_second_order": None if growth2 is None else float(growth2) * float(scale[last]),
         "actual_total_change": float(changes.mean()),
         "actual_total_change_se": float(changes.std(ddof=1) / math.sqrt(runs)) if runs > 1 else None,
         "actual_growth_per_step": -slope(df["step"], df["actual"]),

@@ -198,6 +198,49 @@ def test_growth_with_a_nonlinear_update_equals_the_mean_real_step_over_every_bat
     assert rec["positive_effect"] != pytest.approx(expected, rel=1e-3)  # and the positive effect alone is off
 
 
+def test_second_order_term_makes_the_adam_prediction_exact_to_third_order(model_dirs):
+    """Loss target, AdamW + clipping, every batch of 2 of 5 prompts: the mean real change of T = -target loss after
+    one torch AdamW step on the trainer's loss equals positive + batch term + (lr^2/2) E[U^T H_T U] up to O(lr^3);
+    at an lr where the first order alone is visibly off, the second-order prediction is far closer."""
+    import itertools
+
+    model, tok = load_model(model_dirs["llama"], "float64")
+    tgt, _ = tokenize_examples(examples_from_records(list(enumerate(TARGET, 1))), tok)
+    for seed in range(3, 40):
+        groups = sample_groups(model, tok, rl_prompts(5), long_completion, 4, 1.0, 3, seed=seed, progress=False)
+        if 2 <= sum(len(informative([g])) > 0 for g in groups) < len(groups):
+            break
+    else:
+        raise AssertionError("no seed gave both informative and zero-variance groups")
+    t0 = -float(example_loss_values(model, tgt).mean())
+    B, errors = 2, {}
+    for lr in (3e-4, 1e-3):
+        upd = UpdateConfig("adamw", lr=lr, clip=1.0, weight_decay=0.0)
+        rec = predict_rl(model, tok, [], long_completion, LossTarget(tgt), upd, groups=groups, prompts_per_step=B,
+                         compute=QUIET, n_boot=10, noise_draws=64, curvature_draws=64).record
+        assert rec["second_order_draws"] == math.comb(len(groups), B) and rec["second_order_stderr"] == 0.0
+        actual = []
+        for batch in itertools.combinations(range(len(groups)), B):
+            rollouts = informative([groups[i] for i in batch])
+            if not rollouts:
+                actual.append(0.0)
+                continue
+            stepped = copy.deepcopy(model)
+            opt = torch.optim.AdamW(stepped.parameters(), lr=lr, weight_decay=0.0)
+            grpo_batch_loss(stepped, rollouts).backward()
+            torch.nn.utils.clip_grad_norm_(list(stepped.parameters()), 1.0)
+            opt.step()
+            actual.append(-float(example_loss_values(stepped, tgt).mean()) - t0)
+        mean = float(np.mean(actual))
+        errors[lr] = (abs(rec["growth_rate"] - mean), abs(rec["growth_rate_second_order"] - mean), abs(mean))
+    print(f"|first-order error|, |second-order error|, |actual| per lr: {errors}")
+    for first, second, size in errors.values():
+        assert first > 1e-2 * size  # the first order alone is visibly off at these lrs
+        assert second < 0.1 * first
+    # the second-order error shrinks like lr^3 (3.3x the lr: ~37x the error), faster than the first-order one (~11x)
+    assert errors[1e-3][1] / errors[3e-4][1] > 20
+
+
 def test_batch_noise_draws_are_random_when_there_are_too_many_batches():
     from sample_effect.rl_predict import batch_draws
 

@@ -37,6 +37,9 @@ def test_rl_curves_cli_two_checkpoints(model_dirs, tmp_path, capsys):
         # constant lr: the predicted curve is a straight line with the predicted growth as slope
         np.testing.assert_allclose(part["predicted"], m["start_loss"] - m["predicted_growth_per_step"] * part["step"], rtol=1e-10)
         assert m["predicted_total_change"] == pytest.approx(3 * m["predicted_growth_per_step"])
+        g2 = m["prediction"]["growth_rate_second_order"]
+        assert g2 is not None and m["predicted_growth_second_order"] == g2
+        np.testing.assert_allclose(part["predicted_second_order"], m["start_loss"] - g2 * part["step"], rtol=1e-10)
         ends = part[part["step"] == 3].set_index("run")["actual"]
         assert m["actual_total_change"] == pytest.approx(float((start.set_index("run")["actual"] - ends).mean()))
         assert m["prediction"]["optimizer"] == "adamw" and m["prediction"]["clip"] == 1.0  # the trainer's update
