@@ -201,6 +201,8 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
         rollout_rows += [{"model": str(spec), **r} for r in pred.rollout_rows()]
         lo, hi = rec["positive_effect_ci95"]
         noise = "n/a" if rec["noise_effect"] is None else f"{rec['noise_effect']:.4g}"
+        if rec["growth_rate_second_order"] is not None:
+            noise += f"; with the second-order term {rec['growth_rate_second_order']:.4g}"
         print(
             f"{spec}: growth {rec['growth_rate']:.4g} per step toward '{rec['target']}' (positive {rec['positive_effect']:.4g}, "
             f"95% CI [{lo:.4g}, {hi:.4g}]; noise {noise}); zero-variance groups {rec['zero_variance_groups']}/{rec['n_prompts']}"

@@ -591,6 +591,8 @@ def predict_rl(
     bat = _batch_noise(chosen, eff, update, state, noise, nonlinear, lr, positive, prompts_per_step, noise_draws, seed)
     terms = [t for t in (hess, bat) if t["effect"] is not None]
     noise_effect = sum(t["effect"] for t in terms) if terms else None
+    if hess["effect"] is None and not nonlinear:  # the only term that could be non-zero was not estimated
+        noise_effect = None
     ses = [t["stderr"] for t in terms if t["stderr"] is not None and math.isfinite(t["stderr"])]
     noise_stderr = math.hypot(*ses) if ses else None
     note = f"second-order (Hessian) term: {hess['note']}; first-order batch term: {bat['note']}"
