@@ -600,6 +600,13 @@ def predict_rl(
                            curvature_draws, seed)
     if second["effect"] is not None:  # first order (exact expectation over batches) + all of the second order
         second["growth"] = positive + (bat["effect"] or 0.0) + second["effect"]
+    if bat.get("growth_stderr") is not None:  # non-linear update: the interval of the whole batch-step mean
+        half = 1.96 * bat["growth_stderr"]
+        growth_ci = [positive + (noise_effect or 0.0) - half, positive + (noise_effect or 0.0) + half]
+        ci_method = "U-statistic standard error over prompts of the simulated batch step (normal, 95%)"
+    else:
+        growth_ci = [ci[0] + (noise_effect or 0.0), ci[1] + (noise_effect or 0.0)]
+        ci_method = "bootstrap of the positive effect over prompts, shifted by the noise point estimate"
     eff.updates = eff.grads = None  # the kept updates are large; the record holds what they gave
     noise_add = noise_effect or 0.0
     record: dict[str, Any] = {
@@ -641,7 +648,8 @@ def predict_rl(
         "growth_rate_second_order": second["growth"],
         "second_order_note": second["note"],
         "growth_rate": positive + noise_add,
-        "growth_rate_ci95": [ci[0] + noise_add, ci[1] + noise_add],
+        "growth_rate_ci95": growth_ci,
+        "growth_rate_ci_method": ci_method,
         "n_bootstrap": n_boot,
         "seed": seed,
         "temperature": temperature if sampled else None,  # None: the rollouts were given, not sampled here
@@ -743,12 +751,36 @@ def _batch_noise(  # type: ignore[no-untyped-def]
         return {**out, "note": "not requested (--no-noise)"}
     if not (~eff.zero_variance).any():
         return {**out, "effect": 0.0, "note": "0, no prompt has reward variance"}
-    batches, exact = batch_draws(len(eff.effect), prompts_per_step, draws, seed)
+    n = len(eff.effect)
+    batches, exact = batch_draws(n, prompts_per_step, draws, seed)
     vals = lr * batch_step_effects(eff, params, update, state, batches)
     se = 0.0 if exact else (float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan"))
     how = f"every one of the {len(vals)} batches" if exact else f"{len(vals)} random batches"
     return {"effect": float(vals.mean()) - positive, "stderr": se, "exact": exact, "draws": len(vals),
+            "growth_stderr": batch_growth_stderr(vals, batches, n, min(prompts_per_step, n)),
             "note": f"E over {how} of the clipped, simulated batch step's effect, minus the positive effect"}
+
+
+def batch_growth_stderr(values: np.ndarray, batches: Sequence[np.ndarray], n: int, b: int) -> float | None:
+    """Standard error of the mean batch-step effect over fresh prompts and rollouts (None when b >= n).
+
+    The mean over batches of b prompts is a U-statistic of the n sampled prompt groups; its
+    variance is about (b^2 / n) Var(h(x)), h(x) the mean effect of the batches holding prompt x
+    (Hoeffding's first-order term). Estimated from the same draws, so the Monte Carlo noise in
+    h(x) makes it slightly conservative. This is the uncertainty a new sample of rollouts would
+    show, which a bootstrap of the per-prompt effects alone misses for a non-linear update.
+    """
+    if b >= n or n < 3:
+        return None
+    contains = np.zeros((len(batches), n))
+    for k, idx in enumerate(batches):
+        contains[k, idx] = 1.0
+    counts = contains.sum(0)
+    seen = counts > 0
+    if seen.sum() < 3:
+        return None
+    h = (contains.T @ values)[seen] / counts[seen]
+    return float(b / math.sqrt(n) * h.std(ddof=1))
 
 
 # ---------------------------------------------------------------------------------------------
