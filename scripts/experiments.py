@@ -10,6 +10,7 @@ time in OUT/timings-STAGES.json and gathers the small result tables into OUT/sum
     python scripts/experiments.py --out runs/experiments --stages q2,q3 --grpo-steps 4
 
 Stages: data, q1 (SFT dataset effects vs real SFT), q2 (SFT inits -> predicted vs actual GRPO growth),
+q2b (a stronger SFT start), q2c (kk-partial reward: predicted vs actual GRPO growth from three SFT starts),
 q3 (re-distilled data vs template styles), sources (every imitation-data source side by side: template,
 RFT, teacher distillation incl. SmolLM2-135M when the extra is installed, re-distilled; compare-sources + markers),
 summary. Later stages read earlier stages' files; a stage
@@ -32,7 +33,7 @@ STYLES = ("answer-only", "short-cot", "long-cot")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/experiments", help="output directory")
-    p.add_argument("--stages", default="data,q1,q2,q2b,q3,sources,summary")
+    p.add_argument("--stages", default="data,q1,q2,q2b,q2c,q3,sources,summary")
     p.add_argument("--python", default=sys.executable, help="interpreter that has sample_effect installed")
     p.add_argument("--seed", type=int, default=0, help="training / sampling seed passed to every command")
     p.add_argument("--data-seed", type=int, default=1, help="seed of the SFT puzzles (same puzzles in every style)")
@@ -69,6 +70,9 @@ def parse_args(argv=None):
     p.add_argument("--src-smollm2-prompts", type=int, default=24,
                    help="sources: the first N SFT puzzles for SmolLM2 (0 = skip it)")
     p.add_argument("--src-smollm2-tokens", type=int, default=128, help="sources: SmolLM2 max new tokens")
+    p.add_argument("--q2c-prompts", type=int, default=64, help="q2c: 2-person RL prompts")
+    p.add_argument("--q2c-seeds", type=int, default=4, help="q2c: predict-rl rollout seeds per start")
+    p.add_argument("--q2c-runs", type=int, default=24, help="q2c: real first GRPO steps per start and lr")
     p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads per command (default 1)")
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
@@ -269,6 +273,47 @@ def stage_q2b(R: Runner):
     R.se("plot", "predict-rl", f"{q}/predict_rl.json", "--out", f"{q}/predict_rl.png", label="plot", check=False)
     R.se("plot", "quantiles", grpo, "--bucket", 2, "--min-count", 3, "--out", f"{q}/quantiles.png", label="plot",
          check=False)
+
+
+def stage_q2c(R: Runner):
+    """RL growth predicted vs actual where GRPO has a signal: the shaped `kk-partial` reward (share of the people
+    named correctly in the box) from three SFT starts of the stronger recipe (its checkpoints after 40, 80 and
+    120 steps), on 64 two-person RL prompts. One-step checks (many real first steps per start, two lrs), 10-step
+    curves, and the prediction's spread over rollout seeds."""
+    a = R.args
+    q = R.p("q2c")
+    os.makedirs(q, exist_ok=True)
+    rl = f"{q}/rl.jsonl"
+    if not R.done(rl):
+        R.se("kk", "--people", 2, "--n", a.q2c_prompts, "--seed", a.data_seed + 7000, "--style", "answer-only",
+             "--id-prefix", "rl64", "--out", rl, label="kk")
+    data = f"{R.p('q2b')}/train-answer-only-2p.jsonl"
+    if not Path(data).exists():
+        train_strong_sft(R)
+    run = f"{q}/sft"
+    if not R.done(f"{run}/final"):
+        R.se("train-sft", "--model", "tiny", "--data", data, "--eval-data", R.p("data", "rl-eval.jsonl"), "--reward", "kk",
+             "--out", run, "--lr", a.strong_lr, "--batch-size", 4, "--steps", a.strong_steps, "--schedule", "cosine",
+             "--warmup-steps", 5, "--eval-every", 40, "--save-every", 40, "--eval-max-new-tokens", 64, "--seed", a.seed,
+             label="q2c train-sft (checkpoints every 40 steps)")
+    starts = [f"{run}/checkpoint-40", f"{run}/checkpoint-80", f"{run}/final"]
+    models = [x for m in starts for x in ("--model", m)]
+    common = ["--prompts", rl, "--reward", "kk-partial", "--target-data", R.p("data", "target.jsonl"),
+              "--group-size", a.group_size, "--max-new-tokens", 64]
+    for seed in range(a.q2c_seeds):
+        out = f"{q}/predict_seed{seed}.json"
+        if not R.done(out):
+            R.se("predict-rl", *models, *common, "--optimizer", "adamw", "--weight-decay", 0, "--clip", 1.0, "--lr", 1e-4,
+                 "--prompts-per-step", 8, "--seed", 1000 + seed, "--out", out, label=f"q2c predict-rl seed {seed}")
+    for lr in ("1e-4", "1e-5"):
+        out = f"{q}/step1_lr{lr}.json"
+        if not R.done(out):
+            R.se("validate", "rl-curves", *models, *common, "--steps", 1, "--prompts-per-step", 8, "--lr", lr,
+                 "--runs", a.q2c_runs, "--eval-every", 1, "--out", out, label=f"q2c one-step check lr {lr}")
+    out = f"{q}/curves.json"
+    if not R.done(out):
+        R.se("validate", "rl-curves", *models, *common, "--steps", 10, "--prompts-per-step", 8, "--lr", "1e-4",
+             "--runs", 3, "--eval-every", 2, "--out", out, label="q2c 10-step curves")
 
 
 def stage_q3(R: Runner):
@@ -531,7 +576,8 @@ def stage_summary(R: Runner):
 def main(argv=None):
     a = parse_args(argv)
     R = Runner(a)
-    stages = {"data": stage_data, "q1": stage_q1, "q2": stage_q2, "q2b": stage_q2b, "q3": stage_q3, "sources": stage_sources,
+    stages = {"data": stage_data, "q1": stage_q1, "q2": stage_q2, "q2b": stage_q2b, "q2c": stage_q2c, "q3": stage_q3,
+              "sources": stage_sources,
               "summary": stage_summary}
     t0 = time.time()
     for s in a.stages.split(","):
