@@ -310,3 +310,51 @@ def test_documented_torchrun_runs(where, command, sandboxes):
     assert run.returncode == 0, f"{where}: `{command}` failed:\n{run.stderr[-3000:]}"
     for out in flag_values(argv, "--out"):
         assert (box / out).exists(), f"{where}: `{command}` did not write {out}"
+
+
+def inline_plot_commands() -> list[tuple[str, str]]:
+    """(file:line, command) for every `sample-effect plot ...` written inline in backticks (tables, prose)."""
+    found = []
+    for path in DOCS:
+        if path.name == "cli.md":
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            for m in re.finditer(r"`(sample-effect plot [^`]+)`", line):
+                found.append((f"{path.name}:{i}", m.group(1).replace("\\|", "|")))
+    return found
+
+
+INLINE = inline_plot_commands()
+# Size overrides for inline commands: the sandbox's GRPO run has 1 step of 2 groups of 2 short rollouts.
+INLINE_OVERRIDES = {"plot quantile-curves": "--steps 1 --min-count 1", "plot quantiles": "--min-count 1"}
+# Inline commands whose input only a Python snippet writes (snippets are not run here).
+INLINE_NOT_RUN = {
+    "sample-effect plot training runs/sft/target.csv --y actual_change --out change.png":
+        "runs/sft/target.csv is written by the TRL callback of the Python snippet",
+}
+
+
+@pytest.mark.parametrize(("where", "command"), INLINE, ids=[w for w, _ in INLINE])
+def test_documented_inline_plot_runs(where, command, sandboxes):
+    """Runs after every code-block command (module order), in the same document sandbox: its inputs exist."""
+    if command in INLINE_NOT_RUN:
+        from sample_effect.cli import build_parser
+
+        build_parser().parse_args(shlex.split(command)[1:])  # it still parses
+        pytest.skip(INLINE_NOT_RUN[command])
+    argv = shlex.split(command)[1:]
+    if len(argv) < 3 or argv[1] == "KIND":  # a mention (`sample-effect plot quantiles`) or the syntax line
+        return
+    argv += shlex.split(INLINE_OVERRIDES.get(" ".join(argv[:2]), ""))
+    doc = where.split(":")[0]
+    box = sandboxes(doc)
+    outputs = flag_values(argv, "--out")
+    for out in outputs:  # with what is written next to it, but never an input of this command
+        side = [out.removesuffix(Path(out).suffix) + s for s in SIDE_SUFFIXES]
+        for p in [box / out, *(box / f for f in side if f not in argv)]:
+            if p.exists():
+                p.unlink()
+    with working_dir(box):
+        run_cli([*argv, "--debug"])
+    for out in outputs:
+        assert (box / out).exists(), f"{where}: `{command}` did not write {out}"
