@@ -82,7 +82,8 @@ def predicted_curves(curves_: Sequence[Any], path: str | os.PathLike) -> None:
 def predicted_vs_actual(df: pd.DataFrame, path: str | os.PathLike, title: str = "Predicted vs actual target loss during SFT") -> None:
     """Actual target loss of real runs (solid, markers) against the predicted curve (dashed), per dataset."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    many = df["dataset"].nunique() > 2
+    fig, ax = plt.subplots(figsize=(9.2 if many else 6.4, 4))
     for name, g in df.groupby("dataset", sort=False):
         line = ax.plot(g["step"], g["actual"], marker="o", ms=3, label=f"{name}: actual")[0]
         ax.plot(g["step"], g["predicted"], ls="--", color=line.get_color(), label=f"{name}: predicted")
@@ -92,7 +93,10 @@ def predicted_vs_actual(df: pd.DataFrame, path: str | os.PathLike, title: str = 
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("target loss (nats/token)")
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    if many:  # beside the axes, so that it hides no curve
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     _save(fig, path)
 

@@ -546,6 +546,44 @@ def pick_redistill_source(R: Runner):
     return best
 
 
+def q2c_summary(q: Path) -> dict:
+    """Per start: predicted growth over rollout seeds (first order and with the second-order term), the one-step
+    checks (mean real first step +- its standard error vs the prediction) and the 10-step curves."""
+    import statistics as st
+
+    def short(m):
+        return Path(m).name  # checkpoint-40, checkpoint-80, final
+
+    out: dict = {"predict": {}, "step1": {}, "curves": {}}
+    for f in sorted(q.glob("predict_seed*.json")):
+        for r in json.loads(f.read_text()):
+            d = out["predict"].setdefault(short(r["model"]), {"growth": [], "growth_second_order": [], "zero_variance": [],
+                                                               "ci95": []})
+            d["growth"].append(r["growth_rate"])
+            d["growth_second_order"].append(r["growth_rate_second_order"])
+            d["zero_variance"].append(f"{r['zero_variance_groups']}/{r['n_prompts']}")
+            d["ci95"].append(r["growth_rate_ci95"])
+    for d in out["predict"].values():
+        for k in ("growth", "growth_second_order"):
+            d[k + "_mean"] = st.mean(d[k])
+            d[k + "_sd"] = st.stdev(d[k]) if len(d[k]) > 1 else None
+    for f in sorted(q.glob("step1_lr*.json")):
+        lr = f.stem.split("_lr")[1]
+        for m in json.loads(f.read_text())["models"]:
+            out["step1"].setdefault(lr, {})[short(m["name"])] = {
+                "actual": m["actual_total_change"], "actual_se": m["actual_total_change_se"], "runs": m["runs"],
+                "predicted": m["predicted_growth_per_step"], "predicted_ci95": m["predicted_growth_ci95"],
+                "predicted_second_order": m["predicted_growth_second_order"]}
+    if (q / "curves.json").exists():
+        doc = json.loads((q / "curves.json").read_text())
+        out["curves"] = {short(m["name"]): {k: m[k] for k in ("predicted_total_change", "predicted_total_change_second_order",
+                                                              "actual_total_change", "actual_total_change_se",
+                                                              "predicted_growth_per_step", "actual_growth_per_step")}
+                         for m in doc["models"]}
+        out["curves"]["agreement"] = doc["agreement"]
+    return out
+
+
 def stage_summary(R: Runner):
     q2 = Path(R.p("q2"))
     out = {}
@@ -566,6 +604,8 @@ def stage_summary(R: Runner):
             by.setdefault(src, []).append(float(r["effect"]))
         out["q3_effect_by_source"] = {k: {"n": len(v), "mean": sum(v) / len(v), "min": min(v), "max": max(v)}
                                       for k, v in by.items()}
+    if Path(R.p("q2c", "predict_seed0.json")).exists():
+        out["q2c"] = q2c_summary(Path(R.p("q2c")))
     if Path(R.p("sources", "compare.csv")).exists():
         out["sources"] = read_csv(R.p("sources", "compare.csv"))
     out["timings"] = [t for f in sorted(R.out.glob("timings*.json")) for t in json.loads(f.read_text())]
