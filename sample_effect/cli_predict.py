@@ -70,7 +70,7 @@ def add_predict_rl_parser(sub: argparse._SubParsersAction, common: Common) -> No
     p.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16 (float32 accumulation)")
     p.add_argument("--max-length", type=int, default=None, help="with --target-data: truncate sequences to this many tokens")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per chunk for the target gradient (speed/memory only)")
-    p.add_argument("--memory-budget", default="4GB", help="memory budget, e.g. 4GB (also bounds the noise effect's stored updates)")
+    p.add_argument("--memory-budget", default="4GB", help="memory budget, e.g. 4GB; the noise terms' per-prompt gradients over it are skipped (default 4GB)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates over prompts for the 95%% interval (default 2000)")
     p.add_argument("--no-noise", action="store_true",
                    help="skip the noise effect (Hessian-vector products; batch draws for Adam or clipping)")

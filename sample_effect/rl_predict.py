@@ -39,6 +39,7 @@ REINFORCE from completions sampled on test prompts (`accuracy_target_vector`).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -76,6 +77,8 @@ from .trainers.grpo import (
     rollout_group,
     set_advantages,
 )
+
+log = logging.getLogger("sample_effect")
 
 BASELINES = ("loo", "none")
 
@@ -480,15 +483,15 @@ class RLPrediction:
         return rows
 
 
-def _needs_noise_memory(params: Mapping[str, torch.Tensor], n_prompts: int, compute: ComputeConfig) -> None:
+def _noise_memory_note(params: Mapping[str, torch.Tensor], copies: int, compute: ComputeConfig) -> str | None:
+    """Why the kept per-prompt tensors of the noise terms do not fit the memory budget (None when they fit)."""
     acc = accumulation_dtype(next(iter(params.values())).dtype)
-    need = n_prompts * sum(p.numel() for p in params.values()) * torch.empty((), dtype=acc).element_size()
+    need = copies * sum(p.numel() for p in params.values()) * torch.empty((), dtype=acc).element_size()
     budget = compute.budget_bytes()
     if budget is not None and need > budget:
-        raise SampleEffectError(
-            f"the noise effect keeps one update per prompt (about {need / 1e9:.3g} GB for {n_prompts} prompts), "
-            f"more than the memory budget {budget / 1e9:.3g} GB; pass --no-noise, fewer prompts, --params or a larger --memory-budget"
-        )
+        return (f"skipped: the noise terms keep one gradient per prompt (about {need / 1e9:.3g} GB), more than the "
+                f"memory budget {budget / 1e9:.3g} GB; pass fewer prompts, --params or a larger --memory-budget")
+    return None
 
 
 def predict_rl(
@@ -549,8 +552,12 @@ def predict_rl(
     want_batch = noise and nonlinear
     want_second = noise and isinstance(target, LossTarget) and curvature_draws > 0
     keep_grads = want_batch or want_second
+    memory_note = None
     if want_hessian or keep_grads:
-        _needs_noise_memory(chosen, n_prompts * (int(want_hessian) + int(keep_grads)), compute)
+        memory_note = _noise_memory_note(chosen, n_prompts * (int(want_hessian) + int(keep_grads)), compute)
+        if memory_note is not None:  # the positive effect needs none of it: report it, and say why the rest is missing
+            log.warning("predict-rl: noise and second-order terms %s", memory_note)
+            noise = want_hessian = want_batch = want_second = keep_grads = False
     from . import distributed as dist
 
     if dist.is_distributed():
@@ -587,8 +594,9 @@ def predict_rl(
     ci = (lr * float(np.percentile(boot, 2.5)), lr * float(np.percentile(boot, 97.5)))
     b_eff = batch * (n - n_zero) / n
     positive = lr * per_lr
-    hess = _hessian_noise(model, chosen, eff, target, update, noise, lr, b_eff)
-    bat = _batch_noise(chosen, eff, update, state, noise, nonlinear, lr, positive, prompts_per_step, noise_draws, seed)
+    hess = _hessian_noise(model, chosen, eff, target, update, noise, lr, b_eff, memory_note)
+    bat = _batch_noise(chosen, eff, update, state, noise, nonlinear, lr, positive, prompts_per_step, noise_draws, seed,
+                       memory_note)
     terms = [t for t in (hess, bat) if t["effect"] is not None]
     noise_effect = sum(t["effect"] for t in terms) if terms else None
     if hess["effect"] is None and not nonlinear:  # the only term that could be non-zero was not estimated
@@ -597,7 +605,7 @@ def predict_rl(
     noise_stderr = math.hypot(*ses) if ses else None
     note = f"second-order (Hessian) term: {hess['note']}; first-order batch term: {bat['note']}"
     second = _second_order(model, chosen, eff, target, update, state, want_second, lr, prompts_per_step,
-                           curvature_draws, seed)
+                           curvature_draws, seed, memory_note)
     if second["effect"] is not None:  # first order (exact expectation over batches) + all of the second order
         second["growth"] = positive + (bat["effect"] or 0.0) + second["effect"]
     if bat.get("growth_stderr") is not None:  # non-linear update: the interval of the whole batch-step mean
@@ -698,12 +706,13 @@ def _gather_effects(  # type: ignore[no-untyped-def]
 
 def _second_order(  # type: ignore[no-untyped-def]
     model, params, eff: RLEffects, target, update: UpdateConfig, state, wanted: bool, lr: float, prompts_per_step: int,
-    draws: int, seed: int,
+    draws: int, seed: int, memory_note: str | None = None,
 ) -> dict:
     """(lr^2 / 2) E_S[U_S^T H_T U_S] over `draws` batches (every batch when there are fewer), for a loss target."""
     out: dict[str, Any] = {"effect": None, "stderr": None, "draws": 0, "growth": None}
     if not wanted:
         why = "off (--curvature-draws 0 or --no-noise)" if isinstance(target, LossTarget) else "needs a --target-data loss target"
+        why = memory_note if memory_note and isinstance(target, LossTarget) else why
         return {**out, "note": why}
     if not (~eff.zero_variance).any():
         return {**out, "effect": 0.0, "stderr": 0.0, "note": "0, no prompt has reward variance"}
@@ -716,7 +725,10 @@ def _second_order(  # type: ignore[no-untyped-def]
                     "first-order batch term + this (for SGD it contains the Hessian noise term)"}
 
 
-def _hessian_noise(model, params, eff: RLEffects, target, update: UpdateConfig, noise: bool, lr: float, b_eff: float) -> dict:  # type: ignore[no-untyped-def]
+def _hessian_noise(  # type: ignore[no-untyped-def]
+    model, params, eff: RLEffects, target, update: UpdateConfig, noise: bool, lr: float, b_eff: float,
+    memory_note: str | None = None,
+) -> dict:
     """(lr^2 / 2b) tr(H_T Sigma_w) where it is defined and estimated; else None (or 0) with the reason."""
     m = int((~eff.zero_variance).sum())
     out: dict[str, Any] = {"effect": None, "stderr": None, "trace": None}
@@ -727,7 +739,7 @@ def _hessian_noise(model, params, eff: RLEffects, target, update: UpdateConfig, 
     if not isinstance(target, LossTarget):
         return {**out, "note": "not estimated for a precomputed target vector"}
     if not noise:
-        return {**out, "note": "not requested (--no-noise)"}
+        return {**out, "note": memory_note or "not requested (--no-noise)"}
     if update.optimizer != "sgd":
         return {**out, "note": "not estimated for Adam (O(lr^2); the first-order batch term dominates at small lr)"}
     if m < 2:
@@ -741,14 +753,14 @@ def _hessian_noise(model, params, eff: RLEffects, target, update: UpdateConfig, 
 
 def _batch_noise(  # type: ignore[no-untyped-def]
     params, eff: RLEffects, update: UpdateConfig, state, noise: bool, nonlinear: bool, lr: float, positive: float,
-    prompts_per_step: int, draws: int, seed: int,
+    prompts_per_step: int, draws: int, seed: int, memory_note: str | None = None,
 ) -> dict:
     """lr E_S <U(clip(gbar_S)), G> - positive effect, over batch draws; 0 for a linear update."""
     out: dict[str, Any] = {"effect": None, "stderr": None, "exact": None, "draws": 0}
     if not nonlinear:
         return {**out, "effect": 0.0, "note": "0, SGD without clipping is linear in the gradient"}
     if not noise:
-        return {**out, "note": "not requested (--no-noise)"}
+        return {**out, "note": memory_note or "not requested (--no-noise)"}
     if not (~eff.zero_variance).any():
         return {**out, "effect": 0.0, "note": "0, no prompt has reward variance"}
     n = len(eff.effect)

@@ -577,3 +577,24 @@ def test_batch_growth_stderr_is_calibrated_for_a_nonlinear_kernel():
     ratio = float(np.mean(ses)) / float(np.std(means, ddof=1))
     print(f"mean formula SE / empirical SD over pools: {ratio:.3f}")
     assert 0.8 < ratio < 1.25
+
+
+def test_noise_terms_over_the_memory_budget_are_skipped_with_the_reason(model_dirs, caplog):
+    """The positive effect needs no per-prompt gradients: over budget, it is still reported and the noise terms are null."""
+    model, tok = load_model(model_dirs["gpt2"], "float64")
+    tgt, _ = tokenize_examples(examples_from_records(list(enumerate(TARGET, 1))), tok)
+    n = len(TRAIN)
+    groups = sample_groups(model, tok, rl_prompts(n), long_completion, 4, 1.0, 3, seed=0, progress=False)
+    upd = UpdateConfig("adamw", lr=1e-4, clip=1.0)
+    full = predict_rl(model, tok, [], long_completion, LossTarget(tgt), upd, groups=groups, prompts_per_step=2,
+                      compute=QUIET, n_boot=10).record
+    kept = n * sum(p.numel() for p in model.parameters()) * 8  # one float64 gradient per prompt
+    tight = ComputeConfig(progress=False, memory_budget=kept - 1)  # enough for the target gradient, not for those
+    with caplog.at_level("WARNING", logger="sample_effect"):
+        small = predict_rl(model, tok, [], long_completion, LossTarget(tgt), upd, groups=groups, prompts_per_step=2,
+                           compute=tight, n_boot=10).record
+    assert small["positive_effect"] == pytest.approx(full["positive_effect"], rel=1e-12)
+    assert full["noise_effect"] is not None and full["second_order_effect"] is not None
+    assert small["noise_effect"] is None and small["second_order_effect"] is None
+    assert "memory budget" in small["noise_note"] and "memory budget" in small["second_order_note"]
+    assert "memory budget" in caplog.text
