@@ -32,26 +32,25 @@ def last_boxed(text: str) -> str | None:
     return found[-1] if found else None
 
 
+def _boxed_parts(completion: str, finished: bool) -> list[str] | None:
+    """The last box's comma-separated parts, stripped, of a finished completion (None: unfinished or no box)."""
+    box = last_boxed(completion) if finished else None
+    return None if box is None else [part.strip() for part in box.split(", ")]
+
+
 def kk_reward(prompt: str, completion: str, answer: str, finished: bool = True) -> float:
     """The Knights-and-Knaves reward: finished, and the last box has exactly the answer's parts in any order."""
-    if not finished:
-        return 0.0
-    box = last_boxed(completion)
-    if box is None:
-        return 0.0
-    got = sorted(part.strip() for part in box.split(", "))
+    got = _boxed_parts(completion, finished)
     want = sorted(part.strip() for part in answer.split(", "))
-    return 1.0 if got == want else 0.0
+    return 1.0 if got is not None and sorted(got) == want else 0.0
 
 
 def kk_partial_reward(prompt: str, completion: str, answer: str, finished: bool = True) -> float:
     """Partial K&K credit: share of the answer's parts in the last box (0 when unfinished, unboxed or over-long)."""
-    if not finished:
+    parts = _boxed_parts(completion, finished)
+    if parts is None:
         return 0.0
-    box = last_boxed(completion)
-    if box is None:
-        return 0.0
-    got = {part.strip() for part in box.split(", ") if part.strip()}
+    got = {part for part in parts if part}
     want = [part.strip() for part in answer.split(", ")]
     if not want or len(got) > len(want):
         return 0.0

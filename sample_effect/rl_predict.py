@@ -196,6 +196,35 @@ def step_effect(effect: np.ndarray, n_tokens: np.ndarray, zero_variance: np.ndar
     return float((w * effect).sum() / den) if den > 0 else 0.0
 
 
+def simulated_step(
+    g: Mapping[str, torch.Tensor],
+    params: Mapping[str, torch.Tensor],
+    update: UpdateConfig,
+    hypers: Mapping[str, Any],
+    state: OptimizerState,
+) -> tuple[dict[str, torch.Tensor], float]:
+    """U(clip(g)) per unit lr for one gradient (a dict over parameters) from `state`, and ||g||.
+
+    Clipping is by the gradient's own norm over all its parameters, as `clip_grad_norm_` clips
+    a batch: used for one prompt group (the sample effect) and for a batch's mean gradient.
+    """
+    sq = sum((t.double() ** 2).sum() for t in g.values())
+    coef = float(clip_coefficients(sq.reshape(1), update.clip)[0])
+    step = {
+        nm: update_per_lr(
+            (t * coef if update.clip is not None else t).unsqueeze(0), params[nm].detach().to(t.dtype), update,
+            hypers[nm], state.exp_avg.get(nm), state.exp_avg_sq.get(nm), state.step.get(nm, 0.0),
+        )[0]
+        for nm, t in g.items()
+    }
+    return step, float(sq.sqrt())
+
+
+def _dot(d: Mapping[str, torch.Tensor], vector: Mapping[str, torch.Tensor]) -> float:
+    """<d, vector> over d's parameters, accumulated in d's dtype."""
+    return sum(float(torch.dot(v.flatten(), vector[nm].to(v.dtype).flatten())) for nm, v in d.items())
+
+
 def rl_prompt_effects(
     model: torch.nn.Module,
     params: Mapping[str, torch.Tensor],
@@ -262,23 +291,10 @@ def rl_prompt_effects(
         g = {nm: gr.detach().to(acc) for nm, gr in zip(names, grads)}
         if kept_grads is not None:
             kept_grads.append(g)
-        sq = sum((t.double() ** 2).sum() for t in g.values())
-        coef = float(clip_coefficients(sq.reshape(1), update.clip)[0])
-        gnorm[k] = float(sq.sqrt())
-        total = 0.0
-        kept = {}
-        for nm in names:
-            gi = g[nm] * coef if update.clip is not None else g[nm]
-            d = update_per_lr(
-                gi.unsqueeze(0), params[nm].detach().to(acc), update, hypers[nm],
-                state.exp_avg.get(nm), state.exp_avg_sq.get(nm), state.step.get(nm, 0.0),
-            )[0]
-            total += float(torch.dot(d.flatten(), target.vector[nm].to(d.dtype).flatten()))
-            if updates is not None:
-                kept[nm] = d
-        effect[k] = total
+        d, gnorm[k] = simulated_step(g, params, update, hypers, state)
+        effect[k] = _dot(d, target.vector)
         if updates is not None:
-            updates.append(kept)
+            updates.append(d)
     return RLEffects(
         ids=[g[0].prompt_id for g in groups], effect=effect, n_tokens=n_tokens, zero_variance=zero,
         reward_mean=reward_mean, grad_norm=gnorm, rollout_effect=shares, target=target, updates=updates,
@@ -369,15 +385,7 @@ def batch_updates(
         w = effects.n_tokens[chosen].astype(np.float64)
         w = w / w.sum()
         g = {nm: sum(float(wi) * effects.grads[slot[x]][nm] for wi, x in zip(w, chosen)) for nm in names}
-        sq = sum((t.double() ** 2).sum() for t in g.values())
-        coef = float(clip_coefficients(sq.reshape(1), update.clip)[0])
-        yield {
-            nm: update_per_lr(
-                (g[nm] * coef).unsqueeze(0), params[nm].detach().to(g[nm].dtype), update, hypers[nm],
-                state.exp_avg.get(nm), state.exp_avg_sq.get(nm), state.step.get(nm, 0.0),
-            )[0]
-            for nm in names
-        }
+        yield simulated_step(g, params, update, hypers, state)[0]
 
 
 def batch_step_effects(
@@ -396,7 +404,7 @@ def batch_step_effects(
     out = np.zeros(len(batches))
     for b, d in enumerate(batch_updates(effects, params, update, state, batches)):
         if d is not None:
-            out[b] = sum(float(torch.dot(v.flatten(), effects.target.vector[nm].to(v.dtype).flatten())) for nm, v in d.items())
+            out[b] = _dot(d, effects.target.vector)
     return out
 
 
