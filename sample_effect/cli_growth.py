@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from .errors import SampleEffectError
@@ -167,12 +166,11 @@ def add_validate_curves_parser(checks: argparse._SubParsersAction, common: Commo
 
 def cmd_validate_curves(args: argparse.Namespace) -> None:
     """Predict, train, compare."""
-    from scipy.stats import pearsonr, spearmanr
-
     from .io import atomic_open, write_table
     from .plots import predicted_vs_actual
     from .sft_predict import total_steps
     from .trainers import train_sft
+    from .validation import rank_agreement
 
     if not args.target_data:
         raise SampleEffectError("validate curves needs --target-data (the actual target is the eval loss of the real runs)")
@@ -198,14 +196,8 @@ def cmd_validate_curves(args: argparse.Namespace) -> None:
         summary.append({**curve.summary(), "actual_total_change": actual_change,
                         "actual_final_value": float(metrics["eval_loss"].iloc[-1])})
     df = pd.DataFrame(rows)
-    pred_c = [s["predicted_total_change"] for s in summary]
-    act_c = [s["actual_total_change"] for s in summary]
-    agreement: dict[str, Any] = {"n_datasets": len(summary)}
-    if len(summary) >= 3:
-        agreement["spearman"] = float(spearmanr(pred_c, act_c)[0])
-        agreement["pearson"] = float(pearsonr(pred_c, act_c)[0])
-    elif len(summary) == 2:
-        agreement["same_order"] = bool(np.sign(pred_c[0] - pred_c[1]) == np.sign(act_c[0] - act_c[1]))
+    agreement = rank_agreement([s["predicted_total_change"] for s in summary],
+                               [s["actual_total_change"] for s in summary], "n_datasets")
     write_table(df, csv)
     predicted_vs_actual(df, png)
     with atomic_open(out) as f:

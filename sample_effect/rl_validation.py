@@ -132,15 +132,8 @@ def rl_curve(
 
 
 def agreement(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Rank agreement across checkpoints of predicted growth vs actual slope (Spearman/Pearson from 3, order for 2)."""
-    pred = [s["predicted_growth_per_step"] for s in summaries]
-    act = [s["actual_growth_per_step"] for s in summaries]
-    out: dict[str, Any] = {"n_models": len(summaries)}
-    if len(summaries) >= 3:
-        from scipy.stats import pearsonr, spearmanr
+    """Rank agreement across checkpoints of predicted growth vs actual slope (`validation.rank_agreement`)."""
+    from .validation import rank_agreement
 
-        out["spearman"] = float(spearmanr(pred, act)[0])
-        out["pearson"] = float(pearsonr(pred, act)[0])
-    elif len(summaries) == 2:
-        out["same_order"] = bool(np.sign(pred[0] - pred[1]) == np.sign(act[0] - act[1]))
-    return out
+    return rank_agreement([s["predicted_growth_per_step"] for s in summaries],
+                          [s["actual_growth_per_step"] for s in summaries], "n_models")

@@ -91,6 +91,19 @@ def linearization_check(
     return LinearizationResult(df, pd.DataFrame(summary))
 
 
+def rank_agreement(predicted: Sequence[float], actual: Sequence[float], count_key: str = "n_runs") -> dict:
+    """How well predicted changes order the actual ones across runs: Spearman and Pearson from 3 runs, same order for 2."""
+    out: dict = {count_key: len(predicted)}
+    if len(predicted) >= 3:
+        from scipy.stats import pearsonr, spearmanr
+
+        out["spearman"] = float(spearmanr(predicted, actual)[0])
+        out["pearson"] = float(pearsonr(predicted, actual)[0])
+    elif len(predicted) == 2:
+        out["same_order"] = bool(np.sign(predicted[0] - predicted[1]) == np.sign(actual[0] - actual[1]))
+    return out
+
+
 def plot_linearization(result: LinearizationResult, path: str) -> None:
     """One scatter panel per lr: predicted lr * e(s) against the actual drop, with the y = x line."""
     from .plots import _plt, _save
