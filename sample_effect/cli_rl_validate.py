@@ -14,7 +14,7 @@ Common = Callable[[argparse.ArgumentParser], None]
 
 def add_validate_rl_curves_parser(checks: argparse._SubParsersAction, common: Common) -> None:
     """Register `validate rl-curves`."""
-    from .cli_train import _clip_arg, _nonneg_int
+    from .cli_train import add_grpo_schedule_args
 
     p = checks.add_parser(
         "rl-curves", help="predicted vs actual target curves over real GRPO runs, per starting checkpoint",
@@ -28,17 +28,7 @@ def add_validate_rl_curves_parser(checks: argparse._SubParsersAction, common: Co
     p.add_argument("--prompts", required=True, help='RL JSONL: {"id", "prompt", "answer"}')
     p.add_argument("--reward", default="kk", help="kk, kk-partial, exact, boxed or module:function (default kk)")
     p.add_argument("--target-data", required=True, metavar="FILE", help="target: the mean loss over this SFT JSONL")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--prompts-per-step", type=int, default=8)
-    p.add_argument("--group-size", type=int, default=8)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--clip-eps", type=float, default=0.2)
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--max-grad-norm", type=_clip_arg, default=1.0, help="clip_grad_norm_ threshold (0 = off)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--schedule", default="constant", help="constant or cosine (after linear warmup)")
-    p.add_argument("--warmup-steps", type=_nonneg_int, default=0)
+    add_grpo_schedule_args(p)
     p.add_argument("--eval-every", type=int, default=1, help="evaluate the target loss every k steps (default 1)")
     p.add_argument("--runs", type=int, default=1, help="real GRPO runs per checkpoint, seeds --seed, --seed+1, ... (default 1)")
     p.add_argument("--seed", type=int, default=0, help="first trainer seed (default 0)")
@@ -56,6 +46,7 @@ def cmd_validate_rl_curves(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from .cli_growth import _outputs
+    from .cli_train import grpo_config_from_args
     from .data import load_examples, tokenize_examples
     from .engine import ComputeConfig
     from .io import atomic_open, write_table
@@ -64,7 +55,7 @@ def cmd_validate_rl_curves(args: argparse.Namespace) -> None:
     from .registry import resolve_model
     from .rewards import get_reward
     from .rl_validation import agreement, rl_curve
-    from .trainers.grpo import GRPOConfig, load_rl_prompts
+    from .trainers.grpo import load_rl_prompts
 
     for flag, value in (("--runs", args.runs), ("--eval-every", args.eval_every), ("--noise-draws", args.noise_draws)):
         if value < 1:
@@ -72,12 +63,7 @@ def cmd_validate_rl_curves(args: argparse.Namespace) -> None:
     if len(set(args.model)) != len(args.model):
         raise SampleEffectError("the same --model is given twice")
     out, csv, png = _outputs(args.out, args.overwrite, (".csv", ".png"))
-    cfg = GRPOConfig(
-        lr=args.lr, steps=args.steps, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
-        temperature=args.temperature, max_new_tokens=args.max_new_tokens, clip_eps=args.clip_eps,
-        max_grad_norm=args.max_grad_norm, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-        schedule=args.schedule, eval_every=args.eval_every, seed=args.seed,
-    ).validate()
+    cfg = grpo_config_from_args(args)
     reward = get_reward(args.reward)
     prompts = load_rl_prompts(args.prompts)
     if not prompts:

@@ -105,16 +105,9 @@ def add_train_parsers(sub: argparse._SubParsersAction, common: Common) -> None:
     g.add_argument("--eval-prompts", help="RL JSONL for greedy test accuracy")
     g.add_argument("--reward", default="kk")
     g.add_argument("--out", required=True)
-    g.add_argument("--steps", type=int, default=10)
-    g.add_argument("--prompts-per-step", type=int, default=8)
-    g.add_argument("--group-size", type=int, default=8)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--max-new-tokens", type=int, default=256)
+    add_grpo_schedule_args(g)
     g.add_argument("--inner-epochs", type=int, default=1)
-    g.add_argument("--clip-eps", type=float, default=0.2)
     g.add_argument("--kl-coef", type=float, default=0.0)
-    g.add_argument("--lr", type=float, default=1e-5)
-    g.add_argument("--max-grad-norm", type=_clip_arg, default=1.0)
     g.add_argument("--eval-every", type=_nonneg_int, default=0)
     g.add_argument("--eval-max-new-tokens", type=int, default=256)
     g.add_argument("--save-every", type=_nonneg_int, default=0)
@@ -139,6 +132,33 @@ def add_train_parsers(sub: argparse._SubParsersAction, common: Common) -> None:
     r.add_argument("--batch-size", type=int, default=8)
     common(r)
     r.set_defaults(func=cmd_redistill)
+
+
+def add_grpo_schedule_args(p: argparse.ArgumentParser) -> None:
+    """GRPO's sampling and optimiser settings (shared by train-grpo and validate rl-curves)."""
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--prompts-per-step", type=int, default=8)
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--clip-eps", type=float, default=0.2)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--max-grad-norm", type=_clip_arg, default=1.0, help="clip_grad_norm_ threshold (0 = off)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--schedule", default="constant", help="constant or cosine (after linear warmup)")
+    p.add_argument("--warmup-steps", type=_nonneg_int, default=0)
+
+
+def grpo_config_from_args(args: argparse.Namespace, **extra: object):  # type: ignore[no-untyped-def]
+    """The validated GRPOConfig of `add_grpo_schedule_args`' options, --eval-every and --seed, plus `extra` fields."""
+    from .trainers import GRPOConfig
+
+    return GRPOConfig(
+        lr=args.lr, steps=args.steps, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
+        temperature=args.temperature, max_new_tokens=args.max_new_tokens, clip_eps=args.clip_eps,
+        max_grad_norm=args.max_grad_norm, weight_decay=args.weight_decay, schedule=args.schedule,
+        warmup_steps=args.warmup_steps, eval_every=args.eval_every, seed=args.seed, **extra,
+    ).validate()
 
 
 def load_for_cli(args: argparse.Namespace, spec: str | None = None):  # type: ignore[no-untyped-def]
@@ -183,14 +203,10 @@ def cmd_train_sft(args: argparse.Namespace) -> None:
 def cmd_train_grpo(args: argparse.Namespace) -> None:
     from .io import output_dir
     from .rewards import get_reward
-    from .trainers import GRPOConfig, load_rl_prompts, train_grpo
+    from .trainers import load_rl_prompts, train_grpo
 
-    cfg = GRPOConfig(
-        lr=args.lr, steps=args.steps, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
-        temperature=args.temperature, max_new_tokens=args.max_new_tokens, inner_epochs=args.inner_epochs,
-        clip_eps=args.clip_eps, kl_coef=args.kl_coef, max_grad_norm=args.max_grad_norm, eval_every=args.eval_every,
-        eval_max_new_tokens=args.eval_max_new_tokens, seed=args.seed, save_every=args.save_every,
-    ).validate()
+    cfg = grpo_config_from_args(args, inner_epochs=args.inner_epochs, kl_coef=args.kl_coef,
+                                eval_max_new_tokens=args.eval_max_new_tokens, save_every=args.save_every)
     reward = get_reward(args.reward)
     prompts = load_rl_prompts(args.prompts)
     evals = load_rl_prompts(args.eval_prompts) if args.eval_prompts else None
