@@ -75,11 +75,12 @@ def cmd_validate_rl_curves(args: argparse.Namespace) -> None:
     for spec in args.model:
         path = resolve_model(spec)
 
-        def load(path=path):  # type: ignore[no-untyped-def]
-            return load_model(path, args.dtype)
+        first = [load_model(path, args.dtype)]  # tokenizes the target, then serves the prediction
+        target_ex = tokenize_examples(target_raw, first[0][1], args.max_length)[0]
 
-        _, tok = load()
-        target_ex = tokenize_examples(target_raw, tok, args.max_length)[0]
+        def load(path=path, first=first):  # type: ignore[no-untyped-def]
+            return first.pop() if first else load_model(path, args.dtype)
+
         df, summary = rl_curve(str(spec), load, prompts, reward, target_ex, cfg, args.runs, args.predict_seed,
                                args.noise_draws, compute)
         frames.append(df)

@@ -67,7 +67,8 @@ def rl_curve(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One checkpoint: (rows of step, run, actual and predicted target loss; summary record).
 
-    `load()` returns a fresh (model, tokenizer) from the checkpoint each time (one per run).
+    `load()` returns an untrained (model, tokenizer) of the checkpoint each time: the first
+    serves the prediction, each run trains its own.
     The prediction samples its rollouts with `predict_seed`, independent of the trainer's seeds
     (cfg.seed + run).
     """
@@ -90,12 +91,12 @@ def rl_curve(
     del model
     rows = []
     every = cfg.eval_every or 1
+
+    def evaluate(step: int, m: torch.nn.Module) -> dict[str, float]:
+        with torch.no_grad():
+            return {"target_loss": float(example_loss_values(m, target_examples).mean())}
+
     for run in range(runs):
-
-        def evaluate(step: int, m: torch.nn.Module) -> dict[str, float]:
-            with torch.no_grad():
-                return {"target_loss": float(example_loss_values(m, target_examples).mean())}
-
         fresh, ftok = load()
         metrics = train_grpo(fresh, ftok, prompts, reward, replace(cfg, seed=cfg.seed + run, eval_every=every),
                              on_eval=evaluate, progress=compute.progress)
