@@ -231,22 +231,31 @@ def stage_q2(R: Runner):
          label="plot", check=False)
 
 
-def train_strong_sft(R: Runner) -> str:
-    """q2b's stronger SFT start (answer-only SFT on more 2-person puzzles); trained once, shared by later stages."""
+def strong_data(R: Runner) -> str:
+    """The stronger recipe's SFT data: answer-only solutions of more 2-person puzzles (made once, in q2b/)."""
     a = R.args
-    q = R.p("q2b")
-    os.makedirs(q, exist_ok=True)
-    data = f"{q}/train-answer-only-2p.jsonl"
+    os.makedirs(R.p("q2b"), exist_ok=True)
+    data = R.p("q2b", "train-answer-only-2p.jsonl")
     if not R.done(data):
         R.se("kk", "--people", 2, "--n", a.n_strong, "--seed", a.data_seed + 4000, "--style", "answer-only",
              "--id-prefix", "strong", "--out", data, label="kk")
-    run = f"{q}/sft-strong"
+    return data
+
+
+def strong_sft(R: Runner, run: str, batch_size: int, warmup: int, label: str, *extra) -> str:
+    """SFT of `tiny` on `strong_data` (cosine lr --strong-lr, --strong-steps steps) into `run`, unless it is done."""
+    a = R.args
     if not R.done(f"{run}/final"):
-        R.se("train-sft", "--model", "tiny", "--data", data, "--eval-data", R.p("data", "rl-eval.jsonl"), "--reward", "kk",
-             "--out", run, "--lr", a.strong_lr, "--batch-size", 8, "--steps", a.strong_steps, "--schedule", "cosine",
-             "--warmup-steps", 10, "--eval-every", 0, "--eval-max-new-tokens", 64, "--seed", a.seed,
-             label="q2b train-sft strong")
+        R.se("train-sft", "--model", "tiny", "--data", strong_data(R), "--eval-data", R.p("data", "rl-eval.jsonl"),
+             "--reward", "kk", "--out", run, "--lr", a.strong_lr, "--batch-size", batch_size, "--steps", a.strong_steps,
+             "--schedule", "cosine", "--warmup-steps", warmup, *extra, "--eval-max-new-tokens", 64, "--seed", a.seed,
+             label=label)
     return run
+
+
+def train_strong_sft(R: Runner) -> str:
+    """q2b's stronger SFT start (answer-only SFT on more 2-person puzzles); trained once, shared by later stages."""
+    return strong_sft(R, R.p("q2b", "sft-strong"), 8, 10, "q2b train-sft strong", "--eval-every", 0)
 
 
 def stage_q2b(R: Runner):
@@ -287,15 +296,8 @@ def stage_q2c(R: Runner):
     if not R.done(rl):
         R.se("kk", "--people", 2, "--n", a.q2c_prompts, "--seed", a.data_seed + 7000, "--style", "answer-only",
              "--id-prefix", "rl64", "--out", rl, label="kk")
-    data = f"{R.p('q2b')}/train-answer-only-2p.jsonl"
-    if not Path(data).exists():
-        train_strong_sft(R)
-    run = f"{q}/sft"
-    if not R.done(f"{run}/final"):
-        R.se("train-sft", "--model", "tiny", "--data", data, "--eval-data", R.p("data", "rl-eval.jsonl"), "--reward", "kk",
-             "--out", run, "--lr", a.strong_lr, "--batch-size", 4, "--steps", a.strong_steps, "--schedule", "cosine",
-             "--warmup-steps", 5, "--eval-every", 40, "--save-every", 40, "--eval-max-new-tokens", 64, "--seed", a.seed,
-             label="q2c train-sft (checkpoints every 40 steps)")
+    run = strong_sft(R, f"{q}/sft", 4, 5, "q2c train-sft (checkpoints every 40 steps)",
+                     "--eval-every", 40, "--save-every", 40)
     starts = [f"{run}/checkpoint-40", f"{run}/checkpoint-80", f"{run}/final"]
     models = [x for m in starts for x in ("--model", m)]
     common = ["--prompts", rl, "--reward", "kk-partial", "--target-data", R.p("data", "target.jsonl"),
