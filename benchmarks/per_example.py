@@ -32,9 +32,9 @@ METHODS = ["floor", "loop", "vmap", "sgd", "sgd_jvp", "sgd_clip", "adam", "proje
 def build(arch: str, batch: int, seq: int):  # type: ignore[no-untyped-def]
     from transformers import AutoModelForCausalLM
 
-    from sample_effect.data import TokenizedExample
-    from sample_effect.models import prepare_model, select_parameters
-    from sample_effect.tiny import tiny_config
+    from sample_effect.data.examples import TokenizedExample
+    from sample_effect.models.loading import prepare_model, select_parameters
+    from sample_effect.models.tiny import tiny_config
 
     torch.manual_seed(0)
     cfg = tiny_config(arch, vocab_size=4096, hidden=256, layers=4, heads=4, max_len=max(512, seq))
@@ -47,12 +47,12 @@ def build(arch: str, batch: int, seq: int):  # type: ignore[no-untyped-def]
 
 
 def runner(method: str, model, params, exs, target):  # type: ignore[no-untyped-def]
-    from sample_effect.data import pad_sequences
-    from sample_effect.effects import compute_effects
-    from sample_effect.engine import ComputeConfig
-    from sample_effect.losses import sft_sequence_loss
-    from sample_effect.optim import UpdateConfig
-    from sample_effect.targets import TargetVector
+    from sample_effect.data.examples import pad_sequences
+    from sample_effect.engine.core import ComputeConfig
+    from sample_effect.engine.effects import compute_effects
+    from sample_effect.objectives.losses import sft_sequence_loss
+    from sample_effect.targets.core import TargetVector
+    from sample_effect.update.optim import UpdateConfig
 
     ids, mask = pad_sequences([e.sequences[0] for e in exs], [e.response_starts[0] for e in exs])
     leaves = list(params.values())
@@ -69,7 +69,7 @@ def runner(method: str, model, params, exs, target):  # type: ignore[no-untyped-
     elif method == "projection":
         import tempfile
 
-        from sample_effect.projection import ProjectionConfig, project_examples
+        from sample_effect.engine.projection import ProjectionConfig, project_examples
 
         compute = ComputeConfig(batch_size=len(exs), memory_budget=None, progress=False)
 

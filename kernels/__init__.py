@@ -1,7 +1,7 @@
 """Low-level per-example maths (imported as `sample_effect.kernels`).
 
 Each kernel takes plain tensors and callables and knows nothing about data files, targets or
-CLIs; the engine (`sample_effect.engine`) decides which kernel runs. The reference kernel is
+CLIs; the engine (`sample_effect.engine.core`) decides which kernel runs. The reference kernel is
 `per_sequence_grads`: `torch.func.functional_call` + `vmap(grad(loss))`, short enough to read
 as the oracle every faster kernel is tested against. `per_sequence_directional` is the
 forward-mode fast path for SGD effects toward a fixed direction.

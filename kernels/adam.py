@@ -1,6 +1,6 @@
 """Adam/AdamW effects <delta_theta(s) / lr, G> for a block of per-example gradients, in place.
 
-The same arithmetic as `sample_effect.optim.update_per_lr` (which mirrors torch.optim op for op)
+The same arithmetic as `sample_effect.update.optim.update_per_lr` (which mirrors torch.optim op for op)
 rearranged to reuse one buffer: the gradient block is overwritten with m / denom and contracted
 with G, so a block of e examples costs two [e, *shape] buffers instead of the eight temporaries
 of the reference formula. The AdamW decay term -wd <theta, G> is the same for every example and

@@ -4,20 +4,25 @@ The sample effect of an example s toward a target direction G is e(s) = <delta_t
 the first-order change of the target per unit learning rate after one optimiser step on s.
 """
 
-from .data import Example, TokenizedExample, load_examples, tokenize_examples
-from .effects import (
+from sample_effect.data.examples import Example, TokenizedExample, load_examples, tokenize_examples
+from sample_effect.engine.core import ComputeConfig
+from sample_effect.engine.effects import (
     EffectResult,
     compute_effects,
     rank_table,
     score_examples,
     score_examples_result,
 )
-from .engine import ComputeConfig
-from .errors import SampleEffectError
-from .losses import grpo_advantages, grpo_loss, sft_sequence_loss, token_logprobs
-from .models import load_model, select_parameters
-from .optim import OptimizerState, UpdateConfig, load_optimizer_state
-from .targets import DirectionTarget, LossTarget, SelfTarget
+from sample_effect.errors import SampleEffectError
+from sample_effect.models.loading import load_model, select_parameters
+from sample_effect.objectives.losses import (
+    grpo_advantages,
+    grpo_loss,
+    sft_sequence_loss,
+    token_logprobs,
+)
+from sample_effect.targets.core import DirectionTarget, LossTarget, SelfTarget
+from sample_effect.update.optim import OptimizerState, UpdateConfig, load_optimizer_state
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
 """`python -m sample_effect` runs the CLI."""
 
-from .cli import main
+from sample_effect.cli.main import main
 
 raise SystemExit(main())

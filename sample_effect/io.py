@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import SampleEffectError
+from sample_effect.errors import SampleEffectError
 
 if TYPE_CHECKING:
     import pandas as pd

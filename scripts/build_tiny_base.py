@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from sample_effect.data import examples_from_records, tokenize_examples
-from sample_effect.kk import FORMAT_HINT, STYLES, generate_puzzles, quiz_text, response_text
-from sample_effect.tiny import build_tiny_model, save_model, train_tokenizer
-from sample_effect.trainers import SFTConfig, train_sft
+from sample_effect.data.examples import examples_from_records, tokenize_examples
+from sample_effect.data.kk import FORMAT_HINT, STYLES, generate_puzzles, quiz_text, response_text
+from sample_effect.models.tiny import build_tiny_model, save_model, train_tokenizer
+from sample_effect.training import SFTConfig, train_sft
 
 CONFIG = {"arch": "qwen2", "hidden": 128, "layers": 4, "heads": 4, "max_len": 2048}
 CORPUS = {2: 350, 3: 2500, 4: 1500}  # puzzles per size (2-person puzzles number about 400 in all)

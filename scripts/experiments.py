@@ -459,7 +459,7 @@ def stage_sources(R: Runner):
 
 def source_info(sources):
     """n, correct answers (kk reward) and mean response length in characters per source file."""
-    from sample_effect.rewards import kk_reward
+    from sample_effect.rollouts.rewards import kk_reward
 
     out = {}
     for name, f in sources.items():

@@ -24,7 +24,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def render() -> str:
     """The whole reference: `--help` of every command and sub-command, in parser order."""
     os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal; fix it so the file is stable
-    from sample_effect.cli import build_parser
+    from sample_effect.cli.main import build_parser
 
     top = build_parser()
     parts = [

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sample_effect.tiny import build_tiny_model, save_model, train_tokenizer
+from sample_effect.models.tiny import build_tiny_model, save_model, train_tokenizer
 
 CORPUS = [
     "A very special island is inhabited only by knights and knaves.",

@@ -22,7 +22,7 @@ import pytest
 import torch
 from conftest import CORPUS, TARGET, TRAIN, write_jsonl
 
-from sample_effect.cli import main
+from sample_effect.cli.main import main
 from sample_effect.errors import SampleEffectError
 
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -94,7 +94,7 @@ def gpt2(model_dirs: dict[str, Path]) -> Path:
 @pytest.fixture(scope="module")
 def broken(gpt2: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Copies of the GPT-2 directory with one thing wrong, and a model whose tokenizer lacks EOS, pad and chat template."""
-    from sample_effect.tiny import build_tiny_model, save_model, train_tokenizer
+    from sample_effect.models.tiny import build_tiny_model, save_model, train_tokenizer
 
     root = tmp_path_factory.mktemp("broken-models")
     out: dict[str, Path] = {}
@@ -317,7 +317,7 @@ def test_direction_checkpoints_that_do_not_fit(model_dirs: dict[str, Path], file
 @pytest.fixture(scope="module")
 def states(gpt2: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """--optimizer-state files that do not fit the GPT-2 model in different ways."""
-    from sample_effect.models import load_model
+    from sample_effect.models.loading import load_model
 
     d = tmp_path_factory.mktemp("states")
     model, _ = load_model(gpt2, "float64")

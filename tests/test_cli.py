@@ -19,8 +19,8 @@ from sample_effect import (
     load_model,
     score_examples,
 )
-from sample_effect.cli import main
-from sample_effect.data import tokenize_examples
+from sample_effect.cli.main import main
+from sample_effect.data.examples import tokenize_examples
 
 
 def run(argv, capsys):
@@ -74,7 +74,7 @@ def test_rank_parquet_self_and_direction(model_dirs, data_files, tmp_path, capsy
 
 @pytest.fixture
 def other_arch_dir(workdir, tokenizer):
-    from sample_effect.tiny import build_tiny_model, save_model
+    from sample_effect.models.tiny import build_tiny_model, save_model
 
     d = workdir / "gpt2-wide"
     if not d.exists():

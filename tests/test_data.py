@@ -9,7 +9,7 @@ import torch
 from conftest import write_jsonl
 
 from sample_effect import SampleEffectError, load_examples, tokenize_examples
-from sample_effect.data import label_mask, pad_sequences
+from sample_effect.data.examples import label_mask, pad_sequences
 
 
 def test_tokens_are_prompt_then_response_then_eos(tokenizer, tmp_path):
@@ -32,7 +32,7 @@ def test_eos_not_doubled_when_response_ends_with_it(tokenizer, tmp_path):
 
 
 def test_tokenizer_without_eos_or_pad(tmp_path):
-    from sample_effect.tiny import train_tokenizer
+    from sample_effect.models.tiny import train_tokenizer
 
     tok = train_tokenizer(["Alice is a knight."] * 3, vocab_size=270, eos=None)
     assert tok.pad_token is None and tok.eos_token_id is None

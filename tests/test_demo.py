@@ -7,13 +7,13 @@ import json
 import pandas as pd
 import pytest
 
-from sample_effect.cli import main
-from sample_effect.registry import TINY, resolve_model
+from sample_effect.cli.main import main
+from sample_effect.models.registry import TINY, resolve_model
 
 
 def test_shipped_tiny_model_loads_and_knows_kk():
     from sample_effect import load_model
-    from sample_effect.generation import sample
+    from sample_effect.rollouts.generation import sample
 
     model, tok = load_model(resolve_model("tiny"))
     info = json.loads((TINY / "build_info.json").read_text())

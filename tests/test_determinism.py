@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sample_effect.cli import main
+from sample_effect.cli.main import main
 
 
 def test_rank_output_is_byte_identical_across_runs_and_tolerant_to_chunking(model_dirs, data_files, tmp_path):

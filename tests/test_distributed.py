@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sample_effect.cli import main
-from sample_effect.distributed import block
+from sample_effect.cli.main import main
+from sample_effect.runtime.distributed import block
 
 pytest.importorskip("torch.distributed")
 

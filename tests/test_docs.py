@@ -58,7 +58,7 @@ def test_docs_document_commands():
 
 @pytest.mark.parametrize(("where", "command"), COMMANDS, ids=[w for w, _ in COMMANDS])
 def test_documented_command_parses(where, command):
-    from sample_effect.cli import build_parser
+    from sample_effect.cli.main import build_parser
 
     argv = shlex.split(command.removeprefix(env_prefix(command)))[1:]
     argv = [a for a in argv if a not in ("|",)]

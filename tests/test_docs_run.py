@@ -2,7 +2,7 @@
 
 `tests/test_docs.py` finds every `sample-effect ...` line (also after `PYTHONPATH=.`) in a code
 block of README.md and docs/*.md (`documented_commands`; docs/cli.md is generated and checked
-there). This file runs each of them, in document order, in-process via `sample_effect.cli.main`
+there). This file runs each of them, in document order, in-process via `sample_effect.cli.main.main`
 with the working directory set to a sandbox of its document, and checks that it exits 0 and
 writes what it names. Run the whole file: later commands read what earlier ones wrote.
 
@@ -48,9 +48,9 @@ import pytest
 import torch
 from test_docs import COMMANDS, DOCS, documented_commands, env_prefix
 
-from sample_effect.cli import main
+from sample_effect.cli.main import main
 from sample_effect.errors import SampleEffectError
-from sample_effect.registry import TINY
+from sample_effect.models.registry import TINY
 
 # The docs' own `mkdir -p DIR` lines (e.g. `runs/`), applied before the later commands of their document.
 MKDIRS = documented_commands(r"^mkdir -p \S")
@@ -289,7 +289,7 @@ def test_docs_document_torchrun():
 def test_documented_torchrun_runs(where, command, sandboxes):
     import subprocess
 
-    from sample_effect.cli import build_parser
+    from sample_effect.cli.main import build_parser
 
     launcher, argv = torchrun_parts(command)
     if "..." in argv:  # a multi-node sketch: the launcher's flags and the command's name must be real
@@ -338,7 +338,7 @@ INLINE_NOT_RUN = {
 def test_documented_inline_plot_runs(where, command, sandboxes):
     """Runs after every code-block command (module order), in the same document sandbox: its inputs exist."""
     if command in INLINE_NOT_RUN:
-        from sample_effect.cli import build_parser
+        from sample_effect.cli.main import build_parser
 
         build_parser().parse_args(shlex.split(command)[1:])  # it still parses
         pytest.skip(INLINE_NOT_RUN[command])

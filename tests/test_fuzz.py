@@ -11,9 +11,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sample_effect.data import export_examples, load_examples, read_jsonl, tokenize_examples
+from sample_effect.data.examples import (
+    export_examples,
+    load_examples,
+    read_jsonl,
+    tokenize_examples,
+)
 from sample_effect.errors import SampleEffectError
-from sample_effect.trainers import load_rl_prompts
+from sample_effect.training import load_rl_prompts
 
 FIELDS = ["id", "prompt", "response", "messages", "role", "content", "answer"]
 # Characters that trip line splitting, decoding or JSON: separators str.splitlines() knows, BOM, controls.

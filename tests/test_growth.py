@@ -7,9 +7,9 @@ import torch
 from conftest import TARGET, TRAIN
 
 from sample_effect import UpdateConfig, load_model, select_parameters
-from sample_effect.data import examples_from_records, pad_sequences, tokenize_examples
-from sample_effect.growth import noise_effect_loss_target
-from sample_effect.losses import sft_sequence_loss
+from sample_effect.data.examples import examples_from_records, pad_sequences, tokenize_examples
+from sample_effect.growth.noise import noise_effect_loss_target
+from sample_effect.objectives.losses import sft_sequence_loss
 
 
 def mean_loss(model, exs):
@@ -89,7 +89,7 @@ def _quadratic(k=5, n=7, seed=0):
 
 def _sgd_updates(A, theta, x):
     """Per-example SGD updates per unit lr through the engine's own update rule, from autograd gradients."""
-    from sample_effect.optim import OptimizerState, update_per_lr
+    from sample_effect.update.optim import OptimizerState, update_per_lr
 
     cfg = UpdateConfig("sgd", lr=1.0)
     hyper = OptimizerState().hyper("theta", cfg)
@@ -103,7 +103,7 @@ def _sgd_updates(A, theta, x):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_trace_h_sigma_on_a_quadratic_model_equals_the_closed_form(seed):
-    from sample_effect.growth import loss_hvp, trace_from_centred
+    from sample_effect.growth.noise import loss_hvp, trace_from_centred
 
     A, B, theta, mu, x = _quadratic(seed=seed)
     d = _sgd_updates(A, theta, x)
@@ -119,7 +119,7 @@ def test_trace_h_sigma_on_a_quadratic_model_equals_the_closed_form(seed):
 
 def test_trace_estimate_converges_to_the_population_value():
     """x_i ~ N(0, C): the estimator is unbiased for -tr(B A C A); with 4000 draws it lands within 4 standard errors."""
-    from sample_effect.growth import loss_hvp, trace_from_centred
+    from sample_effect.growth.noise import loss_hvp, trace_from_centred
 
     gen = torch.Generator().manual_seed(7)
     k = 4
@@ -140,7 +140,7 @@ def test_per_step_noise_is_the_exact_batch_expectation_on_a_quadratic(n, b):
     b examples drawn without replacement, minus T after the full-data step, equals per_step(lr, b, population=n)."""
     import itertools
 
-    from sample_effect.growth import loss_hvp, trace_from_centred
+    from sample_effect.growth.noise import loss_hvp, trace_from_centred
 
     A, B, theta, mu, x = _quadratic(n=n, seed=3)
     d = _sgd_updates(A, theta, x)

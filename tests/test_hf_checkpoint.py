@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from sample_effect import SampleEffectError
-from sample_effect.cli import main
-from sample_effect.hf_checkpoint import trainer_groupings
-from sample_effect.models import load_model
+from sample_effect.cli.main import main
+from sample_effect.models.loading import load_model
+from sample_effect.update.hf_checkpoint import trainer_groupings
 
 
 def trainer_state(model: torch.nn.Module) -> tuple[dict, list[str]]:
@@ -60,9 +60,9 @@ def test_trainer_checkpoint_mismatch_is_clear(tmp_path: Path, model_dirs) -> Non
     ckpt.mkdir()
     torch.save(sd, ckpt / "optimizer.pt")
     model, _ = load_model(str(model_dirs["llama"]), "float64")
-    from sample_effect.effects import resolve_state
-    from sample_effect.models import select_parameters
-    from sample_effect.optim import UpdateConfig
+    from sample_effect.engine.effects import resolve_state
+    from sample_effect.models.loading import select_parameters
+    from sample_effect.update.optim import UpdateConfig
 
     chosen = select_parameters(model, None)
     with pytest.raises(SampleEffectError, match="does not match the model's trainable parameters"):
@@ -75,9 +75,9 @@ def test_trainer_checkpoint_mismatch_is_clear(tmp_path: Path, model_dirs) -> Non
 
 def test_own_checkpoint_dir_is_read_by_name(tmp_path: Path, model_dirs) -> None:
     """A directory holding optimizer.pt in this project's named format (train-sft checkpoints) also works."""
-    from sample_effect.effects import resolve_state
-    from sample_effect.models import select_parameters
-    from sample_effect.optim import UpdateConfig
+    from sample_effect.engine.effects import resolve_state
+    from sample_effect.models.loading import select_parameters
+    from sample_effect.update.optim import UpdateConfig
 
     model, _ = load_model(str(model_dirs["gpt2"]), "float64")
     sd, names = trainer_state(model)

@@ -9,20 +9,20 @@ import pytest
 import torch
 from conftest import CORPUS, TARGET, TRAIN, write_jsonl
 
-from sample_effect.cli import main
-from sample_effect.data import load_examples, tokenize_examples
+from sample_effect.analysis.markers import TokenBan, banned_token_ids, marker_table
+from sample_effect.cli.main import main
+from sample_effect.data.examples import load_examples, tokenize_examples
 from sample_effect.errors import SampleEffectError
-from sample_effect.generation import prompt_ids, sample
-from sample_effect.imitation import (
+from sample_effect.models.loading import load_model
+from sample_effect.models.tiny import build_tiny_model, save_model, train_tokenizer
+from sample_effect.rollouts.generation import prompt_ids, sample
+from sample_effect.training.imitation import (
     check_same_tokenizer,
     onpolicy_batch,
     onpolicy_loss,
     policy_entropy,
     reverse_kl_loss,
 )
-from sample_effect.markers import TokenBan, banned_token_ids, marker_table
-from sample_effect.models import load_model
-from sample_effect.tiny import build_tiny_model, save_model, train_tokenizer
 
 
 @pytest.fixture(autouse=True, scope="module")

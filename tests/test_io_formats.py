@@ -8,7 +8,7 @@ import pytest
 from conftest import TARGET, TRAIN
 
 from sample_effect import SampleEffectError, load_examples
-from sample_effect.cli import main
+from sample_effect.cli.main import main
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -95,7 +95,7 @@ def test_rank_cli_parquet_and_dataset_equal_jsonl(tmp_path: Path, model_dirs, da
 
 
 def test_format_flags_reach_every_data_command() -> None:
-    from sample_effect.cli import build_parser
+    from sample_effect.cli.main import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["train-sft", "--model", "m", "--data", "d.parquet", "--out", "o", "--prompt-field", "q"])

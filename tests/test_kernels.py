@@ -15,8 +15,8 @@ from sample_effect import (
     load_model,
     select_parameters,
 )
-from sample_effect.data import examples_from_records, tokenize_examples
-from sample_effect.targets import TargetVector
+from sample_effect.data.examples import examples_from_records, tokenize_examples
+from sample_effect.targets.core import TargetVector
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -49,7 +49,7 @@ def test_jvp_refuses_what_it_cannot_compute(model_dirs):
 def test_rank_method_jvp_matches_vmap(model_dirs, data_files, tmp_path):
     import pandas as pd
 
-    from sample_effect.cli import main
+    from sample_effect.cli.main import main
 
     base = ["rank", "--model", str(model_dirs["qwen2"]), "--data", str(data_files["train"]), "--target-data",
             str(data_files["target"]), "--dtype", "float64", "--quiet"]
@@ -62,7 +62,7 @@ def test_rank_method_jvp_matches_vmap(model_dirs, data_files, tmp_path):
 
 
 def _random_state(params, seed=1):
-    from sample_effect.optim import OptimizerState
+    from sample_effect.update.optim import OptimizerState
 
     gen = torch.Generator().manual_seed(seed)
     st = OptimizerState()
@@ -130,7 +130,7 @@ class _Gate(torch.nn.Module):
 
 
 def test_ghost_uses_vmap_for_parameters_of_unknown_modules(model_dirs):
-    from sample_effect.engine import ghost_coverage
+    from sample_effect.engine.core import ghost_coverage
 
     model, tok = load_model(model_dirs["llama"], "float64")
     mlp = model.model.layers[0].mlp
@@ -152,7 +152,7 @@ def test_ghost_self_check_catches_a_weight_used_behind_the_hooks(model_dirs):
     the once-per-model comparison with autograd notices and that parameter goes to vmap."""
     import types
 
-    from sample_effect.engine import _VERIFIED
+    from sample_effect.engine.core import _VERIFIED
 
     model, tok = load_model(model_dirs["qwen2"], "float64")
     lin = model.model.layers[1].mlp.up_proj
@@ -172,7 +172,7 @@ def test_ghost_self_check_catches_a_weight_used_behind_the_hooks(model_dirs):
 
 
 def test_rank_explain_prints_the_plan_and_writes_nothing(model_dirs, data_files, tmp_path, capsys):
-    from sample_effect.cli import main
+    from sample_effect.cli.main import main
 
     out = tmp_path / "r.csv"
     args = ["rank", "--model", str(model_dirs["gpt2"]), "--data", str(data_files["train"]), "--target", "self",

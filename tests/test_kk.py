@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sample_effect import SampleEffectError
-from sample_effect.kk import STYLES, generate_puzzles, puzzle_record
-from sample_effect.rewards import get_reward
+from sample_effect.data.kk import STYLES, generate_puzzles, puzzle_record
+from sample_effect.rollouts.rewards import get_reward
 
 
 def independent_truth(stmt, world):

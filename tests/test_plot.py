@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from conftest import TRAIN, write_jsonl
 
-from sample_effect.cli import main
+from sample_effect.analysis.quantiles import logprob_quantiles, read_replay
+from sample_effect.cli.main import main
 from sample_effect.errors import SampleEffectError
-from sample_effect.quantiles import logprob_quantiles, read_replay
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -13,7 +13,7 @@ from sample_effect import (
     load_model,
     score_examples_result,
 )
-from sample_effect.data import tokenize_examples
+from sample_effect.data.examples import tokenize_examples
 
 # Documented in docs/guide.md: relative to max |effect|.
 TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2}

@@ -18,15 +18,15 @@ from sample_effect import (
     load_model,
     select_parameters,
 )
-from sample_effect.data import examples_from_records, tokenize_examples
-from sample_effect.projection import (
+from sample_effect.data.examples import examples_from_records, tokenize_examples
+from sample_effect.engine.projection import (
     ProjectionConfig,
     _blocks,
     load_projection,
     project_examples,
     project_vector,
 )
-from sample_effect.targets import TargetVector
+from sample_effect.targets.core import TargetVector
 
 SUBSET = r"layers\.1\.self_attn\.(q|k)_proj"
 
@@ -60,8 +60,8 @@ def test_projection_equals_explicit_matrix_times_update(model_dirs, tmp_path, ki
     if kind == "countsketch":
         assert torch.equal((P != 0).sum(1), torch.ones(P.shape[0], dtype=torch.long))  # one bucket per coordinate
     # the update each example's step makes, from the reference engine: d = e(s) for unit G per coordinate
-    from sample_effect.engine import iter_example_gradients
-    from sample_effect.optim import OptimizerState, clip_coefficients, update_per_lr
+    from sample_effect.engine.core import iter_example_gradients
+    from sample_effect.update.optim import OptimizerState, clip_coefficients, update_per_lr
 
     st = OptimizerState()
     for batch in iter_example_gradients(model, params, exs, ComputeConfig(batch_size=2, progress=False)):
@@ -77,7 +77,7 @@ def test_projection_equals_explicit_matrix_times_update(model_dirs, tmp_path, ki
 
 def test_projected_effects_are_unbiased_and_converge_with_k(model_dirs, tmp_path):
     model, params, exs = _setup(model_dirs, r"layers\.1\.")
-    from sample_effect.engine import mean_loss_gradient
+    from sample_effect.engine.core import mean_loss_gradient
 
     G = {n: -g for n, g in mean_loss_gradient(model, params, exs, ComputeConfig(progress=False))[0].items()}
     upd = UpdateConfig("sgd")
@@ -134,7 +134,7 @@ def test_projection_resumes_after_a_crash_and_refuses_other_settings(model_dirs,
 
 
 def test_cli_project_then_rank_from_the_cache(model_dirs, data_files, tmp_path):
-    from sample_effect.cli import main
+    from sample_effect.cli.main import main
 
     base = ["--model", str(model_dirs["qwen2"]), "--data", str(data_files["train"]), "--dtype", "float64", "--quiet",
             "--params", r"layers\.1\."]

@@ -16,8 +16,8 @@ from sample_effect import (
     load_model,
     select_parameters,
 )
-from sample_effect.data import examples_from_records, tokenize_examples
-from sample_effect.targets import TargetVector
+from sample_effect.data.examples import examples_from_records, tokenize_examples
+from sample_effect.targets.core import TargetVector
 
 COMPUTE = ComputeConfig(batch_size=3, progress=False)
 
@@ -101,7 +101,7 @@ def test_scaling_the_loss_scales_sgd_effects_and_leaves_fresh_adam_unchanged_up_
 
     (Taking eps -> 0 instead would not make the invariance exact in floating point: coordinates
     whose true gradient is 0 carry rounding noise of either sign, which eps-free Adam maps to +-1.)"""
-    import sample_effect.engine as engine
+    import sample_effect.engine.core as engine
 
     model, params, exs = setup
     g = TargetVector(random_target(params, 11), "t")
@@ -123,7 +123,7 @@ def test_scaling_the_loss_scales_sgd_effects_and_leaves_fresh_adam_unchanged_up_
 def test_dataset_effect_is_the_mean_of_sample_effects(setup):
     """SGD without clipping is linear: one step on the mean gradient of the set moves the target by
     the mean of the examples' effects (DESIGN: E(D) = mean over s of e(s))."""
-    from sample_effect.engine import mean_loss_gradient
+    from sample_effect.engine.core import mean_loss_gradient
 
     model, params, exs = setup
     g = random_target(params, 12)

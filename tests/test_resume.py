@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from sample_effect.cli import main
-from sample_effect.runcache import DELAY_ENV
+from sample_effect.cli.main import main
+from sample_effect.store.cache import DELAY_ENV
 
 
 def test_killed_run_resumes_to_identical_table(tmp_path: Path, model_dirs, data_files, capsys) -> None:

@@ -14,12 +14,10 @@ from conftest import TARGET, TRAIN, write_jsonl
 from torch.func import functional_call, jvp
 
 from sample_effect import UpdateConfig, load_model, select_parameters
-from sample_effect.cli import main
-from sample_effect.data import examples_from_records, tokenize_examples
-from sample_effect.engine import ComputeConfig, example_loss_values
-from sample_effect.generation import prompt_ids
-from sample_effect.losses import token_logprobs
-from sample_effect.rl_predict import (
+from sample_effect.cli.main import main
+from sample_effect.data.examples import examples_from_records, tokenize_examples
+from sample_effect.engine.core import ComputeConfig, example_loss_values
+from sample_effect.growth.rl import (
     empty_batch_probability,
     predict_rl,
     reinforce_coefficients,
@@ -29,8 +27,10 @@ from sample_effect.rl_predict import (
     sample_groups,
     sequence_logprobs,
 )
-from sample_effect.targets import AccuracyTarget, LossTarget, TargetVector, resolve_target
-from sample_effect.trainers.grpo import (
+from sample_effect.objectives.losses import token_logprobs
+from sample_effect.rollouts.generation import prompt_ids
+from sample_effect.targets.core import AccuracyTarget, LossTarget, TargetVector, resolve_target
+from sample_effect.training.grpo import (
     GRPOConfig,
     RLPrompt,
     grpo_batch_loss,
@@ -242,7 +242,7 @@ def test_second_order_term_makes_the_adam_prediction_exact_to_third_order(model_
 
 
 def test_batch_noise_draws_are_random_when_there_are_too_many_batches():
-    from sample_effect.rl_predict import batch_draws
+    from sample_effect.growth.rl import batch_draws
 
     every, exact = batch_draws(6, 3, 20)
     assert exact and len(every) == 20 and len({tuple(b) for b in every}) == 20
@@ -549,7 +549,7 @@ def test_batch_growth_stderr_linear_kernel_closed_form():
     sd(x) (n - b) / ((n - 1) sqrt(n))."""
     import itertools
 
-    from sample_effect.rl_predict import batch_growth_stderr
+    from sample_effect.growth.rl import batch_growth_stderr
 
     x = np.random.default_rng(0).normal(size=9)
     n, b = len(x), 3
@@ -563,7 +563,7 @@ def test_batch_growth_stderr_linear_kernel_closed_form():
 def test_batch_growth_stderr_is_calibrated_for_a_nonlinear_kernel():
     """Across 300 independent pools of 40 'prompts', the spread of the Monte Carlo mean of a non-linear batch
     statistic (sign of the batch mean, as a fresh Adam step is) matches the average formula within 20%."""
-    from sample_effect.rl_predict import batch_draws, batch_growth_stderr
+    from sample_effect.growth.rl import batch_draws, batch_growth_stderr
 
     rng = np.random.default_rng(1)
     n, b = 40, 8

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from conftest import TARGET, TRAIN, write_jsonl
 
-from sample_effect.cli import main
-from sample_effect.rl_validation import agreement, grpo_lrs, slope, trainer_update
-from sample_effect.trainers.grpo import GRPOConfig
+from sample_effect.cli.main import main
+from sample_effect.training.grpo import GRPOConfig
+from sample_effect.validation.rl_curves import agreement, grpo_lrs, slope, trainer_update
 
 
 def test_rl_curves_cli_two_checkpoints(model_dirs, tmp_path, capsys):

@@ -10,11 +10,11 @@ import pytest
 from conftest import TARGET, TRAIN
 
 from sample_effect import ComputeConfig, load_model, select_parameters
-from sample_effect.data import examples_from_records, tokenize_examples
-from sample_effect.engine import example_loss_values
-from sample_effect.sft_predict import batch_schedule, predict_sft_curve, schedule_lrs, total_steps
-from sample_effect.targets import LossTarget, resolve_target
-from sample_effect.trainers import SFTConfig, train_sft
+from sample_effect.data.examples import examples_from_records, tokenize_examples
+from sample_effect.engine.core import example_loss_values
+from sample_effect.growth.sft import batch_schedule, predict_sft_curve, schedule_lrs, total_steps
+from sample_effect.targets.core import LossTarget, resolve_target
+from sample_effect.training import SFTConfig, train_sft
 
 COMPUTE = ComputeConfig(progress=False)
 
@@ -27,7 +27,7 @@ def _setup(model_dirs, arch="qwen2"):
 
 
 def test_batch_schedule_is_the_trainers_own(model_dirs, monkeypatch):
-    import sample_effect.trainers.sft as sft
+    import sample_effect.training.sft as sft
 
     model, tok, train, _ = _setup(model_dirs)
     cfg = SFTConfig(lr=1e-6, batch_size=2, grad_accum=2, epochs=2.0, seed=7, max_grad_norm=None)
@@ -75,8 +75,8 @@ def test_noise_vanishes_when_every_batch_is_the_whole_set(model_dirs):
 
 
 def test_sgd_noise_is_the_hessian_term(model_dirs):
-    from sample_effect.growth import noise_effect_loss_target
-    from sample_effect.optim import UpdateConfig
+    from sample_effect.growth.noise import noise_effect_loss_target
+    from sample_effect.update.optim import UpdateConfig
 
     model, _, train, target = _setup(model_dirs, "llama")
     params = select_parameters(model, r"layers\.1\.mlp")
@@ -87,14 +87,14 @@ def test_sgd_noise_is_the_hessian_term(model_dirs):
     n = len(train)  # batches of 2 drawn without replacement from n: finite-population factor (n - 2) / n
     np.testing.assert_allclose(curve.steps["noise"], 1e-3**2 / (2 * 2) * trace * (n - 2) / n, rtol=1e-10)
     # SGD positive effect per step is lr * <-mean g, G>: the mean of the SGD sample effects
-    from sample_effect.effects import compute_effects
+    from sample_effect.engine.effects import compute_effects
 
     e = compute_effects(model, params, train, g, UpdateConfig("sgd"), compute=COMPUTE).effect
     np.testing.assert_allclose(curve.steps["positive"], 1e-3 * e.mean(), rtol=1e-9)
 
 
 def test_cli_predict_sft_compares_datasets(model_dirs, data_files, tmp_path):
-    from sample_effect.cli import main
+    from sample_effect.cli.main import main
 
     out = tmp_path / "p.json"
     args = ["predict-sft", "--model", str(model_dirs["gpt2"]), "--data", f"a={data_files['train']}",
@@ -114,7 +114,7 @@ def test_cli_predict_sft_compares_datasets(model_dirs, data_files, tmp_path):
 
 @pytest.mark.slow
 def test_cli_validate_curves_and_selection(model_dirs, data_files, tmp_path):
-    from sample_effect.cli import main
+    from sample_effect.cli.main import main
 
     base = ["--model", str(model_dirs["qwen2"]), "--target-data", str(data_files["target"]), "--lr", "1e-6",
             "--batch-size", "2", "--steps", "2", "--quiet", "--dtype", "float64"]

@@ -23,7 +23,7 @@ def test_smollm2_converts_and_loads(cache, monkeypatch):
     import torch
 
     from sample_effect import load_model
-    from sample_effect.registry import resolve_model
+    from sample_effect.models.registry import resolve_model
 
     monkeypatch.setenv("SAMPLE_EFFECT_CACHE", str(cache))
     path = resolve_model("smollm2")
@@ -43,8 +43,8 @@ def test_smollm2_teacher_distils_into_tiny_student(tmp_path, cache, monkeypatch)
 
     import pandas as pd
 
-    from sample_effect.cli import main
-    from sample_effect.kk import write_kk
+    from sample_effect.cli.main import main
+    from sample_effect.data.kk import write_kk
 
     monkeypatch.setenv("SAMPLE_EFFECT_CACHE", str(cache))
     prompts = tmp_path / "kk.jsonl"

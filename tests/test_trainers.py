@@ -17,13 +17,13 @@ from sample_effect import (
     load_model,
     select_parameters,
 )
-from sample_effect.cli import main
-from sample_effect.data import examples_from_records, tokenize_examples
-from sample_effect.optim import load_optimizer_state
-from sample_effect.targets import TargetVector
-from sample_effect.trainers import GRPOConfig, RLPrompt, SFTConfig, redistill, train_grpo, train_sft
-from sample_effect.trainers.common import load_optimizer_into, make_optimizer
-from sample_effect.trainers.sft import batch_loss
+from sample_effect.cli.main import main
+from sample_effect.data.examples import examples_from_records, tokenize_examples
+from sample_effect.targets.core import TargetVector
+from sample_effect.training import GRPOConfig, RLPrompt, SFTConfig, redistill, train_grpo, train_sft
+from sample_effect.training.common import load_optimizer_into, make_optimizer
+from sample_effect.training.sft import batch_loss
+from sample_effect.update.optim import load_optimizer_state
 
 LR = 1e-3
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import TARGET, TRAIN
 
-from sample_effect.data import examples_from_records, tokenize_examples
+from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.errors import SampleEffectError
 from sample_effect.integrations.trl import CSV_COLUMNS, TargetChangeCallback, predicted_change
-from sample_effect.tiny import build_tiny_model
+from sample_effect.models.tiny import build_tiny_model
 
 STEPS = 3
 
@@ -109,7 +109,7 @@ def test_sft_trainer_logs_and_csv(sft_run, tmp_path):
     assert tuple(df.columns) == CSV_COLUMNS and len(df) == STEPS
     assert all(math.isclose(a, r["predicted_change"], rel_tol=1e-12) for a, r in zip(df["predicted_change"], cb.rows))
 
-    from sample_effect.cli import main
+    from sample_effect.cli.main import main
 
     assert main(["plot", "training", str(out / "target.csv"), "--y", "actual_change", "--out", str(tmp_path / "t.png")]) == 0
     assert (tmp_path / "t.png").stat().st_size > 0
@@ -121,7 +121,7 @@ def test_grpo_trainer_prediction_matches_actual_change(tmp_path):
     trl = pytest.importorskip("trl")
     from conftest import CORPUS
 
-    from sample_effect.tiny import train_tokenizer
+    from sample_effect.models.tiny import train_tokenizer
 
     tok = train_tokenizer(CORPUS * 5, vocab_size=320, pad="<|pad|>")
     model = build_tiny_model("qwen2", tok, torch.float64, seed=1)

@@ -6,8 +6,8 @@ import pytest
 from conftest import TARGET, TRAIN
 
 from sample_effect import UpdateConfig, load_model, select_parameters
-from sample_effect.data import examples_from_records, tokenize_examples
-from sample_effect.validation import linearization_check, plot_linearization
+from sample_effect.data.examples import examples_from_records, tokenize_examples
+from sample_effect.validation.linearization import linearization_check, plot_linearization
 
 
 @pytest.mark.parametrize(("arch", "update"), [("gpt2", UpdateConfig("sgd")), ("qwen2", UpdateConfig("adamw", clip=1.0))])
@@ -28,7 +28,7 @@ def test_small_lr_linearisation_is_tight(model_dirs, tmp_path, arch, update):
 def test_validate_command_writes_metrics_and_figure(model_dirs, data_files, tmp_path):
     import json
 
-    from sample_effect.cli import main
+    from sample_effect.cli.main import main
 
     out = tmp_path / "v"
     assert main(["validate", "linearization", "--model", str(model_dirs["llama"]), "--dtype", "float64",

@@ -9,7 +9,7 @@ including TRL's `SFTTrainer` and `GRPOTrainer`. At every optimiser step (every `
    from its own state (Adam/AdamW moments and step count, SGD without momentum), with each
    parameter group's hyper-parameters and its current lr (the scheduler has already set it):
    predicted_change = sum over groups lr_g * <d_g, G_g>, d = delta_theta / lr
-   (`sample_effect.optim.update_per_lr`);
+   (`sample_effect.update.optim.update_per_lr`);
 2. in `on_optimizer_step` evaluates the target loss again and records
    actual_change = target_loss(before) - target_loss(after).
 
@@ -37,13 +37,13 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from ..data import TokenizedExample
-from ..engine import ComputeConfig, example_loss_values, mean_loss_gradient
-from ..errors import SampleEffectError
-from ..io import atomic_open
-from ..models import accumulation_dtype
-from ..optim import ParamHyper, UpdateConfig, update_per_lr
-from ..targets import LossTarget
+from sample_effect.data.examples import TokenizedExample
+from sample_effect.engine.core import ComputeConfig, example_loss_values, mean_loss_gradient
+from sample_effect.errors import SampleEffectError
+from sample_effect.io import atomic_open
+from sample_effect.models.loading import accumulation_dtype
+from sample_effect.targets.core import LossTarget
+from sample_effect.update.optim import ParamHyper, UpdateConfig, update_per_lr
 
 CSV_COLUMNS = ("step", "lr", "predicted_change", "actual_change", "target_loss")
 

@@ -1,0 +1,1 @@
+"""Reading what a policy wrote: reasoning markers and token-position log-prob quantiles."""

@@ -1,0 +1,278 @@
+"""`sample-effect predict-rl`: the predicted per-step growth of a target under GRPO, per checkpoint.
+
+For each --model: sample --group-size rollouts per prompt, score them with --reward, and compute
+each prompt's effect of one GRPO step toward the target (`sample_effect.growth.rl`). Writes one
+JSON record per model (a list, for side-by-side comparison), and optionally the prompts ranked by
+RL effect and every rollout with its share of the effect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sample_effect.errors import SampleEffectError
+
+if TYPE_CHECKING:
+    from sample_effect.targets.core import AccuracyTarget
+
+log = logging.getLogger("sample_effect")
+
+Common = Callable[[argparse.ArgumentParser], None]
+
+
+def add_predict_rl_parser(sub: argparse._SubParsersAction, common: Common) -> None:
+    """Register `predict-rl`."""
+    p = sub.add_parser(
+        "predict-rl",
+        help="predict how fast GRPO grows a target from each checkpoint, and rank RL prompts by effect",
+        description="From each policy checkpoint: sample rollouts per prompt, rewards, GRPO advantages; the effect "
+        "of one GRPO step (the trainer's first-step loss, simulated optimiser) on each prompt toward the target; "
+        "the predicted growth per step = positive effect (with a bootstrap 95% interval over prompts) + noise effect.",
+    )
+    p.add_argument("--model", action="append", required=True, metavar="DIR",
+                   help="policy checkpoint directory (or 'tiny'); repeat to compare several side by side")
+    p.add_argument("--prompts", required=True, help='RL JSONL: {"id", "prompt", "answer"}')
+    p.add_argument("--reward", default="kk", help="kk, kk-partial, exact, boxed or module:function (default kk); also the accuracy target's")
+    p.add_argument("--group-size", type=int, default=8, help="rollouts per prompt (default 8)")
+    p.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature (default 1)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest rollout (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="rollout sampling seed, the same for every model (default 0)")
+    p.add_argument("--prompts-per-step", type=int, default=20,
+                   help="prompts per GRPO step B, for the per-step prediction (default 20; train-grpo's default is 8)")
+    p.add_argument("--clip-eps", type=float, default=0.2, help="GRPO ratio clip (inactive on the first, on-policy step)")
+    tg = p.add_mutually_exclusive_group(required=True)
+    tg.add_argument("--target-data", metavar="FILE", help="G = -grad of the mean SFT loss over this JSONL")
+    tg.add_argument("--direction", nargs=2, metavar=("BASE", "FINAL"), help="G = theta_FINAL - theta_BASE (checkpoint dirs)")
+    tg.add_argument("--target-prompts", metavar="FILE", help="G = grad of test accuracy on these RL prompts (REINFORCE)")
+    p.add_argument("--normalize", action="store_true", help="with --direction: scale G to unit norm")
+    add_accuracy_target_args(p, prefix="target-")
+    p.add_argument("--out", required=True, help="output JSON: a list with one record per --model")
+    p.add_argument("--ranking", metavar="FILE", help="prompts ranked by RL effect per model (.csv or .parquet)")
+    p.add_argument("--rollouts", metavar="FILE.jsonl", help="every rollout: reward, advantage, its share of the effect, text")
+    p.add_argument("--optimizer", default="sgd", help="simulated optimiser: sgd, adam or adamw (default sgd)")
+    p.add_argument("--lr", type=float, default=1e-5, help="learning rate (default 1e-5)")
+    p.add_argument("--beta1", type=float, default=None, help="Adam beta1 (default: state file's, else 0.9)")
+    p.add_argument("--beta2", type=float, default=None, help="Adam beta2 (default: state file's, else 0.999)")
+    p.add_argument("--eps", type=float, default=None, help="Adam eps (default: state file's, else 1e-8)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="weight decay (default: state file's, else torch's: 0.01 for adamw, 0 otherwise; train-grpo uses 0)")
+    p.add_argument("--clip", type=float, default=None,
+                   help="gradient clipping to this norm: per prompt for the effects, per batch for the noise term (train-grpo: 1.0)")
+    p.add_argument("--optimizer-state", nargs="+", metavar="FILE",
+                   help="Adam state per --model, in the same order (e.g. RUN/checkpoint-k/optimizer.pt)")
+    p.add_argument("--params", default=None, metavar="REGEX", help="score only trainable parameters whose name matches")
+    p.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16 (float32 accumulation)")
+    p.add_argument("--max-length", type=int, default=None, help="with --target-data: truncate sequences to this many tokens")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per chunk for the target gradient (speed/memory only)")
+    p.add_argument("--memory-budget", default="4GB", help="memory budget, e.g. 4GB; the noise terms' per-prompt gradients over it are skipped (default 4GB)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates over prompts for the 95%% interval (default 2000)")
+    p.add_argument("--no-noise", action="store_true",
+                   help="skip the noise effect (Hessian-vector products; batch draws for Adam or clipping)")
+    p.add_argument("--curvature-draws", type=int, default=16,
+                   help="batches whose simulated step gets a Hessian-vector product for the second-order term "
+                   "(loss target; 0 = off; default 16)")
+    p.add_argument("--noise-draws", type=int, default=256,
+                   help="batches drawn for the noise term of a non-linear update (Adam, clipping); every batch when "
+                   "there are fewer (default 256)")
+    common(p)
+    p.set_defaults(func=cmd_predict_rl)
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """JSON without NaN/Inf: non-finite floats become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for flag, value, low in (("--group-size", args.group_size, 2), ("--max-new-tokens", args.max_new_tokens, 1),
+                             ("--prompts-per-step", args.prompts_per_step, 1), ("--bootstrap", args.bootstrap, 1),
+                             ("--batch-size", args.batch_size, 1), ("--target-samples", args.target_samples, 1),
+                             ("--noise-draws", args.noise_draws, 1), ("--curvature-draws", args.curvature_draws, 0)):
+        if value < low:
+            raise SampleEffectError(f"{flag} must be >= {low}, got {value}")
+    if args.max_length is not None and args.max_length < 1:
+        raise SampleEffectError(f"--max-length must be >= 1, got {args.max_length}")
+    if not (args.temperature > 0 and math.isfinite(args.temperature)):
+        raise SampleEffectError(f"--temperature must be positive for GRPO rollouts, got {args.temperature}")
+    if args.normalize and not args.direction:
+        raise SampleEffectError("--normalize only applies to --direction")
+    if args.target_prompts and args.baseline == "loo" and args.target_samples < 2:
+        raise SampleEffectError("--baseline loo needs --target-samples >= 2")
+    if args.optimizer_state:
+        if args.optimizer.lower() == "sgd":
+            raise SampleEffectError("--optimizer-state holds Adam moments; use --optimizer adam or adamw with it")
+        if len(args.optimizer_state) != len(args.model):
+            raise SampleEffectError(
+                f"--optimizer-state needs one file per --model ({len(args.model)}), got {len(args.optimizer_state)}"
+            )
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    from sample_effect.io import check_output_path
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".json":
+        raise SampleEffectError(f"--out must end in .json, got '{out.name}'")
+    paths = [out]
+    if args.ranking:
+        r = Path(args.ranking)
+        if r.suffix.lower() not in (".csv", ".parquet"):
+            raise SampleEffectError(f"--ranking must end in .csv or .parquet, got '{r.name}'")
+        if r.suffix.lower() == ".parquet":
+            from sample_effect.cli.main import _require_parquet
+
+            _require_parquet()
+        paths.append(r)
+    if args.rollouts:
+        if Path(args.rollouts).suffix.lower() != ".jsonl":
+            raise SampleEffectError(f"--rollouts must end in .jsonl, got '{Path(args.rollouts).name}'")
+        paths.append(Path(args.rollouts))
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise SampleEffectError("--out, --ranking and --rollouts must be different files")
+    for p in paths:
+        check_output_path(p, args.overwrite)
+
+
+def cmd_predict_rl(args: argparse.Namespace) -> None:
+    """`sample-effect predict-rl`: check inputs, then per model sample, score and predict; write atomically."""
+    import pandas as pd
+
+    from sample_effect.cli.main import (
+        memory_budget_from_args,
+        target_from_args,
+        update_config_from_args,
+    )
+    from sample_effect.data.examples import load_examples
+    from sample_effect.engine.core import ComputeConfig
+    from sample_effect.engine.effects import resolve_state
+    from sample_effect.growth.rl import predict_rl
+    from sample_effect.io import atomic_open, write_table
+    from sample_effect.models.loading import load_model, select_parameters
+    from sample_effect.models.registry import resolve_model
+    from sample_effect.rollouts.rewards import get_reward
+    from sample_effect.training.grpo import load_rl_prompts
+
+    _check_args(args)
+    _check_outputs(args)
+    update = update_config_from_args(args)
+    compute = ComputeConfig(batch_size=args.batch_size, memory_budget=memory_budget_from_args(args), progress=not args.quiet)
+    reward = get_reward(args.reward)
+    prompts = load_rl_prompts(args.prompts)
+    if not prompts:
+        raise SampleEffectError(f"{args.prompts} holds no prompts")
+    target_raw = load_examples(args.target_data) if args.target_data else None
+    if args.target_prompts and not load_rl_prompts(args.target_prompts):
+        raise SampleEffectError(f"{args.target_prompts} holds no prompts")
+
+    from sample_effect.runtime import distributed as dist
+
+    rank0 = not dist.is_distributed() or dist.rank() == 0  # under torchrun, rank 0 alone reports and writes
+    records: list[dict[str, Any]] = []
+    tables = []
+    rollout_rows: list[dict[str, Any]] = []
+    for i, spec in enumerate(args.model):
+        model, tok = load_model(resolve_model(spec), args.dtype)
+        if getattr(tok, "eos_token_id", None) is None:
+            raise SampleEffectError(f"the tokenizer of --model {spec} has no EOS token, so no rollout can finish")
+        params = select_parameters(model, args.params)
+        target = target_from_args(args, tok, target_raw, accuracy_prefix="target-")
+        state = resolve_state(model, params, update, args.optimizer_state[i] if args.optimizer_state else None)
+        pred = predict_rl(
+            model, tok, prompts, reward, target, update, group_size=args.group_size, temperature=args.temperature,
+            max_new_tokens=args.max_new_tokens, seed=args.seed, prompts_per_step=args.prompts_per_step,
+            clip_eps=args.clip_eps, params=params, state=state, compute=compute, noise=not args.no_noise,
+            n_boot=args.bootstrap, noise_draws=args.noise_draws, curvature_draws=args.curvature_draws,
+        )
+        if not rank0:
+            continue
+        rec = {"model": str(spec), **pred.record}
+        records.append(rec)
+        table = pred.ranking()
+        table.insert(0, "model", str(spec))
+        tables.append(table)
+        rollout_rows += [{"model": str(spec), **r} for r in pred.rollout_rows()]
+        lo, hi = rec["positive_effect_ci95"]
+        noise = "n/a" if rec["noise_effect"] is None else f"{rec['noise_effect']:.4g}"
+        if rec["growth_rate_second_order"] is not None:
+            noise += f"; with the second-order term {rec['growth_rate_second_order']:.4g}"
+        print(
+            f"{spec}: growth {rec['growth_rate']:.4g} per step toward '{rec['target']}' (positive {rec['positive_effect']:.4g}, "
+            f"95% CI [{lo:.4g}, {hi:.4g}]; noise {noise}); zero-variance groups {rec['zero_variance_groups']}/{rec['n_prompts']}"
+        )
+    if not rank0:
+        return
+    with atomic_open(args.out) as f:
+        json.dump(_finite_or_none(records), f, indent=2, allow_nan=False)
+        f.write("\n")
+    written = [args.out]
+    if args.ranking:
+        write_table(pd.concat(tables, ignore_index=True), args.ranking)
+        written.append(args.ranking)
+    if args.rollouts:
+        with atomic_open(args.rollouts) as f:
+            for row in rollout_rows:
+                f.write(json.dumps(_finite_or_none(row), ensure_ascii=False) + "\n")
+        written.append(args.rollouts)
+    print(f"wrote {', '.join(written)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line helpers shared by `rank` and `predict-rl`
+# ---------------------------------------------------------------------------------------------
+
+
+def add_accuracy_target_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """Options of the accuracy target (besides --target-prompts): samples, baseline, temperature, seed, length.
+
+    prefix "" (rank): --temperature, --seed, --max-new-tokens and --reward are the target's own;
+    prefix "target-" (predict-rl): --target-temperature etc., defaulting to the rollouts' settings.
+    """
+    own = prefix == ""
+    p.add_argument("--target-samples", type=int, default=8, metavar="N",
+                   help="accuracy target: completions sampled per test prompt (default 8)")
+    p.add_argument("--baseline", default="loo", choices=["loo", "none"],
+                   help="accuracy target: REINFORCE baseline, per-prompt leave-one-out mean (default) or none")
+    p.add_argument(f"--{prefix}temperature", type=float, default=1.0 if own else None,
+                   help="accuracy target: sampling temperature; G is the gradient of the accuracy at this temperature"
+                   + (" (default 1)" if own else " (default: --temperature)"))
+    p.add_argument(f"--{prefix}seed", type=int, default=0 if own else None,
+                   help="accuracy target: sampling seed" + (" (default 0)" if own else " (default: --seed + 1, independent of the rollouts)"))
+    p.add_argument(f"--{prefix}max-new-tokens", type=int, default=256 if own else None,
+                   help="accuracy target: longest completion" + (" (default 256)" if own else " (default: --max-new-tokens)"))
+    if own:
+        p.add_argument("--reward", default="kk", help="accuracy target: kk, kk-partial, exact, boxed or module:function (default kk)")
+
+
+def accuracy_target_from_args(args: argparse.Namespace, tokenizer: Any, prefix: str = "") -> AccuracyTarget:
+    """Build the AccuracyTarget of --target-prompts from parsed options (see `add_accuracy_target_args`)."""
+    from sample_effect.rollouts.rewards import get_reward
+    from sample_effect.targets.core import AccuracyTarget
+    from sample_effect.training.grpo import load_rl_prompts
+
+    def opt(name: str, fallback: Any) -> Any:
+        v = getattr(args, f"{prefix}{name}".replace("-", "_"))
+        return fallback if v is None else v
+
+    temperature = opt("temperature", getattr(args, "temperature", 1.0))
+    seed = opt("seed", getattr(args, "seed", 0) + 1)
+    max_new = opt("max-new-tokens", getattr(args, "max_new_tokens", 256))
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise SampleEffectError(f"--{prefix}temperature must be positive for the accuracy target, got {temperature}")
+    if max_new < 1:
+        raise SampleEffectError(f"--{prefix}max-new-tokens must be >= 1, got {max_new}")
+    return AccuracyTarget(
+        prompts=load_rl_prompts(args.target_prompts), reward=get_reward(args.reward), tokenizer=tokenizer,
+        n_samples=args.target_samples, temperature=temperature, seed=seed, max_new_tokens=max_new, baseline=args.baseline,
+    )

@@ -1,0 +1,152 @@
+"""Growth-rate terms of the SDE view (DESIGN.md section 1): positive effect and noise effect.
+
+One optimiser step on a batch B of b examples moves a target objective T by, to second order,
+
+    lr <E d, grad T> + (lr^2 / 2) E[ dbar_B^T H_T dbar_B ],   E[...] = dbar^T H dbar + tr(H_T Sigma) / b,
+
+with d the per-example update per unit lr, H_T the Hessian of T and Sigma the covariance of d
+over examples. The first term is the positive effect lr * E(D); the noise effect is
+(lr^2 / 2b) tr(H_T Sigma). For a loss target T = -L_target, so H_T = -H_L; for a fixed direction
+T is linear and its noise effect is zero.
+
+This module estimates tr(H_T Sigma) = E_i[(d_i - dbar)^T H_T (d_i - dbar)] * n / (n - 1) with one
+Hessian-vector product (forward-over-reverse, `torch.func.jvp` of `torch.func.grad`) per centred
+per-example update, for SGD (optionally clipped). A trainer that draws a batch of b out of n
+examples without replacement sees Cov(dbar_B) = (Sigma / b) (n - b) / n (Sigma with divisor
+n - 1), so the exact per-step term carries the finite-population factor (n - b) / n
+(`NoiseEffect.per_step(lr, b, population=n)`); it vanishes when the batch is the whole dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call, grad, jvp
+
+from sample_effect.data.examples import TokenizedExample
+from sample_effect.engine.core import (
+    ComputeConfig,
+    collate,
+    iter_example_gradients,
+    split_parameters,
+)
+from sample_effect.errors import SampleEffectError
+from sample_effect.objectives.losses import sft_sequence_loss
+from sample_effect.update.optim import (
+    OptimizerState,
+    UpdateConfig,
+    clip_coefficients,
+    update_per_lr,
+)
+
+
+@dataclass
+class NoiseEffect:
+    """tr(H_T Sigma) with its standard error, and the per-step noise effect for (lr, batch size)."""
+
+    trace: float
+    stderr: float
+    n: int
+
+    def per_step(self, lr: float, batch_size: float, population: float | None = None) -> float:
+        """(lr^2 / 2b) tr(H_T Sigma): the expected per-step change of T caused by gradient noise.
+
+        With `population` n, batches are drawn without replacement from n examples and the
+        factor (n - b) / n makes the term exact for a quadratic T (0 when b >= n).
+        """
+        return lr * lr / (2 * batch_size) * self.trace * finite_population(batch_size, population)
+
+
+def finite_population(batch_size: float, population: float | None) -> float:
+    """(n - b) / n, the variance factor of a mean over b draws without replacement from n (1 for n = None)."""
+    if population is None:
+        return 1.0
+    return max(0.0, (population - batch_size) / population) if population > 0 else 0.0
+
+
+HVP = Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]
+
+
+def loss_hvp(loss: Callable[[Mapping[str, torch.Tensor]], torch.Tensor], params: Mapping[str, torch.Tensor]) -> HVP:
+    """v -> H v for a scalar function of named parameters, by forward-over-reverse (jvp of grad) at `params`."""
+    primal = {n: p.detach() for n, p in params.items()}
+
+    def hvp(v: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        tangent = {n: v[n].to(primal[n].dtype) for n in primal}
+        return jvp(grad(loss), (primal,), (tangent,))[1]
+
+    return hvp
+
+
+def trace_from_centred(centred: Sequence[Mapping[str, torch.Tensor]], hvp: HVP, sign: float = -1.0) -> NoiseEffect:
+    """tr(H_T Sigma) = sum_i c_i^T H_T c_i / (n - 1) over centred updates c_i, with H_T = sign * (hvp's Hessian).
+
+    sign -1: `hvp` is the Hessian of a loss L and T = -L. The standard error is over the n terms.
+    Under torchrun every rank must call it with the same updates: each takes its block of the
+    Hessian-vector products and the terms are gathered.
+    """
+    from sample_effect.runtime import distributed as dist
+
+    n = len(centred)
+    if n < 2:
+        raise SampleEffectError("the noise effect needs at least 2 centred updates")
+    mine = dist.block(n) if dist.active() else range(n)
+    local = {}
+    for i in mine:
+        c = centred[i]
+        hc = hvp(c)
+        local[i] = sign * float(sum((c[k].double() * hc[k].double()).sum() for k in c))
+    quads = dist.gather_blocks(n, local) if dist.active() else [local[i] for i in range(n)]
+    q = torch.tensor(quads, dtype=torch.float64)
+    trace = float(q.sum() / (n - 1))
+    stderr = float(q.std(unbiased=True) * n / (n - 1) / n**0.5) if n > 2 else float("nan")
+    return NoiseEffect(trace=trace, stderr=stderr, n=n)
+
+
+def target_loss_hvp(
+    model: torch.nn.Module, params: Mapping[str, torch.Tensor], target: Sequence[TokenizedExample]
+):  # type: ignore[no-untyped-def]
+    """A function v -> H_L v, the Hessian of the mean target loss times v (all target sequences in one batch)."""
+    consts = split_parameters(model, params)
+    ids, mask, owners = collate(target, next(iter(params.values())).device)
+    w = torch.tensor([1.0 / (target[i].n_responses * len(target)) for i in owners.tolist()], device=ids.device)
+
+    def loss(p: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        logits = functional_call(model, {**consts, **p}, args=(), kwargs={"input_ids": ids, "use_cache": False}).logits
+        seq = sft_sequence_loss(logits, ids, mask)
+        return (seq * w.to(seq.dtype)).sum()
+
+    return loss_hvp(loss, params)
+
+
+def noise_effect_loss_target(
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    examples: Sequence[TokenizedExample],
+    target: Sequence[TokenizedExample],
+    update: UpdateConfig,
+    compute: ComputeConfig | None = None,
+) -> NoiseEffect:
+    """tr(H_T Sigma) for T = -(mean target loss) and per-example SGD updates (clipping honoured)."""
+    update.validate()
+    if update.optimizer != "sgd":
+        raise SampleEffectError("the Hessian noise-effect estimator covers SGD; Adam needs the Monte Carlo estimator")
+    if len(examples) < 2:
+        raise SampleEffectError("the noise effect needs at least 2 examples")
+    state = OptimizerState()
+    hypers = {n: state.hyper(n, update) for n in params}
+    updates: list[dict[str, torch.Tensor]] = []
+    for batch in iter_example_gradients(model, params, examples, compute):
+        sq = sum((g.flatten(1) ** 2).sum(1) for g in batch.grads.values())
+        coef = clip_coefficients(sq, update.clip)
+        d = {
+            n: update_per_lr(g * coef.view(-1, *([1] * (g.dim() - 1))), params[n].detach().to(g.dtype), update, hypers[n])
+            for n, g in batch.grads.items()
+        }
+        updates += [{n: t[k] for n, t in d.items()} for k in range(len(batch.indices))]
+    n = len(updates)
+    mean = {k: sum(u[k] for u in updates) / n for k in params}
+    centred = [{k: u[k] - mean[k] for k in params} for u in updates]
+    return trace_from_centred(centred, target_loss_hvp(model, params, target), sign=-1.0)  # H_T = -H_L

@@ -1,0 +1,945 @@
+"""Predicting RL growth: sample effects of GRPO prompts, and the test-accuracy target.
+
+For RL the training "examples" are the policy's own rollouts (DESIGN.md section 1), so a
+prediction starts by sampling: G rollouts per prompt from the checkpoint, rewards, GRPO
+advantages. Then, per prompt x,
+
+    g_x = grad of the prompt group's GRPO loss, exactly the loss `train_grpo` minimises on its
+          first, on-policy step (`trainers.grpo.grpo_batch_loss`: token-mean over the group's
+          completion tokens of -A_i log pi(y_i,t), ratio 1),
+    e_x = < U(g_x), G >, U the simulated optimiser update per unit lr (`optim.update_per_lr`,
+          with clipping), the same simulation `rank` uses;
+
+a zero-variance group (all rewards equal) has zero advantages, takes no step in the trainer,
+and gets e_x = 0. A real GRPO step on a batch S of prompts minimises the token-mean over the
+rollouts of its *informative* groups, i.e. sum_x n_x L_x / sum_x n_x with n_x the group's
+completion tokens, so its first-order effect per unit lr is the token-weighted mean of the
+informative groups' effects (exactly, for SGD). The predicted growth of the target per RL step:
+
+    positive effect = lr * (1 - p_empty) * R,   R = sum_{x informative} n_x e_x / sum_{x informative} n_x,
+
+with p_empty the probability that a batch of B prompts drawn without replacement from the
+sampled ones holds no informative group (the trainer then takes no step); R is the ratio
+estimator of the batch's token-weighted mean (exact for a batch holding every sampled prompt,
+bias O(1/B) otherwise). The noise effect has two parts. The second-order term is
+(lr^2 / 2b) tr(H_T Sigma_w) for a loss target (Hessian-vector products from
+`growth.target_loss_hvp`, SGD only, as in `growth`), with b = B (1 - zero-variance fraction) the
+expected informative groups per batch and Sigma_w the covariance of the token-weighted centred
+updates (n_x / mean n)(d_x - dbar_w), the delta-method covariance of the batch's weighted mean;
+it is 0 for a fixed direction and not estimated for an accuracy target. The first-order batch
+term exists when the update is not linear in the gradient (Adam, clipping): the trainer steps
+on U(clip(gbar_S)) for the batch S, not on the mean of the per-prompt U(clip(g_x)), so the term
+is lr E_S <U(clip(gbar_S)), G> - positive effect, over every batch of B prompts when there are
+few, else over seeded random draws (`batch_step_effects`). A percentile bootstrap over prompts
+gives the 95% interval of the positive effect.
+
+The accuracy target (`targets.AccuracyTarget`) is G = grad of the test accuracy, estimated by
+REINFORCE from completions sampled on test prompts (`accuracy_target_vector`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from sample_effect.data.examples import TokenizedExample, pad_sequences
+from sample_effect.engine.core import ComputeConfig
+from sample_effect.errors import SampleEffectError
+from sample_effect.growth.noise import (
+    NoiseEffect,
+    finite_population,
+    target_loss_hvp,
+    trace_from_centred,
+)
+from sample_effect.models.loading import accumulation_dtype, position_limit, select_parameters
+from sample_effect.objectives.losses import token_logprobs
+from sample_effect.rollouts.generation import prompt_ids
+from sample_effect.rollouts.rewards import checked_reward, get_reward
+from sample_effect.targets.core import (
+    AccuracyTarget,
+    DirectionTarget,
+    LossTarget,
+    SelfTarget,
+    Target,
+    TargetVector,
+    resolve_target,
+)
+from sample_effect.training.grpo import (
+    GRPOConfig,
+    RLPrompt,
+    Rollout,
+    grpo_batch_loss,
+    rollout_group,
+    set_advantages,
+)
+from sample_effect.update.optim import (
+    OptimizerState,
+    UpdateConfig,
+    clip_coefficients,
+    update_per_lr,
+)
+
+log = logging.getLogger("sample_effect")
+
+BASELINES = ("loo", "none")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------
+
+
+def prompt_generator(seed: int, index: int) -> torch.Generator:
+    """The CPU generator of prompt `index` under `seed`: independent streams per prompt, reproducible anywhere."""
+    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def sample_groups(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[RLPrompt],
+    reward: Callable[..., float] | str,
+    group_size: int,
+    temperature: float = 1.0,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "rollouts",
+    first_index: int = 0,
+) -> list[list[Rollout]]:
+    """`group_size` rollouts per prompt, sampled as `train_grpo` samples them, with rewards and GRPO advantages.
+
+    Prompt k (counted from `first_index`) has its own CPU generator seeded by (seed, k)
+    (`prompt_generator`), so the same seed on two checkpoints gives common random numbers (a
+    fairer side-by-side comparison) and a block of prompts sampled on one torchrun rank gets
+    exactly the rollouts a single process would.
+    """
+    if group_size < 1:
+        raise SampleEffectError(f"the number of samples per prompt must be >= 1, got {group_size}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise SampleEffectError(f"the sampling temperature must be positive, got {temperature}")
+    if max_new_tokens < 1:
+        raise SampleEffectError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if not prompts:
+        raise SampleEffectError("no RL prompts")
+    if getattr(tokenizer, "eos_token_id", None) is None:
+        raise SampleEffectError("the tokenizer has no EOS token, so no sampled completion can finish; use one that defines eos_token")
+    fn = get_reward(reward) if isinstance(reward, str) else checked_reward(reward, getattr(reward, "__name__", "reward"))
+    limit = position_limit(model)
+    cfg = GRPOConfig(group_size=group_size, temperature=temperature, max_new_tokens=max_new_tokens)
+    groups = []
+    for k, p in enumerate(tqdm(prompts, desc=desc, unit="prompt", disable=not progress, leave=False)):
+        if limit and len(prompt_ids(tokenizer, p.prompt)) >= limit:
+            raise SampleEffectError(f"prompt '{p.id}' fills the model's {limit} positions; no room to sample a completion")
+        group = rollout_group(model, tokenizer, p, fn, cfg, prompt_generator(seed, first_index + k))
+        set_advantages(group)
+        groups.append(group)
+    return groups
+
+
+def completion_tokens(rollout: Rollout) -> int:
+    """Completion tokens of a rollout (the positions its loss averages over)."""
+    return int(rollout.ids.shape[0]) - rollout.start
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-prompt effects of one GRPO step
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RLEffects:
+    """Per-prompt effects of one GRPO step toward a target (per unit lr), in prompt order.
+
+    effect: e_x = <U(g_x), G> (0 for a zero-variance group); n_tokens: the group's completion
+    tokens (its weight in the trainer's token mean); rollout_effect[x][i]: -<gradient of rollout
+    i's term of the group loss, G>, the rollout's share of the SGD effect (they sum to
+    -<g_x, G>, which is e_x for SGD without clipping or weight decay); updates: U(g_x) of the
+    informative groups when kept (for the Hessian noise term); grads: the raw g_x of the
+    informative groups when kept (for the batch noise term, `batch_step_effects`).
+    """
+
+    ids: list[str]
+    effect: np.ndarray
+    n_tokens: np.ndarray
+    zero_variance: np.ndarray
+    reward_mean: np.ndarray
+    grad_norm: np.ndarray
+    rollout_effect: list[np.ndarray]
+    target: TargetVector
+    updates: list[dict[str, torch.Tensor]] | None = None
+    grads: list[dict[str, torch.Tensor]] | None = None
+
+    def step_effect(self) -> float:
+        """R: the token-weighted mean effect of the informative groups (the trainer's batch weighting)."""
+        return step_effect(self.effect, self.n_tokens, self.zero_variance)
+
+    def table(self) -> pd.DataFrame:
+        """One row per prompt, ranked by effect (rank 1 = largest; ties by input order)."""
+        from sample_effect.engine.effects import rank_table
+
+        df = pd.DataFrame({
+            "id": self.ids,
+            "effect": self.effect,
+            "reward_mean": self.reward_mean,
+            "zero_variance": self.zero_variance,
+            "n_tokens": self.n_tokens,
+            "grad_norm": self.grad_norm,
+        })
+        return rank_table(df)
+
+
+def step_effect(effect: np.ndarray, n_tokens: np.ndarray, zero_variance: np.ndarray) -> float:
+    """sum n_x e_x / sum n_x over the informative groups (0 when there is none)."""
+    w = np.where(zero_variance, 0.0, n_tokens.astype(np.float64))
+    den = w.sum()
+    return float((w * effect).sum() / den) if den > 0 else 0.0
+
+
+def simulated_step(
+    g: Mapping[str, torch.Tensor],
+    params: Mapping[str, torch.Tensor],
+    update: UpdateConfig,
+    hypers: Mapping[str, Any],
+    state: OptimizerState,
+) -> tuple[dict[str, torch.Tensor], float]:
+    """U(clip(g)) per unit lr for one gradient (a dict over parameters) from `state`, and ||g||.
+
+    Clipping is by the gradient's own norm over all its parameters, as `clip_grad_norm_` clips
+    a batch: used for one prompt group (the sample effect) and for a batch's mean gradient.
+    """
+    sq = sum((t.double() ** 2).sum() for t in g.values())
+    coef = float(clip_coefficients(sq.reshape(1), update.clip)[0])
+    step = {
+        nm: update_per_lr(
+            (t * coef if update.clip is not None else t).unsqueeze(0), params[nm].detach().to(t.dtype), update,
+            hypers[nm], state.exp_avg.get(nm), state.exp_avg_sq.get(nm), state.step.get(nm, 0.0),
+        )[0]
+        for nm, t in g.items()
+    }
+    return step, float(sq.sqrt())
+
+
+def _dot(d: Mapping[str, torch.Tensor], vector: Mapping[str, torch.Tensor]) -> float:
+    """<d, vector> over d's parameters, accumulated in d's dtype."""
+    return sum(float(torch.dot(v.flatten(), vector[nm].to(v.dtype).flatten())) for nm, v in d.items())
+
+
+def rl_prompt_effects(
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    groups: Sequence[Sequence[Rollout]],
+    target: TargetVector,
+    update: UpdateConfig,
+    state: OptimizerState | None = None,
+    clip_eps: float = 0.2,
+    keep_updates: bool = False,
+    rollout_effects: bool = True,
+    progress: bool = True,
+    keep_grads: bool = False,
+) -> RLEffects:
+    """e_x for every prompt group: gradient of the group's GRPO loss, simulated optimiser step, dot with G.
+
+    The loss is `grpo_batch_loss` on the group alone, on-policy (ratio 1); advantages are
+    (re)set from the rewards with `set_advantages`, as the trainer sets them. Per-rollout shares
+    come from differentiating <g_x, G> with respect to the advantages (the loss is linear in
+    them), one extra backward pass per group; pass `rollout_effects=False` to skip it.
+    `keep_updates` / `keep_grads` keep U(g_x) / g_x of the informative groups for the noise terms.
+    """
+    update.validate()
+    state = state or OptimizerState()
+    names = list(params)
+    if not names:
+        raise SampleEffectError("no parameters to score")
+    missing = [n for n in names if n not in target.vector]
+    if missing:
+        raise SampleEffectError(f"the target has no entry for parameter '{missing[0]}'")
+    if not all(bool(torch.isfinite(target.vector[n]).all()) for n in names):
+        raise SampleEffectError(f"the target direction '{target.kind}' contains NaN or Inf; nothing can be scored against it")
+    plist = [params[n] for n in names]
+    acc = accumulation_dtype(plist[0].dtype)
+    hypers = {n: state.hyper(n, update) for n in names}
+    n = len(groups)
+    effect = np.zeros(n)
+    n_tokens = np.zeros(n, dtype=np.int64)
+    zero = np.zeros(n, dtype=bool)
+    reward_mean = np.zeros(n)
+    gnorm = np.zeros(n)
+    shares: list[np.ndarray] = []
+    updates: list[dict[str, torch.Tensor]] | None = [] if keep_updates else None
+    kept_grads: list[dict[str, torch.Tensor]] | None = [] if keep_grads else None
+    for k, group in enumerate(tqdm(groups, desc="GRPO effects", unit="prompt", disable=not progress, leave=False)):
+        if not group:
+            raise SampleEffectError(f"prompt group {k} has no rollouts")
+        zero[k] = set_advantages(group)
+        n_tokens[k] = sum(completion_tokens(r) for r in group)
+        reward_mean[k] = float(np.mean([r.reward for r in group]))
+        if zero[k]:
+            shares.append(np.zeros(len(group)))
+            continue
+        adv = torch.tensor([r.advantage for r in group], dtype=torch.float64, requires_grad=rollout_effects)
+        loss = grpo_batch_loss(model, group, None, adv, clip_eps)
+        grads = torch.autograd.grad(loss, plist, create_graph=rollout_effects, allow_unused=True)
+        grads = tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, plist))
+        if rollout_effects:
+            dot = sum((g.to(acc) * target.vector[nm]).sum() for g, nm in zip(grads, names))
+            (d_adv,) = torch.autograd.grad(dot, adv, allow_unused=True)
+            d_adv = torch.zeros_like(adv) if d_adv is None else d_adv
+            shares.append(-(adv.detach() * d_adv.detach()).cpu().numpy())
+        else:
+            shares.append(np.full(len(group), np.nan))
+        g = {nm: gr.detach().to(acc) for nm, gr in zip(names, grads)}
+        if kept_grads is not None:
+            kept_grads.append(g)
+        d, gnorm[k] = simulated_step(g, params, update, hypers, state)
+        effect[k] = _dot(d, target.vector)
+        if updates is not None:
+            updates.append(d)
+    return RLEffects(
+        ids=[g[0].prompt_id for g in groups], effect=effect, n_tokens=n_tokens, zero_variance=zero,
+        reward_mean=reward_mean, grad_norm=gnorm, rollout_effect=shares, target=target, updates=updates,
+        grads=kept_grads,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Growth-rate prediction: positive effect with a bootstrap interval, noise effect
+# ---------------------------------------------------------------------------------------------
+
+
+def empty_batch_probability(n_prompts: int, n_zero: int, batch: int) -> float:
+    """P(a batch of `batch` prompts drawn without replacement holds only zero-variance groups).
+
+    A batch larger than the pool is taken as the whole pool.
+    """
+    b = min(batch, n_prompts)
+    if n_zero < b:
+        return 0.0
+    return math.comb(n_zero, b) / math.comb(n_prompts, b)
+
+
+def positive_effect_per_lr(effect: np.ndarray, n_tokens: np.ndarray, zero_variance: np.ndarray, batch: int) -> float:
+    """(1 - p_empty) * R: the expected first-order change of the target per unit lr of one GRPO step."""
+    p_empty = empty_batch_probability(len(effect), int(zero_variance.sum()), batch)
+    return (1.0 - p_empty) * step_effect(effect, n_tokens, zero_variance)
+
+
+def bootstrap_positive_effect(
+    effect: np.ndarray, n_tokens: np.ndarray, zero_variance: np.ndarray, batch: int, n_boot: int = 2000, seed: int = 0
+) -> np.ndarray:
+    """`n_boot` bootstrap replicates (prompts resampled with replacement) of `positive_effect_per_lr`."""
+    n = len(effect)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    w = np.where(zero_variance, 0.0, n_tokens.astype(np.float64))
+    num = (w * effect)[idx].sum(1)
+    den = w[idx].sum(1)
+    ratio = np.divide(num, den, out=np.zeros(n_boot), where=den > 0)
+    n_zero = zero_variance[idx].sum(1)
+    p_empty = np.array([empty_batch_probability(n, z, batch) for z in range(n + 1)])[n_zero]
+    return (1.0 - p_empty) * ratio
+
+
+def batch_draws(n_prompts: int, batch: int, draws: int, seed: int = 0) -> tuple[list[np.ndarray], bool]:
+    """Batches of min(batch, n) prompt indices drawn without replacement, as the trainer draws a step's prompts.
+
+    Every batch (exact expectation, returns True) when there are at most `draws` of them;
+    otherwise `draws` seeded random ones (Monte Carlo, False).
+    """
+    b = min(batch, n_prompts)
+    if math.comb(n_prompts, b) <= draws:
+        import itertools
+
+        return [np.array(c) for c in itertools.combinations(range(n_prompts), b)], True
+    rng = np.random.default_rng(seed)
+    return [np.sort(rng.choice(n_prompts, size=b, replace=False)) for _ in range(draws)], False
+
+
+def batch_updates(
+    effects: RLEffects,
+    params: Mapping[str, torch.Tensor],
+    update: UpdateConfig,
+    state: OptimizerState | None,
+    batches: Sequence[np.ndarray],
+):  # type: ignore[no-untyped-def]
+    """Per batch S of prompts, the simulated trainer step per unit lr U(clip(gbar_S)) (None: no informative group).
+
+    gbar_S = sum n_x g_x / sum n_x over S's informative groups (the gradient of the trainer's
+    token-mean loss), clipped by its own norm as `clip_grad_norm_` clips the batch, then one
+    simulated optimiser step from `state`. A generator: one update is held at a time.
+    """
+    if effects.grads is None:
+        raise SampleEffectError("the batch terms need the per-prompt gradients (rl_prompt_effects(keep_grads=True))")
+    state = state or OptimizerState()
+    names = list(params)
+    informative = np.flatnonzero(~effects.zero_variance)
+    slot = {int(x): j for j, x in enumerate(informative)}
+    if len(effects.grads) != len(informative):
+        raise SampleEffectError("the kept gradients do not match the informative groups")
+    hypers = {n: state.hyper(n, update) for n in names}
+    for idx in batches:
+        chosen = [int(x) for x in idx if int(x) in slot]
+        if not chosen:
+            yield None
+            continue
+        w = effects.n_tokens[chosen].astype(np.float64)
+        w = w / w.sum()
+        g = {nm: sum(float(wi) * effects.grads[slot[x]][nm] for wi, x in zip(w, chosen)) for nm in names}
+        yield simulated_step(g, params, update, hypers, state)[0]
+
+
+def batch_step_effects(
+    effects: RLEffects,
+    params: Mapping[str, torch.Tensor],
+    update: UpdateConfig,
+    state: OptimizerState | None,
+    batches: Sequence[np.ndarray],
+) -> np.ndarray:
+    """Per unit lr, the first-order effect <U(clip(gbar_S)), G> of the trainer's step on each batch S of prompts.
+
+    A batch with no informative group takes no step (0). Averaged over batches this is the
+    expected first-order growth of a real step; its gap to the positive effect is the noise
+    effect of a non-linear update (Adam, clipping). See `batch_updates`.
+    """
+    out = np.zeros(len(batches))
+    for b, d in enumerate(batch_updates(effects, params, update, state, batches)):
+        if d is not None:
+            out[b] = _dot(d, effects.target.vector)
+    return out
+
+
+def second_order_effects(
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    effects: RLEffects,
+    update: UpdateConfig,
+    state: OptimizerState | None,
+    batches: Sequence[np.ndarray],
+    target_examples: Sequence[TokenizedExample],
+) -> np.ndarray:
+    """Per batch S, U_S^T H_T U_S / 2 (per unit lr^2) for T = -(mean target loss): the second-order change of T.
+
+    One Hessian-vector product per batch (split over torchrun ranks). With Adam every coordinate
+    moves by about lr, so this term grows with the number of parameters and can rival the
+    first-order growth at learning rates that look small.
+    """
+    from sample_effect.runtime import distributed as dist
+
+    hvp = target_loss_hvp(model, params, target_examples)
+    n = len(batches)
+    mine = set(dist.block(n)) if dist.active() else set(range(n))
+    local: dict[int, float] = {}
+    for b, d in enumerate(batch_updates(effects, params, update, state, batches)):
+        if b not in mine:
+            continue
+        if d is None:
+            local[b] = 0.0
+            continue
+        hd = hvp(d)
+        local[b] = -0.5 * float(sum((d[k].double() * hd[k].double()).sum() for k in d))  # H_T = -H_L
+    vals = dist.gather_blocks(n, local) if dist.active() else [local[b] for b in range(n)]
+    return np.asarray(vals, dtype=np.float64)
+
+
+def rl_noise_effect(
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    effects: RLEffects,
+    target_examples: Sequence[TokenizedExample],
+) -> NoiseEffect:
+    """tr(H_T Sigma_w) for T = -(mean target loss), over the informative groups' kept updates.
+
+    c_x = (n_x / mean n)(d_x - dbar_w), dbar_w = sum n_x d_x / sum n_x; the trace is
+    sum_x c_x^T H_T c_x / (m - 1) with one Hessian-vector product per informative group (m of them).
+    """
+    if effects.updates is None:
+        raise SampleEffectError("the noise effect needs the per-prompt updates (rl_prompt_effects(keep_updates=True))")
+    ups = effects.updates
+    w = effects.n_tokens[~effects.zero_variance].astype(np.float64)
+    m = len(ups)
+    if m < 2:
+        raise SampleEffectError(f"the noise effect needs at least 2 prompts with reward variance, got {m}")
+    names = list(params)
+    wbar = float(w.mean())
+    dbar = {nm: sum(float(wi) * u[nm] for wi, u in zip(w, ups)) / float(w.sum()) for nm in names}
+    centred = [{nm: (float(wi) / wbar) * (u[nm] - dbar[nm]) for nm in names} for wi, u in zip(w, ups)]
+    return trace_from_centred(centred, target_loss_hvp(model, params, target_examples), sign=-1.0)  # H_T = -H_L
+
+
+@dataclass
+class RLPrediction:
+    """One checkpoint's prediction: the JSON record, the per-prompt effects and the rollouts behind them."""
+
+    record: dict[str, Any]
+    effects: RLEffects
+    groups: list[list[Rollout]]
+
+    def ranking(self) -> pd.DataFrame:
+        """Prompts ranked by RL effect (rank 1 = the prompt whose GRPO step moves the target most)."""
+        return self.effects.table()
+
+    def rollout_rows(self) -> list[dict[str, Any]]:
+        """One dict per rollout: prompt id, index, reward, advantage, completion tokens, SGD share, text."""
+        rows = []
+        for group, shares in zip(self.groups, self.effects.rollout_effect):
+            for i, (r, s) in enumerate(zip(group, shares)):
+                rows.append({
+                    "prompt_id": r.prompt_id, "index": i, "reward": r.reward, "advantage": r.advantage,
+                    "n_tokens": completion_tokens(r), "effect_sgd": float(s), "finished": r.finished,
+                    "completion": r.completion,
+                })
+        return rows
+
+
+def _noise_memory_note(params: Mapping[str, torch.Tensor], copies: int, compute: ComputeConfig) -> str | None:
+    """Why the kept per-prompt tensors of the noise terms do not fit the memory budget (None when they fit)."""
+    acc = accumulation_dtype(next(iter(params.values())).dtype)
+    need = copies * sum(p.numel() for p in params.values()) * torch.empty((), dtype=acc).element_size()
+    budget = compute.budget_bytes()
+    if budget is not None and need > budget:
+        return (f"skipped: the noise terms keep one gradient per prompt (about {need / 1e9:.3g} GB), more than the "
+                f"memory budget {budget / 1e9:.3g} GB; pass fewer prompts, --params or a larger --memory-budget")
+    return None
+
+
+def predict_rl(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[RLPrompt],
+    reward: Callable[..., float] | str,
+    target: Target | TargetVector,
+    update: UpdateConfig | None = None,
+    *,
+    group_size: int = 8,
+    temperature: float = 1.0,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    prompts_per_step: int = 20,
+    clip_eps: float = 0.2,
+    params: str | Mapping[str, torch.Tensor] | None = None,
+    state: OptimizerState | None = None,
+    compute: ComputeConfig | None = None,
+    noise: bool = True,
+    n_boot: int = 2000,
+    groups: Sequence[Sequence[Rollout]] | None = None,
+    noise_draws: int = 256,
+    curvature_draws: int = 16,
+) -> RLPrediction:
+    """Predict the per-step growth of `target` under GRPO from this checkpoint, and rank the prompts.
+
+    Samples `group_size` rollouts per prompt (unless `groups` are given), computes each prompt's
+    effect, the positive effect per step for batches of `prompts_per_step` prompts with a
+    bootstrap 95% interval over prompts, and the noise effect: the second-order Hessian term (loss
+    target and SGD; 0 for a direction) plus, for a non-linear update (Adam, clipping), the
+    first-order batch term over `noise_draws` batch draws (every batch when there are fewer).
+    For a loss target, `curvature_draws` batches (0: off) also give the whole second-order term
+    (lr^2 / 2) E_S[U_S^T H_T U_S] and `growth_rate_second_order`, which says where the first-order
+    picture stops holding. `params` is a regex over parameter names or the chosen parameters.
+    """
+    t0 = time.perf_counter()
+    update = (update or UpdateConfig()).validate()
+    compute = compute or ComputeConfig()
+    if group_size < 2 and groups is None:
+        raise SampleEffectError(f"--group-size must be >= 2 (advantages need a group), got {group_size}")
+    if prompts_per_step < 1:
+        raise SampleEffectError(f"--prompts-per-step must be >= 1, got {prompts_per_step}")
+    if n_boot < 1:
+        raise SampleEffectError(f"--bootstrap must be >= 1, got {n_boot}")
+    if noise_draws < 1:
+        raise SampleEffectError(f"--noise-draws must be >= 1, got {noise_draws}")
+    if curvature_draws < 0:
+        raise SampleEffectError(f"--curvature-draws must be >= 0, got {curvature_draws}")
+    if isinstance(target, SelfTarget):
+        raise SampleEffectError("a 'self' target has no meaning for RL prompts; use a loss, direction or accuracy target")
+    chosen = select_parameters(model, params) if params is None or isinstance(params, str) else dict(params)
+    n_prompts = len(groups) if groups is not None else len(prompts)
+    if n_prompts == 0:
+        raise SampleEffectError("no RL prompts")
+    want_hessian = noise and isinstance(target, LossTarget) and update.optimizer == "sgd"
+    nonlinear = update.optimizer != "sgd" or update.clip is not None
+    want_batch = noise and nonlinear
+    want_second = noise and isinstance(target, LossTarget) and curvature_draws > 0
+    keep_grads = want_batch or want_second
+    memory_note = None
+    if want_hessian or keep_grads:
+        memory_note = _noise_memory_note(chosen, n_prompts * (int(want_hessian) + int(keep_grads)), compute)
+        if memory_note is not None:  # the positive effect needs none of it: report it, and say why the rest is missing
+            log.warning("predict-rl: noise and second-order terms %s", memory_note)
+            noise = want_hessian = want_batch = want_second = keep_grads = False
+    from sample_effect.runtime import distributed as dist
+
+    if dist.is_distributed():
+        dist.init(next(iter(chosen.values())).device)
+    if isinstance(target, TargetVector):
+        g = target
+    elif dist.active():
+        from sample_effect.store.cache import resolve_target_distributed
+
+        g = resolve_target_distributed(target, model, chosen, [], compute)
+    else:
+        g = resolve_target(target, model, chosen, [], compute)
+    sampled = groups is None
+    mine = dist.block(n_prompts) if dist.active() else range(n_prompts)
+    if groups is None:
+        local = sample_groups(model, tokenizer, [prompts[i] for i in mine], reward, group_size, temperature,
+                              max_new_tokens, seed, compute.progress, first_index=mine.start) if len(mine) else []
+    else:
+        local = [list(groups[i]) for i in mine]
+    eff = rl_prompt_effects(model, chosen, local, g, update, state, clip_eps, keep_updates=want_hessian,
+                            progress=compute.progress, keep_grads=keep_grads) if local else None
+    if dist.active():
+        eff, groups = _gather_effects(eff, local, mine, n_prompts, g, next(iter(chosen.values())).device)
+    else:
+        groups = local
+    assert eff is not None
+
+    n = len(eff.effect)
+    n_zero = int(eff.zero_variance.sum())
+    batch = min(prompts_per_step, n)
+    lr = update.lr
+    per_lr = positive_effect_per_lr(eff.effect, eff.n_tokens, eff.zero_variance, prompts_per_step)
+    boot = bootstrap_positive_effect(eff.effect, eff.n_tokens, eff.zero_variance, prompts_per_step, n_boot, seed)
+    ci = (lr * float(np.percentile(boot, 2.5)), lr * float(np.percentile(boot, 97.5)))
+    b_eff = batch * (n - n_zero) / n
+    positive = lr * per_lr
+    hess = _hessian_noise(model, chosen, eff, target, update, noise, lr, b_eff, memory_note)
+    bat = _batch_noise(chosen, eff, update, state, noise, nonlinear, lr, positive, prompts_per_step, noise_draws, seed,
+                       memory_note)
+    terms = [t for t in (hess, bat) if t["effect"] is not None]
+    noise_effect = sum(t["effect"] for t in terms) if terms else None
+    if hess["effect"] is None and not nonlinear:  # the only term that could be non-zero was not estimated
+        noise_effect = None
+    ses = [t["stderr"] for t in terms if t["stderr"] is not None and math.isfinite(t["stderr"])]
+    noise_stderr = math.hypot(*ses) if ses else None
+    note = f"second-order (Hessian) term: {hess['note']}; first-order batch term: {bat['note']}"
+    second = _second_order(model, chosen, eff, target, update, state, want_second, lr, prompts_per_step,
+                           curvature_draws, seed, memory_note)
+    if second["effect"] is not None:  # first order (exact expectation over batches) + all of the second order
+        second["growth"] = positive + (bat["effect"] or 0.0) + second["effect"]
+    if bat.get("growth_stderr") is not None:  # non-linear update: the interval of the whole batch-step mean
+        half = 1.96 * bat["growth_stderr"]
+        growth_ci = [positive + (noise_effect or 0.0) - half, positive + (noise_effect or 0.0) + half]
+        ci_method = "U-statistic standard error over prompts of the simulated batch step (normal, 95%)"
+    else:
+        growth_ci = [ci[0] + (noise_effect or 0.0), ci[1] + (noise_effect or 0.0)]
+        ci_method = "bootstrap of the positive effect over prompts, shifted by the noise point estimate"
+    eff.updates = eff.grads = None  # the kept updates are large; the record holds what they gave
+    noise_add = noise_effect or 0.0
+    record: dict[str, Any] = {
+        "target": g.kind,
+        "target_norm": g.norm(),
+        "target_loss": g.target_loss,
+        "target_stats": dict(g.stats),
+        "n_prompts": n,
+        "group_size": int(max(len(gr) for gr in groups)),
+        "n_rollouts": int(sum(len(gr) for gr in groups)),
+        "reward_mean": float(np.mean([r.reward for gr in groups for r in gr])),
+        "mean_completion_tokens": float(eff.n_tokens.sum() / max(1, sum(len(gr) for gr in groups))),
+        "zero_variance_groups": n_zero,
+        "zero_variance_fraction": n_zero / n,
+        "optimizer": update.optimizer,
+        "lr": lr,
+        "clip": update.clip,
+        "prompts_per_step": prompts_per_step,
+        "informative_per_step": b_eff,
+        "empty_batch_probability": empty_batch_probability(n, n_zero, prompts_per_step),
+        "effect_per_step": per_lr,
+        "effect_token_weighted": eff.step_effect(),
+        "effect_mean": float(eff.effect.mean()),
+        "effect_mean_stderr": float(eff.effect.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
+        "positive_effect": positive,
+        "positive_effect_ci95": list(ci),
+        "noise_effect": noise_effect,
+        "noise_effect_stderr": noise_stderr,
+        "noise_trace": hess["trace"],
+        "noise_hessian_effect": hess["effect"],
+        "noise_batch_effect": bat["effect"],
+        "noise_batch_stderr": bat["stderr"],
+        "noise_batch_exact": bat["exact"],
+        "noise_batch_draws": bat["draws"],
+        "noise_note": note,
+        "second_order_effect": second["effect"],
+        "second_order_stderr": second["stderr"],
+        "second_order_draws": second["draws"],
+        "growth_rate_second_order": second["growth"],
+        "second_order_note": second["note"],
+        "growth_rate": positive + noise_add,
+        "growth_rate_ci95": growth_ci,
+        "growth_rate_ci_method": ci_method,
+        "n_bootstrap": n_boot,
+        "seed": seed,
+        "temperature": temperature if sampled else None,  # None: the rollouts were given, not sampled here
+        "max_new_tokens": max_new_tokens if sampled else None,
+        "seconds": time.perf_counter() - t0,
+    }
+    return RLPrediction(record=record, effects=eff, groups=groups)
+
+
+def _gather_effects(  # type: ignore[no-untyped-def]
+    eff: RLEffects | None, local: list[list[Rollout]], mine: range, n: int, g: TargetVector, device
+) -> tuple[RLEffects, list[list[Rollout]]]:
+    """Every rank's block of prompt effects (and rollouts, kept updates/gradients) merged in prompt order."""
+    from sample_effect.runtime import distributed as dist
+
+    def cpu(d):  # type: ignore[no-untyped-def]
+        return None if d is None else {k: v.cpu() for k, v in d.items()}
+
+    items: dict[int, tuple] = {}
+    ups = iter(eff.updates or []) if eff is not None else iter([])
+    grs = iter(eff.grads or []) if eff is not None else iter([])
+    for j, i in enumerate(mine):
+        assert eff is not None
+        zero = bool(eff.zero_variance[j])
+        items[i] = (float(eff.effect[j]), int(eff.n_tokens[j]), zero, float(eff.reward_mean[j]), float(eff.grad_norm[j]),
+                    eff.rollout_effect[j], local[j],
+                    None if zero or eff.updates is None else cpu(next(ups)),
+                    None if zero or eff.grads is None else cpu(next(grs)))
+    rows = dist.gather_blocks(n, items)
+    zero = np.array([r[2] for r in rows], dtype=bool)
+
+    def kept(col: int):  # type: ignore[no-untyped-def]
+        vals = [r[col] for r, z in zip(rows, zero) if not z]
+        if any(v is None for v in vals):
+            return None
+        return [{k: v.to(device) for k, v in d.items()} for d in vals]
+
+    merged = RLEffects(
+        ids=[r[6][0].prompt_id for r in rows], effect=np.array([r[0] for r in rows]),
+        n_tokens=np.array([r[1] for r in rows], dtype=np.int64), zero_variance=zero,
+        reward_mean=np.array([r[3] for r in rows]), grad_norm=np.array([r[4] for r in rows]),
+        rollout_effect=[r[5] for r in rows], target=g, updates=kept(7), grads=kept(8),
+    )
+    return merged, [r[6] for r in rows]
+
+
+def _second_order(  # type: ignore[no-untyped-def]
+    model, params, eff: RLEffects, target, update: UpdateConfig, state, wanted: bool, lr: float, prompts_per_step: int,
+    draws: int, seed: int, memory_note: str | None = None,
+) -> dict:
+    """(lr^2 / 2) E_S[U_S^T H_T U_S] over `draws` batches (every batch when there are fewer), for a loss target."""
+    out: dict[str, Any] = {"effect": None, "stderr": None, "draws": 0, "growth": None}
+    if not wanted:
+        why = "off (--curvature-draws 0 or --no-noise)" if isinstance(target, LossTarget) else "needs a --target-data loss target"
+        why = memory_note if memory_note and isinstance(target, LossTarget) else why
+        return {**out, "note": why}
+    if not (~eff.zero_variance).any():
+        return {**out, "effect": 0.0, "stderr": 0.0, "note": "0, no prompt has reward variance"}
+    batches, exact = batch_draws(len(eff.effect), prompts_per_step, draws, seed + 1)
+    vals = lr * lr * second_order_effects(model, params, eff, update, state, batches, target.examples)
+    se = 0.0 if exact else (float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan"))
+    how = f"every one of the {len(vals)} batches" if exact else f"{len(vals)} random batches"
+    return {"effect": float(vals.mean()), "stderr": se, "draws": len(vals),
+            "note": f"(lr^2 / 2) U_S^T H_T U_S averaged over {how}; growth_rate_second_order = positive + "
+                    "first-order batch term + this (for SGD it contains the Hessian noise term)"}
+
+
+def _hessian_noise(  # type: ignore[no-untyped-def]
+    model, params, eff: RLEffects, target, update: UpdateConfig, noise: bool, lr: float, b_eff: float,
+    memory_note: str | None = None,
+) -> dict:
+    """(lr^2 / 2b) tr(H_T Sigma_w) where it is defined and estimated; else None (or 0) with the reason."""
+    m = int((~eff.zero_variance).sum())
+    out: dict[str, Any] = {"effect": None, "stderr": None, "trace": None}
+    if isinstance(target, DirectionTarget) or (isinstance(target, TargetVector) and target.kind == "direction"):
+        return {**out, "effect": 0.0, "note": "0, a fixed direction is linear in theta"}
+    if isinstance(target, AccuracyTarget):
+        return {**out, "note": "not estimated for an accuracy target (its Hessian is not available)"}
+    if not isinstance(target, LossTarget):
+        return {**out, "note": "not estimated for a precomputed target vector"}
+    if not noise:
+        return {**out, "note": memory_note or "not requested (--no-noise)"}
+    if update.optimizer != "sgd":
+        return {**out, "note": "not estimated for Adam (O(lr^2); the first-order batch term dominates at small lr)"}
+    if m < 2:
+        return {**out, "effect": 0.0 if m == 0 else None, "note": "fewer than 2 prompts with reward variance"}
+    ne = rl_noise_effect(model, params, eff, target.examples)
+    scale = lr * lr / (2 * b_eff) * finite_population(b_eff, m)
+    return {"effect": scale * ne.trace, "stderr": scale * ne.stderr, "trace": ne.trace,
+            "note": "(lr^2 / 2b) tr(H_T Sigma_w) (m - b) / m, b = prompts_per_step * (1 - zero_variance_fraction), "
+                    "m = prompts with reward variance"}
+
+
+def _batch_noise(  # type: ignore[no-untyped-def]
+    params, eff: RLEffects, update: UpdateConfig, state, noise: bool, nonlinear: bool, lr: float, positive: float,
+    prompts_per_step: int, draws: int, seed: int, memory_note: str | None = None,
+) -> dict:
+    """lr E_S <U(clip(gbar_S)), G> - positive effect, over batch draws; 0 for a linear update."""
+    out: dict[str, Any] = {"effect": None, "stderr": None, "exact": None, "draws": 0}
+    if not nonlinear:
+        return {**out, "effect": 0.0, "note": "0, SGD without clipping is linear in the gradient"}
+    if not noise:
+        return {**out, "note": memory_note or "not requested (--no-noise)"}
+    if not (~eff.zero_variance).any():
+        return {**out, "effect": 0.0, "note": "0, no prompt has reward variance"}
+    n = len(eff.effect)
+    batches, exact = batch_draws(n, prompts_per_step, draws, seed)
+    vals = lr * batch_step_effects(eff, params, update, state, batches)
+    se = 0.0 if exact else (float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan"))
+    how = f"every one of the {len(vals)} batches" if exact else f"{len(vals)} random batches"
+    return {"effect": float(vals.mean()) - positive, "stderr": se, "exact": exact, "draws": len(vals),
+            "growth_stderr": batch_growth_stderr(vals, batches, n, min(prompts_per_step, n)),
+            "note": f"E over {how} of the clipped, simulated batch step's effect, minus the positive effect"}
+
+
+def batch_growth_stderr(values: np.ndarray, batches: Sequence[np.ndarray], n: int, b: int) -> float | None:
+    """Standard error of the mean batch-step effect over fresh prompts and rollouts (None when b >= n).
+
+    The mean over batches of b prompts is a U-statistic of the n sampled prompt groups; its
+    variance is about (b^2 / n) Var(h(x)), h(x) the mean effect of the batches holding prompt x
+    (Hoeffding's first-order term). Estimated from the same draws, so the Monte Carlo noise in
+    h(x) makes it slightly conservative. This is the uncertainty a new sample of rollouts would
+    show, which a bootstrap of the per-prompt effects alone misses for a non-linear update.
+    """
+    if b >= n or n < 3:
+        return None
+    contains = np.zeros((len(batches), n))
+    for k, idx in enumerate(batches):
+        contains[k, idx] = 1.0
+    counts = contains.sum(0)
+    seen = counts > 0
+    if seen.sum() < 3:
+        return None
+    h = (contains.T @ values)[seen] / counts[seen]
+    return float(b / math.sqrt(n) * h.std(ddof=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The accuracy target: REINFORCE estimate of grad of test accuracy
+# ---------------------------------------------------------------------------------------------
+
+
+def reinforce_coefficients(rewards: Sequence[float], baseline: str = "loo") -> list[float]:
+    """r_i - b_i per sample: b = 0 ('none') or the mean of the other samples' rewards ('loo').
+
+    With 'loo', r_i - mean_{j != i} r_j = (n r_i - sum r) / (n - 1), and exactly 0 when all rewards are equal.
+    """
+    n = len(rewards)
+    if baseline == "none":
+        return [float(r) for r in rewards]
+    if baseline != "loo":
+        raise SampleEffectError(f"unknown baseline '{baseline}'; choose one of {', '.join(BASELINES)}")
+    if n < 2:
+        raise SampleEffectError("the leave-one-out baseline needs at least 2 samples per prompt")
+    if all(r == rewards[0] for r in rewards):
+        return [0.0] * n
+    total = float(sum(rewards))
+    return [(n * float(r) - total) / (n - 1) for r in rewards]
+
+
+def sequence_logprobs(model: torch.nn.Module, rollouts: Sequence[Rollout], temperature: float = 1.0) -> torch.Tensor:
+    """log pi_T(y|x) per rollout: the SUM of its completion tokens' log-probs under softmax(logits / T)."""
+    device = next(model.parameters()).device
+    ids, mask = pad_sequences([r.ids for r in rollouts], [r.start for r in rollouts])
+    ids, mask = ids.to(device), mask.to(device)
+    logits = model(input_ids=ids, use_cache=False).logits
+    if temperature != 1.0:
+        logits = logits / temperature
+    lp = token_logprobs(logits, ids)
+    return (lp * mask.to(lp.dtype)).sum(-1)
+
+
+def reinforce_gradient(
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    groups: Sequence[Sequence[Rollout]],
+    baseline: str = "loo",
+    temperature: float = 1.0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """G = mean_x (1/n) sum_i (r_i - b_i) grad log pi_T(y_i|x) over sampled groups, and its statistics.
+
+    Statistics: accuracy (mean reward); accuracy_stderr, the sampling standard error of the
+    accuracy of this fixed prompt set, sqrt(sum_x s_x^2 / n_x) / P with s_x^2 the unbiased
+    within-prompt variance of the rewards; accuracy_prompt_stderr, the standard error over prompts
+    (std of per-prompt mean rewards / sqrt P: it also counts which prompts were drawn);
+    gradient_norm ||G||; gradient_stderr, the per-prompt spread of the estimate,
+    sqrt(sum_x ||G_x - G||^2 / (P (P - 1))) (the square root of the trace of the covariance of G
+    as a mean of per-prompt estimates G_x; NaN with one prompt); gradient_rel_stderr = that / ||G||.
+    """
+    if not groups:
+        raise SampleEffectError("no test prompts for the accuracy target")
+    if batch_size < 1:
+        raise SampleEffectError(f"batch size must be >= 1, got {batch_size}")
+    names = list(params)
+    plist = [params[n] for n in names]
+    acc = accumulation_dtype(plist[0].dtype)
+    mean = {n: torch.zeros(p.shape, dtype=acc, device=p.device) for n, p in params.items()}
+    m2 = 0.0
+    within_var = 0.0
+    prompt_means = []
+    n_zero = 0
+    for k, group in enumerate(tqdm(groups, desc="accuracy gradient", unit="prompt", disable=not progress, leave=False), 1):
+        rewards = [float(r.reward) for r in group]
+        ns = len(rewards)
+        coefs = reinforce_coefficients(rewards, baseline)
+        prompt_means.append(sum(rewards) / ns)
+        within_var += (float(np.var(rewards, ddof=1)) / ns) if ns > 1 else float("nan")
+        gx = {n: torch.zeros(p.shape, dtype=acc, device=p.device) for n, p in params.items()}
+        if any(c != 0.0 for c in coefs):
+            for start in range(0, ns, batch_size):
+                part = group[start : start + batch_size]
+                seq = sequence_logprobs(model, part, temperature)
+                w = torch.tensor(coefs[start : start + batch_size], dtype=seq.dtype, device=seq.device) / ns
+                grads = torch.autograd.grad((seq * w).sum(), plist, allow_unused=True)
+                for n, gr in zip(names, grads):
+                    if gr is not None:
+                        gx[n] += gr.detach().to(acc)
+        else:
+            n_zero += 1
+        # Welford over prompts: running mean of G_x and sum of squared deviations (in norm).
+        dev_old = {n: gx[n] - mean[n] for n in names}
+        for n in names:
+            mean[n] += dev_old[n] / k
+        m2 += float(sum((dev_old[n].double() * (gx[n] - mean[n]).double()).sum() for n in names))
+    P = len(groups)
+    norm = float(sum((v.double() ** 2).sum() for v in mean.values()) ** 0.5)
+    pm = np.array(prompt_means)
+    g_se = math.sqrt(max(m2, 0.0) / (P * (P - 1))) if P > 1 else float("nan")
+    stats = {
+        "accuracy": float(pm.mean()),
+        "accuracy_stderr": math.sqrt(within_var) / P,
+        "accuracy_prompt_stderr": float(pm.std(ddof=1) / math.sqrt(P)) if P > 1 else float("nan"),
+        "gradient_norm": norm,
+        "gradient_stderr": g_se,
+        "gradient_rel_stderr": g_se / norm if norm > 0 else float("nan"),
+        "n_prompts": float(P),
+        "n_samples": float(sum(len(g) for g in groups) / P),
+        "zero_variance_prompts": float(n_zero) if baseline == "loo" else float("nan"),
+    }
+    return mean, stats
+
+
+def accuracy_target_vector(
+    target: AccuracyTarget,
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    compute: ComputeConfig | None = None,
+) -> TargetVector:
+    """Resolve an `AccuracyTarget`: sample its completions, then the REINFORCE gradient and its statistics."""
+    compute = compute or ComputeConfig()
+    if target.tokenizer is None:
+        raise SampleEffectError("the accuracy target needs the model's tokenizer (AccuracyTarget.tokenizer) to sample")
+    if target.baseline not in BASELINES:
+        raise SampleEffectError(f"unknown baseline '{target.baseline}'; choose one of {', '.join(BASELINES)}")
+    if target.n_samples < (2 if target.baseline == "loo" else 1):
+        raise SampleEffectError(
+            f"--target-samples must be >= {2 if target.baseline == 'loo' else 1} with baseline '{target.baseline}', got {target.n_samples}"
+        )
+    prompts = list(target.prompts)
+    groups = sample_groups(
+        model, target.tokenizer, prompts, target.reward, target.n_samples, target.temperature,
+        target.max_new_tokens, target.seed, compute.progress, desc="accuracy samples",
+    )
+    vec, stats = reinforce_gradient(model, params, groups, target.baseline, target.temperature, compute.batch_size, compute.progress)
+    return TargetVector(vec, target.name, stats=stats)

@@ -1,0 +1,303 @@
+"""Predicted SFT curves: how a target moves, step by step, over a real training schedule.
+
+The prediction linearises the target around the starting weights theta_0 (DESIGN.md section 1):
+per-example gradients g_i and the target direction G are taken at theta_0, and the trainer's
+schedule is replayed on them exactly as `train_sft` runs it: the same batch order (seeded
+permutations), gradient accumulation, batch-level clip_grad_norm_, the lr schedule with warmup,
+and AdamW's moments carried from step to step. Step t then changes the target by lr_t <d_t, G>.
+
+Two parts per step (SDE view, arXiv 2505.17988):
+- positive effect: the step the optimiser would take on the full-data mean gradient (the
+  dataset effect pushed through the schedule);
+- noise effect: what drawing small batches adds on average. For AdamW it is the Monte Carlo
+  mean over R independent batch orders of lr_t <d_t, G> minus the positive effect (Adam is not
+  linear in the gradient, so batch noise changes the expected step); for SGD it is the
+  second-order term (lr_t^2 / 2b) tr(H_T Sigma) (n - b) / n, by Hessian-vector products
+  (`growth.py`; (n - b) / n because a batch is drawn without replacement from the n examples).
+The curve for the trainer's own seed is reported too: it is what one real run should follow
+while the first-order picture holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sample_effect.data.examples import TokenizedExample
+from sample_effect.engine.core import ComputeConfig, iter_example_factors
+from sample_effect.errors import SampleEffectError
+from sample_effect.kernels.ghost import materialise_sum
+from sample_effect.targets.core import TargetVector
+from sample_effect.training.sft import SFTConfig
+from sample_effect.update.optim import CLIP_EPS
+
+
+@dataclass
+class SFTCurve:
+    """One dataset's predicted curve: a row per step and a few scalars."""
+
+    name: str
+    steps: pd.DataFrame  # step, lr, positive, noise, noise_se, seed_path, predicted, cumulative, target
+    dataset_effect: float  # mean over examples of e(s) for one fresh AdamW step (per unit lr)
+    n_examples: int
+    start_value: float | None  # target value at theta_0 (the target loss, for a loss target)
+    sign: float  # +1: the target value rises with the target (direction); -1: a loss falls
+
+    def summary(self) -> dict:
+        """The curve's scalars as a JSON-ready dict: totals of each term and the predicted final value."""
+        last = self.steps.iloc[-1]
+        return {
+            "name": self.name, "n_examples": self.n_examples, "dataset_effect": self.dataset_effect,
+            "steps": int(last["step"]), "predicted_total_change": float(last["cumulative"]),
+            "positive_total": float(self.steps["positive"].sum()), "noise_total": float(self.steps["noise"].sum()),
+            "seed_path_total": float(self.steps["seed_path"].sum()),
+            "start_value": self.start_value, "predicted_final_value": None if self.start_value is None else float(last["target"]),
+        }
+
+
+def schedule_lrs(cfg: SFTConfig, total: int) -> list[float]:
+    """The lr of every step, read off the trainer's own scheduler."""
+    from sample_effect.training.common import make_schedule
+
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    sched = make_schedule(dummy, cfg.schedule, cfg.warmup_steps, total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(float(sched.get_last_lr()[0]))
+        dummy.step()
+        sched.step()
+    return lrs
+
+
+def total_steps(cfg: SFTConfig, n: int) -> int:
+    """Optimiser steps `train_sft` takes for n examples."""
+    per_step = cfg.batch_size * cfg.grad_accum
+    return cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * math.ceil(n / per_step)))
+
+
+def batch_schedule(cfg: SFTConfig, n: int, total: int, seed: int) -> list[list[list[int]]]:
+    """Per step, the micro-batches of example indices, drawn exactly as `train_sft` draws them."""
+    gen = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    steps = []
+    for _ in range(total):
+        micro = []
+        for _ in range(cfg.grad_accum):
+            if len(order) < cfg.batch_size:
+                order += torch.randperm(n, generator=gen).tolist()
+            micro.append(order[: cfg.batch_size])
+            order = order[cfg.batch_size :]
+        steps.append(micro)
+    return steps
+
+
+def example_gradient_matrix(
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    examples: Sequence[TokenizedExample],
+    compute: ComputeConfig | None = None,
+) -> torch.Tensor:
+    """All per-example gradients at the current weights as one [n, n_params] matrix (parameter order)."""
+    compute = compute or ComputeConfig()
+    n_params = sum(p.numel() for p in params.values())
+    first = next(iter(params.values()))
+    from sample_effect.models.loading import accumulation_dtype
+
+    acc = accumulation_dtype(first.dtype)
+    need = len(examples) * n_params * torch.empty((), dtype=acc).element_size()
+    budget = compute.budget_bytes()
+    if budget is not None and need > 4 * budget:
+        raise SampleEffectError(
+            f"predict-sft keeps every example's gradient: {len(examples)} x {n_params} parameters needs "
+            f"{need / 1e9:.3g} GB; pass fewer examples, --params, or a larger --memory-budget"
+        )
+    from sample_effect.runtime import distributed as dist
+
+    if dist.active():  # torchrun: each rank its block of rows, summed into the full matrix on every rank
+        mine = dist.block(len(examples))
+        out = torch.zeros(len(examples), n_params, dtype=acc, device=first.device)
+        part = [examples[i] for i in mine]
+        offset = mine.start
+    else:
+        out = torch.empty(len(examples), n_params, dtype=acc, device=first.device)
+        part, offset = list(examples), 0
+    if part:
+        for batch in iter_example_factors(model, params, part, compute, desc="per-example gradients"):
+            cols = [materialise_sum(fs).flatten(1) for fs in batch.factors.values()]
+            out[[offset + i for i in batch.indices]] = torch.cat(cols, dim=1)
+    if dist.active():
+        dist.all_reduce_sum_(out)
+    return out
+
+
+class _AdamW:
+    """AdamW on flat vectors, op for op as torch.optim.AdamW (single tensor, no amsgrad), returning d = step / lr."""
+
+    def __init__(self, n: int, dtype: torch.dtype, beta1: float, beta2: float, eps: float, wd: float, theta0: torch.Tensor):
+        self.m = torch.zeros(n, dtype=dtype)
+        self.v = torch.zeros(n, dtype=dtype)
+        self.t = 0
+        self.b1, self.b2, self.eps, self.wd, self.theta0 = beta1, beta2, eps, wd, theta0
+
+    def step(self, g: torch.Tensor) -> torch.Tensor:
+        self.t += 1
+        self.m.lerp_(g, 1 - self.b1)
+        self.v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+        bc1 = 1 - self.b1**self.t
+        bc2s = (1 - self.b2**self.t) ** 0.5
+        d = -(self.m / (self.v.sqrt() / bc2s + self.eps)) / bc1
+        return d - self.wd * self.theta0 if self.wd else d
+
+
+def _clip(g: torch.Tensor, max_norm: float | None) -> torch.Tensor:
+    if max_norm is None:
+        return g
+    return g * min(1.0, max_norm / (float(g.norm()) + CLIP_EPS))
+
+
+def _path(
+    grads: torch.Tensor, gvec: torch.Tensor, theta0: torch.Tensor, cfg: SFTConfig, lrs: Sequence[float],
+    batches: Sequence[Sequence[Sequence[int]]] | None, optimizer: str,
+) -> np.ndarray:
+    """Per-step first-order target change lr_t <d_t, G> along one batch path (None: the full-data mean each step)."""
+    mean = grads.mean(0)
+    opt = _AdamW(grads.shape[1], grads.dtype, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, theta0)
+    out = np.zeros(len(lrs))
+    for t, lr in enumerate(lrs):
+        if batches is None:
+            g = mean
+        else:
+            g = sum(grads[idx].mean(0) for idx in batches[t]) / len(batches[t])  # type: ignore[assignment]
+        g = _clip(g, cfg.max_grad_norm)
+        d = opt.step(g) if optimizer == "adamw" else -(g + cfg.weight_decay * theta0)
+        out[t] = lr * float(d @ gvec)
+    return out
+
+
+def predict_sft_curve(
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    examples: Sequence[TokenizedExample],
+    target: TargetVector,
+    cfg: SFTConfig,
+    name: str = "data",
+    replicates: int = 8,
+    optimizer: str = "adamw",
+    target_examples: Sequence[TokenizedExample] | None = None,
+    compute: ComputeConfig | None = None,
+) -> SFTCurve:
+    """The predicted per-step and cumulative change of the target over `cfg`'s schedule on `examples`.
+
+    `target` is G over `params` (for a loss target, minus the loss gradient, so a positive change
+    is a falling loss). optimizer 'adamw' replays the trainer; 'sgd' uses plain SGD steps with the
+    Hessian noise term (a loss target needs `target_examples` for the Hessian).
+    """
+    cfg.validate()
+    if optimizer not in ("adamw", "sgd"):
+        raise SampleEffectError(f"predict-sft simulates adamw (the trainer) or sgd, got '{optimizer}'")
+    if replicates < 1:
+        raise SampleEffectError(f"--replicates must be >= 1, got {replicates}")
+    if not examples:
+        raise SampleEffectError(f"dataset '{name}' is empty")
+    grads = example_gradient_matrix(model, params, examples, compute)
+    acc = grads.dtype
+    gvec = torch.cat([target.vector[n].flatten().to(acc) for n in params])
+    theta0 = torch.cat([p.detach().flatten().to(acc) for p in params.values()])
+    total = total_steps(cfg, len(examples))
+    lrs = schedule_lrs(cfg, total)
+    positive = _path(grads, gvec, theta0, cfg, lrs, None, optimizer)
+    seed_path = _path(grads, gvec, theta0, cfg, lrs, batch_schedule(cfg, len(examples), total, cfg.seed), optimizer)
+    if optimizer == "adamw":
+        reps = np.stack([
+            _path(grads, gvec, theta0, cfg, lrs, batch_schedule(cfg, len(examples), total, cfg.seed + 1 + r), optimizer)
+            for r in range(replicates)
+        ])
+        noise = reps.mean(0) - positive
+        noise_se = reps.std(0, ddof=1) / math.sqrt(replicates) if replicates > 1 else np.full(total, np.nan)
+    else:
+        noise, noise_se = _sgd_noise(model, params, grads, target, cfg, lrs, target_examples)
+    predicted = positive + noise
+    dataset_effect = _fresh_dataset_effect(grads, gvec, theta0, cfg, optimizer)
+    start = target.target_loss
+    sign = -1.0 if start is not None else 1.0
+    cum = np.cumsum(predicted)
+    steps = pd.DataFrame({
+        "step": np.arange(1, total + 1), "lr": lrs, "positive": positive, "noise": noise, "noise_se": noise_se,
+        "seed_path": seed_path, "predicted": predicted, "cumulative": cum,
+        "target": (start + sign * cum) if start is not None else cum,
+    })
+    return SFTCurve(name, steps, dataset_effect, len(examples), start, sign)
+
+
+def _fresh_dataset_effect(grads: torch.Tensor, gvec: torch.Tensor, theta0: torch.Tensor, cfg: SFTConfig, optimizer: str) -> float:
+    """Mean over examples of one fresh step's effect (a batch of one, clipped as the trainer clips a batch).
+
+    The per-example AdamW step is the engine's own (`kernels.adam.adam_effect_rows`), in blocks of rows.
+    """
+    from sample_effect.kernels.adam import adam_effect_rows, adamw_decay_dot
+    from sample_effect.update.optim import clip_coefficients
+
+    total = 0.0
+    for r0 in range(0, grads.shape[0], 64):
+        g = grads[r0 : r0 + 64].clone()
+        if cfg.max_grad_norm is not None:
+            g.mul_(clip_coefficients(g.pow(2).sum(1), cfg.max_grad_norm).unsqueeze(1))
+        if optimizer == "adamw":
+            dots, _ = adam_effect_rows(g, theta0, gvec, "adamw", cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay)
+        else:
+            dots = -(g @ gvec)
+        total += float(dots.sum())
+    decay = adamw_decay_dot(theta0, gvec, "adamw", cfg.weight_decay) if optimizer == "adamw" else 0.0
+    return total / grads.shape[0] + decay
+
+
+def _sgd_noise(model, params, grads, target, cfg, lrs, target_examples):  # type: ignore[no-untyped-def]
+    """(lr_t^2 / 2b) tr(H_T Sigma) (n - b) / n per step for a loss target; zero for a fixed direction.
+
+    The per-example SGD updates -clip(g_i) come from the gradient matrix already held, so the
+    only new work is one Hessian-vector product per example (split across torchrun ranks).
+    """
+    if target_examples is None:
+        return np.zeros(len(lrs)), np.zeros(len(lrs))
+    from sample_effect.growth.noise import finite_population, target_loss_hvp, trace_from_centred
+    from sample_effect.update.optim import clip_coefficients
+
+    if grads.shape[0] < 2:
+        raise SampleEffectError("the noise effect needs at least 2 examples")
+    d = -grads * clip_coefficients(grads.pow(2).sum(1), cfg.max_grad_norm).unsqueeze(1)
+    centred_flat = d - d.mean(0)
+    shapes = [(name, p.shape, p.numel()) for name, p in params.items()]
+
+    def unflatten(row: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, o = {}, 0
+        for name, shape, k in shapes:
+            out[name] = row[o : o + k].view(shape)
+            o += k
+        return out
+
+    centred = [unflatten(row) for row in centred_flat]
+    ne = trace_from_centred(centred, target_loss_hvp(model, params, target_examples), sign=-1.0)  # H_T = -H_L
+    b = cfg.batch_size * cfg.grad_accum
+    lr = np.asarray(lrs)
+    scale = lr * lr / (2 * b) * finite_population(b, grads.shape[0])  # batches drawn without replacement
+    return scale * ne.trace, scale * ne.stderr
+
+
+def curves_table(curves: Sequence[SFTCurve]) -> pd.DataFrame:
+    """All datasets' step rows in one long table (a `dataset` column first)."""
+    return pd.concat([c.steps.assign(dataset=c.name) for c in curves], ignore_index=True)[
+        ["dataset", *curves[0].steps.columns]
+    ]
+
+
+def predict_sft_report(curves: Sequence[SFTCurve], cfg: SFTConfig, target_kind: str, optimizer: str, replicates: int) -> dict:
+    """The JSON document `predict-sft` writes."""
+    return {
+        "target": target_kind, "optimizer": optimizer, "replicates": replicates, "config": asdict(cfg),
+        "datasets": [c.summary() for c in curves],
+    }

@@ -1,0 +1,1 @@
+"""Figures, written as PNG (or SVG by extension) with titles, labelled axes and legends."""

@@ -1,0 +1,292 @@
+"""Figures, written as PNG (or SVG by extension) with titles, labelled axes and legends."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> None:  # type: ignore[no-untyped-def]
+    from sample_effect.io import atomic_path
+
+    fig.tight_layout()
+    suffix = os.path.splitext(str(path))[1].lstrip(".") or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=130, format=suffix)
+    _plt().close(fig)
+
+
+def effects_by_group(table: pd.DataFrame, group: str, path: str | os.PathLike, title: str = "Sample effect by group") -> None:
+    """Box plot with points: the distribution of sample effects per group (e.g. response style)."""
+    plt = _plt()
+    groups = list(table.groupby(group)["effect"].mean().sort_values(ascending=False).index)
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    data = [table.loc[table[group] == g, "effect"].to_numpy() for g in groups]
+    ax.boxplot(data, showfliers=False)
+    long_labels = sum(len(str(g)) for g in groups) > 60  # rotate rather than let neighbours overlap
+    ax.set_xticks(range(1, len(groups) + 1), groups, rotation=30 if long_labels else 0, ha="right" if long_labels else "center")
+    for i, d in enumerate(data, start=1):
+        ax.scatter([i] * len(d), d, s=10, alpha=0.5)
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel(group)
+    ax.set_ylabel("sample effect e(s) (target change per unit lr)")
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def curves(runs: Mapping[str, pd.DataFrame], x: str, y: str, path: str | os.PathLike, title: str, ylabel: str | None = None) -> None:
+    """One line per run of metric `y` against `x`."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for label, df in runs.items():
+        d = df.dropna(subset=[y])
+        ax.plot(d[x], d[y], marker="o", ms=3, label=label)
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(ylabel or y.replace("_", " "))
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def predicted_curves(curves_: Sequence[Any], path: str | os.PathLike) -> None:
+    """Predicted cumulative target change per dataset, with the positive-effect part dashed."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for c in curves_:
+        s = c.steps
+        line = ax.plot(s["step"], s["cumulative"], label=f"{c.name}: positive + noise")[0]
+        ax.plot(s["step"], s["positive"].cumsum(), ls="--", color=line.get_color(), lw=0.9, label=f"{c.name}: positive only")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("optimiser step")
+    sign = "drop of the target loss (nats)" if curves_ and curves_[0].start_value is not None else "target change"
+    ax.set_ylabel(f"predicted cumulative {sign}")
+    ax.set_title("Predicted SFT growth of the target, per dataset")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def predicted_vs_actual(df: pd.DataFrame, path: str | os.PathLike, title: str = "Predicted vs actual target loss during SFT") -> None:
+    """Actual target loss of real runs (solid, markers) against the predicted curve (dashed), per dataset."""
+    plt = _plt()
+    many = df["dataset"].nunique() > 2
+    fig, ax = plt.subplots(figsize=(9.2 if many else 6.4, 4))
+    for name, g in df.groupby("dataset", sort=False):
+        line = ax.plot(g["step"], g["actual"], marker="o", ms=3, label=f"{name}: actual")[0]
+        ax.plot(g["step"], g["predicted"], ls="--", color=line.get_color(), label=f"{name}: predicted")
+        if "predicted_second_order" in g and g["predicted_second_order"].notna().any():
+            ax.plot(g["step"], g["predicted_second_order"], ls=":", color=line.get_color(),
+                    label=f"{name}: predicted, with 2nd order")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("target loss (nats/token)")
+    ax.set_title(title)
+    if many:  # beside the axes, so that it hides no curve
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def selection_bars(summary: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Final target loss (and accuracy) per selection group: bars at the group mean, one dot per run."""
+    plt = _plt()
+    metrics = [m for m in ("target_loss_end", "accuracy_end") if m in summary]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
+    groups = list(dict.fromkeys(summary["group"]))
+    for ax, m in zip(axes[0], metrics):
+        means = [summary.loc[summary["group"] == g, m].mean() for g in groups]
+        ax.bar(range(len(groups)), means, color="lightsteelblue")
+        for i, g in enumerate(groups):
+            v = summary.loc[summary["group"] == g, m]
+            ax.scatter([i] * len(v), v, color="k", s=12, zorder=3)
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_xlabel("selection (k examples)")
+        ax.set_ylabel("held-out target loss (nats/token)" if m == "target_loss_end" else "greedy accuracy")
+        ax.set_title("after fine-tuning" + (": lower is better" if m == "target_loss_end" else ""))
+    fig.suptitle("Top-k by sample effect vs random-k vs bottom-k")
+    _save(fig, path)
+
+
+def effects_ranked(table: pd.DataFrame, path: str | os.PathLike, title: str = "Sample effects, ranked") -> None:
+    """Effect against rank (left) and the histogram of effects (right), from a `rank` table."""
+    import numpy as np
+
+    plt = _plt()
+    eff = pd.to_numeric(table["effect"], errors="coerce").to_numpy(dtype=float)
+    finite = eff[np.isfinite(eff)]
+    order = np.sort(finite)[::-1]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    ax1.plot(np.arange(1, len(order) + 1), order, marker="o" if len(order) <= 60 else None, ms=3)
+    ax1.axhline(0, color="grey", lw=0.8, ls="--")
+    ax1.set_xlabel("rank (1 = most helpful)")
+    ax1.set_ylabel("sample effect e(s) (target change per unit lr)")
+    ax1.set_title(f"{len(order)} examples by rank")
+    ax1.grid(alpha=0.3)
+    ax2.hist(order, bins=max(5, min(50, int(np.sqrt(max(1, len(order)))) * 2)), color="lightsteelblue", edgecolor="k", lw=0.5)
+    ax2.axvline(0, color="grey", lw=0.8, ls="--")
+    ax2.set_xlabel("sample effect e(s)")
+    ax2.set_ylabel("examples")
+    pos = int((order > 0).sum())
+    ax2.set_title(f"{pos} of {len(order)} positive" + (f"; {len(eff) - len(order)} non-finite left out" if len(eff) > len(order) else ""))
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def predicted_curves_table(table: pd.DataFrame, path: str | os.PathLike, title: str = "Predicted SFT growth of the target, per dataset") -> None:
+    """`predict-sft`'s CSV (curves_table): predicted cumulative change per dataset, the positive-effect part dashed."""
+    import numpy as np
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    loss_target = False
+    for name, g in table.groupby("dataset", sort=False):
+        g = g.sort_values("step")
+        line = ax.plot(g["step"], g["cumulative"], label=f"{name}: positive + noise")[0]
+        ax.plot(g["step"], g["positive"].cumsum(), ls="--", color=line.get_color(), lw=0.9, label=f"{name}: positive only")
+        # a loss target's `target` column is start - cumulative; a direction's is the cumulative change itself
+        loss_target = loss_target or not np.allclose(g["target"].to_numpy(float), g["cumulative"].to_numpy(float))
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("predicted cumulative " + ("drop of the target loss (nats)" if loss_target else "target change"))
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def rl_growth_bars(records: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str | None = None) -> None:
+    """`predict-rl`'s records: predicted growth per GRPO step per model, bootstrap 95% interval as error bars,
+    the zero-variance fraction of the prompt groups written over each bar."""
+    import numpy as np
+
+    plt = _plt()
+    labels = [str(r["model"]) for r in records]
+    growth = np.array([np.nan if r.get("growth_rate") is None else float(r["growth_rate"]) for r in records])
+    lo, hi = [], []
+    for r, g in zip(records, growth):
+        ci = r.get("growth_rate_ci95") or [None, None]
+        ok = ci[0] is not None and ci[1] is not None and np.isfinite(g)
+        lo.append(max(0.0, g - float(ci[0])) if ok else 0.0)
+        hi.append(max(0.0, float(ci[1]) - g) if ok else 0.0)
+    x = np.arange(len(records))
+    fig, ax = plt.subplots(figsize=(max(4.8, 1.3 * len(records) + 2.5), 4.2))
+    ax.bar(x, np.nan_to_num(growth), yerr=[lo, hi], capsize=5, color="lightsteelblue", edgecolor="k", lw=0.6,
+           label="growth rate (bootstrap 95% CI over prompts)")
+    ax.axhline(0, color="grey", lw=0.8)
+    top = np.nanmax(np.abs(np.concatenate([growth + np.array(hi), growth - np.array(lo)]))) if np.isfinite(growth).any() else 1.0
+    for i, r in enumerate(records):
+        zf = r.get("zero_variance_fraction")
+        zg, n = r.get("zero_variance_groups"), r.get("n_prompts")
+        text = "zero-var n/a" if zf is None else f"zero-var {float(zf):.0%}" + (f"\n({zg}/{n} groups)" if zg is not None and n else "")
+        if not np.isfinite(growth[i]):
+            text = "growth n/a\n" + text
+        y = np.nan_to_num(growth[i]) + (hi[i] if np.nan_to_num(growth[i]) >= 0 else -lo[i])
+        ax.annotate(text, (i, y), xytext=(0, 4 if y >= 0 else -4), textcoords="offset points", ha="center",
+                    va="bottom" if y >= 0 else "top", fontsize=8)
+    ax.set_ylim(min(ax.get_ylim()[0], -0.25 * top), max(ax.get_ylim()[1], 1.35 * top) if top > 0 else 1)
+    ax.set_xticks(x, labels, rotation=20 if max(map(len, labels), default=0) > 12 else 0,
+                  ha="right" if max(map(len, labels), default=0) > 12 else "center")
+    ax.set_xlabel("policy checkpoint")
+    target = records[0].get("target") if records else None
+    ax.set_ylabel("predicted target change per GRPO step")
+    ax.set_title(title or "Predicted GRPO growth per step" + (f" toward '{target}'" if target else ""))
+    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(alpha=0.3, axis="y")
+    _save(fig, path)
+
+
+def _cell_edges(values: Sequence[float], start_aligned: bool) -> Any:
+    """Cell boundaries for pcolormesh: [v, next v) per value (start_aligned) or centred on each value."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    if len(v) == 1:
+        return np.array([v[0], v[0] + 1.0]) if start_aligned else np.array([v[0] - 0.5, v[0] + 0.5])
+    if start_aligned:
+        return np.append(v, v[-1] + np.min(np.diff(v)))
+    mids = (v[:-1] + v[1:]) / 2
+    return np.concatenate([[v[0] - (mids[0] - v[0])], mids, [v[-1] + (v[-1] - mids[-1])]])
+
+
+def logprob_quantile_heatmap(
+    pivot: pd.DataFrame, path: str | os.PathLike, q: float, bucket: int | None = None, title: str | None = None
+) -> None:
+    """Heatmap of `quantiles.quantile_pivot`: GRPO step on y, token position on x, colour the q-quantile log-prob."""
+    import numpy as np
+
+    plt = _plt()
+    z = np.ma.masked_invalid(pivot.to_numpy(dtype=float))
+    steps, positions = list(pivot.index), list(pivot.columns)
+    if bucket is None:
+        bucket = int(np.min(np.diff(positions))) if len(positions) > 1 else 1
+    fig, ax = plt.subplots(figsize=(min(12.0, max(6.4, 0.06 * len(positions) + 4)), min(9.0, max(3.6, 0.18 * len(steps) + 2))))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.88")
+    mesh = ax.pcolormesh(_cell_edges(positions, True), _cell_edges(steps, False), z, cmap=cmap, shading="flat")
+    ax.invert_yaxis()
+    if len(steps) <= 20:
+        ax.set_yticks(steps)
+    cb = fig.colorbar(mesh, ax=ax)
+    cb.set_label(f"{q:g}-quantile of token log-prob (nats)")
+    ax.set_xlabel("token position in the completion (0-based" + (f", buckets of {bucket})" if bucket > 1 else ")"))
+    ax.set_ylabel("GRPO step")
+    ax.set_title(title or f"Rarest sampled tokens: {q:g}-quantile of token log-prob\nper GRPO step and position (grey: too few tokens)")
+    _save(fig, path)
+
+
+def logprob_quantile_curves(
+    df: pd.DataFrame, path: str | os.PathLike, steps: Sequence[int] | None = None, q: float | None = None,
+    title: str | None = None,
+) -> None:
+    """Quantile against token position, one line per step, from `quantiles.quantile_table`'s tidy table.
+
+    `steps` None takes up to four steps spread from the first to the last."""
+    import numpy as np
+
+    plt = _plt()
+    have = sorted(df["step"].unique())
+    if steps is None:
+        steps = list(dict.fromkeys(have[round(i)] for i in np.linspace(0, len(have) - 1, min(4, len(have)))))
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for s in steps:
+        g = df[df["step"] == s].sort_values("position")
+        ax.plot(g["position"], g["quantile"], marker="o" if len(g) <= 40 else None, ms=3, label=f"step {s}")
+    qtext = f"{q:g}-quantile" if q is not None else "quantile"
+    ax.set_xlabel("token position in the completion (0-based)")
+    ax.set_ylabel(f"{qtext} of token log-prob (nats)")
+    ax.set_title(title or f"Rarest sampled tokens by position: {qtext} of token log-prob")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def predicted_vs_actual_bars(summary: pd.DataFrame, path: str | os.PathLike, label: str = "selection") -> None:
+    """Side by side per run: the predicted drop (first order, its own axis) and the actual drop of the target loss.
+
+    Two panels rather than one overlay because a first-order prediction over many large steps can be
+    orders of magnitude off in size while still ordering the runs correctly; the panels compare order.
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    names = list(summary[label])
+    for ax, col, title in ((axes[0], "predicted_drop", "predicted (first order)"), (axes[1], "actual_drop", "actual")):
+        ax.bar(range(len(names)), summary[col], color="lightsteelblue" if col == "predicted_drop" else "tab:blue")
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("drop of the target loss (nats/token)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("Drop of the held-out target loss over the run, per selection")
+    _save(fig, path)

@@ -1,0 +1,1 @@
+"""Sampling from a policy and scoring its completions: generation and reward functions."""

@@ -1,0 +1,1 @@
+"""Running across processes (torchrun): rank, world size, gather and reduce; kept apart from the maths."""

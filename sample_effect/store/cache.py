@@ -1,0 +1,330 @@
+"""Resumable, content-addressed scoring for `rank --cache-dir DIR` (and the distributed path).
+
+Layout: `DIR/<key>/` where key is a hash of everything the effects depend on: every model weight,
+the chosen parameter names and dtype, the scored examples' tokens, the update settings, the
+optimiser state's moments, the engine method, and the target (a loss target's tokens, or the
+resolved vector itself for direction / accuracy targets). Any changed setting gives another key,
+so a finished shard is never reused for other settings. Inside:
+
+- `manifest.json`: the key, what went into it (readable summary), n_examples, `complete`;
+- `target.safetensors`: G of a loss / self target (computed once, reused on resume);
+- `shard-<start>-<stop>.npz`: indices, ids, effect, loss, grad_norm of up to --shard-size
+  examples, each written atomically (a killed run leaves whole shards or none).
+
+Re-running the same command skips examples that finished shards hold; shards are
+self-describing, so a resume may use another --shard-size or another number of processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sample_effect.data.examples import TokenizedExample
+from sample_effect.engine.core import ComputeConfig, mean_loss_gradient
+from sample_effect.engine.effects import EffectResult, compute_effects, resolve_state
+from sample_effect.errors import SampleEffectError
+from sample_effect.io import atomic_open, atomic_path
+from sample_effect.models.loading import accumulation_dtype, select_parameters
+from sample_effect.targets.core import LossTarget, SelfTarget, Target, TargetVector, resolve_target
+from sample_effect.update.optim import OptimizerState, UpdateConfig
+
+log = logging.getLogger("sample_effect")
+
+FORMAT = 1
+DELAY_ENV = "SAMPLE_EFFECT_TEST_SHARD_DELAY"  # tests: seconds to sleep after each shard (to interrupt a run)
+
+
+def add_cache_args(p: argparse.ArgumentParser) -> None:
+    """rank's --cache-dir, --resume and --shard-size."""
+    p.add_argument("--cache-dir", metavar="DIR", help="write per-chunk result shards under DIR/<settings hash>/ and "
+                   "skip the ones a previous run with the same settings finished (resumable)")
+    p.add_argument("--resume", action="store_true",
+                   help="with --cache-dir: require a previous run with these exact settings to continue from")
+    p.add_argument("--shard-size", type=int, default=256, metavar="N", help="examples per cache shard (default 256)")
+
+
+# --------------------------------------------------------------------------------------------
+# Keys
+# --------------------------------------------------------------------------------------------
+
+
+def _hash_tensor(h: hashlib._Hash, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+
+
+def _hash_examples(h: hashlib._Hash, examples: Sequence[TokenizedExample]) -> None:
+    h.update(f"n={len(examples)}".encode())
+    for ex in examples:
+        h.update(json.dumps([ex.id, ex.response_starts]).encode())
+        for s in ex.sequences:
+            h.update(s.numpy().astype(np.int64).tobytes())
+
+
+def settings_key(
+    model: torch.nn.Module, chosen: Mapping[str, torch.Tensor], examples: Sequence[TokenizedExample],
+    update: UpdateConfig, state: OptimizerState | None, compute: ComputeConfig, target_part: bytes,
+) -> str:
+    """Hash of everything the cached effects depend on (not speed-only settings: batch size, budget)."""
+    h = hashlib.sha256(f"sample-effect rank cache {FORMAT}".encode())
+    for n, p in model.named_parameters():
+        h.update(n.encode())
+        _hash_tensor(h, p)
+    h.update(json.dumps(list(chosen)).encode())
+    _hash_examples(h, examples)
+    h.update(json.dumps([asdict(update), compute.method, compute.grad_norms], sort_keys=True).encode())
+    if state is not None:
+        h.update(json.dumps([state.step, state.groups], sort_keys=True, default=str).encode())
+        for moments in (state.exp_avg, state.exp_avg_sq):
+            for n in sorted(moments):
+                h.update(n.encode())
+                _hash_tensor(h, moments[n])
+    h.update(target_part)
+    return h.hexdigest()[:32]
+
+
+def _vector_bytes(g: TargetVector) -> bytes:
+    h = hashlib.sha256(g.kind.encode())
+    for n in sorted(g.vector):
+        h.update(n.encode())
+        _hash_tensor(h, g.vector[n])
+    return h.digest()
+
+
+# --------------------------------------------------------------------------------------------
+# Target
+# --------------------------------------------------------------------------------------------
+
+
+def _loss_target(target: Target, model, chosen, scored, compute, distributed: bool) -> TargetVector:  # type: ignore[no-untyped-def]
+    """G of a loss/self target; with several processes each takes a block of the set and the parts are summed."""
+    if not distributed:
+        return resolve_target(target, model, chosen, scored, compute)
+    from sample_effect.runtime import distributed as dist
+
+    examples = target.examples if isinstance(target, LossTarget) else scored
+    part = [examples[i] for i in dist.block(len(examples))]
+    acc = accumulation_dtype(next(iter(chosen.values())).dtype)
+    if part:
+        grad, loss = mean_loss_gradient(model, chosen, part, compute)
+        w = len(part) / len(examples)  # the part's mean -> its share of the whole mean
+        grad = {n: g * w for n, g in grad.items()}
+        loss *= w
+    else:
+        grad = {n: torch.zeros(p.shape, dtype=acc, device=p.device) for n, p in chosen.items()}
+        loss = 0.0
+    for g in grad.values():
+        dist.all_reduce_sum_(g)
+    total = torch.tensor([loss], dtype=torch.float64)
+    dist.all_reduce_sum_(total)
+    return TargetVector({n: -g for n, g in grad.items()}, target.name, target_loss=float(total.item()))
+
+
+def _other_target(target, model, chosen, scored, compute, distributed: bool) -> TargetVector:  # type: ignore[no-untyped-def]
+    """A direction / accuracy target: resolved once (rank 0) and sent to the other ranks."""
+    if not distributed:
+        return resolve_target(target, model, chosen, scored, compute)
+    from sample_effect.runtime import distributed as dist
+
+    g = resolve_target(target, model, chosen, scored, compute) if dist.rank() == 0 else None
+    g = dist.broadcast_object(g)
+    return TargetVector({n: v.to(chosen[n].device) for n, v in g.vector.items()}, g.kind, g.target_loss, g.stats)
+
+
+def resolve_target_distributed(target: Target, model, chosen, scored, compute) -> TargetVector:  # type: ignore[no-untyped-def]
+    """G on every rank of a torchrun job: a loss target summed over blocks of its set, others resolved on rank 0."""
+    from sample_effect.runtime import distributed as dist
+
+    loss_kind = isinstance(target, (LossTarget, SelfTarget))
+    return (_loss_target if loss_kind else _other_target)(target, model, chosen, scored, compute, dist.active())
+
+
+def _save_target(path: Path, g: TargetVector) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({n: v.detach().cpu().contiguous() for n, v in g.vector.items()}, str(tmp),
+                  metadata={"kind": g.kind, "target_loss": json.dumps(g.target_loss)})
+
+
+def _load_target(path: Path, chosen: Mapping[str, torch.Tensor]) -> TargetVector:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+        vec = {n: fh.get_tensor(n).to(chosen[n].device) for n in chosen}
+    return TargetVector(vec, meta["kind"], target_loss=json.loads(meta["target_loss"]))
+
+
+# --------------------------------------------------------------------------------------------
+# Shards
+# --------------------------------------------------------------------------------------------
+
+
+def _read_shards(d: Path, n: int) -> dict[str, np.ndarray]:
+    """Everything finished shards hold: arrays over range(n) (NaN where not done) and a done mask."""
+    out = {"effect": np.full(n, np.nan), "loss": np.full(n, np.nan), "grad_norm": np.full(n, np.nan),
+           "done": np.zeros(n, dtype=bool)}
+    for f in sorted(d.glob("shard-*.npz")):
+        try:
+            with np.load(f) as z:
+                idx = z["indices"]
+                for k in ("effect", "loss", "grad_norm"):
+                    out[k][idx] = z[k]
+                out["done"][idx] = True
+        except Exception as exc:  # a damaged shard is recomputed, never trusted
+            log.warning("cache shard %s is unreadable (%s); recomputing it", f, type(exc).__name__)
+    return out
+
+
+def _write_shard(d: Path, idx: list[int], ids: list[str], res: EffectResult) -> None:
+    f = d / f"shard-{idx[0]:08d}-{idx[-1] + 1:08d}.npz"
+    with atomic_open(f, "wb") as fh:
+        np.savez(fh, indices=np.array(idx, dtype=np.int64), ids=np.array(ids), effect=res.effect, loss=res.loss,
+                 grad_norm=res.grad_norm)
+
+
+def _write_manifest(d: Path, manifest: dict) -> None:
+    with atomic_open(d / "manifest.json") as fh:
+        fh.write(json.dumps(manifest, indent=1, default=str) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------
+
+
+def score_rank(
+    model: torch.nn.Module,
+    examples: Sequence[TokenizedExample],
+    target: Target,
+    update: UpdateConfig,
+    params: str | None = None,
+    optimizer_state: str | os.PathLike | OptimizerState | None = None,
+    compute: ComputeConfig | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    shard_size: int = 256,
+    resume: bool = False,
+) -> EffectResult | None:
+    """Effects of every example, resumably under `cache_dir` and/or across torchrun processes.
+
+    Returns the whole result on rank 0 (or in a single process) and None on the other ranks.
+    """
+    from sample_effect.runtime import distributed as dist
+
+    compute = compute or ComputeConfig()
+    update = update.validate()
+    if shard_size < 1:
+        raise SampleEffectError(f"--shard-size must be >= 1, got {shard_size}")
+    if resume and cache_dir is None:
+        raise SampleEffectError("--resume needs --cache-dir (the directory of the run to resume)")
+    n = len(examples)
+    if n == 0:
+        raise SampleEffectError("the dataset is empty")
+    chosen = select_parameters(model, params)
+    distributed = dist.is_distributed()
+    if distributed:
+        dist.init(next(iter(chosen.values())).device)
+    rank0 = not distributed or dist.rank() == 0
+    state = resolve_state(model, chosen, update, optimizer_state)
+    loss_kind = isinstance(target, (LossTarget, SelfTarget))
+
+    d: Path | None = None
+    g: TargetVector | None = None
+    if cache_dir is not None:
+        root = Path(cache_dir)
+        if root.exists() and not root.is_dir():
+            raise SampleEffectError(f"--cache-dir {root} exists and is not a directory")
+        if loss_kind:
+            h = hashlib.sha256(b"self" if isinstance(target, SelfTarget) else b"loss")
+            if isinstance(target, LossTarget):
+                _hash_examples(h, target.examples)
+            part = h.digest()
+        else:
+            g = _other_target(target, model, chosen, examples, compute, distributed)
+            part = _vector_bytes(g)
+        key = settings_key(model, chosen, examples, update, state, compute, part)
+        d = root / key
+        exists = (d / "manifest.json").exists()
+        if resume and not exists:
+            others = sorted(p.name for p in root.glob("*/manifest.json")) if root.is_dir() else []
+            raise SampleEffectError(
+                f"--resume: {root} holds no run with these settings (key {key}"
+                + (f"; it holds {len(others)} run(s) with other weights, data, target or update settings" if others else "")
+                + ")"
+            )
+        if rank0:
+            d.mkdir(parents=True, exist_ok=True)
+            if not exists:
+                _write_manifest(d, {"format": FORMAT, "key": key, "n_examples": n, "complete": False,
+                                    "update": asdict(update), "params": params, "target": getattr(target, "name", ""),
+                                    "method": compute.method, "created": time.time()})
+        if distributed:
+            dist.barrier()
+        d.mkdir(parents=True, exist_ok=True)  # ranks on other nodes without a shared file system
+        tfile = d / "target.safetensors"
+        if loss_kind:
+            have = tfile.exists()
+            if distributed:
+                have = dist.all_agree(have)
+            if have:
+                g = _load_target(tfile, chosen)
+            else:
+                g = _loss_target(target, model, chosen, examples, compute, distributed)
+                if rank0:
+                    _save_target(tfile, g)
+    if g is None:
+        g = (_loss_target if loss_kind else _other_target)(target, model, chosen, examples, compute, distributed)
+
+    mine = dist.block(n) if distributed else range(n)
+    effect, loss, gnorm = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    todo = list(mine)
+    if d is not None:
+        held = _read_shards(d, n)
+        for k, arr in (("effect", effect), ("loss", loss), ("grad_norm", gnorm)):
+            arr[held["done"]] = held[k][held["done"]]
+        todo = [i for i in mine if not held["done"][i]]
+        if rank0 and compute.progress and int(held["done"].sum()):
+            print(f"cache: {int(held['done'].sum())} of {n} examples from finished shards in {d}")
+    step = shard_size if d is not None else max(len(todo), 1)
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    for s in range(0, len(todo), step):
+        idx = todo[s : s + step]
+        res = compute_effects(model, chosen, [examples[i] for i in idx], g, update, state, compute) if idx else None
+        if res is None:
+            continue
+        effect[idx], loss[idx], gnorm[idx] = res.effect, res.loss, res.grad_norm
+        if d is not None:
+            _write_shard(d, idx, [examples[i].id for i in idx], res)
+            if delay:
+                time.sleep(delay)
+    if distributed:
+        parts = dist.all_gather_objects((list(mine), effect[list(mine)], loss[list(mine)], gnorm[list(mine)]))
+        for idx, e, lo, gn in parts:
+            effect[idx], loss[idx], gnorm[idx] = e, lo, gn
+    if not rank0:
+        return None
+    if d is not None:
+        manifest = json.loads((d / "manifest.json").read_text())
+        manifest["complete"] = True
+        _write_manifest(d, manifest)
+    bad = np.flatnonzero(~np.isfinite(effect))
+    if len(bad) == n:
+        raise SampleEffectError("every effect is NaN or Inf; check the model weights and the data")
+    return EffectResult(
+        ids=[ex.id for ex in examples], effect=effect, loss=loss, grad_norm=gnorm,
+        n_tokens=np.array([ex.n_tokens for ex in examples]), n_responses=np.array([ex.n_responses for ex in examples]),
+        target=g,
+    )

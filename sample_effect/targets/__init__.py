@@ -1,0 +1,1 @@
+"""Target directions G: what "the model got better" means for an effect."""

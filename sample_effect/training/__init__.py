@@ -1,0 +1,23 @@
+"""Trainers whose losses are exactly the ones the engine linearises (imported from `sample_effect.objectives.losses`).
+
+- `train_sft`: AdamW on the mean example SFT loss (response tokens only);
+- `train_grpo`: group-relative policy optimisation with the token-mean GRPO loss;
+- `redistill`: sample from a (RL) checkpoint, keep correct completions, write SFT data.
+"""
+
+from sample_effect.training.common import load_optimizer_into, save_checkpoint
+from sample_effect.training.grpo import GRPOConfig, RLPrompt, load_rl_prompts, train_grpo
+from sample_effect.training.redistill import redistill
+from sample_effect.training.sft import SFTConfig, train_sft
+
+__all__ = [
+    "GRPOConfig",
+    "RLPrompt",
+    "SFTConfig",
+    "load_optimizer_into",
+    "load_rl_prompts",
+    "redistill",
+    "save_checkpoint",
+    "train_grpo",
+    "train_sft",
+]

@@ -1,0 +1,50 @@
+"""Re-distillation: sample from a (typically RL-trained) policy on prompts, keep the completions
+the reward accepts, and write them as SFT data for fine-tuning the base model (arXiv 2505.17988)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from sample_effect.io import atomic_open
+from sample_effect.rollouts.generation import sample
+from sample_effect.training.grpo import RLPrompt
+
+
+def redistill(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[RLPrompt],
+    reward: Callable[..., float],
+    out_path: str | os.PathLike,
+    samples_per_prompt: int = 1,
+    keep_per_prompt: int = 1,
+    temperature: float = 0.0,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict]:
+    """Write `{"id", "prompt", "response", "answer"}` lines of accepted completions; returns them.
+
+    With temperature 0 (greedy) one sample per prompt is drawn whatever `samples_per_prompt` says.
+    At most `keep_per_prompt` accepted completions are kept per prompt (distinct texts).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n = 1 if not temperature else samples_per_prompt
+    records: list[dict] = []
+    for p in tqdm(prompts, desc="redistill", unit="prompt", disable=not progress):
+        kept: list[str] = []
+        for c in sample(model, tokenizer, p.prompt, n, max_new_tokens, temperature, gen):
+            if len(kept) >= keep_per_prompt:
+                break
+            if c.text not in kept and reward(p.prompt, c.text, p.answer, finished=c.finished) >= 1.0:
+                kept.append(c.text)
+        records += [{"id": p.id, "prompt": p.prompt, "response": t, "answer": p.answer} for t in kept]
+    with atomic_open(out_path) as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    return records

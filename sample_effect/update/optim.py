@@ -1,0 +1,231 @@
+"""Simulated optimiser steps: the parameter change one step on an example would make.
+
+Everything here mirrors `torch.optim.SGD`, `torch.optim.Adam`, `torch.optim.AdamW` and
+`torch.nn.utils.clip_grad_norm_` operation for operation, so a simulated step equals a real one
+to rounding. Functions return the update *per unit learning rate*, d = delta_theta / lr, which is
+what the sample effect needs (e(s) = <d(s), G>) and which avoids the cancellation of subtracting
+two nearly equal parameter vectors.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sample_effect.errors import SampleEffectError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by (total_norm + 1e-6)
+TORCH_DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 0.01}
+
+
+@dataclass
+class UpdateConfig:
+    """How the trainer would step: optimiser, its hyper-parameters and gradient clipping.
+
+    Hyper-parameters left as None come from the loaded optimiser state's parameter group when
+    there is one, else from torch's defaults (AdamW's weight decay is 0.01, the others' 0).
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 1e-5
+    beta1: float | None = None
+    beta2: float | None = None
+    eps: float | None = None
+    weight_decay: float | None = None
+    clip: float | None = None
+
+    def validate(self) -> UpdateConfig:
+        """Raise SampleEffectError on any out-of-range setting; return self."""
+        if self.optimizer not in OPTIMIZERS:
+            raise SampleEffectError(f"unknown optimizer '{self.optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise SampleEffectError(f"--lr must be a positive number, got {self.lr}")
+        if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
+            raise SampleEffectError(f"--clip must be a positive number, got {self.clip}")
+        for name in ("beta1", "beta2"):
+            b = getattr(self, name)
+            if b is not None and not (0.0 <= b < 1.0):
+                raise SampleEffectError(f"--{name} must be in [0, 1), got {b}")
+        if self.eps is not None and not (math.isfinite(self.eps) and self.eps >= 0):
+            raise SampleEffectError(f"--eps must be >= 0, got {self.eps}")
+        if self.weight_decay is not None and not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise SampleEffectError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        return self
+
+
+@dataclass
+class ParamHyper:
+    """Resolved per-parameter hyper-parameters (a state file may hold several parameter groups)."""
+
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+
+
+@dataclass
+class OptimizerState:
+    """Adam moments and step count per parameter name; empty means a fresh optimiser."""
+
+    step: dict[str, float] = field(default_factory=dict)
+    exp_avg: dict[str, torch.Tensor] = field(default_factory=dict)
+    exp_avg_sq: dict[str, torch.Tensor] = field(default_factory=dict)
+    groups: dict[str, dict] = field(default_factory=dict)  # name -> its param group's settings
+
+    def hyper(self, name: str, cfg: UpdateConfig) -> ParamHyper:
+        """Hyper-parameters for one parameter: explicit config, else its group, else torch defaults."""
+        group = self.groups.get(name, {})
+        betas = group.get("betas", (0.9, 0.999))
+        return ParamHyper(
+            beta1=cfg.beta1 if cfg.beta1 is not None else float(betas[0]),
+            beta2=cfg.beta2 if cfg.beta2 is not None else float(betas[1]),
+            eps=cfg.eps if cfg.eps is not None else float(group.get("eps", 1e-8)),
+            weight_decay=cfg.weight_decay
+            if cfg.weight_decay is not None
+            else float(group.get("weight_decay", TORCH_DEFAULT_WEIGHT_DECAY[cfg.optimizer])),
+        )
+
+
+def load_optimizer_state(
+    path: str | os.PathLike,
+    params: Mapping[str, torch.Tensor],
+    dtype: torch.dtype = torch.float32,
+    model_names: Collection[str] | None = None,
+) -> OptimizerState:
+    """Read `{"optimizer": opt.state_dict(), "param_names": [...]}` and match its entries to `params` by name.
+
+    `param_names[k]` names the k-th parameter in the optimiser's order (its param groups
+    concatenated). Every chosen parameter must be named; a name the model does not have, a
+    duplicate, or a shape mismatch is an error. A named parameter without state (never stepped)
+    starts fresh, as torch would.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise SampleEffectError(f"--optimizer-state file not found: {p}")
+    if p.is_dir():
+        raise SampleEffectError(
+            f"--optimizer-state {p} is a directory; a transformers Trainer checkpoint directory is read with the "
+            "model (sample_effect.update.hf_checkpoint.load_trainer_optimizer_state)"
+        )
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then rejects
+            warnings.simplefilter("ignore")
+            blob = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle / zip / weights-only errors of many types
+        raise SampleEffectError(
+            f"could not read --optimizer-state {p}: not a torch.save file of tensors and plain containers "
+            f"({type(exc).__name__})"
+        ) from None
+    if not isinstance(blob, dict) or "optimizer" not in blob or "param_names" not in blob:
+        raise SampleEffectError(f"{p}: expected a dict with keys 'optimizer' (a state_dict) and 'param_names'")
+    return state_from_state_dict(blob["optimizer"], list(blob["param_names"]), params, dtype, model_names, p)
+
+
+def state_from_state_dict(
+    sd: dict,
+    names: list[str],
+    params: Mapping[str, torch.Tensor],
+    dtype: torch.dtype = torch.float32,
+    model_names: Collection[str] | None = None,
+    p: str | os.PathLike = "<optimizer state>",
+) -> OptimizerState:
+    """Match an optimizer state_dict to `params`, given the name of each of its parameters in order.
+
+    `names[k]` names the k-th parameter of the state_dict (its param groups concatenated); `p`
+    is where it came from, for error messages.
+    """
+    if not isinstance(sd, dict) or "state" not in sd or "param_groups" not in sd:
+        raise SampleEffectError(f"{p}: 'optimizer' is not an optimizer state_dict (no 'state'/'param_groups')")
+    if len(set(names)) != len(names):
+        raise SampleEffectError(f"{p}: 'param_names' contains duplicates")
+    order = [idx for g in sd["param_groups"] for idx in g["params"]]
+    if len(order) != len(names):
+        raise SampleEffectError(
+            f"{p}: the optimizer has {len(order)} parameters but 'param_names' lists {len(names)}"
+        )
+    index_of = dict(zip(names, order))
+    group_of = {idx: g for g in sd["param_groups"] for idx in g["params"]}
+    for g in sd["param_groups"]:
+        if g.get("amsgrad", False):
+            raise SampleEffectError(f"{p}: amsgrad optimizer states are not supported")
+    if model_names is not None:
+        known = set(model_names)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise SampleEffectError(
+                f"{p}: optimizer state names {len(unknown)} parameter(s) the model does not have, e.g. '{unknown[0]}'"
+            )
+    missing = [n for n in params if n not in index_of]
+    if missing:
+        raise SampleEffectError(
+            f"{p}: no optimizer state for {len(missing)} chosen parameter(s), e.g. '{missing[0]}' "
+            "(names must match the model's parameter names)"
+        )
+    st = OptimizerState()
+    for name, param in params.items():
+        idx = index_of[name]
+        group = group_of[idx]
+        st.groups[name] = {k: v for k, v in group.items() if k != "params"}
+        entry = sd["state"].get(idx, sd["state"].get(str(idx)))
+        if not entry:
+            continue
+        if "exp_avg" not in entry or "exp_avg_sq" not in entry:
+            raise SampleEffectError(f"{p}: state of '{name}' has no exp_avg/exp_avg_sq (not an Adam state)")
+        for key in ("exp_avg", "exp_avg_sq"):
+            t = entry[key]
+            if tuple(t.shape) != tuple(param.shape):
+                raise SampleEffectError(
+                    f"{p}: {key} of '{name}' has shape {tuple(t.shape)}, the model's parameter {tuple(param.shape)}"
+                )
+            getattr(st, key)[name] = t.to(device=param.device, dtype=dtype)
+        step = entry.get("step", 0)
+        st.step[name] = float(step.item() if isinstance(step, torch.Tensor) else step)
+    return st
+
+
+def clip_coefficients(sq_norms: torch.Tensor, clip: float | None) -> torch.Tensor:
+    """Per-example factor min(1, C / (||g|| + 1e-6)) applied before the optimiser, as clip_grad_norm_ does."""
+    if clip is None:
+        return torch.ones_like(sq_norms)
+    return (clip / (sq_norms.sqrt() + CLIP_EPS)).clamp(max=1.0)
+
+
+def update_per_lr(
+    grad: torch.Tensor,
+    param: torch.Tensor,
+    cfg: UpdateConfig,
+    hyper: ParamHyper,
+    exp_avg: torch.Tensor | None = None,
+    exp_avg_sq: torch.Tensor | None = None,
+    step: float = 0.0,
+) -> torch.Tensor:
+    """delta_theta / lr for a batch of (already clipped) gradients [E, *param.shape] of one parameter.
+
+    Each row is the update of one optimiser step taken from the given state on that row's
+    gradient alone.
+    """
+    wd = hyper.weight_decay
+    if cfg.optimizer == "sgd":
+        return -(grad + wd * param) if wd else -grad
+    if cfg.optimizer == "adam" and wd:
+        grad = grad + wd * param
+    b1, b2 = hyper.beta1, hyper.beta2
+    m0 = torch.zeros_like(param) if exp_avg is None else exp_avg
+    v0 = torch.zeros_like(param) if exp_avg_sq is None else exp_avg_sq
+    m = m0 + (1 - b1) * (grad - m0)  # torch: exp_avg.lerp_(grad, 1 - beta1)
+    v = b2 * v0 + (1 - b2) * grad * grad  # torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
+    t = step + 1
+    bias_correction1 = 1 - b1**t
+    bias_correction2_sqrt = (1 - b2**t) ** 0.5
+    denom = v.sqrt() / bias_correction2_sqrt + hyper.eps
+    d = -(m / denom) / bias_correction1
+    if cfg.optimizer == "adamw" and wd:
+        d = d - wd * param  # torch: param.mul_(1 - lr * weight_decay) before the Adam step
+    return d

@@ -1,0 +1,1 @@
+"""Checks of the first-order picture against real training: linearisation, curves, selection, RL curves."""
