@@ -1,18 +1,29 @@
-"""Build the tiny default base model shipped in sample_effect/assets/tiny-kk (reproducible, CPU).
+"""Build the tiny base models shipped in sample_effect/assets (reproducible, CPU only, seeded).
 
-A small Qwen2-style causal LM (tied embeddings, RMSNorm, GQA) with a byte-level BPE tokenizer,
+Small Qwen2-style causal LMs (tied embeddings, RMSNorm, GQA) with a byte-level BPE tokenizer,
 both trained from scratch on Knights-and-Knaves text written in a *base-model* format
-("Question: ... Answer: ... So the answer is ..."), with no \\boxed{} answers. It therefore knows
-the puzzles' language and some reasoning patterns but not the SFT answer format, which is what
+("Question: ... Answer: ... So the answer is: ..."), with no \\boxed{} answers. A model therefore
+knows the puzzles' language and the reasoning moves but not the SFT answer format, which is what
 a short SFT then teaches (the demo's job).
 
-    python scripts/build_tiny_base.py --out sample_effect/assets/tiny-kk [--steps 2000]
+Presets:
+- `tiny` (default, assets/tiny-kk): about 2.1M parameters, 2-4 person puzzles in all three
+  response styles; strong enough that a short SFT solves many 2- and 3-person puzzles.
+- `tiny-small` (assets/tiny-kk-small): the earlier 685K-parameter model, kept for fast tests.
+
+    python scripts/build_tiny_base.py --preset tiny [--steps N] [--threads 2]
+
+Batches are drawn from length buckets (shuffled, seeded), so little compute goes to padding.
+Progress, the eval-loss curve, the wall time and a greedy base-format accuracy per puzzle size
+are printed and written to build_info.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
 import time
 from pathlib import Path
 
@@ -20,59 +31,164 @@ import torch
 
 from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.data.kk import FORMAT_HINT, STYLES, generate_puzzles, quiz_text, response_text
+from sample_effect.engine.core import collate
 from sample_effect.models.tiny import build_tiny_model, save_model, train_tokenizer
-from sample_effect.training import SFTConfig, train_sft
+from sample_effect.objectives.losses import example_losses, sft_sequence_loss
 
-CONFIG = {"arch": "qwen2", "hidden": 128, "layers": 4, "heads": 4, "max_len": 2048}
-CORPUS = {2: 350, 3: 2500, 4: 1500}  # puzzles per size (2-person puzzles number about 400 in all)
-SEED = 100  # the demo draws its puzzles with other seeds
+SEED = 100  # the demo, tests and experiments draw their puzzles with other seeds
+
+PRESETS = {
+    "tiny": {
+        "out": "sample_effect/assets/tiny-kk",
+        "model": {"arch": "qwen2", "hidden": 192, "layers": 6, "heads": 4, "max_len": 2048},
+        # puzzles per size, and the styles cycled over them
+        "corpus": {2: (350, STYLES), 3: (6000, STYLES), 4: (4000, STYLES)},
+        "max_tokens": 640, "steps": 3600, "batch_size": 16, "lr": 1.5e-3, "warmup": 200,
+    },
+    "tiny-small": {
+        "out": "sample_effect/assets/tiny-kk-small",
+        "model": {"arch": "qwen2", "hidden": 128, "layers": 4, "heads": 4, "max_len": 2048},
+        "corpus": {2: (350, STYLES), 3: (2500, ("answer-only", "short-cot")), 4: (1500, ("answer-only", "short-cot"))},
+        "max_tokens": 512, "steps": 2000, "batch_size": 16, "lr": 1.5e-3, "warmup": 100,
+    },
+}
 
 
-def base_text(p, style: str) -> str:
+def base_prompt(p) -> str:  # type: ignore[no-untyped-def]
+    """The base-format question a pre-training text starts with (and greedy evaluation prompts with)."""
+    return f"Question:\n{quiz_text(p, SEED)}\nAnswer:\n"
+
+
+def base_text(p, style: str) -> str:  # type: ignore[no-untyped-def]
+    """One pre-training text: question, the style's reasoning without its boxed line, the plain answer."""
     body = response_text(p, style).rsplit("\n", 1)[0] if style != "answer-only" else ""
     reasoning = (body + "\n") if body else ""
-    return f"Question:\n{quiz_text(p, SEED)}\nAnswer:\n{reasoning}So the answer is: {p.answer}."
+    return f"{base_prompt(p)}{reasoning}So the answer is: {p.answer}."
 
 
-def corpus() -> list[str]:
+def corpus(spec: dict) -> list[str]:
+    """Every pre-training text of a preset, in generation order."""
     texts = []
-    for n, count in CORPUS.items():
-        styles = STYLES if n <= 2 else ("answer-only", "short-cot")  # long-cot grows fast with n
+    for n, (count, styles) in spec.items():
         for i, p in enumerate(generate_puzzles(n, count, seed=SEED)):
             texts.append(base_text(p, styles[i % len(styles)]))
     return texts
 
 
+def bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """One epoch of batches of similar length: sort by length with random tie-breaks, cut, shuffle the batches."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def batch_loss(model: torch.nn.Module, examples: list) -> torch.Tensor:
+    """Mean over texts of the mean token cross-entropy (the SFT loss with an empty prompt)."""
+    ids, mask, owners = collate(examples)
+    seq = sft_sequence_loss(model(input_ids=ids, use_cache=False).logits, ids, mask)
+    return example_losses(seq, owners, len(examples)).mean()
+
+
+@torch.no_grad()
+def eval_loss(model: torch.nn.Module, examples: list, batch_size: int = 16) -> float:
+    """Mean held-out loss (eval mode)."""
+    model.eval()
+    losses = [float(batch_loss(model, examples[i : i + batch_size])) * len(examples[i : i + batch_size])
+              for i in range(0, len(examples), batch_size)]
+    model.train()
+    return sum(losses) / len(examples)
+
+
+@torch.no_grad()
+def base_accuracy(model: torch.nn.Module, tok, n_people: int, count: int, max_new_tokens: int = 700) -> float:  # type: ignore[no-untyped-def]
+    """Greedy base-format accuracy on `count` fresh puzzles (seed never used by the corpus)."""
+    from sample_effect.rollouts.generation import sample
+
+    model.eval()
+    puzzles = generate_puzzles(n_people, count, seed=SEED + 1)
+    right = 0
+    for p in puzzles:
+        comp = sample(model, tok, base_prompt(p), n=1, max_new_tokens=max_new_tokens, temperature=0.0)[0]
+        right += int(f"So the answer is: {p.answer}." in comp.text)
+    return right / count
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="sample_effect/assets/tiny-kk")
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    ap.add_argument("--out", default=None, help="output directory (default: the preset's asset folder)")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--eval-count", type=int, default=24, help="fresh puzzles per size for the final greedy accuracy")
     args = ap.parse_args()
+    spec = PRESETS[args.preset]
+    steps = args.steps or spec["steps"]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    texts = corpus()
+    t0 = time.perf_counter()
+    texts = corpus(spec["corpus"])
     # The tokenizer also sees the SFT format strings so \boxed{...} tokenises compactly.
     tok = train_tokenizer(texts + [FORMAT_HINT] * 50, vocab_size=1024)
-    model = build_tiny_model(CONFIG["arch"], tok, torch.float32, seed=0, hidden=CONFIG["hidden"],
-                             layers=CONFIG["layers"], heads=CONFIG["heads"], max_len=CONFIG["max_len"])
+    m = spec["model"]
+    model = build_tiny_model(m["arch"], tok, torch.float32, seed=0, hidden=m["hidden"], layers=m["layers"],
+                             heads=m["heads"], max_len=m["max_len"])
     records = [(i + 1, {"id": f"c{i}", "prompt": "", "response": t}) for i, t in enumerate(texts)]
-    train, report = tokenize_examples(examples_from_records(records), tok, max_length=512)
-    n_eval = 64
-    t0 = time.perf_counter()
-    metrics = train_sft(
-        model, tok, train[n_eval:],
-        SFTConfig(lr=args.lr, schedule="cosine", warmup_steps=100, batch_size=args.batch_size,
-                  max_steps=args.steps, eval_every=max(1, args.steps // 10), max_grad_norm=1.0, weight_decay=0.01),
-        eval_examples=train[:n_eval],
-    )
-    out = Path(args.out)
+    data, report = tokenize_examples(examples_from_records(records), tok, max_length=spec["max_tokens"])
+    kept = [ex for ex in data if len(ex.sequences[0]) < spec["max_tokens"]]  # whole texts only
+    rng = random.Random(SEED)
+    rng.shuffle(kept)
+    held, train = kept[:96], kept[96:]
+    lengths = [len(ex.sequences[0]) for ex in train]
+    print(f"corpus {len(texts)} texts, {len(train)} train / {len(held)} held out "
+          f"({len(data) - len(kept)} over {spec['max_tokens']} tokens dropped); "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters; prep {time.perf_counter() - t0:.0f}s", flush=True)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=spec["lr"], weight_decay=0.01)
+    warm = spec["warmup"]
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    eval_every = max(1, steps // 15)
+    curve = {"step": [0], "eval_loss": [eval_loss(model, held)], "elapsed_s": [0.0]}
+    batches: list[list[int]] = []
+    model.train()
+    t_train = time.perf_counter()
+    for step in range(1, steps + 1):
+        if not batches:
+            batches = bucketed_batches(lengths, spec["batch_size"], rng)
+        idx = batches.pop()
+        loss = batch_loss(model, [train[i] for i in idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % eval_every == 0 or step == steps:
+            el = time.perf_counter() - t_train
+            curve["step"].append(step)
+            curve["eval_loss"].append(eval_loss(model, held))
+            curve["elapsed_s"].append(round(el, 1))
+            print(f"step {step}/{steps}: train loss {loss.item():.4f}, eval loss {curve['eval_loss'][-1]:.4f}, "
+                  f"{el:.0f}s ({el / step:.2f}s/step, evaluations included)", flush=True)
+    train_seconds = time.perf_counter() - t_train
+    model.eval()
+    out = Path(args.out or spec["out"])
     save_model(model, tok, out)
+    t_eval = time.perf_counter()
+    accuracy = {str(n): base_accuracy(model, tok, n, args.eval_count) for n in spec["corpus"]}
+    print(f"greedy base-format accuracy on fresh puzzles: {accuracy} ({time.perf_counter() - t_eval:.0f}s)", flush=True)
     info = {
-        "config": CONFIG, "corpus_puzzles": CORPUS, "seed": SEED, "steps": args.steps, "batch_size": args.batch_size,
-        "lr": args.lr, "params": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
-        "truncated": report.n_truncated, "train_seconds": round(time.perf_counter() - t0, 1),
-        "eval_loss": metrics["eval_loss"].tolist(), "eval_steps": metrics["step"].tolist(),
+        "preset": args.preset, "config": m, "corpus_puzzles": {str(n): c for n, (c, _) in spec["corpus"].items()},
+        "corpus_styles": {str(n): list(s) for n, (_, s) in spec["corpus"].items()},
+        "max_tokens": spec["max_tokens"], "seed": SEED, "steps": steps, "batch_size": spec["batch_size"],
+        "lr": spec["lr"], "warmup_steps": warm, "schedule": "cosine", "torch_threads": torch.get_num_threads(),
+        "params": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
+        "texts_dropped_over_max_tokens": len(data) - len(kept), "truncated": report.n_truncated,
+        "train_seconds": round(train_seconds, 1), "build_seconds": round(time.perf_counter() - t0, 1),
+        "eval_loss": curve["eval_loss"], "eval_steps": curve["step"], "eval_elapsed_s": curve["elapsed_s"],
+        "base_format_greedy_accuracy": accuracy, "accuracy_puzzles_per_size": args.eval_count,
+        "torch": torch.__version__,
     }
     (out / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2))
