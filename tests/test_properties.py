@@ -101,7 +101,11 @@ def test_scaling_the_loss_scales_sgd_effects_and_leaves_fresh_adam_unchanged_up_
 
     (Taking eps -> 0 instead would not make the invariance exact in floating point: coordinates
     whose true gradient is 0 carry rounding noise of either sign, which eps-free Adam maps to +-1.)"""
-    import sample_effect.engine.core as engine
+    from sample_effect.objectives.base import SFTObjective
+
+    class Scaled(SFTObjective):  # the SFT loss times c, given to the engine as its objective
+        def sequence_loss(self, *a):
+            return c * super().sequence_loss(*a)
 
     model, params, exs = setup
     g = TargetVector(random_target(params, 11), "t")
@@ -109,13 +113,10 @@ def test_scaling_the_loss_scales_sgd_effects_and_leaves_fresh_adam_unchanged_up_
     eps = 1e-8
     base_sgd = compute_effects(model, params, exs, g, UpdateConfig("sgd"), compute=compute).effect
     base_adam = compute_effects(model, params, exs, g, UpdateConfig("adamw", eps=eps / c, weight_decay=0.0), compute=compute).effect
-    original = engine.sft_sequence_loss
-    engine.sft_sequence_loss = lambda *a: c * original(*a)
-    try:
-        scaled_sgd = compute_effects(model, params, exs, g, UpdateConfig("sgd"), compute=compute).effect
-        scaled_adam = compute_effects(model, params, exs, g, UpdateConfig("adamw", eps=eps, weight_decay=0.0), compute=compute).effect
-    finally:
-        engine.sft_sequence_loss = original
+    scaled = Scaled()
+    scaled_sgd = compute_effects(model, params, exs, g, UpdateConfig("sgd"), compute=compute, objective=scaled).effect
+    scaled_adam = compute_effects(model, params, exs, g, UpdateConfig("adamw", eps=eps, weight_decay=0.0), compute=compute,
+                                  objective=scaled).effect
     np.testing.assert_allclose(scaled_sgd, c * base_sgd, rtol=1e-9)
     np.testing.assert_allclose(scaled_adam, base_adam, rtol=1e-6)
 

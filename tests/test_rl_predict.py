@@ -20,15 +20,17 @@ from sample_effect.engine.core import ComputeConfig, example_loss_values
 from sample_effect.growth.rl import (
     empty_batch_probability,
     predict_rl,
-    reinforce_coefficients,
-    reinforce_gradient,
     rl_noise_effect,
     rl_prompt_effects,
-    sample_groups,
-    sequence_logprobs,
 )
 from sample_effect.objectives.losses import token_logprobs
+from sample_effect.objectives.reinforce import (
+    reinforce_coefficients,
+    reinforce_gradient,
+    sequence_logprobs,
+)
 from sample_effect.rollouts.generation import prompt_ids
+from sample_effect.rollouts.groups import sample_groups
 from sample_effect.targets.core import AccuracyTarget, LossTarget, TargetVector, resolve_target
 from sample_effect.training.grpo import (
     GRPOConfig,

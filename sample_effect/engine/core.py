@@ -29,7 +29,8 @@ from sample_effect.kernels.ghost import (
     verify_factors,
 )
 from sample_effect.models.loading import accumulation_dtype, config_int, position_limit
-from sample_effect.objectives.losses import example_losses, sft_sequence_loss
+from sample_effect.objectives.base import SFT, Objective
+from sample_effect.objectives.losses import example_losses
 
 log = logging.getLogger("sample_effect")
 
@@ -170,11 +171,12 @@ def mean_loss_gradient(
     examples: Sequence[TokenizedExample],
     compute: ComputeConfig | None = None,
     desc: str = "target gradient",
+    objective: Objective = SFT,
 ) -> tuple[dict[str, torch.Tensor], float]:
     """Gradient of the mean example loss over `examples` (and that mean loss), by batched backward.
 
-    An example's loss is the mean of its responses' losses, so each sequence is weighted by
-    1 / (n_responses * n_examples). Returned in the accumulation dtype.
+    An example's loss is the objective's weighted sum of its sequences' losses (for SFT the mean of
+    its responses'), so each sequence is weighted by w_k / n_examples. Returned in the accumulation dtype.
     """
     compute = compute or ComputeConfig()
     if not examples:
@@ -185,7 +187,10 @@ def mean_loss_gradient(
     consts = split_parameters(model, params)
     acc = accumulation_dtype(next(iter(params.values())).dtype)
     total = {n: torch.zeros(p.shape, dtype=acc, device=p.device) for n, p in params.items()}
-    weights = [1.0 / (examples[i].n_responses * len(examples)) for i, _, _ in flat]
+    if objective is SFT:  # 1 / (n_responses * n_examples), bit for bit as before
+        weights = [1.0 / (examples[i].n_responses * len(examples)) for i, _, _ in flat]
+    else:
+        weights = [w / len(examples) for w in objective.weights_of(examples, [i for i, _, _ in flat])]
     leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
     loss_sum = 0.0
     with tqdm(total=len(flat), desc=desc, unit="seq", disable=not compute.progress, leave=False) as bar:
@@ -194,7 +199,7 @@ def mean_loss_gradient(
             device = next(iter(params.values())).device
             ids, mask = _pad_part(part, device)
             logits = forward_logits(model, leaves, consts, ids)
-            seq_loss = sft_sequence_loss(logits, ids, mask)
+            seq_loss = objective.sequence_loss(logits, ids, mask)
             w = torch.tensor(weights[start : start + chunk], dtype=seq_loss.dtype, device=device)
             loss = (seq_loss * w).sum()
             grads = torch.autograd.grad(loss, list(leaves.values()))
@@ -220,6 +225,7 @@ def iter_example_gradients(
     examples: Sequence[TokenizedExample],
     compute: ComputeConfig | None = None,
     desc: str = "per-example gradients",
+    objective: Objective = SFT,
 ) -> Iterator[GradientBatch]:
     """Yield per-example gradients g(s) = mean of the example's response gradients, chunk by chunk.
 
@@ -242,16 +248,17 @@ def iter_example_gradients(
         last_seq_of[i] = k
     carry: GradientBatch | None = None
     detached = {n: p.detach() for n, p in params.items()}
+    weights = objective.weights_of(examples, [i for i, _, _ in flat])
     with tqdm(total=len(flat), desc=desc, unit="seq", disable=not compute.progress, leave=False) as bar:
         for start in range(0, len(flat), chunk):
             part = flat[start : start + chunk]
             ids, mask = _pad_part(part, device)
-            grads, losses = per_sequence_grads(model, detached, consts, ids, mask, sft_sequence_loss)
+            grads, losses = per_sequence_grads(model, detached, consts, ids, mask, objective.sequence_loss)
             owners = [i for i, _, _ in part]
             first = owners[0]
             local = torch.tensor([o - first for o in owners], device=device)
             n_local = owners[-1] - first + 1
-            w = torch.tensor([1.0 / examples[o].n_responses for o in owners], dtype=acc, device=device)
+            w = torch.tensor(weights[start : start + len(part)], dtype=acc, device=device)
             ex_grads = {}
             for n, g in grads.items():
                 g = g.to(acc) * w.view(-1, *([1] * (g.dim() - 1)))
@@ -276,9 +283,9 @@ def iter_example_gradients(
 
 @torch.no_grad()
 def example_loss_values(
-    model: torch.nn.Module, examples: Sequence[TokenizedExample], batch_size: int = 16
+    model: torch.nn.Module, examples: Sequence[TokenizedExample], batch_size: int = 16, objective: Objective = SFT
 ) -> torch.Tensor:
-    """Loss of every example (mean of its responses' SFT losses) by batched forward passes, no grad."""
+    """Loss of every example (the objective's weighted sum of its sequences' losses) by batched forward passes, no grad."""
     check_lengths(model, examples)
     flat = _flat_sequences(examples)
     device = next(model.parameters()).device
@@ -286,9 +293,12 @@ def example_loss_values(
     for start in range(0, len(flat), batch_size):
         part = flat[start : start + batch_size]
         ids, mask = _pad_part(part, device)
-        seq_losses.append(sft_sequence_loss(model(input_ids=ids, use_cache=False).logits, ids, mask).double())
+        seq_losses.append(objective.sequence_loss(model(input_ids=ids, use_cache=False).logits, ids, mask).double())
     owners = torch.tensor([i for i, _, _ in flat], device=device)
-    return example_losses(torch.cat(seq_losses), owners, len(examples))
+    if objective is SFT:  # the mean of the responses' losses, as the trainers compute it
+        return example_losses(torch.cat(seq_losses), owners, len(examples))
+    w = torch.tensor(objective.weights_of(examples, owners.tolist()), dtype=torch.float64, device=device)
+    return torch.zeros(len(examples), dtype=torch.float64, device=device).index_add_(0, owners, torch.cat(seq_losses) * w)
 
 
 def iter_example_directional(
@@ -298,6 +308,7 @@ def iter_example_directional(
     direction: Mapping[str, torch.Tensor],
     compute: ComputeConfig | None = None,
     desc: str = "directional derivatives",
+    objective: Objective = SFT,
 ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """Yield (example indices, <g(s), direction>, loss) chunk by chunk with forward-mode AD.
 
@@ -316,13 +327,15 @@ def iter_example_directional(
     with tqdm(total=len(flat), desc=desc, unit="seq", disable=not compute.progress, leave=False) as bar:
         for i, j, part in _whole_example_chunks(examples, cap):
             ids, mask = _pad_part(part, device)
-            losses, dots = per_sequence_directional(model, params, consts, ids, mask, sft_sequence_loss, direction)
+            losses, dots = per_sequence_directional(model, params, consts, ids, mask, objective.sequence_loss, direction)
             owners = torch.tensor([k - i for k, _, _ in part], device=device)
-            yield (
-                list(range(i, j)),
-                example_losses(dots.to(acc), owners, j - i),
-                example_losses(losses.to(acc), owners, j - i),
-            )
+            if objective is SFT:  # the mean over responses, bit for bit as before
+                yield list(range(i, j)), example_losses(dots.to(acc), owners, j - i), example_losses(losses.to(acc), owners, j - i)
+            else:
+                w = torch.tensor(objective.weights_of(examples, [k for k, _, _ in part]), dtype=acc, device=device)
+                zero = torch.zeros(j - i, dtype=acc, device=device)
+                yield (list(range(i, j)), zero.index_add(0, owners, dots.to(acc) * w),
+                       zero.index_add(0, owners, losses.to(acc) * w))
             bar.update(len(part))
 
 
@@ -376,6 +389,7 @@ def iter_example_factors(
     examples: Sequence[TokenizedExample],
     compute: ComputeConfig | None = None,
     desc: str = "per-example factors",
+    objective: Objective = SFT,
 ) -> Iterator[FactorBatch]:
     """Yield per-example gradient factors of whole examples, chunk by chunk, from batched backwards.
 
@@ -399,7 +413,7 @@ def iter_example_factors(
         for i, j, part in _whole_example_chunks(examples, cap):
             ids, mask = _pad_part(part, device)
             owners = torch.tensor([k - i for k, _, _ in part], device=device)
-            w = torch.tensor([1.0 / examples[k].n_responses for k, _, _ in part], dtype=acc, device=device)
+            w = torch.tensor(objective.weights_of(examples, [k for k, _, _ in part]), dtype=acc, device=device)
             factors: dict[str, list[Factor]] = {}
             losses = None
             if coverage:
@@ -408,7 +422,7 @@ def iter_example_factors(
                 try:
                     for n in coverage:
                         params[n].requires_grad_(True)
-                    cap_ = capture_factors(model, coverage, ids, mask, sft_sequence_loss, w, check)
+                    cap_ = capture_factors(model, coverage, ids, mask, objective.sequence_loss, w, check)
                 finally:
                     for n, f in flags.items():
                         params[n].requires_grad_(f)
@@ -425,7 +439,7 @@ def iter_example_factors(
                         uncovered = [n for n in params if n not in coverage]
             if uncovered:
                 sub = {n: params[n].detach() for n in uncovered}
-                grads, seq_losses = per_sequence_grads(model, sub, split_parameters(model, sub), ids, mask, sft_sequence_loss)
+                grads, seq_losses = per_sequence_grads(model, sub, split_parameters(model, sub), ids, mask, objective.sequence_loss)
                 for n, g in grads.items():
                     g = g.to(acc) * w.view(-1, *([1] * (g.dim() - 1)))
                     dense = torch.zeros((j - i, *g.shape[1:]), dtype=acc, device=device).index_add_(0, owners, g)

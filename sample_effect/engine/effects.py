@@ -24,7 +24,6 @@ from sample_effect.engine.core import (
     iter_example_gradients,
 )
 from sample_effect.errors import SampleEffectError
-from sample_effect.kernels.adam import adam_effect_rows, adamw_decay_dot
 from sample_effect.kernels.ghost import (
     Factor,
     factor_dot,
@@ -33,13 +32,13 @@ from sample_effect.kernels.ghost import (
     sq_norms_gram,
 )
 from sample_effect.models.loading import accumulation_dtype, select_parameters
+from sample_effect.objectives.base import SFT, Objective
 from sample_effect.targets.core import Target, TargetVector, resolve_target
 from sample_effect.update.optim import (
     OptimizerState,
     UpdateConfig,
     clip_coefficients,
     load_optimizer_state,
-    update_per_lr,
 )
 
 log = logging.getLogger("sample_effect")
@@ -91,11 +90,14 @@ def compute_effects(
     update: UpdateConfig,
     state: OptimizerState | None = None,
     compute: ComputeConfig | None = None,
+    objective: Objective = SFT,
 ) -> EffectResult:
     """e(s) for every example: clip g(s), take the simulated optimiser step, dot with G.
 
     Effects are per unit learning rate, so the same for any lr with SGD/Adam/AdamW: the
-    first-order change of the target after one step at lr is lr * e(s).
+    first-order change of the target after one step at lr is lr * e(s). `objective` says what an
+    example's loss is: SFT cross-entropy (default), or a GRPO / REINFORCE group built by
+    `sample_effect.objectives.grpo_example`, which then goes through the same fast paths.
     """
     update.validate()
     compute = compute or ComputeConfig()
@@ -108,11 +110,11 @@ def compute_effects(
     gnorm = np.full(n, np.nan)
     hypers = {name: state.hyper(name, update) for name in params}
     if compute.method == "jvp":
-        _jvp_effects(model, params, examples, target, update, hypers, compute, effect, loss)
+        _jvp_effects(model, params, examples, target, update, hypers, compute, effect, loss, objective)
     elif compute.method == "vmap":
-        _vmap_effects(model, params, examples, target, update, hypers, state, compute, effect, loss, gnorm)
+        _vmap_effects(model, params, examples, target, update, hypers, state, compute, effect, loss, gnorm, objective)
     elif compute.method in ("auto", "ghost"):
-        _ghost_effects(model, params, examples, target, update, hypers, state, compute, effect, loss, gnorm)
+        _ghost_effects(model, params, examples, target, update, hypers, state, compute, effect, loss, gnorm, objective)
     else:
         raise SampleEffectError(f"unknown engine method '{compute.method}'; choose auto, ghost, vmap or jvp")
     bad = [examples[i].id for i in np.flatnonzero(~np.isfinite(effect))]
@@ -131,18 +133,16 @@ def compute_effects(
     )
 
 
-def _vmap_effects(model, params, examples, target, update, hypers, state, compute, effect, loss, gnorm) -> None:  # type: ignore[no-untyped-def]
+def _vmap_effects(model, params, examples, target, update, hypers, state, compute, effect, loss, gnorm, objective=SFT) -> None:  # type: ignore[no-untyped-def]
     """Reference path: per-example gradients, clipping, the simulated step, then <d(s), G> layer by layer."""
-    for batch in iter_example_gradients(model, params, examples, compute):
+    for batch in iter_example_gradients(model, params, examples, compute, objective=objective):
         sq = sum((g.flatten(1) ** 2).sum(1) for g in batch.grads.values())
         coef = clip_coefficients(sq, update.clip)
         total = torch.zeros_like(sq)
         for name, g in batch.grads.items():
             p = params[name].detach().to(g.dtype)
             g = g * coef.view(-1, *([1] * (g.dim() - 1))) if update.clip is not None else g
-            d = update_per_lr(
-                g, p, update, hypers[name], state.exp_avg.get(name), state.exp_avg_sq.get(name), state.step.get(name, 0.0)
-            )
+            d = update.rule.step(g, p, hypers[name], state.param_state(name))
             total += d.flatten(1) @ target.vector[name].flatten()
         effect[batch.indices] = total.double().cpu().numpy()
         loss[batch.indices] = batch.losses.double().cpu().numpy()
@@ -158,7 +158,7 @@ def _weight_decay_dot(params, target, hypers) -> float:  # type: ignore[no-untyp
     )
 
 
-def _ghost_effects(model, params, examples, target, update, hypers, state, compute, effect, loss, gnorm) -> None:  # type: ignore[no-untyped-def]
+def _ghost_effects(model, params, examples, target, update, hypers, state, compute, effect, loss, gnorm, objective=SFT) -> None:  # type: ignore[no-untyped-def]
     """Fast path: per-example gradients kept as factors, contracted with G layer by layer.
 
     SGD: e = -coef * sum_l <g_l, G_l> - wd <theta, G> with no per-example gradient formed; the
@@ -167,15 +167,15 @@ def _ghost_effects(model, params, examples, target, update, hypers, state, compu
     stepped and dotted with G, then dropped.
     """
     need_norm = update.clip is not None or compute.grad_norms
-    decay = _weight_decay_dot(params, target, hypers) if update.optimizer == "sgd" else 0.0
+    decay = _weight_decay_dot(params, target, hypers) if update.rule.is_linear else 0.0
     budget = compute.budget_bytes()
-    for batch in iter_example_factors(model, params, examples, compute):
+    for batch in iter_example_factors(model, params, examples, compute, objective=objective):
         idx = batch.indices
         n_ex = len(idx)
         sq = None
         if need_norm:
             sq = sum(_sq_norms(fs, compute.norm_method, block_rows(fs[0], 1, budget)) for fs in batch.factors.values())
-        if update.optimizer == "sgd":
+        if update.rule.is_linear:
             dots = sum(factor_dot(f, target.vector[name]) for name, fs in batch.factors.items() for f in fs)
             coef = clip_coefficients(sq, update.clip) if update.clip is not None else None  # type: ignore[arg-type]
             eff = -(coef * dots if coef is not None else dots) - decay  # type: ignore[operator]
@@ -186,17 +186,15 @@ def _ghost_effects(model, params, examples, target, update, hypers, state, compu
             for name, fs in batch.factors.items():
                 p = params[name].detach().to(eff.dtype)
                 h = hypers[name]
-                eff += adamw_decay_dot(p, target.vector[name], update.optimizer, h.weight_decay)
+                eff += update.rule.shared_dot(p, target.vector[name], h)
                 step = block_rows(fs[0], 2, budget)
                 for r0 in range(0, n_ex, step):
                     rows = slice(r0, min(n_ex, r0 + step))
-                    g = materialise_sum(fs, rows, writable=True)  # adam_effect_rows overwrites it
+                    g = materialise_sum(fs, rows, writable=True)  # effect_rows may overwrite it
                     if coef is not None:
                         g.mul_(coef[rows].view(-1, *([1] * (g.dim() - 1))))
-                    dots, sq_rows = adam_effect_rows(
-                        g, p, target.vector[name], update.optimizer, h.beta1, h.beta2, h.eps, h.weight_decay,
-                        state.exp_avg.get(name), state.exp_avg_sq.get(name), state.step.get(name, 0.0),
-                        want_sq_norms=not need_norm,
+                    dots, sq_rows = update.rule.effect_rows(
+                        g, p, target.vector[name], h, state.param_state(name), want_sq_norms=not need_norm,
                     )
                     eff[rows] += dots
                     if sq_rows is not None:
@@ -232,12 +230,12 @@ def _sq_norms(fs: list[Factor], method: str, rows: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def _jvp_effects(model, params, examples, target, update, hypers, compute, effect, loss) -> None:  # type: ignore[no-untyped-def]
+def _jvp_effects(model, params, examples, target, update, hypers, compute, effect, loss, objective=SFT) -> None:  # type: ignore[no-untyped-def]
     """SGD without clipping: e(s) = -<g(s), G> - wd <theta, G>, by forward-mode AD (no grad norms)."""
-    if update.optimizer != "sgd" or update.clip is not None:
+    if not update.rule.is_linear or update.clip is not None:
         raise SampleEffectError("the jvp method computes SGD effects without clipping only; use --method vmap")
     decay = _weight_decay_dot(params, target, hypers)
-    for idx, dots, losses in iter_example_directional(model, params, examples, target.vector, compute):
+    for idx, dots, losses in iter_example_directional(model, params, examples, target.vector, compute, objective=objective):
         effect[idx] = (-dots.double() - decay).cpu().numpy()
         loss[idx] = losses.double().cpu().numpy()
 
@@ -273,7 +271,7 @@ def resolve_state(
     """An optimiser state for the chosen parameters: as given, loaded from a file by name, or None (fresh)."""
     if optimizer_state is None or isinstance(optimizer_state, OptimizerState):
         return optimizer_state
-    if update.optimizer == "sgd":
+    if not update.rule.needs_state:
         raise SampleEffectError("--optimizer-state holds Adam moments; use --optimizer adam or adamw with it")
     dtype = next(iter(chosen.values())).dtype
     if os.path.isdir(optimizer_state):  # a transformers Trainer checkpoint: optimizer.pt without names

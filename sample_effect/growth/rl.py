@@ -7,7 +7,7 @@ advantages. Then, per prompt x,
     g_x = grad of the prompt group's GRPO loss, exactly the loss `train_grpo` minimises on its
           first, on-policy step (`trainers.grpo.grpo_batch_loss`: token-mean over the group's
           completion tokens of -A_i log pi(y_i,t), ratio 1),
-    e_x = < U(g_x), G >, U the simulated optimiser update per unit lr (`optim.update_per_lr`,
+    e_x = < U(g_x), G >, U the simulated optimiser update per unit lr (`UpdateConfig.rule.step`,
           with clipping), the same simulation `rank` uses;
 
 a zero-variance group (all rewards equal) has zero advantages, takes no step in the trainer,
@@ -43,7 +43,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -51,8 +51,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from sample_effect.data.examples import TokenizedExample, pad_sequences
+from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig
+from sample_effect.engine.effects import compute_effects
 from sample_effect.errors import SampleEffectError
 from sample_effect.growth.noise import (
     NoiseEffect,
@@ -60,10 +61,9 @@ from sample_effect.growth.noise import (
     target_loss_hvp,
     trace_from_centred,
 )
-from sample_effect.models.loading import accumulation_dtype, position_limit, select_parameters
-from sample_effect.objectives.losses import token_logprobs
-from sample_effect.rollouts.generation import prompt_ids
-from sample_effect.rollouts.rewards import checked_reward, get_reward
+from sample_effect.models.loading import accumulation_dtype, select_parameters
+from sample_effect.objectives.base import GRPOObjective, grpo_example, rollout_example
+from sample_effect.rollouts.groups import completion_tokens, sample_groups
 from sample_effect.targets.core import (
     AccuracyTarget,
     DirectionTarget,
@@ -72,85 +72,21 @@ from sample_effect.targets.core import (
     Target,
     TargetVector,
     resolve_target,
+    resolve_target_distributed,
 )
 from sample_effect.training.grpo import (
-    GRPOConfig,
     RLPrompt,
     Rollout,
     grpo_batch_loss,
-    rollout_group,
     set_advantages,
 )
 from sample_effect.update.optim import (
     OptimizerState,
     UpdateConfig,
     clip_coefficients,
-    update_per_lr,
 )
 
 log = logging.getLogger("sample_effect")
-
-BASELINES = ("loo", "none")
-
-
-# ---------------------------------------------------------------------------------------------
-# Sampling
-# ---------------------------------------------------------------------------------------------
-
-
-def prompt_generator(seed: int, index: int) -> torch.Generator:
-    """The CPU generator of prompt `index` under `seed`: independent streams per prompt, reproducible anywhere."""
-    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def sample_groups(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[RLPrompt],
-    reward: Callable[..., float] | str,
-    group_size: int,
-    temperature: float = 1.0,
-    max_new_tokens: int = 256,
-    seed: int = 0,
-    progress: bool = True,
-    desc: str = "rollouts",
-    first_index: int = 0,
-) -> list[list[Rollout]]:
-    """`group_size` rollouts per prompt, sampled as `train_grpo` samples them, with rewards and GRPO advantages.
-
-    Prompt k (counted from `first_index`) has its own CPU generator seeded by (seed, k)
-    (`prompt_generator`), so the same seed on two checkpoints gives common random numbers (a
-    fairer side-by-side comparison) and a block of prompts sampled on one torchrun rank gets
-    exactly the rollouts a single process would.
-    """
-    if group_size < 1:
-        raise SampleEffectError(f"the number of samples per prompt must be >= 1, got {group_size}")
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise SampleEffectError(f"the sampling temperature must be positive, got {temperature}")
-    if max_new_tokens < 1:
-        raise SampleEffectError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    if not prompts:
-        raise SampleEffectError("no RL prompts")
-    if getattr(tokenizer, "eos_token_id", None) is None:
-        raise SampleEffectError("the tokenizer has no EOS token, so no sampled completion can finish; use one that defines eos_token")
-    fn = get_reward(reward) if isinstance(reward, str) else checked_reward(reward, getattr(reward, "__name__", "reward"))
-    limit = position_limit(model)
-    cfg = GRPOConfig(group_size=group_size, temperature=temperature, max_new_tokens=max_new_tokens)
-    groups = []
-    for k, p in enumerate(tqdm(prompts, desc=desc, unit="prompt", disable=not progress, leave=False)):
-        if limit and len(prompt_ids(tokenizer, p.prompt)) >= limit:
-            raise SampleEffectError(f"prompt '{p.id}' fills the model's {limit} positions; no room to sample a completion")
-        group = rollout_group(model, tokenizer, p, fn, cfg, prompt_generator(seed, first_index + k))
-        set_advantages(group)
-        groups.append(group)
-    return groups
-
-
-def completion_tokens(rollout: Rollout) -> int:
-    """Completion tokens of a rollout (the positions its loss averages over)."""
-    return int(rollout.ids.shape[0]) - rollout.start
-
 
 # ---------------------------------------------------------------------------------------------
 # Per-prompt effects of one GRPO step
@@ -221,9 +157,9 @@ def simulated_step(
     sq = sum((t.double() ** 2).sum() for t in g.values())
     coef = float(clip_coefficients(sq.reshape(1), update.clip)[0])
     step = {
-        nm: update_per_lr(
-            (t * coef if update.clip is not None else t).unsqueeze(0), params[nm].detach().to(t.dtype), update,
-            hypers[nm], state.exp_avg.get(nm), state.exp_avg_sq.get(nm), state.step.get(nm, 0.0),
+        nm: update.rule.step(
+            (t * coef if update.clip is not None else t).unsqueeze(0), params[nm].detach().to(t.dtype),
+            hypers[nm], state.param_state(nm),
         )[0]
         for nm, t in g.items()
     }
@@ -247,14 +183,17 @@ def rl_prompt_effects(
     rollout_effects: bool = True,
     progress: bool = True,
     keep_grads: bool = False,
+    compute: ComputeConfig | None = None,
 ) -> RLEffects:
     """e_x for every prompt group: gradient of the group's GRPO loss, simulated optimiser step, dot with G.
 
     The loss is `grpo_batch_loss` on the group alone, on-policy (ratio 1); advantages are
     (re)set from the rewards with `set_advantages`, as the trainer sets them. Per-rollout shares
-    come from differentiating <g_x, G> with respect to the advantages (the loss is linear in
-    them), one extra backward pass per group; pass `rollout_effects=False` to skip it.
-    `keep_updates` / `keep_grads` keep U(g_x) / g_x of the informative groups for the noise terms.
+    are -<g_i, G>, g_i rollout i's part of the group gradient (the loss is linear in the advantages).
+    Unless `keep_updates` / `keep_grads` ask for the dense U(g_x) / g_x of the informative groups
+    (the noise terms use them), the groups go through the engine's fast paths as examples of the
+    GRPO objective (`compute_effects`: ghost factors in batched backwards, Adam one layer at a
+    time, under `compute`'s memory budget); otherwise one backward per group.
     """
     update.validate()
     state = state or OptimizerState()
@@ -266,6 +205,8 @@ def rl_prompt_effects(
         raise SampleEffectError(f"the target has no entry for parameter '{missing[0]}'")
     if not all(bool(torch.isfinite(target.vector[n]).all()) for n in names):
         raise SampleEffectError(f"the target direction '{target.kind}' contains NaN or Inf; nothing can be scored against it")
+    if not (keep_updates or keep_grads):
+        return _engine_prompt_effects(model, params, groups, target, update, state, rollout_effects, progress, compute)
     plist = [params[n] for n in names]
     acc = accumulation_dtype(plist[0].dtype)
     hypers = {n: state.hyper(n, update) for n in names}
@@ -309,6 +250,45 @@ def rl_prompt_effects(
         ids=[g[0].prompt_id for g in groups], effect=effect, n_tokens=n_tokens, zero_variance=zero,
         reward_mean=reward_mean, grad_norm=gnorm, rollout_effect=shares, target=target, updates=updates,
         grads=kept_grads,
+    )
+
+
+def _engine_prompt_effects(  # type: ignore[no-untyped-def]
+    model, params, groups, target: TargetVector, update: UpdateConfig, state: OptimizerState, rollout_effects: bool,
+    progress: bool, compute: ComputeConfig | None,
+) -> RLEffects:
+    """`rl_prompt_effects` through the engine: informative groups as GRPO-objective examples, scored in batches."""
+    compute = replace(compute or ComputeConfig(), progress=progress, grad_norms=True)
+    n = len(groups)
+    effect, gnorm, reward_mean = np.zeros(n), np.zeros(n), np.zeros(n)
+    n_tokens = np.zeros(n, dtype=np.int64)
+    zero = np.zeros(n, dtype=bool)
+    for k, group in enumerate(groups):
+        if not group:
+            raise SampleEffectError(f"prompt group {k} has no rollouts")
+        zero[k] = set_advantages(group)
+        n_tokens[k] = sum(completion_tokens(r) for r in group)
+        reward_mean[k] = float(np.mean([r.reward for r in group]))
+    live = [k for k in range(n) if not zero[k]]
+    shares = [np.zeros(len(g)) if zero[k] else np.full(len(g), np.nan) for k, g in enumerate(groups)]
+    if live:
+        objective = GRPOObjective()
+        examples = [grpo_example(f"{groups[k][0].prompt_id}#{k}", [r.ids for r in groups[k]], [r.start for r in groups[k]],
+                                 [r.advantage for r in groups[k]]) for k in live]
+        res = compute_effects(model, params, examples, target, update, state, compute, objective=objective)
+        effect[live], gnorm[live] = res.effect, res.grad_norm
+        if rollout_effects:  # -<g_i, G> per rollout: the SGD effect of each rollout as its own example
+            per = [rollout_example(f"{ex.id}/{i}", [s], [r], [w]) for ex in examples
+                   for i, (s, r, w) in enumerate(zip(ex.sequences, ex.response_starts, ex.weights or []))]
+            sgd = compute_effects(model, params, per, target, UpdateConfig("sgd"), None, replace(compute, grad_norms=False),
+                                  objective=objective).effect
+            at = 0
+            for k in live:
+                shares[k] = sgd[at : at + len(groups[k])]
+                at += len(groups[k])
+    return RLEffects(
+        ids=[g[0].prompt_id for g in groups], effect=effect, n_tokens=n_tokens, zero_variance=zero,
+        reward_mean=reward_mean, grad_norm=gnorm, rollout_effect=shares, target=target,
     )
 
 
@@ -512,6 +492,70 @@ def _noise_memory_note(params: Mapping[str, torch.Tensor], copies: int, compute:
     return None
 
 
+@dataclass
+class RLPredictConfig:
+    """How `predict_rl` samples and what it estimates (the CLI's predict-rl flags map onto these fields).
+
+    group_size rollouts per prompt at `temperature`, up to `max_new_tokens`, seeded per prompt by
+    `seed`; `prompts_per_step` prompts per simulated GRPO batch; `clip_eps` the PPO clip (inactive
+    on the first on-policy step); `noise` turns the noise terms on; `n_boot` bootstrap draws of the
+    positive effect; `noise_draws` batch draws of the first-order batch term; `curvature_draws`
+    Hessian-vector products of the second-order term (0: off).
+    """
+
+    group_size: int = 8
+    temperature: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 0
+    prompts_per_step: int = 20
+    clip_eps: float = 0.2
+    noise: bool = True
+    n_boot: int = 2000
+    noise_draws: int = 256
+    curvature_draws: int = 16
+
+    def validate(self, sampling: bool = True) -> RLPredictConfig:
+        """Raise SampleEffectError on an out-of-range setting; return self."""
+        if self.group_size < 2 and sampling:
+            raise SampleEffectError(f"--group-size must be >= 2 (advantages need a group), got {self.group_size}")
+        for flag, value, low in (("--prompts-per-step", self.prompts_per_step, 1), ("--bootstrap", self.n_boot, 1),
+                                 ("--noise-draws", self.noise_draws, 1), ("--curvature-draws", self.curvature_draws, 0)):
+            if value < low:
+                raise SampleEffectError(f"{flag} must be >= {low}, got {value}")
+        return self
+
+
+@dataclass
+class _NoisePlan:
+    """Which noise terms `predict_rl` estimates, and why any are skipped."""
+
+    noise: bool
+    hessian: bool
+    batch: bool
+    second: bool
+    nonlinear: bool
+    memory_note: str | None
+
+    @property
+    def keep_grads(self) -> bool:
+        return self.batch or self.second
+
+
+def _noise_plan(target, update: UpdateConfig, cfg: RLPredictConfig, chosen, n_prompts: int,  # type: ignore[no-untyped-def]
+                compute: ComputeConfig) -> _NoisePlan:
+    """The noise terms this target and update call for, dropped (with the reason) when their tensors exceed the budget."""
+    loss_target = isinstance(target, LossTarget)
+    nonlinear = not update.rule.is_linear or update.clip is not None
+    plan = _NoisePlan(cfg.noise, cfg.noise and loss_target and update.rule.is_linear, cfg.noise and nonlinear,
+                      cfg.noise and loss_target and cfg.curvature_draws > 0, nonlinear, None)
+    if plan.hessian or plan.keep_grads:
+        note = _noise_memory_note(chosen, n_prompts * (int(plan.hessian) + int(plan.keep_grads)), compute)
+        if note is not None:  # the positive effect needs none of it: report it, and say why the rest is missing
+            log.warning("predict-rl: noise and second-order terms %s", note)
+            plan = _NoisePlan(False, False, False, False, nonlinear, note)
+    return plan
+
+
 def predict_rl(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -519,63 +563,54 @@ def predict_rl(
     reward: Callable[..., float] | str,
     target: Target | TargetVector,
     update: UpdateConfig | None = None,
+    config: RLPredictConfig | None = None,
     *,
-    group_size: int = 8,
-    temperature: float = 1.0,
-    max_new_tokens: int = 256,
-    seed: int = 0,
-    prompts_per_step: int = 20,
-    clip_eps: float = 0.2,
     params: str | Mapping[str, torch.Tensor] | None = None,
     state: OptimizerState | None = None,
     compute: ComputeConfig | None = None,
-    noise: bool = True,
-    n_boot: int = 2000,
     groups: Sequence[Sequence[Rollout]] | None = None,
-    noise_draws: int = 256,
-    curvature_draws: int = 16,
+    **settings: Any,
 ) -> RLPrediction:
     """Predict the per-step growth of `target` under GRPO from this checkpoint, and rank the prompts.
 
-    Samples `group_size` rollouts per prompt (unless `groups` are given), computes each prompt's
-    effect, the positive effect per step for batches of `prompts_per_step` prompts with a
+    Samples `config.group_size` rollouts per prompt (unless `groups` are given), computes each
+    prompt's effect, the positive effect per step for batches of `prompts_per_step` prompts with a
     bootstrap 95% interval over prompts, and the noise effect: the second-order Hessian term (loss
     target and SGD; 0 for a direction) plus, for a non-linear update (Adam, clipping), the
     first-order batch term over `noise_draws` batch draws (every batch when there are fewer).
     For a loss target, `curvature_draws` batches (0: off) also give the whole second-order term
     (lr^2 / 2) E_S[U_S^T H_T U_S] and `growth_rate_second_order`, which says where the first-order
     picture stops holding. `params` is a regex over parameter names or the chosen parameters.
+    Keyword `settings` override fields of `config` (e.g. `group_size=4`).
     """
     t0 = time.perf_counter()
+    unknown = sorted(set(settings) - set(RLPredictConfig.__dataclass_fields__))
+    if unknown:
+        raise SampleEffectError(f"predict_rl got unknown settings {unknown}; RLPredictConfig has "
+                                f"{', '.join(RLPredictConfig.__dataclass_fields__)}")
+    cfg = replace(config or RLPredictConfig(), **settings).validate(sampling=groups is None)
     update = (update or UpdateConfig()).validate()
     compute = compute or ComputeConfig()
-    if group_size < 2 and groups is None:
-        raise SampleEffectError(f"--group-size must be >= 2 (advantages need a group), got {group_size}")
-    if prompts_per_step < 1:
-        raise SampleEffectError(f"--prompts-per-step must be >= 1, got {prompts_per_step}")
-    if n_boot < 1:
-        raise SampleEffectError(f"--bootstrap must be >= 1, got {n_boot}")
-    if noise_draws < 1:
-        raise SampleEffectError(f"--noise-draws must be >= 1, got {noise_draws}")
-    if curvature_draws < 0:
-        raise SampleEffectError(f"--curvature-draws must be >= 0, got {curvature_draws}")
     if isinstance(target, SelfTarget):
         raise SampleEffectError("a 'self' target has no meaning for RL prompts; use a loss, direction or accuracy target")
     chosen = select_parameters(model, params) if params is None or isinstance(params, str) else dict(params)
     n_prompts = len(groups) if groups is not None else len(prompts)
     if n_prompts == 0:
         raise SampleEffectError("no RL prompts")
-    want_hessian = noise and isinstance(target, LossTarget) and update.optimizer == "sgd"
-    nonlinear = update.optimizer != "sgd" or update.clip is not None
-    want_batch = noise and nonlinear
-    want_second = noise and isinstance(target, LossTarget) and curvature_draws > 0
-    keep_grads = want_batch or want_second
-    memory_note = None
-    if want_hessian or keep_grads:
-        memory_note = _noise_memory_note(chosen, n_prompts * (int(want_hessian) + int(keep_grads)), compute)
-        if memory_note is not None:  # the positive effect needs none of it: report it, and say why the rest is missing
-            log.warning("predict-rl: noise and second-order terms %s", memory_note)
-            noise = want_hessian = want_batch = want_second = keep_grads = False
+    plan = _noise_plan(target, update, cfg, chosen, n_prompts, compute)
+    sampled = groups is None
+    g, eff, groups = _score_prompts(model, tokenizer, prompts, reward, target, update, cfg, chosen, state, compute,
+                                    groups, plan)
+    record = _growth_record(model, chosen, eff, groups, target, g, update, state, cfg, plan)
+    record["temperature"] = cfg.temperature if sampled else None  # None: the rollouts were given, not sampled here
+    record["max_new_tokens"] = cfg.max_new_tokens if sampled else None
+    record["seconds"] = time.perf_counter() - t0
+    return RLPrediction(record=record, effects=eff, groups=groups)
+
+
+def _score_prompts(model, tokenizer, prompts, reward, target, update, cfg: RLPredictConfig, chosen, state,  # type: ignore[no-untyped-def]
+                   compute: ComputeConfig, groups, plan: _NoisePlan):
+    """Resolve G, sample the groups (this rank's block under torchrun) and compute every prompt's effect."""
     from sample_effect.runtime import distributed as dist
 
     if dist.is_distributed():
@@ -583,47 +618,46 @@ def predict_rl(
     if isinstance(target, TargetVector):
         g = target
     elif dist.active():
-        from sample_effect.store.cache import resolve_target_distributed
-
         g = resolve_target_distributed(target, model, chosen, [], compute)
     else:
         g = resolve_target(target, model, chosen, [], compute)
-    sampled = groups is None
+    n_prompts = len(groups) if groups is not None else len(prompts)
     mine = dist.block(n_prompts) if dist.active() else range(n_prompts)
     if groups is None:
-        local = sample_groups(model, tokenizer, [prompts[i] for i in mine], reward, group_size, temperature,
-                              max_new_tokens, seed, compute.progress, first_index=mine.start) if len(mine) else []
+        local = sample_groups(model, tokenizer, [prompts[i] for i in mine], reward, cfg.group_size, cfg.temperature,
+                              cfg.max_new_tokens, cfg.seed, compute.progress, first_index=mine.start) if len(mine) else []
     else:
         local = [list(groups[i]) for i in mine]
-    eff = rl_prompt_effects(model, chosen, local, g, update, state, clip_eps, keep_updates=want_hessian,
-                            progress=compute.progress, keep_grads=keep_grads) if local else None
+    eff = rl_prompt_effects(model, chosen, local, g, update, state, cfg.clip_eps, keep_updates=plan.hessian,
+                            progress=compute.progress, keep_grads=plan.keep_grads, compute=compute) if local else None
     if dist.active():
-        eff, groups = _gather_effects(eff, local, mine, n_prompts, g, next(iter(chosen.values())).device)
-    else:
-        groups = local
+        eff, local = _gather_effects(eff, local, mine, n_prompts, g, next(iter(chosen.values())).device)
     assert eff is not None
+    return g, eff, local
 
+
+def _growth_record(model, chosen, eff: RLEffects, groups, target, g: TargetVector, update: UpdateConfig, state,  # type: ignore[no-untyped-def]
+                   cfg: RLPredictConfig, plan: _NoisePlan) -> dict[str, Any]:
+    """The prediction's JSON record: positive effect with its interval, the noise and second-order terms, the growth."""
     n = len(eff.effect)
     n_zero = int(eff.zero_variance.sum())
-    batch = min(prompts_per_step, n)
+    batch = min(cfg.prompts_per_step, n)
     lr = update.lr
-    per_lr = positive_effect_per_lr(eff.effect, eff.n_tokens, eff.zero_variance, prompts_per_step)
-    boot = bootstrap_positive_effect(eff.effect, eff.n_tokens, eff.zero_variance, prompts_per_step, n_boot, seed)
+    per_lr = positive_effect_per_lr(eff.effect, eff.n_tokens, eff.zero_variance, cfg.prompts_per_step)
+    boot = bootstrap_positive_effect(eff.effect, eff.n_tokens, eff.zero_variance, cfg.prompts_per_step, cfg.n_boot, cfg.seed)
     ci = (lr * float(np.percentile(boot, 2.5)), lr * float(np.percentile(boot, 97.5)))
     b_eff = batch * (n - n_zero) / n
     positive = lr * per_lr
-    hess = _hessian_noise(model, chosen, eff, target, update, noise, lr, b_eff, memory_note)
-    bat = _batch_noise(chosen, eff, update, state, noise, nonlinear, lr, positive, prompts_per_step, noise_draws, seed,
-                       memory_note)
+    hess = _hessian_noise(model, chosen, eff, target, update, plan.noise, lr, b_eff, plan.memory_note)
+    bat = _batch_noise(chosen, eff, update, state, plan.noise, plan.nonlinear, lr, positive, cfg.prompts_per_step,
+                       cfg.noise_draws, cfg.seed, plan.memory_note)
     terms = [t for t in (hess, bat) if t["effect"] is not None]
     noise_effect = sum(t["effect"] for t in terms) if terms else None
-    if hess["effect"] is None and not nonlinear:  # the only term that could be non-zero was not estimated
+    if hess["effect"] is None and not plan.nonlinear:  # the only term that could be non-zero was not estimated
         noise_effect = None
     ses = [t["stderr"] for t in terms if t["stderr"] is not None and math.isfinite(t["stderr"])]
-    noise_stderr = math.hypot(*ses) if ses else None
-    note = f"second-order (Hessian) term: {hess['note']}; first-order batch term: {bat['note']}"
-    second = _second_order(model, chosen, eff, target, update, state, want_second, lr, prompts_per_step,
-                           curvature_draws, seed, memory_note)
+    second = _second_order(model, chosen, eff, target, update, state, plan.second, lr, cfg.prompts_per_step,
+                           cfg.curvature_draws, cfg.seed, plan.memory_note)
     if second["effect"] is not None:  # first order (exact expectation over batches) + all of the second order
         second["growth"] = positive + (bat["effect"] or 0.0) + second["effect"]
     if bat.get("growth_stderr") is not None:  # non-linear update: the interval of the whole batch-step mean
@@ -634,55 +668,32 @@ def predict_rl(
         growth_ci = [ci[0] + (noise_effect or 0.0), ci[1] + (noise_effect or 0.0)]
         ci_method = "bootstrap of the positive effect over prompts, shifted by the noise point estimate"
     eff.updates = eff.grads = None  # the kept updates are large; the record holds what they gave
-    noise_add = noise_effect or 0.0
-    record: dict[str, Any] = {
-        "target": g.kind,
-        "target_norm": g.norm(),
-        "target_loss": g.target_loss,
-        "target_stats": dict(g.stats),
+    return {
+        "target": g.kind, "target_norm": g.norm(), "target_loss": g.target_loss, "target_stats": dict(g.stats),
         "n_prompts": n,
         "group_size": int(max(len(gr) for gr in groups)),
         "n_rollouts": int(sum(len(gr) for gr in groups)),
         "reward_mean": float(np.mean([r.reward for gr in groups for r in gr])),
         "mean_completion_tokens": float(eff.n_tokens.sum() / max(1, sum(len(gr) for gr in groups))),
-        "zero_variance_groups": n_zero,
-        "zero_variance_fraction": n_zero / n,
-        "optimizer": update.optimizer,
-        "lr": lr,
-        "clip": update.clip,
-        "prompts_per_step": prompts_per_step,
-        "informative_per_step": b_eff,
-        "empty_batch_probability": empty_batch_probability(n, n_zero, prompts_per_step),
-        "effect_per_step": per_lr,
-        "effect_token_weighted": eff.step_effect(),
+        "zero_variance_groups": n_zero, "zero_variance_fraction": n_zero / n,
+        "optimizer": update.optimizer, "lr": lr, "clip": update.clip,
+        "prompts_per_step": cfg.prompts_per_step, "informative_per_step": b_eff,
+        "empty_batch_probability": empty_batch_probability(n, n_zero, cfg.prompts_per_step),
+        "effect_per_step": per_lr, "effect_token_weighted": eff.step_effect(),
         "effect_mean": float(eff.effect.mean()),
         "effect_mean_stderr": float(eff.effect.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
-        "positive_effect": positive,
-        "positive_effect_ci95": list(ci),
-        "noise_effect": noise_effect,
-        "noise_effect_stderr": noise_stderr,
-        "noise_trace": hess["trace"],
-        "noise_hessian_effect": hess["effect"],
-        "noise_batch_effect": bat["effect"],
-        "noise_batch_stderr": bat["stderr"],
-        "noise_batch_exact": bat["exact"],
-        "noise_batch_draws": bat["draws"],
-        "noise_note": note,
-        "second_order_effect": second["effect"],
-        "second_order_stderr": second["stderr"],
-        "second_order_draws": second["draws"],
-        "growth_rate_second_order": second["growth"],
+        "positive_effect": positive, "positive_effect_ci95": list(ci),
+        "noise_effect": noise_effect, "noise_effect_stderr": math.hypot(*ses) if ses else None,
+        "noise_trace": hess["trace"], "noise_hessian_effect": hess["effect"],
+        "noise_batch_effect": bat["effect"], "noise_batch_stderr": bat["stderr"],
+        "noise_batch_exact": bat["exact"], "noise_batch_draws": bat["draws"],
+        "noise_note": f"second-order (Hessian) term: {hess['note']}; first-order batch term: {bat['note']}",
+        "second_order_effect": second["effect"], "second_order_stderr": second["stderr"],
+        "second_order_draws": second["draws"], "growth_rate_second_order": second["growth"],
         "second_order_note": second["note"],
-        "growth_rate": positive + noise_add,
-        "growth_rate_ci95": growth_ci,
-        "growth_rate_ci_method": ci_method,
-        "n_bootstrap": n_boot,
-        "seed": seed,
-        "temperature": temperature if sampled else None,  # None: the rollouts were given, not sampled here
-        "max_new_tokens": max_new_tokens if sampled else None,
-        "seconds": time.perf_counter() - t0,
+        "growth_rate": positive + (noise_effect or 0.0), "growth_rate_ci95": growth_ci,
+        "growth_rate_ci_method": ci_method, "n_bootstrap": cfg.n_boot, "seed": cfg.seed,
     }
-    return RLPrediction(record=record, effects=eff, groups=groups)
 
 
 def _gather_effects(  # type: ignore[no-untyped-def]
@@ -758,7 +769,7 @@ def _hessian_noise(  # type: ignore[no-untyped-def]
         return {**out, "note": "not estimated for a precomputed target vector"}
     if not noise:
         return {**out, "note": memory_note or "not requested (--no-noise)"}
-    if update.optimizer != "sgd":
+    if not update.rule.is_linear:
         return {**out, "note": "not estimated for Adam (O(lr^2); the first-order batch term dominates at small lr)"}
     if m < 2:
         return {**out, "effect": 0.0 if m == 0 else None, "note": "fewer than 2 prompts with reward variance"}
@@ -811,135 +822,3 @@ def batch_growth_stderr(values: np.ndarray, batches: Sequence[np.ndarray], n: in
         return None
     h = (contains.T @ values)[seen] / counts[seen]
     return float(b / math.sqrt(n) * h.std(ddof=1))
-
-
-# ---------------------------------------------------------------------------------------------
-# The accuracy target: REINFORCE estimate of grad of test accuracy
-# ---------------------------------------------------------------------------------------------
-
-
-def reinforce_coefficients(rewards: Sequence[float], baseline: str = "loo") -> list[float]:
-    """r_i - b_i per sample: b = 0 ('none') or the mean of the other samples' rewards ('loo').
-
-    With 'loo', r_i - mean_{j != i} r_j = (n r_i - sum r) / (n - 1), and exactly 0 when all rewards are equal.
-    """
-    n = len(rewards)
-    if baseline == "none":
-        return [float(r) for r in rewards]
-    if baseline != "loo":
-        raise SampleEffectError(f"unknown baseline '{baseline}'; choose one of {', '.join(BASELINES)}")
-    if n < 2:
-        raise SampleEffectError("the leave-one-out baseline needs at least 2 samples per prompt")
-    if all(r == rewards[0] for r in rewards):
-        return [0.0] * n
-    total = float(sum(rewards))
-    return [(n * float(r) - total) / (n - 1) for r in rewards]
-
-
-def sequence_logprobs(model: torch.nn.Module, rollouts: Sequence[Rollout], temperature: float = 1.0) -> torch.Tensor:
-    """log pi_T(y|x) per rollout: the SUM of its completion tokens' log-probs under softmax(logits / T)."""
-    device = next(model.parameters()).device
-    ids, mask = pad_sequences([r.ids for r in rollouts], [r.start for r in rollouts])
-    ids, mask = ids.to(device), mask.to(device)
-    logits = model(input_ids=ids, use_cache=False).logits
-    if temperature != 1.0:
-        logits = logits / temperature
-    lp = token_logprobs(logits, ids)
-    return (lp * mask.to(lp.dtype)).sum(-1)
-
-
-def reinforce_gradient(
-    model: torch.nn.Module,
-    params: Mapping[str, torch.Tensor],
-    groups: Sequence[Sequence[Rollout]],
-    baseline: str = "loo",
-    temperature: float = 1.0,
-    batch_size: int = 16,
-    progress: bool = True,
-) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """G = mean_x (1/n) sum_i (r_i - b_i) grad log pi_T(y_i|x) over sampled groups, and its statistics.
-
-    Statistics: accuracy (mean reward); accuracy_stderr, the sampling standard error of the
-    accuracy of this fixed prompt set, sqrt(sum_x s_x^2 / n_x) / P with s_x^2 the unbiased
-    within-prompt variance of the rewards; accuracy_prompt_stderr, the standard error over prompts
-    (std of per-prompt mean rewards / sqrt P: it also counts which prompts were drawn);
-    gradient_norm ||G||; gradient_stderr, the per-prompt spread of the estimate,
-    sqrt(sum_x ||G_x - G||^2 / (P (P - 1))) (the square root of the trace of the covariance of G
-    as a mean of per-prompt estimates G_x; NaN with one prompt); gradient_rel_stderr = that / ||G||.
-    """
-    if not groups:
-        raise SampleEffectError("no test prompts for the accuracy target")
-    if batch_size < 1:
-        raise SampleEffectError(f"batch size must be >= 1, got {batch_size}")
-    names = list(params)
-    plist = [params[n] for n in names]
-    acc = accumulation_dtype(plist[0].dtype)
-    mean = {n: torch.zeros(p.shape, dtype=acc, device=p.device) for n, p in params.items()}
-    m2 = 0.0
-    within_var = 0.0
-    prompt_means = []
-    n_zero = 0
-    for k, group in enumerate(tqdm(groups, desc="accuracy gradient", unit="prompt", disable=not progress, leave=False), 1):
-        rewards = [float(r.reward) for r in group]
-        ns = len(rewards)
-        coefs = reinforce_coefficients(rewards, baseline)
-        prompt_means.append(sum(rewards) / ns)
-        within_var += (float(np.var(rewards, ddof=1)) / ns) if ns > 1 else float("nan")
-        gx = {n: torch.zeros(p.shape, dtype=acc, device=p.device) for n, p in params.items()}
-        if any(c != 0.0 for c in coefs):
-            for start in range(0, ns, batch_size):
-                part = group[start : start + batch_size]
-                seq = sequence_logprobs(model, part, temperature)
-                w = torch.tensor(coefs[start : start + batch_size], dtype=seq.dtype, device=seq.device) / ns
-                grads = torch.autograd.grad((seq * w).sum(), plist, allow_unused=True)
-                for n, gr in zip(names, grads):
-                    if gr is not None:
-                        gx[n] += gr.detach().to(acc)
-        else:
-            n_zero += 1
-        # Welford over prompts: running mean of G_x and sum of squared deviations (in norm).
-        dev_old = {n: gx[n] - mean[n] for n in names}
-        for n in names:
-            mean[n] += dev_old[n] / k
-        m2 += float(sum((dev_old[n].double() * (gx[n] - mean[n]).double()).sum() for n in names))
-    P = len(groups)
-    norm = float(sum((v.double() ** 2).sum() for v in mean.values()) ** 0.5)
-    pm = np.array(prompt_means)
-    g_se = math.sqrt(max(m2, 0.0) / (P * (P - 1))) if P > 1 else float("nan")
-    stats = {
-        "accuracy": float(pm.mean()),
-        "accuracy_stderr": math.sqrt(within_var) / P,
-        "accuracy_prompt_stderr": float(pm.std(ddof=1) / math.sqrt(P)) if P > 1 else float("nan"),
-        "gradient_norm": norm,
-        "gradient_stderr": g_se,
-        "gradient_rel_stderr": g_se / norm if norm > 0 else float("nan"),
-        "n_prompts": float(P),
-        "n_samples": float(sum(len(g) for g in groups) / P),
-        "zero_variance_prompts": float(n_zero) if baseline == "loo" else float("nan"),
-    }
-    return mean, stats
-
-
-def accuracy_target_vector(
-    target: AccuracyTarget,
-    model: torch.nn.Module,
-    params: Mapping[str, torch.Tensor],
-    compute: ComputeConfig | None = None,
-) -> TargetVector:
-    """Resolve an `AccuracyTarget`: sample its completions, then the REINFORCE gradient and its statistics."""
-    compute = compute or ComputeConfig()
-    if target.tokenizer is None:
-        raise SampleEffectError("the accuracy target needs the model's tokenizer (AccuracyTarget.tokenizer) to sample")
-    if target.baseline not in BASELINES:
-        raise SampleEffectError(f"unknown baseline '{target.baseline}'; choose one of {', '.join(BASELINES)}")
-    if target.n_samples < (2 if target.baseline == "loo" else 1):
-        raise SampleEffectError(
-            f"--target-samples must be >= {2 if target.baseline == 'loo' else 1} with baseline '{target.baseline}', got {target.n_samples}"
-        )
-    prompts = list(target.prompts)
-    groups = sample_groups(
-        model, target.tokenizer, prompts, target.reward, target.n_samples, target.temperature,
-        target.max_new_tokens, target.seed, compute.progress, desc="accuracy samples",
-    )
-    vec, stats = reinforce_gradient(model, params, groups, target.baseline, target.temperature, compute.batch_size, compute.progress)
-    return TargetVector(vec, target.name, stats=stats)

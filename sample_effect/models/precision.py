@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 ATTN_NAME = "eager_float64"
-_registered = False
 
 
 def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -48,15 +47,12 @@ def eager_attention_same_dtype(
 
 
 def _register() -> None:
-    global _registered
-    if _registered:
-        return
+    """Make the float64 attention known to transformers (idempotent: registering again replaces the same entry)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
     AttentionInterface.register(ATTN_NAME, eager_attention_same_dtype)
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_NAME, eager_mask)
-    _registered = True
 
 
 def _rmsnorm_same_dtype(self: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -6,14 +6,10 @@ import os
 from pathlib import Path
 
 from sample_effect.errors import SampleEffectError
+from sample_effect.models.smollm2 import cache_dir, ensure_smollm2  # noqa: F401  (public here too: where converted checkpoints live)
 
 ASSETS = Path(__file__).parent.parent / "assets"
 TINY = ASSETS / "tiny-kk"
-
-
-def cache_dir() -> Path:
-    """Where converted checkpoints live: $SAMPLE_EFFECT_CACHE or ~/.cache/sample-effect."""
-    return Path(os.environ.get("SAMPLE_EFFECT_CACHE", Path.home() / ".cache" / "sample-effect"))
 
 
 def resolve_model(spec: str | os.PathLike) -> Path:
@@ -24,7 +20,5 @@ def resolve_model(spec: str | os.PathLike) -> Path:
             raise SampleEffectError(f"the tiny base model is missing from the package ({TINY}); run scripts/build_tiny_base.py")
         return TINY
     if s == "smollm2":
-        from sample_effect.models.smollm2 import ensure_smollm2
-
         return ensure_smollm2()
     return Path(s)

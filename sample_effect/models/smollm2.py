@@ -12,9 +12,15 @@ state dict copied over. Install with
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sample_effect.errors import SampleEffectError
+
+
+def cache_dir() -> Path:
+    """Where converted checkpoints live: $SAMPLE_EFFECT_CACHE or ~/.cache/sample-effect."""
+    return Path(os.environ.get("SAMPLE_EFFECT_CACHE", Path.home() / ".cache" / "sample-effect"))
 
 
 def find_gguf() -> Path:
@@ -38,8 +44,6 @@ def find_gguf() -> Path:
 
 def ensure_smollm2() -> Path:
     """Return the converted directory, converting on first use."""
-    from sample_effect.models.registry import cache_dir
-
     out = cache_dir() / "smollm2-135m-instruct"
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out

@@ -9,7 +9,8 @@ from typing import Any
 import pandas as pd
 
 
-def _plt():
+def pyplot():  # type: ignore[no-untyped-def]
+    """matplotlib.pyplot on the Agg back end, imported on first use (plotting needs no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,19 +19,20 @@ def _plt():
     return plt
 
 
-def _save(fig, path: str | os.PathLike) -> None:  # type: ignore[no-untyped-def]
+def save_figure(fig, path: str | os.PathLike) -> None:  # type: ignore[no-untyped-def]
+    """Write a figure atomically (PNG, or the format its extension names) and close it."""
     from sample_effect.io import atomic_path
 
     fig.tight_layout()
     suffix = os.path.splitext(str(path))[1].lstrip(".") or "png"
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=130, format=suffix)
-    _plt().close(fig)
+    pyplot().close(fig)
 
 
 def effects_by_group(table: pd.DataFrame, group: str, path: str | os.PathLike, title: str = "Sample effect by group") -> None:
     """Box plot with points: the distribution of sample effects per group (e.g. response style)."""
-    plt = _plt()
+    plt = pyplot()
     groups = list(table.groupby(group)["effect"].mean().sort_values(ascending=False).index)
     fig, ax = plt.subplots(figsize=(6.4, 4))
     data = [table.loc[table[group] == g, "effect"].to_numpy() for g in groups]
@@ -43,12 +45,12 @@ def effects_by_group(table: pd.DataFrame, group: str, path: str | os.PathLike, t
     ax.set_xlabel(group)
     ax.set_ylabel("sample effect e(s) (target change per unit lr)")
     ax.set_title(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def curves(runs: Mapping[str, pd.DataFrame], x: str, y: str, path: str | os.PathLike, title: str, ylabel: str | None = None) -> None:
     """One line per run of metric `y` against `x`."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for label, df in runs.items():
         d = df.dropna(subset=[y])
@@ -58,12 +60,12 @@ def curves(runs: Mapping[str, pd.DataFrame], x: str, y: str, path: str | os.Path
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def predicted_curves(curves_: Sequence[Any], path: str | os.PathLike) -> None:
     """Predicted cumulative target change per dataset, with the positive-effect part dashed."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for c in curves_:
         s = c.steps
@@ -76,12 +78,12 @@ def predicted_curves(curves_: Sequence[Any], path: str | os.PathLike) -> None:
     ax.set_title("Predicted SFT growth of the target, per dataset")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def predicted_vs_actual(df: pd.DataFrame, path: str | os.PathLike, title: str = "Predicted vs actual target loss during SFT") -> None:
     """Actual target loss of real runs (solid, markers) against the predicted curve (dashed), per dataset."""
-    plt = _plt()
+    plt = pyplot()
     many = df["dataset"].nunique() > 2
     fig, ax = plt.subplots(figsize=(9.2 if many else 6.4, 4))
     for name, g in df.groupby("dataset", sort=False):
@@ -98,12 +100,12 @@ def predicted_vs_actual(df: pd.DataFrame, path: str | os.PathLike, title: str = 
     else:
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def selection_bars(summary: pd.DataFrame, path: str | os.PathLike) -> None:
     """Final target loss (and accuracy) per selection group: bars at the group mean, one dot per run."""
-    plt = _plt()
+    plt = pyplot()
     metrics = [m for m in ("target_loss_end", "accuracy_end") if m in summary]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
     groups = list(dict.fromkeys(summary["group"]))
@@ -118,14 +120,14 @@ def selection_bars(summary: pd.DataFrame, path: str | os.PathLike) -> None:
         ax.set_ylabel("held-out target loss (nats/token)" if m == "target_loss_end" else "greedy accuracy")
         ax.set_title("after fine-tuning" + (": lower is better" if m == "target_loss_end" else ""))
     fig.suptitle("Top-k by sample effect vs random-k vs bottom-k")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def effects_ranked(table: pd.DataFrame, path: str | os.PathLike, title: str = "Sample effects, ranked") -> None:
     """Effect against rank (left) and the histogram of effects (right), from a `rank` table."""
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     eff = pd.to_numeric(table["effect"], errors="coerce").to_numpy(dtype=float)
     finite = eff[np.isfinite(eff)]
     order = np.sort(finite)[::-1]
@@ -143,14 +145,14 @@ def effects_ranked(table: pd.DataFrame, path: str | os.PathLike, title: str = "S
     pos = int((order > 0).sum())
     ax2.set_title(f"{pos} of {len(order)} positive" + (f"; {len(eff) - len(order)} non-finite left out" if len(eff) > len(order) else ""))
     fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def predicted_curves_table(table: pd.DataFrame, path: str | os.PathLike, title: str = "Predicted SFT growth of the target, per dataset") -> None:
     """`predict-sft`'s CSV (curves_table): predicted cumulative change per dataset, the positive-effect part dashed."""
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4))
     loss_target = False
     for name, g in table.groupby("dataset", sort=False):
@@ -165,7 +167,7 @@ def predicted_curves_table(table: pd.DataFrame, path: str | os.PathLike, title: 
     ax.set_title(title)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def rl_growth_bars(records: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str | None = None) -> None:
@@ -173,7 +175,7 @@ def rl_growth_bars(records: Sequence[Mapping[str, Any]], path: str | os.PathLike
     the zero-variance fraction of the prompt groups written over each bar."""
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     labels = [str(r["model"]) for r in records]
     growth = np.array([np.nan if r.get("growth_rate") is None else float(r["growth_rate"]) for r in records])
     lo, hi = [], []
@@ -206,7 +208,7 @@ def rl_growth_bars(records: Sequence[Mapping[str, Any]], path: str | os.PathLike
     ax.set_title(title or "Predicted GRPO growth per step" + (f" toward '{target}'" if target else ""))
     ax.legend(fontsize=7, loc="upper right")
     ax.grid(alpha=0.3, axis="y")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _cell_edges(values: Sequence[float], start_aligned: bool) -> Any:
@@ -228,7 +230,7 @@ def logprob_quantile_heatmap(
     """Heatmap of `quantiles.quantile_pivot`: GRPO step on y, token position on x, colour the q-quantile log-prob."""
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     z = np.ma.masked_invalid(pivot.to_numpy(dtype=float))
     steps, positions = list(pivot.index), list(pivot.columns)
     if bucket is None:
@@ -244,7 +246,7 @@ def logprob_quantile_heatmap(
     ax.set_xlabel("token position in the completion (0-based" + (f", buckets of {bucket})" if bucket > 1 else ")"))
     ax.set_ylabel("GRPO step")
     ax.set_title(title or f"Rarest sampled tokens: {q:g}-quantile of token log-prob\nper GRPO step and position (grey: too few tokens)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def logprob_quantile_curves(
@@ -256,7 +258,7 @@ def logprob_quantile_curves(
     `steps` None takes up to four steps spread from the first to the last."""
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     have = sorted(df["step"].unique())
     if steps is None:
         steps = list(dict.fromkeys(have[round(i)] for i in np.linspace(0, len(have) - 1, min(4, len(have)))))
@@ -270,7 +272,7 @@ def logprob_quantile_curves(
     ax.set_title(title or f"Rarest sampled tokens by position: {qtext} of token log-prob")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def predicted_vs_actual_bars(summary: pd.DataFrame, path: str | os.PathLike, label: str = "selection") -> None:
@@ -279,7 +281,7 @@ def predicted_vs_actual_bars(summary: pd.DataFrame, path: str | os.PathLike, lab
     Two panels rather than one overlay because a first-order prediction over many large steps can be
     orders of magnitude off in size while still ordering the runs correctly; the panels compare order.
     """
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8))
     names = list(summary[label])
     for ax, col, title in ((axes[0], "predicted_drop", "predicted (first order)"), (axes[1], "actual_drop", "actual")):
@@ -289,4 +291,4 @@ def predicted_vs_actual_bars(summary: pd.DataFrame, path: str | os.PathLike, lab
         ax.set_title(title)
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle("Drop of the held-out target loss over the run, per selection")
-    _save(fig, path)
+    save_figure(fig, path)

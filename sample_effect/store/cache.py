@@ -17,7 +17,6 @@ self-describing, so a resume may use another --shard-size or another number of p
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -31,27 +30,24 @@ import numpy as np
 import torch
 
 from sample_effect.data.examples import TokenizedExample
-from sample_effect.engine.core import ComputeConfig, mean_loss_gradient
+from sample_effect.engine.core import ComputeConfig
 from sample_effect.engine.effects import EffectResult, compute_effects, resolve_state
 from sample_effect.errors import SampleEffectError
 from sample_effect.io import atomic_open, atomic_path
-from sample_effect.models.loading import accumulation_dtype, select_parameters
-from sample_effect.targets.core import LossTarget, SelfTarget, Target, TargetVector, resolve_target
+from sample_effect.models.loading import select_parameters
+from sample_effect.targets.core import (
+    LossTarget,
+    SelfTarget,
+    Target,
+    TargetVector,
+    resolve_target_distributed,
+)
 from sample_effect.update.optim import OptimizerState, UpdateConfig
 
 log = logging.getLogger("sample_effect")
 
 FORMAT = 1
 DELAY_ENV = "SAMPLE_EFFECT_TEST_SHARD_DELAY"  # tests: seconds to sleep after each shard (to interrupt a run)
-
-
-def add_cache_args(p: argparse.ArgumentParser) -> None:
-    """rank's --cache-dir, --resume and --shard-size."""
-    p.add_argument("--cache-dir", metavar="DIR", help="write per-chunk result shards under DIR/<settings hash>/ and "
-                   "skip the ones a previous run with the same settings finished (resumable)")
-    p.add_argument("--resume", action="store_true",
-                   help="with --cache-dir: require a previous run with these exact settings to continue from")
-    p.add_argument("--shard-size", type=int, default=256, metavar="N", help="examples per cache shard (default 256)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,49 +102,6 @@ def _vector_bytes(g: TargetVector) -> bytes:
 # --------------------------------------------------------------------------------------------
 # Target
 # --------------------------------------------------------------------------------------------
-
-
-def _loss_target(target: Target, model, chosen, scored, compute, distributed: bool) -> TargetVector:  # type: ignore[no-untyped-def]
-    """G of a loss/self target; with several processes each takes a block of the set and the parts are summed."""
-    if not distributed:
-        return resolve_target(target, model, chosen, scored, compute)
-    from sample_effect.runtime import distributed as dist
-
-    examples = target.examples if isinstance(target, LossTarget) else scored
-    part = [examples[i] for i in dist.block(len(examples))]
-    acc = accumulation_dtype(next(iter(chosen.values())).dtype)
-    if part:
-        grad, loss = mean_loss_gradient(model, chosen, part, compute)
-        w = len(part) / len(examples)  # the part's mean -> its share of the whole mean
-        grad = {n: g * w for n, g in grad.items()}
-        loss *= w
-    else:
-        grad = {n: torch.zeros(p.shape, dtype=acc, device=p.device) for n, p in chosen.items()}
-        loss = 0.0
-    for g in grad.values():
-        dist.all_reduce_sum_(g)
-    total = torch.tensor([loss], dtype=torch.float64)
-    dist.all_reduce_sum_(total)
-    return TargetVector({n: -g for n, g in grad.items()}, target.name, target_loss=float(total.item()))
-
-
-def _other_target(target, model, chosen, scored, compute, distributed: bool) -> TargetVector:  # type: ignore[no-untyped-def]
-    """A direction / accuracy target: resolved once (rank 0) and sent to the other ranks."""
-    if not distributed:
-        return resolve_target(target, model, chosen, scored, compute)
-    from sample_effect.runtime import distributed as dist
-
-    g = resolve_target(target, model, chosen, scored, compute) if dist.rank() == 0 else None
-    g = dist.broadcast_object(g)
-    return TargetVector({n: v.to(chosen[n].device) for n, v in g.vector.items()}, g.kind, g.target_loss, g.stats)
-
-
-def resolve_target_distributed(target: Target, model, chosen, scored, compute) -> TargetVector:  # type: ignore[no-untyped-def]
-    """G on every rank of a torchrun job: a loss target summed over blocks of its set, others resolved on rank 0."""
-    from sample_effect.runtime import distributed as dist
-
-    loss_kind = isinstance(target, (LossTarget, SelfTarget))
-    return (_loss_target if loss_kind else _other_target)(target, model, chosen, scored, compute, dist.active())
 
 
 def _save_target(path: Path, g: TargetVector) -> None:
@@ -206,6 +159,65 @@ def _write_manifest(d: Path, manifest: dict) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _open_run(  # type: ignore[no-untyped-def]
+    root: Path, model, chosen, examples, target: Target, update: UpdateConfig, state, compute: ComputeConfig,
+    params: str | None, resume: bool,
+) -> tuple[Path, TargetVector]:
+    """The run directory of these settings under `root` (created with its manifest) and the target G.
+
+    A loss target is keyed by its examples, so its G is read back from the run when it was saved
+    there; any other target is resolved first and keyed by its vector.
+    """
+    from sample_effect.runtime import distributed as dist
+
+    distributed = dist.active()
+    rank0 = not distributed or dist.rank() == 0
+    n = len(examples)
+    if root.exists() and not root.is_dir():
+        raise SampleEffectError(f"--cache-dir {root} exists and is not a directory")
+    loss_kind = isinstance(target, (LossTarget, SelfTarget))
+    g: TargetVector | None = None
+    if loss_kind:
+        h = hashlib.sha256(b"self" if isinstance(target, SelfTarget) else b"loss")
+        if isinstance(target, LossTarget):
+            _hash_examples(h, target.examples)
+        part = h.digest()
+    else:
+        g = resolve_target_distributed(target, model, chosen, examples, compute)
+        part = _vector_bytes(g)
+    key = settings_key(model, chosen, examples, update, state, compute, part)
+    d = root / key
+    exists = (d / "manifest.json").exists()
+    if resume and not exists:
+        others = sorted(p.name for p in root.glob("*/manifest.json")) if root.is_dir() else []
+        raise SampleEffectError(
+            f"--resume: {root} holds no run with these settings (key {key}"
+            + (f"; it holds {len(others)} run(s) with other weights, data, target or update settings" if others else "")
+            + ")"
+        )
+    if rank0:
+        d.mkdir(parents=True, exist_ok=True)
+        if not exists:
+            _write_manifest(d, {"format": FORMAT, "key": key, "n_examples": n, "complete": False,
+                                "update": asdict(update), "params": params, "target": getattr(target, "name", ""),
+                                "method": compute.method, "created": time.time()})
+    if distributed:
+        dist.barrier()
+    d.mkdir(parents=True, exist_ok=True)  # ranks on other nodes without a shared file system
+    if g is None:
+        tfile = d / "target.safetensors"
+        have = tfile.exists()
+        if distributed:
+            have = dist.all_agree(have)
+        if have:
+            g = _load_target(tfile, chosen)
+        else:
+            g = resolve_target_distributed(target, model, chosen, examples, compute)
+            if rank0:
+                _save_target(tfile, g)
+    return d, g
+
+
 def score_rank(
     model: torch.nn.Module,
     examples: Sequence[TokenizedExample],
@@ -239,54 +251,11 @@ def score_rank(
         dist.init(next(iter(chosen.values())).device)
     rank0 = not distributed or dist.rank() == 0
     state = resolve_state(model, chosen, update, optimizer_state)
-    loss_kind = isinstance(target, (LossTarget, SelfTarget))
-
-    d: Path | None = None
-    g: TargetVector | None = None
+    d, g = None, None
     if cache_dir is not None:
-        root = Path(cache_dir)
-        if root.exists() and not root.is_dir():
-            raise SampleEffectError(f"--cache-dir {root} exists and is not a directory")
-        if loss_kind:
-            h = hashlib.sha256(b"self" if isinstance(target, SelfTarget) else b"loss")
-            if isinstance(target, LossTarget):
-                _hash_examples(h, target.examples)
-            part = h.digest()
-        else:
-            g = _other_target(target, model, chosen, examples, compute, distributed)
-            part = _vector_bytes(g)
-        key = settings_key(model, chosen, examples, update, state, compute, part)
-        d = root / key
-        exists = (d / "manifest.json").exists()
-        if resume and not exists:
-            others = sorted(p.name for p in root.glob("*/manifest.json")) if root.is_dir() else []
-            raise SampleEffectError(
-                f"--resume: {root} holds no run with these settings (key {key}"
-                + (f"; it holds {len(others)} run(s) with other weights, data, target or update settings" if others else "")
-                + ")"
-            )
-        if rank0:
-            d.mkdir(parents=True, exist_ok=True)
-            if not exists:
-                _write_manifest(d, {"format": FORMAT, "key": key, "n_examples": n, "complete": False,
-                                    "update": asdict(update), "params": params, "target": getattr(target, "name", ""),
-                                    "method": compute.method, "created": time.time()})
-        if distributed:
-            dist.barrier()
-        d.mkdir(parents=True, exist_ok=True)  # ranks on other nodes without a shared file system
-        tfile = d / "target.safetensors"
-        if loss_kind:
-            have = tfile.exists()
-            if distributed:
-                have = dist.all_agree(have)
-            if have:
-                g = _load_target(tfile, chosen)
-            else:
-                g = _loss_target(target, model, chosen, examples, compute, distributed)
-                if rank0:
-                    _save_target(tfile, g)
+        d, g = _open_run(Path(cache_dir), model, chosen, examples, target, update, state, compute, params, resume)
     if g is None:
-        g = (_loss_target if loss_kind else _other_target)(target, model, chosen, examples, compute, distributed)
+        g = resolve_target_distributed(target, model, chosen, examples, compute)
 
     mine = dist.block(n) if distributed else range(n)
     effect, loss, gnorm = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)

@@ -5,12 +5,17 @@
 - `DirectionTarget`: a fixed vector theta_final - theta_base read from two checkpoints, e.g.
   base -> RL checkpoint, optionally normalised to unit length;
 - `AccuracyTarget`: G = grad of the test accuracy, a REINFORCE estimate from completions sampled
-  on test prompts (computed by `sample_effect.growth.rl.accuracy_target_vector`).
+  on test prompts (`sample_effect.targets.accuracy`).
+
+Every target is a `Target`: `resolve(model, params, scored, compute)` gives its `TargetVector`, and
+`resolve_distributed` the same on every rank of a torchrun job. A new kind of target is one new
+subclass; nothing else branches on the kind.
 """
 
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,23 +28,98 @@ from sample_effect.errors import SampleEffectError
 from sample_effect.models.loading import accumulation_dtype, check_model_dir, quiet_hf_progress
 
 
+class Target(ABC):
+    """What "better" means: a direction G over the scored parameters, resolved against a model."""
+
+    name: str
+
+    @abstractmethod
+    def resolve(
+        self, model: torch.nn.Module, params: Mapping[str, torch.Tensor], scored: Sequence[TokenizedExample],
+        compute: ComputeConfig | None = None,
+    ) -> TargetVector:
+        """G over `params` (in the accumulation dtype); `scored` are the examples being scored."""
+
+    def resolve_distributed(
+        self, model: torch.nn.Module, params: Mapping[str, torch.Tensor], scored: Sequence[TokenizedExample],
+        compute: ComputeConfig | None = None,
+    ) -> TargetVector:
+        """G on every rank of a torchrun job: resolved once on rank 0 and sent to the others."""
+        from sample_effect.runtime import distributed as dist
+
+        if not dist.active():
+            return self.resolve(model, params, scored, compute)
+        g = self.resolve(model, params, scored, compute) if dist.rank() == 0 else None
+        g = dist.broadcast_object(g)
+        return TargetVector({n: v.to(params[n].device) for n, v in g.vector.items()}, g.kind, g.target_loss, g.stats)
+
+
+class _MeanLossTarget(Target):
+    """G = minus the gradient of the mean example loss over a set (which set: `examples_for`)."""
+
+    @abstractmethod
+    def examples_for(self, scored: Sequence[TokenizedExample]) -> Sequence[TokenizedExample]:
+        """The examples whose mean loss defines G."""
+
+    def resolve(
+        self, model: torch.nn.Module, params: Mapping[str, torch.Tensor], scored: Sequence[TokenizedExample],
+        compute: ComputeConfig | None = None,
+    ) -> TargetVector:
+        grad, loss = mean_loss_gradient(model, params, self.examples_for(scored), compute)
+        return TargetVector({n: -g for n, g in grad.items()}, self.name, target_loss=loss)
+
+    def resolve_distributed(
+        self, model: torch.nn.Module, params: Mapping[str, torch.Tensor], scored: Sequence[TokenizedExample],
+        compute: ComputeConfig | None = None,
+    ) -> TargetVector:
+        """With several processes each takes a block of the set, and the parts are summed."""
+        from sample_effect.runtime import distributed as dist
+
+        if not dist.active():
+            return self.resolve(model, params, scored, compute)
+        examples = self.examples_for(scored)
+        part = [examples[i] for i in dist.block(len(examples))]
+        acc = accumulation_dtype(next(iter(params.values())).dtype)
+        if part:
+            grad, loss = mean_loss_gradient(model, params, part, compute)
+            w = len(part) / len(examples)  # the part's mean -> its share of the whole mean
+            grad = {n: g * w for n, g in grad.items()}
+            loss *= w
+        else:
+            grad = {n: torch.zeros(p.shape, dtype=acc, device=p.device) for n, p in params.items()}
+            loss = 0.0
+        for g in grad.values():
+            dist.all_reduce_sum_(g)
+        total = torch.tensor([loss], dtype=torch.float64)
+        dist.all_reduce_sum_(total)
+        return TargetVector({n: -g for n, g in grad.items()}, self.name, target_loss=float(total.item()))
+
+
 @dataclass
-class LossTarget:
+class LossTarget(_MeanLossTarget):
     """G = minus the gradient of the mean per-example loss over `examples`."""
 
     examples: Sequence[TokenizedExample]
     name: str = "loss"
 
+    def examples_for(self, scored: Sequence[TokenizedExample]) -> Sequence[TokenizedExample]:
+        """The target set."""
+        return self.examples
+
 
 @dataclass
-class SelfTarget:
+class SelfTarget(_MeanLossTarget):
     """G = minus the gradient of the mean loss over the scored examples themselves."""
 
     name: str = "self"
 
+    def examples_for(self, scored: Sequence[TokenizedExample]) -> Sequence[TokenizedExample]:
+        """The scored examples."""
+        return scored
+
 
 @dataclass
-class DirectionTarget:
+class DirectionTarget(Target):
     """G = theta_final - theta_base over the chosen parameters (unit length if `normalize`)."""
 
     base: str | os.PathLike
@@ -47,9 +127,17 @@ class DirectionTarget:
     normalize: bool = False
     name: str = field(default="direction")
 
+    def resolve(
+        self, model: torch.nn.Module, params: Mapping[str, torch.Tensor], scored: Sequence[TokenizedExample],
+        compute: ComputeConfig | None = None,
+    ) -> TargetVector:
+        acc = accumulation_dtype(next(iter(params.values())).dtype)
+        vec = direction_vector(self.base, self.final, params, self.normalize)
+        return TargetVector({n: v.to(dtype=acc, device=params[n].device) for n, v in vec.items()}, self.name)
+
 
 @dataclass
-class AccuracyTarget:
+class AccuracyTarget(Target):
     """G = grad of test accuracy = mean over `prompts` of E_{y~pi_T}[(r(x,y) - b) grad log pi_T(y|x)], estimated.
 
     REINFORCE from `n_samples` completions per prompt, sampled at `temperature` (T) with a generator
@@ -70,8 +158,11 @@ class AccuracyTarget:
     baseline: str = "loo"
     name: str = "accuracy"
 
-
-Target = LossTarget | SelfTarget | DirectionTarget | AccuracyTarget
+    def resolve(
+        self, model: torch.nn.Module, params: Mapping[str, torch.Tensor], scored: Sequence[TokenizedExample],
+        compute: ComputeConfig | None = None,
+    ) -> TargetVector:
+        return accuracy_target_vector(self, model, params, compute)
 
 
 @dataclass
@@ -141,16 +232,32 @@ def resolve_target(
     compute: ComputeConfig | None = None,
 ) -> TargetVector:
     """Compute G for `target` over the chosen parameters, in the accumulation dtype."""
-    acc = accumulation_dtype(next(iter(params.values())).dtype)
-    if isinstance(target, (LossTarget, SelfTarget)):
-        examples = target.examples if isinstance(target, LossTarget) else scored
-        grad, loss = mean_loss_gradient(model, params, examples, compute)
-        return TargetVector({n: -g for n, g in grad.items()}, target.name, target_loss=loss)
-    if isinstance(target, DirectionTarget):
-        vec = direction_vector(target.base, target.final, params, target.normalize)
-        return TargetVector({n: v.to(dtype=acc, device=params[n].device) for n, v in vec.items()}, target.name)
-    if isinstance(target, AccuracyTarget):
-        from sample_effect.growth.rl import accuracy_target_vector
+    if not isinstance(target, Target):
+        raise SampleEffectError(f"unknown target {target!r}: a target is a sample_effect Target (LossTarget, ...)")
+    return target.resolve(model, params, scored, compute)
 
-        return accuracy_target_vector(target, model, params, compute)
-    raise SampleEffectError(f"unknown target {target!r}")
+
+def resolve_target_distributed(
+    target: Target,
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    scored: Sequence[TokenizedExample],
+    compute: ComputeConfig | None = None,
+) -> TargetVector:
+    """G on every rank of a torchrun job (a loss target summed over blocks of its set, others from rank 0)."""
+    if not isinstance(target, Target):
+        raise SampleEffectError(f"unknown target {target!r}: a target is a sample_effect Target (LossTarget, ...)")
+    return target.resolve_distributed(model, params, scored, compute)
+
+
+def accuracy_target_vector(
+    target: AccuracyTarget,
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    compute: ComputeConfig | None = None,
+) -> TargetVector:
+    """Resolve an `AccuracyTarget`: sample its completions, then the REINFORCE gradient and its statistics."""
+    from sample_effect.targets.accuracy import accuracy_gradient
+
+    vec, stats = accuracy_gradient(target, model, params, compute)
+    return TargetVector(vec, target.name, stats=stats)

@@ -175,6 +175,59 @@ def grpo_batch_loss(
     return grpo_loss(lp, old, advantages, mask, clip_eps, ref_logprobs, kl_coef)
 
 
+def _grpo_update(  # type: ignore[no-untyped-def]
+    model: torch.nn.Module, opt, params: list[torch.nn.Parameter], groups: list[list[Rollout]], cfg: GRPOConfig,
+    reference: torch.nn.Module | None,
+) -> tuple[int, list[float], torch.Tensor, torch.Tensor]:
+    """One GRPO step on sampled groups: advantages, then `inner_epochs` clipped AdamW steps on the informative groups.
+
+    Returns (zero-variance groups, the losses of the inner steps, the rollouts' old log-probs and mask).
+    """
+    everything = [r for g in groups for r in g]
+    keep_idx: list[int] = []
+    zero_var = 0
+    for k, g in enumerate(groups):
+        if set_advantages(g):
+            zero_var += 1
+        else:
+            keep_idx.extend(range(k * cfg.group_size, (k + 1) * cfg.group_size))
+    batch = [everything[i] for i in keep_idx]
+    with torch.no_grad():
+        old_lp, mask = policy_logprobs(model, everything)
+    losses: list[float] = []
+    if batch:
+        keep = torch.tensor(keep_idx)
+        width = max(int(r.ids.shape[0]) for r in batch) - 1
+        old_b = old_lp[keep, :width]
+        ref_lp = None
+        if reference is not None and cfg.kl_coef:
+            with torch.no_grad():
+                ref_lp, _ = policy_logprobs(reference, batch)
+        model.train()
+        for _ in range(cfg.inner_epochs):
+            opt.zero_grad(set_to_none=True)
+            loss = grpo_batch_loss(model, batch, old_b, None, cfg.clip_eps, ref_lp, cfg.kl_coef)
+            loss.backward()
+            if cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            losses.append(float(loss.detach()))
+        model.eval()
+    return zero_var, losses, old_lp, mask
+
+
+def _write_replay(path: Path, step: int, rollouts: list[Rollout], old_lp: torch.Tensor, mask: torch.Tensor) -> None:
+    """The step's rollouts as replay JSONL (one line each, with the completion tokens' log-probs)."""
+    with atomic_open(path) as f:
+        for i, r in enumerate(rollouts):
+            n_tok = int(mask[i].sum())
+            lps = old_lp[i][mask[i]].tolist()[:n_tok]
+            f.write(json.dumps({
+                "step": step, "prompt_id": r.prompt_id, "completion": r.completion, "finished": r.finished,
+                "reward": r.reward, "advantage": r.advantage, "logprobs": lps,
+            }) + "\n")
+
+
 def train_grpo(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -233,47 +286,12 @@ def train_grpo(
             model.eval()
             groups = [rollout_group(model, tokenizer, prompts[i], reward, cfg, gen) for i in picked]
             everything = [r for g in groups for r in g]
-            keep_idx: list[int] = []
-            zero_var = 0
-            for k, g in enumerate(groups):
-                if set_advantages(g):
-                    zero_var += 1
-                else:
-                    keep_idx.extend(range(k * cfg.group_size, (k + 1) * cfg.group_size))
-            batch = [everything[i] for i in keep_idx]
-            with torch.no_grad():
-                old_lp, mask = policy_logprobs(model, everything)
-            losses = []
-            if batch:
-                keep = torch.tensor(keep_idx)
-                width = max(int(r.ids.shape[0]) for r in batch) - 1
-                old_b = old_lp[keep, :width]
-                ref_lp = None
-                if reference is not None and cfg.kl_coef:
-                    with torch.no_grad():
-                        ref_lp, _ = policy_logprobs(reference, batch)
-                model.train()
-                for _ in range(cfg.inner_epochs):
-                    opt.zero_grad(set_to_none=True)
-                    loss = grpo_batch_loss(model, batch, old_b, None, cfg.clip_eps, ref_lp, cfg.kl_coef)
-                    loss.backward()
-                    if cfg.max_grad_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                    opt.step()
-                    losses.append(float(loss.detach()))
-                model.eval()
+            zero_var, losses, old_lp, mask = _grpo_update(model, opt, params, groups, cfg, reference)
             with warnings.catch_warnings():  # a step whose groups all had zero variance took no optimiser step
                 warnings.simplefilter("ignore", UserWarning)
                 sched.step()
             if out is not None:
-                with atomic_open(out / "replay" / f"step-{step:05d}.jsonl") as f:
-                    for i, r in enumerate(everything):
-                        n_tok = int(mask[i].sum())
-                        lps = old_lp[i][mask[i]].tolist()[:n_tok]
-                        f.write(json.dumps({
-                            "step": step, "prompt_id": r.prompt_id, "completion": r.completion, "finished": r.finished,
-                            "reward": r.reward, "advantage": r.advantage, "logprobs": lps,
-                        }) + "\n")
+                _write_replay(out / "replay" / f"step-{step:05d}.jsonl", step, everything, old_lp, mask)
             rewards = [r.reward for r in everything]
             row = {
                 "step": step,

@@ -1,0 +1,78 @@
+"""GRPO groups sampled from a policy: G rollouts per prompt with rewards and advantages, as `train_grpo` samples them.
+
+Each prompt has its own CPU generator seeded by (seed, prompt index), so two checkpoints sampled
+with one seed get common random numbers, and prompts split over torchrun ranks get exactly the
+rollouts one process would.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sample_effect.errors import SampleEffectError
+from sample_effect.models.loading import position_limit
+from sample_effect.rollouts.generation import prompt_ids
+from sample_effect.rollouts.rewards import checked_reward, get_reward
+from sample_effect.training.grpo import GRPOConfig, RLPrompt, Rollout, rollout_group, set_advantages
+
+
+def prompt_generator(seed: int, index: int) -> torch.Generator:
+    """The CPU generator of prompt `index` under `seed`: independent streams per prompt, reproducible anywhere."""
+    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def sample_groups(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[RLPrompt],
+    reward: Callable[..., float] | str,
+    group_size: int,
+    temperature: float = 1.0,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "rollouts",
+    first_index: int = 0,
+) -> list[list[Rollout]]:
+    """`group_size` rollouts per prompt, sampled as `train_grpo` samples them, with rewards and GRPO advantages.
+
+    Prompt k (counted from `first_index`) has its own CPU generator seeded by (seed, k)
+    (`prompt_generator`), so the same seed on two checkpoints gives common random numbers (a
+    fairer side-by-side comparison) and a block of prompts sampled on one torchrun rank gets
+    exactly the rollouts a single process would.
+    """
+    if group_size < 1:
+        raise SampleEffectError(f"the number of samples per prompt must be >= 1, got {group_size}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise SampleEffectError(f"the sampling temperature must be positive, got {temperature}")
+    if max_new_tokens < 1:
+        raise SampleEffectError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if not prompts:
+        raise SampleEffectError("no RL prompts")
+    if getattr(tokenizer, "eos_token_id", None) is None:
+        raise SampleEffectError("the tokenizer has no EOS token, so no sampled completion can finish; use one that defines eos_token")
+    fn = get_reward(reward) if isinstance(reward, str) else checked_reward(reward, getattr(reward, "__name__", "reward"))
+    limit = position_limit(model)
+    cfg = GRPOConfig(group_size=group_size, temperature=temperature, max_new_tokens=max_new_tokens)
+    groups = []
+    for k, p in enumerate(tqdm(prompts, desc=desc, unit="prompt", disable=not progress, leave=False)):
+        if limit and len(prompt_ids(tokenizer, p.prompt)) >= limit:
+            raise SampleEffectError(f"prompt '{p.id}' fills the model's {limit} positions; no room to sample a completion")
+        group = rollout_group(model, tokenizer, p, fn, cfg, prompt_generator(seed, first_index + k))
+        set_advantages(group)
+        groups.append(group)
+    return groups
+
+
+def completion_tokens(rollout: Rollout) -> int:
+    """Completion tokens of a rollout (the positions its loss averages over)."""
+    return int(rollout.ids.shape[0]) - rollout.start
+
+

@@ -1,0 +1,144 @@
+"""Predicted vs actual RL accuracy curves: which SFT start makes GRPO grow fastest, and how fast.
+
+For each starting checkpoint the prediction is made once, before training: `predict_rl` with
+the accuracy target (G = grad of the expected reward on held-out prompts, REINFORCE from sampled
+completions) and the trainer's own update (AdamW with clipping), so the growth rate is the
+first-order change of held-out accuracy per GRPO step, accumulated over the lr schedule. Then
+`train_grpo` runs from the same weights and the held-out accuracy is measured every
+`eval_every` steps as the mean reward of `eval_samples` completions per held-out prompt, sampled
+at the training temperature with one fixed seed at every evaluation (common random numbers, so
+the curve's step-to-step noise is small). The predicted curve starts from the measured step-0
+accuracy; what is compared is the slope.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sample_effect.engine.core import ComputeConfig
+from sample_effect.errors import SampleEffectError
+from sample_effect.growth.rl import RLPredictConfig, predict_rl
+from sample_effect.rollouts.groups import sample_groups
+from sample_effect.targets.core import AccuracyTarget
+from sample_effect.training.grpo import GRPOConfig, RLPrompt, train_grpo
+from sample_effect.validation.rl_curves import grpo_lrs, slope, trainer_update
+
+Loader = Callable[[], tuple[torch.nn.Module, Any]]
+
+
+@dataclass
+class AccuracyCurveConfig:
+    """How the held-out accuracy is predicted and measured (see the module docstring)."""
+
+    eval_samples: int = 8  # completions per held-out prompt at each evaluation
+    target_samples: int = 8  # completions per held-out prompt for the accuracy target's gradient
+    eval_seed: int = 5000
+    predict_seed: int = 1000
+    runs: int = 1
+    noise_draws: int = 64
+
+    def validate(self) -> AccuracyCurveConfig:
+        """Raise SampleEffectError on an out-of-range setting; return self."""
+        for name in ("eval_samples", "runs", "noise_draws"):
+            if getattr(self, name) < 1:
+                raise SampleEffectError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.target_samples < 2:
+            raise SampleEffectError(f"target_samples must be >= 2 (leave-one-out baseline), got {self.target_samples}")
+        return self
+
+
+def sampled_accuracy(
+    model: torch.nn.Module, tokenizer: Any, prompts: Sequence[RLPrompt], reward: Callable[..., float] | str,
+    n: int, temperature: float, max_new_tokens: int, seed: int,
+) -> float:
+    """Mean reward of `n` completions per prompt sampled at `temperature` (per-prompt generators seeded by `seed`)."""
+    groups = sample_groups(model, tokenizer, prompts, reward, n, temperature, max_new_tokens, seed, progress=False,
+                           desc="accuracy")
+    return float(np.mean([r.reward for g in groups for r in g]))
+
+
+def rl_accuracy_curve(
+    name: str,
+    load: Loader,
+    prompts: Sequence[RLPrompt],
+    eval_prompts: Sequence[RLPrompt],
+    reward: Callable[..., float] | str,
+    cfg: GRPOConfig,
+    curve: AccuracyCurveConfig | None = None,
+    compute: ComputeConfig | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One checkpoint: (rows of step, run, actual and predicted held-out accuracy; summary record).
+
+    `load()` returns an untrained (model, tokenizer) of the checkpoint each time: the first serves
+    the prediction, each run trains its own (trainer seeds cfg.seed + run).
+    """
+    compute = compute or ComputeConfig()
+    cfg, curve = cfg.validate(), (curve or AccuracyCurveConfig()).validate()
+    if not eval_prompts:
+        raise SampleEffectError("no held-out prompts for the accuracy curve")
+    model, tok = load()
+    target = AccuracyTarget(eval_prompts, reward, tok, n_samples=curve.target_samples, temperature=cfg.temperature,
+                            seed=curve.predict_seed + 1, max_new_tokens=cfg.max_new_tokens)
+    settings = RLPredictConfig(group_size=cfg.group_size, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                               seed=curve.predict_seed, prompts_per_step=cfg.prompts_per_step, clip_eps=cfg.clip_eps,
+                               noise_draws=curve.noise_draws, curvature_draws=0)
+    pred = predict_rl(model, tok, prompts, reward, target, trainer_update(cfg), settings, compute=compute).record
+    del model
+    scale = np.concatenate([[0.0], np.cumsum(np.asarray(grpo_lrs(cfg)) / cfg.lr)])  # steps weighted by lr_t / lr
+    growth = float(pred["growth_rate"])
+    lo, hi = (float(v) for v in pred["growth_rate_ci95"])
+
+    def evaluate(step: int, m: torch.nn.Module) -> dict[str, float]:
+        with torch.no_grad():
+            acc = sampled_accuracy(m, tok, eval_prompts, reward, curve.eval_samples, cfg.temperature,
+                                   cfg.max_new_tokens, curve.eval_seed)
+        return {"heldout_accuracy": acc}
+
+    frames = []
+    for run in range(curve.runs):
+        fresh, ftok = load()
+        metrics = train_grpo(fresh, ftok, prompts, reward, replace(cfg, seed=cfg.seed + run, eval_every=cfg.eval_every or 1),
+                             on_eval=evaluate, progress=compute.progress)
+        m = metrics.dropna(subset=["heldout_accuracy"])[["step", "heldout_accuracy", "zero_variance_groups"]].copy()
+        m["run"] = run
+        frames.append(m)
+    df = pd.concat(frames, ignore_index=True).rename(columns={"heldout_accuracy": "actual"})
+    start = float(df[df["step"] == 0]["actual"].mean())
+    steps = df["step"].astype(int).to_numpy()
+    df["predicted"] = start + growth * scale[steps]
+    df["predicted_lo"] = start + lo * scale[steps]
+    df["predicted_hi"] = start + hi * scale[steps]
+    df.insert(0, "model", name)
+    summary = _summary(name, df, pred, growth, (lo, hi), float(scale[int(df["step"].max())]), curve.runs)
+    zv = df["zero_variance_groups"].dropna()
+    summary["train_zero_variance_fraction"] = float(zv.mean() / cfg.prompts_per_step) if len(zv) else None
+    return df, summary
+
+
+def _summary(name: str, df: pd.DataFrame, pred: dict[str, Any], growth: float, ci: tuple[float, float],
+             weight: float, runs: int) -> dict[str, Any]:
+    """Predicted and actual change of held-out accuracy over the run, per start."""
+    last = int(df["step"].max())
+    first = df[df["step"] == 0].groupby("run")["actual"].first()
+    ends = df[df["step"] == last].groupby("run")["actual"].first()
+    changes = (ends - first).to_numpy()
+    return {
+        "name": name, "steps": last, "runs": runs,
+        "start_accuracy": float(first.mean()),
+        "predicted_growth_per_step": growth, "predicted_growth_ci95": list(ci),
+        "predicted_positive_effect": pred["positive_effect"], "predicted_noise_effect": pred["noise_effect"],
+        "predicted_zero_variance_fraction": pred["zero_variance_fraction"],
+        "predicted_total_change": growth * weight,
+        "predicted_total_change_ci95": [ci[0] * weight, ci[1] * weight],
+        "actual_total_change": float(changes.mean()),
+        "actual_total_change_se": float(changes.std(ddof=1) / math.sqrt(runs)) if runs > 1 else None,
+        "actual_growth_per_step": slope(df["step"], df["actual"]),
+        "prediction": pred,
+    }

@@ -1,0 +1,40 @@
+"""The selection verdict: top-k against the distribution of random k-subsets."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from sample_effect.errors import SampleEffectError
+from sample_effect.validation.selection import selection_sets, selection_verdict
+
+
+def summary(top, randoms, bottom):
+    rows = [{"selection": "top-4", "group": "top", "target_loss_end": top, "accuracy_end": 0.5}]
+    rows += [{"selection": f"random-4 (seed {i})", "group": "random", "target_loss_end": v, "accuracy_end": 0.3}
+             for i, v in enumerate(randoms)]
+    rows.append({"selection": "bottom-4", "group": "bottom", "target_loss_end": bottom, "accuracy_end": 0.1})
+    return pd.DataFrame(rows)
+
+
+def test_verdict_separates_clear_and_unclear_wins():
+    clear = selection_verdict(summary(1.0, [2.0, 2.1, 1.9, 2.05, 1.95], 3.0))
+    assert clear["target_loss_end"]["top_beyond_prediction_interval"] and clear["verdict"].startswith("top-k beats random")
+    lo, hi = clear["target_loss_end"]["random_mean_ci95"]
+    assert lo < 2.0 < hi and clear["accuracy_end"]["top_better_than_every_random"]  # 0.5 vs 0.3 each
+    assert clear["accuracy_end"]["top_z"] is None  # the random accuracies have no spread
+    close = selection_verdict(summary(1.85, [2.0, 2.1, 1.9, 2.05, 1.95], 3.0))
+    assert close["target_loss_end"]["top_better_than_every_random"]
+    assert not close["target_loss_end"]["top_beyond_prediction_interval"] and "suggestive" in close["verdict"]
+    worse = selection_verdict(summary(2.2, [2.0, 2.1, 1.9, 2.05, 1.95], 3.0))
+    assert "does not beat" in worse["verdict"]
+
+
+def test_sets_are_seeded_and_checked():
+    table = pd.DataFrame({"id": [f"e{i}" for i in range(10)]})
+    a, b = selection_sets(table, 3, 5, seed=1), selection_sets(table, 3, 5, seed=1)
+    assert a == b and a["top-3"] == ["e0", "e1", "e2"] and a["bottom-3"] == ["e7", "e8", "e9"] and len(a) == 7
+    with pytest.raises(SampleEffectError):
+        selection_sets(table, 11, 2)
+    with pytest.raises(SampleEffectError):
+        selection_verdict(summary(1.0, [2.0], 3.0))
