@@ -1,10 +1,11 @@
 """Adam/AdamW effects <delta_theta(s) / lr, G> for a block of per-example gradients, in place.
 
-The same arithmetic as `sample_effect.update.optim.update_per_lr` (which mirrors torch.optim op for op)
-rearranged to reuse one buffer: the gradient block is overwritten with m / denom and contracted
-with G, so a block of e examples costs two [e, *shape] buffers instead of the eight temporaries
-of the reference formula. The AdamW decay term -wd <theta, G> is the same for every example and
-is returned separately by `adamw_decay_dot`.
+The fused `effect_rows` of the Adam and AdamW update rules (`sample_effect.update.rules.adam`):
+the arithmetic of their reference step (which mirrors torch.optim op for op) rearranged to reuse
+one buffer: the gradient block is overwritten with m / denom and contracted with G, so a block of
+e examples costs two [e, *shape] buffers instead of the eight temporaries of the reference
+formula. The AdamW decay term -wd <theta, G> is the same for every example and is left to the
+rule's `shared_dot`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ def adam_effect_rows(
     grad: torch.Tensor,
     param: torch.Tensor,
     target: torch.Tensor,
-    optimizer: str,
+    decoupled: bool,
     beta1: float,
     beta2: float,
     eps: float,
@@ -28,12 +29,13 @@ def adam_effect_rows(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(<d_e, G> without AdamW's decay term, ||grad_e||^2 if asked) for grad [e, *shape]; grad is overwritten.
 
-    d_e is one Adam ('adam': L2 weight decay added to the gradient) or AdamW step per unit lr
-    from the state (exp_avg, exp_avg_sq, step), as torch takes it.
+    d_e is one Adam (decoupled=False: L2 weight decay added to the gradient) or AdamW
+    (decoupled=True: the decay is not in the rows) step per unit lr from the state (exp_avg,
+    exp_avg_sq, step), as torch takes it.
     """
     g = grad
     sq = torch.linalg.vector_norm(g.flatten(1), dim=1).square() if want_sq_norms else None
-    if optimizer == "adam" and weight_decay:
+    if not decoupled and weight_decay:
         g.add_(param, alpha=weight_decay)
     t = step + 1
     bias_correction1 = 1 - beta1**t
@@ -57,9 +59,3 @@ def adam_effect_rows(
     dots = g.flatten(1) @ target.flatten().to(g.dtype)
     return dots.mul_(-1.0 / bias_correction1), sq
 
-
-def adamw_decay_dot(param: torch.Tensor, target: torch.Tensor, optimizer: str, weight_decay: float) -> float:
-    """-wd <theta, G> for AdamW (the decoupled decay, identical for every example); 0 otherwise."""
-    if optimizer != "adamw" or not weight_decay:
-        return 0.0
-    return -weight_decay * float((param.to(target.dtype) * target).sum())

@@ -34,7 +34,13 @@ from sample_effect.errors import SampleEffectError
 from sample_effect.kernels.ghost import materialise_sum
 from sample_effect.targets.core import TargetVector
 from sample_effect.training.sft import SFTConfig
-from sample_effect.update.optim import CLIP_EPS
+from sample_effect.update.rules import (
+    ParamHyper,
+    UpdateRule,
+    clip_by_norm,
+    clip_coefficients,
+    get_update_rule,
+)
 
 
 @dataclass
@@ -135,46 +141,29 @@ def example_gradient_matrix(
     return out
 
 
-class _AdamW:
-    """AdamW on flat vectors, op for op as torch.optim.AdamW (single tensor, no amsgrad), returning d = step / lr."""
-
-    def __init__(self, n: int, dtype: torch.dtype, beta1: float, beta2: float, eps: float, wd: float, theta0: torch.Tensor):
-        self.m = torch.zeros(n, dtype=dtype)
-        self.v = torch.zeros(n, dtype=dtype)
-        self.t = 0
-        self.b1, self.b2, self.eps, self.wd, self.theta0 = beta1, beta2, eps, wd, theta0
-
-    def step(self, g: torch.Tensor) -> torch.Tensor:
-        self.t += 1
-        self.m.lerp_(g, 1 - self.b1)
-        self.v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
-        bc1 = 1 - self.b1**self.t
-        bc2s = (1 - self.b2**self.t) ** 0.5
-        d = -(self.m / (self.v.sqrt() / bc2s + self.eps)) / bc1
-        return d - self.wd * self.theta0 if self.wd else d
-
-
-def _clip(g: torch.Tensor, max_norm: float | None) -> torch.Tensor:
-    if max_norm is None:
-        return g
-    return g * min(1.0, max_norm / (float(g.norm()) + CLIP_EPS))
+def _hyper(cfg: SFTConfig) -> ParamHyper:
+    """The simulated optimiser's hyper-parameters: the trainer's betas, eps and weight decay."""
+    return ParamHyper(cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay)
 
 
 def _path(
     grads: torch.Tensor, gvec: torch.Tensor, theta0: torch.Tensor, cfg: SFTConfig, lrs: Sequence[float],
-    batches: Sequence[Sequence[Sequence[int]]] | None, optimizer: str,
+    batches: Sequence[Sequence[Sequence[int]]] | None, rule: UpdateRule,
 ) -> np.ndarray:
-    """Per-step first-order target change lr_t <d_t, G> along one batch path (None: the full-data mean each step)."""
+    """Per-step first-order target change lr_t <d_t, G> along one batch path (None: the full-data mean each step).
+
+    The optimiser state (e.g. AdamW's moments) is carried from step to step on the flat vectors.
+    """
     mean = grads.mean(0)
-    opt = _AdamW(grads.shape[1], grads.dtype, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, theta0)
+    hyper = _hyper(cfg)
+    state = rule.init_state(theta0)
     out = np.zeros(len(lrs))
     for t, lr in enumerate(lrs):
         if batches is None:
             g = mean
         else:
             g = sum(grads[idx].mean(0) for idx in batches[t]) / len(batches[t])  # type: ignore[assignment]
-        g = _clip(g, cfg.max_grad_norm)
-        d = opt.step(g) if optimizer == "adamw" else -(g + cfg.weight_decay * theta0)
+        d, state = rule.step_with_state(clip_by_norm(g, cfg.max_grad_norm), theta0, hyper, state)
         out[t] = lr * float(d @ gvec)
     return out
 
@@ -194,12 +183,13 @@ def predict_sft_curve(
     """The predicted per-step and cumulative change of the target over `cfg`'s schedule on `examples`.
 
     `target` is G over `params` (for a loss target, minus the loss gradient, so a positive change
-    is a falling loss). optimizer 'adamw' replays the trainer; 'sgd' uses plain SGD steps with the
-    Hessian noise term (a loss target needs `target_examples` for the Hessian).
+    is a falling loss). optimizer 'adamw' replays the trainer; any registered update rule may be
+    simulated with `cfg`'s betas, eps and weight decay. A linear rule ('sgd': plain SGD steps)
+    gets the Hessian noise term (a loss target needs `target_examples` for the Hessian), the
+    others the Monte Carlo one over `replicates` batch orders.
     """
     cfg.validate()
-    if optimizer not in ("adamw", "sgd"):
-        raise SampleEffectError(f"predict-sft simulates adamw (the trainer) or sgd, got '{optimizer}'")
+    rule = get_update_rule(optimizer)
     if replicates < 1:
         raise SampleEffectError(f"--replicates must be >= 1, got {replicates}")
     if not examples:
@@ -210,11 +200,11 @@ def predict_sft_curve(
     theta0 = torch.cat([p.detach().flatten().to(acc) for p in params.values()])
     total = total_steps(cfg, len(examples))
     lrs = schedule_lrs(cfg, total)
-    positive = _path(grads, gvec, theta0, cfg, lrs, None, optimizer)
-    seed_path = _path(grads, gvec, theta0, cfg, lrs, batch_schedule(cfg, len(examples), total, cfg.seed), optimizer)
-    if optimizer == "adamw":
+    positive = _path(grads, gvec, theta0, cfg, lrs, None, rule)
+    seed_path = _path(grads, gvec, theta0, cfg, lrs, batch_schedule(cfg, len(examples), total, cfg.seed), rule)
+    if not rule.is_linear:
         reps = np.stack([
-            _path(grads, gvec, theta0, cfg, lrs, batch_schedule(cfg, len(examples), total, cfg.seed + 1 + r), optimizer)
+            _path(grads, gvec, theta0, cfg, lrs, batch_schedule(cfg, len(examples), total, cfg.seed + 1 + r), rule)
             for r in range(replicates)
         ])
         noise = reps.mean(0) - positive
@@ -222,7 +212,7 @@ def predict_sft_curve(
     else:
         noise, noise_se = _sgd_noise(model, params, grads, target, cfg, lrs, target_examples)
     predicted = positive + noise
-    dataset_effect = _fresh_dataset_effect(grads, gvec, theta0, cfg, optimizer)
+    dataset_effect = _fresh_dataset_effect(grads, gvec, theta0, cfg, rule)
     start = target.target_loss
     sign = -1.0 if start is not None else 1.0
     cum = np.cumsum(predicted)
@@ -234,25 +224,21 @@ def predict_sft_curve(
     return SFTCurve(name, steps, dataset_effect, len(examples), start, sign)
 
 
-def _fresh_dataset_effect(grads: torch.Tensor, gvec: torch.Tensor, theta0: torch.Tensor, cfg: SFTConfig, optimizer: str) -> float:
+def _fresh_dataset_effect(grads: torch.Tensor, gvec: torch.Tensor, theta0: torch.Tensor, cfg: SFTConfig, rule: UpdateRule) -> float:
     """Mean over examples of one fresh step's effect (a batch of one, clipped as the trainer clips a batch).
 
-    The per-example AdamW step is the engine's own (`kernels.adam.adam_effect_rows`), in blocks of rows.
+    The per-example step is the engine's own (the rule's fused `effect_rows`), in blocks of rows.
+    A linear rule (SGD) leaves out its weight-decay term -wd <theta, G>, as this always has.
     """
-    from sample_effect.kernels.adam import adam_effect_rows, adamw_decay_dot
-    from sample_effect.update.optim import clip_coefficients
-
+    hyper = _hyper(cfg)
     total = 0.0
     for r0 in range(0, grads.shape[0], 64):
         g = grads[r0 : r0 + 64].clone()
         if cfg.max_grad_norm is not None:
             g.mul_(clip_coefficients(g.pow(2).sum(1), cfg.max_grad_norm).unsqueeze(1))
-        if optimizer == "adamw":
-            dots, _ = adam_effect_rows(g, theta0, gvec, "adamw", cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay)
-        else:
-            dots = -(g @ gvec)
+        dots, _ = rule.effect_rows(g, theta0, gvec, hyper)
         total += float(dots.sum())
-    decay = adamw_decay_dot(theta0, gvec, "adamw", cfg.weight_decay) if optimizer == "adamw" else 0.0
+    decay = 0.0 if rule.is_linear else rule.shared_dot(theta0, gvec, hyper)
     return total / grads.shape[0] + decay
 
 
@@ -265,7 +251,6 @@ def _sgd_noise(model, params, grads, target, cfg, lrs, target_examples):  # type
     if target_examples is None:
         return np.zeros(len(lrs)), np.zeros(len(lrs))
     from sample_effect.growth.noise import finite_population, target_loss_hvp, trace_from_centred
-    from sample_effect.update.optim import clip_coefficients
 
     if grads.shape[0] < 2:
         raise SampleEffectError("the noise effect needs at least 2 examples")

@@ -9,7 +9,7 @@ including TRL's `SFTTrainer` and `GRPOTrainer`. At every optimiser step (every `
    from its own state (Adam/AdamW moments and step count, SGD without momentum), with each
    parameter group's hyper-parameters and its current lr (the scheduler has already set it):
    predicted_change = sum over groups lr_g * <d_g, G_g>, d = delta_theta / lr
-   (`sample_effect.update.optim.update_per_lr`);
+   (the registered update rule's `step`, `sample_effect.update.rules`);
 2. in `on_optimizer_step` evaluates the target loss again and records
    actual_change = target_loss(before) - target_loss(after).
 
@@ -23,7 +23,8 @@ logging interval, into the trainer's logs under `{prefix}predicted_change`,
 
 Not supported: DeepSpeed / FSDP (sharded parameters and optimiser state), fp16 with a gradient
 scaler and `max_grad_norm=0` (the gradients are still scaled when the callback reads them),
-optimisers other than torch's SGD (no momentum) / Adam / AdamW (e.g. 8-bit or Adafactor), AMSGrad.
+optimisers without a registered update rule (torch's SGD without momentum, Adam, AdamW and this
+package's `LionOptimizer` have one; e.g. 8-bit or Adafactor do not), AMSGrad.
 """
 
 from __future__ import annotations
@@ -43,7 +44,12 @@ from sample_effect.errors import SampleEffectError
 from sample_effect.io import atomic_open
 from sample_effect.models.loading import accumulation_dtype
 from sample_effect.targets.core import LossTarget
-from sample_effect.update.optim import ParamHyper, UpdateConfig, update_per_lr
+from sample_effect.update.rules import (
+    ParamHyper,
+    ParamState,
+    get_update_rule,
+    rule_for_torch_optimizer,
+)
 
 CSV_COLUMNS = ("step", "lr", "predicted_change", "actual_change", "target_loss")
 
@@ -61,24 +67,17 @@ def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
 
 
 def optimizer_kind(optimizer: Any, group: Mapping[str, Any]) -> str:
-    """'sgd', 'adam' or 'adamw' for a torch optimiser's parameter group; SampleEffectError otherwise."""
+    """The registered update rule ('sgd', 'adam', 'adamw', 'lion') a torch optimiser's parameter group steps with.
+
+    Each rule recognises its own optimiser (`UpdateRule.recognises`); SampleEffectError when none does.
+    """
     opt = _unwrap_optimizer(optimizer)
     name = type(opt).__name__
     if group.get("maximize", False):
         raise SampleEffectError(f"{name} with maximize=True is not supported")
-    if isinstance(opt, torch.optim.Adam):  # AdamW subclasses Adam in recent torch
-        if group.get("amsgrad", False):
-            raise SampleEffectError(f"{name} with amsgrad=True is not supported")
-        decoupled = group.get("decoupled_weight_decay", isinstance(opt, torch.optim.AdamW))
-        return "adamw" if decoupled else "adam"
-    if isinstance(opt, torch.optim.AdamW):  # older torch: AdamW is its own class
-        if group.get("amsgrad", False):
-            raise SampleEffectError(f"{name} with amsgrad=True is not supported")
-        return "adamw"
-    if isinstance(opt, torch.optim.SGD):
-        if group.get("momentum", 0) or group.get("nesterov", False):
-            raise SampleEffectError("SGD with momentum is not supported (only plain SGD, Adam and AdamW)")
-        return "sgd"
+    rule = rule_for_torch_optimizer(opt, group)
+    if rule is not None:
+        return rule.name
     raise SampleEffectError(
         f"optimizer {name} is not supported; use torch's AdamW / Adam / SGD (e.g. optim='adamw_torch')"
     )
@@ -100,15 +99,14 @@ def predicted_change(
     total = 0.0
     first_lr = None
     for group in opt.param_groups:
-        kind = optimizer_kind(opt, group)
+        rule = get_update_rule(optimizer_kind(opt, group))
         lr = _float(group["lr"])
         first_lr = lr if first_lr is None else first_lr
-        betas = group.get("betas", (0.9, 0.999))
+        betas = group.get("betas", rule.default_betas)
         hyper = ParamHyper(
             beta1=_float(betas[0]), beta2=_float(betas[1]), eps=_float(group.get("eps", 1e-8)),
             weight_decay=_float(group.get("weight_decay", 0.0)),
         )
-        cfg = UpdateConfig(kind, lr=lr if lr > 0 else 1.0)
         dot = 0.0
         for p in group["params"]:
             if p.grad is None:
@@ -122,11 +120,13 @@ def predicted_change(
             acc = accumulation_dtype(p.dtype)
             st = opt.state.get(p, {})
             exp_avg, exp_avg_sq = st.get("exp_avg"), st.get("exp_avg_sq")
-            d = update_per_lr(
-                p.grad.detach().to(acc), p.detach().to(acc), cfg, hyper,
-                None if exp_avg is None else exp_avg.detach().to(acc),
-                None if exp_avg_sq is None else exp_avg_sq.detach().to(acc),
-                _float(st.get("step", 0.0)),
+            d = rule.step(
+                p.grad.detach().to(acc), p.detach().to(acc), hyper,
+                ParamState(
+                    _float(st.get("step", 0.0)),
+                    None if exp_avg is None else exp_avg.detach().to(acc),
+                    None if exp_avg_sq is None else exp_avg_sq.detach().to(acc),
+                ),
             )
             dot += float((d * target[name].to(device=d.device, dtype=acc)).sum().double())
             del d

@@ -1,10 +1,10 @@
-"""Simulated optimiser steps: the parameter change one step on an example would make.
+"""Simulated optimiser steps: the configuration of an update and the optimiser state it starts from.
 
-Everything here mirrors `torch.optim.SGD`, `torch.optim.Adam`, `torch.optim.AdamW` and
-`torch.nn.utils.clip_grad_norm_` operation for operation, so a simulated step equals a real one
-to rounding. Functions return the update *per unit learning rate*, d = delta_theta / lr, which is
-what the sample effect needs (e(s) = <d(s), G>) and which avoids the cancellation of subtracting
-two nearly equal parameter vectors.
+`UpdateConfig` names an update rule of the registry (`sample_effect.update.rules`: SGD, Adam,
+AdamW, Lion, each mirroring its optimiser and `torch.nn.utils.clip_grad_norm_` operation for
+operation, so a simulated step equals a real one to rounding). Steps are *per unit learning
+rate*, d = delta_theta / lr, which is what the sample effect needs (e(s) = <d(s), G>) and which
+avoids the cancellation of subtracting two nearly equal parameter vectors.
 """
 
 from __future__ import annotations
@@ -19,18 +19,34 @@ from pathlib import Path
 import torch
 
 from sample_effect.errors import SampleEffectError
+from sample_effect.update.rules import (
+    CLIP_EPS,
+    ParamHyper,
+    ParamState,
+    UpdateRule,
+    clip_coefficients,
+    get_update_rule,
+)
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by (total_norm + 1e-6)
-TORCH_DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 0.01}
+__all__ = [
+    "CLIP_EPS",
+    "OptimizerState",
+    "ParamHyper",
+    "UpdateConfig",
+    "clip_coefficients",
+    "load_optimizer_state",
+    "state_from_state_dict",
+    "update_per_lr",
+]
 
 
 @dataclass
 class UpdateConfig:
     """How the trainer would step: optimiser, its hyper-parameters and gradient clipping.
 
-    Hyper-parameters left as None come from the loaded optimiser state's parameter group when
-    there is one, else from torch's defaults (AdamW's weight decay is 0.01, the others' 0).
+    `optimizer` names a registered update rule (`rule`). Hyper-parameters left as None come from
+    the loaded optimiser state's parameter group when there is one, else from the rule's torch
+    defaults (AdamW's weight decay is 0.01, the others' 0; Lion's betas are 0.9 / 0.99).
     """
 
     optimizer: str = "sgd"
@@ -41,10 +57,14 @@ class UpdateConfig:
     weight_decay: float | None = None
     clip: float | None = None
 
+    @property
+    def rule(self) -> UpdateRule:
+        """The registered update rule named by `optimizer` (SampleEffectError listing the names if none)."""
+        return get_update_rule(self.optimizer)
+
     def validate(self) -> UpdateConfig:
         """Raise SampleEffectError on any out-of-range setting; return self."""
-        if self.optimizer not in OPTIMIZERS:
-            raise SampleEffectError(f"unknown optimizer '{self.optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
+        get_update_rule(self.optimizer)
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise SampleEffectError(f"--lr must be a positive number, got {self.lr}")
         if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
@@ -61,18 +81,8 @@ class UpdateConfig:
 
 
 @dataclass
-class ParamHyper:
-    """Resolved per-parameter hyper-parameters (a state file may hold several parameter groups)."""
-
-    beta1: float
-    beta2: float
-    eps: float
-    weight_decay: float
-
-
-@dataclass
 class OptimizerState:
-    """Adam moments and step count per parameter name; empty means a fresh optimiser."""
+    """Optimiser moments and step count per parameter name; empty means a fresh optimiser."""
 
     step: dict[str, float] = field(default_factory=dict)
     exp_avg: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -80,17 +90,22 @@ class OptimizerState:
     groups: dict[str, dict] = field(default_factory=dict)  # name -> its param group's settings
 
     def hyper(self, name: str, cfg: UpdateConfig) -> ParamHyper:
-        """Hyper-parameters for one parameter: explicit config, else its group, else torch defaults."""
+        """Hyper-parameters for one parameter: explicit config, else its group, else the rule's torch defaults."""
+        rule = cfg.rule
         group = self.groups.get(name, {})
-        betas = group.get("betas", (0.9, 0.999))
+        betas = group.get("betas", rule.default_betas)
         return ParamHyper(
             beta1=cfg.beta1 if cfg.beta1 is not None else float(betas[0]),
             beta2=cfg.beta2 if cfg.beta2 is not None else float(betas[1]),
-            eps=cfg.eps if cfg.eps is not None else float(group.get("eps", 1e-8)),
+            eps=cfg.eps if cfg.eps is not None else float(group.get("eps", rule.default_eps)),
             weight_decay=cfg.weight_decay
             if cfg.weight_decay is not None
-            else float(group.get("weight_decay", TORCH_DEFAULT_WEIGHT_DECAY[cfg.optimizer])),
+            else float(group.get("weight_decay", rule.default_weight_decay)),
         )
+
+    def param_state(self, name: str) -> ParamState:
+        """The state one parameter steps from (step 0 and no moments when it has none)."""
+        return ParamState(self.step.get(name, 0.0), self.exp_avg.get(name), self.exp_avg_sq.get(name))
 
 
 def load_optimizer_state(
@@ -190,13 +205,6 @@ def state_from_state_dict(
     return st
 
 
-def clip_coefficients(sq_norms: torch.Tensor, clip: float | None) -> torch.Tensor:
-    """Per-example factor min(1, C / (||g|| + 1e-6)) applied before the optimiser, as clip_grad_norm_ does."""
-    if clip is None:
-        return torch.ones_like(sq_norms)
-    return (clip / (sq_norms.sqrt() + CLIP_EPS)).clamp(max=1.0)
-
-
 def update_per_lr(
     grad: torch.Tensor,
     param: torch.Tensor,
@@ -209,23 +217,6 @@ def update_per_lr(
     """delta_theta / lr for a batch of (already clipped) gradients [E, *param.shape] of one parameter.
 
     Each row is the update of one optimiser step taken from the given state on that row's
-    gradient alone.
+    gradient alone: `cfg.rule.step` (kept for callers that pass the state as separate tensors).
     """
-    wd = hyper.weight_decay
-    if cfg.optimizer == "sgd":
-        return -(grad + wd * param) if wd else -grad
-    if cfg.optimizer == "adam" and wd:
-        grad = grad + wd * param
-    b1, b2 = hyper.beta1, hyper.beta2
-    m0 = torch.zeros_like(param) if exp_avg is None else exp_avg
-    v0 = torch.zeros_like(param) if exp_avg_sq is None else exp_avg_sq
-    m = m0 + (1 - b1) * (grad - m0)  # torch: exp_avg.lerp_(grad, 1 - beta1)
-    v = b2 * v0 + (1 - b2) * grad * grad  # torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
-    t = step + 1
-    bias_correction1 = 1 - b1**t
-    bias_correction2_sqrt = (1 - b2**t) ** 0.5
-    denom = v.sqrt() / bias_correction2_sqrt + hyper.eps
-    d = -(m / denom) / bias_correction1
-    if cfg.optimizer == "adamw" and wd:
-        d = d - wd * param  # torch: param.mul_(1 - lr * weight_decay) before the Adam step
-    return d
+    return cfg.rule.step(grad, param, hyper, ParamState(step, exp_avg, exp_avg_sq))

@@ -37,11 +37,7 @@ def _real_step(model: torch.nn.Module, params: Mapping[str, torch.nn.Parameter],
 
     hyper = OptimizerState().hyper(next(iter(params)), update)
     plist = list(params.values())
-    if update.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(plist, lr=lr, weight_decay=hyper.weight_decay)
-    else:
-        cls = torch.optim.Adam if update.optimizer == "adam" else torch.optim.AdamW
-        opt = cls(plist, lr=lr, betas=(hyper.beta1, hyper.beta2), eps=hyper.eps, weight_decay=hyper.weight_decay)
+    opt = update.rule.torch_optimizer(plist, lr, hyper)
     opt.zero_grad(set_to_none=True)
     batch_loss(model, [ex]).backward()
     if update.clip is not None:
@@ -106,9 +102,9 @@ def rank_agreement(predicted: Sequence[float], actual: Sequence[float], count_ke
 
 def plot_linearization(result: LinearizationResult, path: str) -> None:
     """One scatter panel per lr: predicted lr * e(s) against the actual drop, with the y = x line."""
-    from sample_effect.plots.figures import _plt, _save
+    from sample_effect.plots.figures import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     lrs = list(result.summary["lr"])
     fig, axes = plt.subplots(1, len(lrs), figsize=(3.6 * len(lrs), 3.6), squeeze=False)
     for ax, (_, s) in zip(axes[0], result.summary.iterrows()):
@@ -121,4 +117,4 @@ def plot_linearization(result: LinearizationResult, path: str) -> None:
         ax.set_ylabel("actual drop of target loss (nats)")
         ax.legend(loc="upper left")
     fig.suptitle("Linearisation check: one real step per example")
-    _save(fig, path)
+    save_figure(fig, path)

@@ -27,14 +27,15 @@ from sample_effect.errors import SampleEffectError
 from sample_effect.growth.rl import predict_rl
 from sample_effect.targets.core import LossTarget
 from sample_effect.training.grpo import GRPOConfig, RLPrompt, train_grpo
+from sample_effect.update.adam import AdamW
 from sample_effect.update.optim import UpdateConfig
 
 Loader = Callable[[], tuple[torch.nn.Module, Any]]
 
 
 def trainer_update(cfg: GRPOConfig) -> UpdateConfig:
-    """The update `train_grpo` takes: AdamW (betas 0.9/0.999, eps 1e-8), its weight decay and batch clipping."""
-    return UpdateConfig("adamw", lr=cfg.lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=cfg.weight_decay,
+    """The update `train_grpo` takes: torch's AdamW (the `AdamW` rule, betas 0.9/0.999, eps 1e-8), its weight decay and clipping."""
+    return UpdateConfig(AdamW.name, lr=cfg.lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=cfg.weight_decay,
                         clip=cfg.max_grad_norm)
 
 
