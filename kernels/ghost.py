@@ -17,6 +17,9 @@ several modules (tied embeddings) carries one factor per use; its gradient is th
 norm includes the cross terms. Every other parameter is handed back as "uncovered" so the caller
 computes it with vmap; `verify_factors` compares the factor sums with autograd's batch gradient
 once, so a layer used in an unforeseen way is caught instead of silently giving a wrong number.
+
+The maths of each layer family lives in a `LayerRule` registered by module type
+(`sample_effect.kernels.layers`); the functions here dispatch each factor to the rule of its kind.
 """
 
 from __future__ import annotations
@@ -25,53 +28,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.func import functional_call
+
+from .layers import Factor, lookup_layer_rule
+from .layers.base import KIND_RULES
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-KINDS = ("outer", "outer_t", "embed", "sum", "scale", "dense")
+KINDS = ("outer", "outer_t", "embed", "sum", "scale", "dense")  # the built-in factor kinds
 
-
-@dataclass
-class Factor:
-    """One use of a parameter by one module, for E examples over N token slots.
-
-    kind: 'outer' g = B^T A (Linear weight [out, in]); 'outer_t' g = A^T B (Conv1D weight [in, out]);
-    'embed' g[v] = sum over slots with ids == v of B (a: ids [E, N]); 'sum' g = sum_n B (bias);
-    'scale' g = sum_n B * a (norm weight); 'dense' b is the gradient itself [E, *shape].
-    """
-
-    kind: str
-    a: torch.Tensor | None
-    b: torch.Tensor
-    shape: torch.Size
-
-    def numel(self) -> int:
-        """Number of elements of the parameter (of one example's gradient)."""
-        return int(torch.Size(self.shape).numel())
-
-    def slots(self) -> int:
-        """N, the token slots the factors span per example (0 for a 'dense' gradient)."""
-        return 0 if self.kind == "dense" else int(self.b.shape[1])
-
-
-def _module_rule(module: torch.nn.Module, pname: str) -> str | None:
-    """Which factor kind a module's own parameter gets, or None (not covered)."""
-    cls = type(module).__name__
-    if isinstance(module, torch.nn.Linear):
-        return {"weight": "outer", "bias": "sum"}.get(pname)
-    if cls == "Conv1D" and hasattr(module, "nf"):  # transformers' GPT-2 Conv1D: y = x W + b, W [in, out]
-        return {"weight": "outer_t", "bias": "sum"}.get(pname)
-    if isinstance(module, torch.nn.Embedding):
-        if pname == "weight" and module.max_norm is None and not module.scale_grad_by_freq and not module.sparse:
-            return "embed"
-        return None
-    if isinstance(module, torch.nn.LayerNorm) or cls.endswith("RMSNorm") or cls.endswith("LayerNorm"):
-        w = getattr(module, "weight", None)
-        if w is None or w.dim() != 1:
-            return None
-        return {"weight": "scale", "bias": "sum"}.get(pname)
-    return None
+_RULES = KIND_RULES  # kind -> LayerRule: the one dict lookup every dispatcher below does
 
 
 def plan_coverage(
@@ -86,11 +51,13 @@ def plan_coverage(
     uses: dict[str, list[tuple[str, str, str]]] = {n: [] for n in params}
     bad: set[str] = set()
     for mname, module in model.named_modules():
-        for pname, p in module.named_parameters(recurse=False):
-            name = by_id.get(id(p))
-            if name is None:
-                continue
-            kind = _module_rule(module, pname)
+        own = [(pname, by_id[id(p)]) for pname, p in module.named_parameters(recurse=False) if id(p) in by_id]
+        if not own:
+            continue
+        rule = lookup_layer_rule(module)
+        kinds = {} if rule is None else rule.param_kinds(module)
+        for pname, name in own:
+            kind = kinds.get(pname)
             if kind is None:
                 bad.add(name)
             else:
@@ -163,23 +130,7 @@ def capture_factors(
         module = modules[mname]
         x = x.detach()
         for name, pname, kind in wanted[mname]:
-            shape = getattr(module, pname).shape
-            if kind == "outer" or kind == "outer_t":
-                factors[name].append(Factor(kind, x, gy, shape))
-            elif kind == "embed":
-                ids = x.expand(gy.shape[:-1]) if x.shape != gy.shape[:-1] else x
-                if module.padding_idx is not None:  # torch gives the padding row no gradient
-                    gy = gy * (ids != module.padding_idx).unsqueeze(-1).to(gy.dtype)
-                factors[name].append(Factor("embed", ids, gy, shape))
-            elif kind == "sum":
-                factors[name].append(Factor("sum", None, gy, shape))
-            else:  # scale: recompute the normalised input exactly as the module does, with unit weight
-                with torch.no_grad():
-                    unit = {"weight": torch.ones_like(module.weight)}
-                    if getattr(module, "bias", None) is not None:
-                        unit["bias"] = torch.zeros_like(module.bias)
-                    xhat = functional_call(module, unit, (x,))
-                factors[name].append(Factor("scale", xhat, gy, shape))
+            factors[name].append(_RULES[kind].capture(module, pname, x, gy))
     batch_grads = None
     if params_for_check:
         batch_grads = {
@@ -187,11 +138,6 @@ def capture_factors(
             for (n, p), g in zip(params_for_check.items(), grads[len(outs) :])
         }
     return Capture(losses.detach(), factors, batch_grads)
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    """[S, ..., k] -> [S, N, k]: every leading axis after the first is a token slot."""
-    return t.reshape(t.shape[0], -1, t.shape[-1])
 
 
 def group_examples(
@@ -224,90 +170,40 @@ def group_examples(
     for name, fs in factors.items():
         grouped[name] = []
         for f in fs:
-            b = _flat(f.b.to(dtype))
-            a = None
-            if f.kind == "embed":
-                a = f.a.reshape(f.a.shape[0], -1)  # type: ignore[union-attr]
-            elif f.a is not None:
-                a = _flat(f.a.to(dtype))
+            a, b = _RULES[f.kind].flatten(f, dtype)
             grouped[name].append(Factor(f.kind, None if a is None else regroup(a), regroup(b), f.shape))
     return grouped
 
 
 def factor_dot(f: Factor, g: torch.Tensor) -> torch.Tensor:
     """<g_e, G> for every example e of one factor, without forming g_e (one GEMM or gather)."""
-    g = g.to(f.b.dtype)
-    if f.kind == "outer":
-        return ((f.a @ g.T) * f.b).sum((1, 2))  # type: ignore[operator]
-    if f.kind == "outer_t":
-        return ((f.a @ g) * f.b).sum((1, 2))  # type: ignore[operator]
-    if f.kind == "embed":
-        return (g[f.a] * f.b).sum((1, 2))  # type: ignore[index]
-    if f.kind == "sum":
-        return f.b.sum(1) @ g
-    if f.kind == "scale":
-        return (f.b * f.a).sum(1) @ g  # type: ignore[operator]
-    return f.b.flatten(1) @ g.flatten()
+    return _RULES[f.kind].dot(f, g.to(f.b.dtype))
 
 
 def materialise(f: Factor, rows: slice = slice(None)) -> torch.Tensor:
     """The per-example gradients [e, *shape] of the examples in `rows`."""
-    b = f.b[rows]
-    if f.kind == "dense":
-        return b
-    if f.kind == "outer":
-        return torch.bmm(b.transpose(1, 2), f.a[rows])  # type: ignore[index]
-    if f.kind == "outer_t":
-        return torch.bmm(f.a[rows].transpose(1, 2), b)  # type: ignore[index]
-    if f.kind == "embed":
-        out = b.new_zeros((b.shape[0], *f.shape))
-        return out.scatter_add_(1, f.a[rows].unsqueeze(-1).expand(-1, -1, b.shape[-1]), b)  # type: ignore[index]
-    if f.kind == "sum":
-        return b.sum(1)
-    return (b * f.a[rows]).sum(1)  # type: ignore[index]
+    return _RULES[f.kind].materialise(f, rows)
 
 
 def _pair_gram(f1: Factor, f2: Factor) -> torch.Tensor | None:
     """<g1_e, g2_e> for every e from the factors alone, or None if this pair has no cheap form."""
-    k1, k2 = f1.kind, f2.kind
-    if {k1, k2} <= {"outer", "outer_t"} and k1 == k2:
-        return ((f1.a @ f2.a.transpose(1, 2)) * (f1.b @ f2.b.transpose(1, 2))).sum((1, 2))  # type: ignore[union-attr]
-    if k1 == k2 == "embed":
-        same = (f1.a.unsqueeze(2) == f2.a.unsqueeze(1)).to(f1.b.dtype)  # type: ignore[union-attr]
-        return (same * (f1.b @ f2.b.transpose(1, 2))).sum((1, 2))
-    if k1 == "outer" and k2 == "embed":
-        f1, f2 = f2, f1
-        k1, k2 = k2, k1
-    if k1 == "embed" and k2 == "outer":
-        # tied lm_head: g_lin = B^T A [V, d]; <g_lin, g_emb> = sum_t sum_t' B[t', id_t] (A_t' . Be_t)
-        m = f2.a @ f1.b.transpose(1, 2)  # type: ignore[operator]  # [E, N', N]
-        bg = torch.gather(f2.b, 2, f1.a.unsqueeze(1).expand(-1, f2.b.shape[1], -1))  # type: ignore[union-attr]
-        return (m * bg).sum((1, 2))
-    if k1 in ("sum", "scale", "dense") or k2 in ("sum", "scale", "dense"):
-        return None
-    return None
+    g = _RULES[f1.kind].gram(f1, f2)
+    if g is None and f2.kind != f1.kind:
+        g = _RULES[f2.kind].gram(f1, f2)
+    return g
 
 
 def gram_cost(f1: Factor, f2: Factor) -> float | None:
     """Multiply-adds of `_pair_gram(f1, f2)`, or None if it would fall back to materialising."""
-    k1, k2 = sorted((f1.kind, f2.kind))
-    n1, n2 = f1.slots(), f2.slots()
-    if k1 == k2 and k1 in ("outer", "outer_t"):
-        return n1 * n2 * (f1.a.shape[-1] + f1.b.shape[-1])  # type: ignore[union-attr]
-    if k1 == k2 == "embed":
-        return n1 * n2 * (f1.b.shape[-1] + 1)
-    if (k1, k2) == ("embed", "outer"):
-        return 2 * n1 * n2 * f1.b.shape[-1]
-    return None
+    c = _RULES[f1.kind].gram_cost(f1, f2)
+    if c is None and f2.kind != f1.kind:
+        c = _RULES[f2.kind].gram_cost(f1, f2)
+    return c
 
 
 def materialise_cost(f: Factor) -> float:
     """Multiply-adds to form one example's gradient from this factor."""
-    if f.kind in ("outer", "outer_t"):
-        return f.slots() * f.numel()
-    if f.kind == "dense":
-        return 0.0
-    return f.slots() * f.b.shape[-1]
+    return _RULES[f.kind].materialise_cost(f)
 
 
 def norm_method(fs: Sequence[Factor], force_gram: bool = False) -> str:
@@ -341,25 +237,14 @@ def materialise_sum(fs: Sequence[Factor], rows: slice = slice(None), writable: b
     out = materialise(fs[0], rows)
     for f in fs[1:]:
         out = out + materialise(f, rows)
-    if writable and len(fs) == 1 and fs[0].kind == "dense":
+    if writable and len(fs) == 1 and _RULES[fs[0].kind].returns_view:
         out = out.clone()
     return out
 
 
 def factor_total(f: Factor) -> torch.Tensor:
     """Sum over examples of the per-example gradients: what autograd gives for the batch loss."""
-    if f.kind == "dense":
-        return f.b.sum(0)
-    b = f.b.reshape(-1, f.b.shape[-1])
-    if f.kind == "outer":
-        return b.T @ f.a.reshape(-1, f.a.shape[-1])  # type: ignore[union-attr]
-    if f.kind == "outer_t":
-        return f.a.reshape(-1, f.a.shape[-1]).T @ b  # type: ignore[union-attr]
-    if f.kind == "embed":
-        return b.new_zeros(f.shape).index_add_(0, f.a.reshape(-1), b)  # type: ignore[union-attr]
-    if f.kind == "sum":
-        return b.sum(0)
-    return (b * f.a.reshape(-1, f.a.shape[-1])).sum(0)  # type: ignore[union-attr]
+    return _RULES[f.kind].total(f)
 
 
 def verify_factors(

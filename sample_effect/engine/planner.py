@@ -21,6 +21,7 @@ from sample_effect.engine.core import (
     plan_chunk,
 )
 from sample_effect.kernels.ghost import Factor, norm_method
+from sample_effect.kernels.layers import rule_for_kind
 from sample_effect.models.loading import accumulation_dtype
 from sample_effect.update.optim import UpdateConfig
 
@@ -63,15 +64,8 @@ class Plan:
 
 
 def _meta_factor(module: torch.nn.Module, pname: str, kind: str, rows: int, slots: int) -> Factor:
-    shape = getattr(module, pname).shape
-    meta = {"device": "meta"}
-    if kind in ("outer", "outer_t"):
-        w = module.weight
-        d_in, d_out = (w.shape[1], w.shape[0]) if kind == "outer" else (w.shape[0], w.shape[1])
-        return Factor(kind, torch.empty(rows, slots, d_in, **meta), torch.empty(rows, slots, d_out, **meta), shape)
-    if kind == "embed":
-        return Factor(kind, torch.empty(rows, slots, dtype=torch.long, **meta), torch.empty(rows, slots, shape[1], **meta), shape)
-    return Factor(kind, torch.empty(rows, slots, shape[0], **meta), torch.empty(rows, slots, shape[0], **meta), shape)
+    """A shape-only factor of one use, made by the layer rule of its kind."""
+    return rule_for_kind(kind).meta_factor(module, pname, rows, slots)
 
 
 def make_plan(
