@@ -2,29 +2,44 @@
 
 The sample effect of an example s toward a target direction G is e(s) = <delta_theta(s), G> / lr,
 the first-order change of the target per unit learning rate after one optimiser step on s.
+
+The names below are imported on first use (PEP 562), so `import sample_effect` and the CLI's
+`--help` do not pay for importing torch and transformers.
 """
 
-from sample_effect.data.examples import Example, TokenizedExample, load_examples, tokenize_examples
-from sample_effect.engine.core import ComputeConfig
-from sample_effect.engine.effects import (
-    EffectResult,
-    compute_effects,
-    rank_table,
-    score_examples,
-    score_examples_result,
-)
-from sample_effect.errors import SampleEffectError
-from sample_effect.models.loading import load_model, select_parameters
-from sample_effect.objectives.losses import (
-    grpo_advantages,
-    grpo_loss,
-    sft_sequence_loss,
-    token_logprobs,
-)
-from sample_effect.targets.core import DirectionTarget, LossTarget, SelfTarget
-from sample_effect.update.optim import OptimizerState, UpdateConfig, load_optimizer_state
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "ComputeConfig": "sample_effect.engine.core",
+    "DirectionTarget": "sample_effect.targets.core",
+    "EffectResult": "sample_effect.engine.effects",
+    "Example": "sample_effect.data.examples",
+    "LossTarget": "sample_effect.targets.core",
+    "OptimizerState": "sample_effect.update.optim",
+    "SampleEffectError": "sample_effect.errors",
+    "SelfTarget": "sample_effect.targets.core",
+    "TokenizedExample": "sample_effect.data.examples",
+    "UpdateConfig": "sample_effect.update.optim",
+    "compute_effects": "sample_effect.engine.effects",
+    "grpo_advantages": "sample_effect.objectives.losses",
+    "grpo_loss": "sample_effect.objectives.losses",
+    "load_examples": "sample_effect.data.examples",
+    "load_model": "sample_effect.models.loading",
+    "load_optimizer_state": "sample_effect.update.optim",
+    "rank_table": "sample_effect.engine.effects",
+    "score_examples": "sample_effect.engine.effects",
+    "score_examples_result": "sample_effect.engine.effects",
+    "select_parameters": "sample_effect.models.loading",
+    "sft_sequence_loss": "sample_effect.objectives.losses",
+    "token_logprobs": "sample_effect.objectives.losses",
+    "tokenize_examples": "sample_effect.data.examples",
+}
 
 __all__ = [
     "ComputeConfig",
@@ -51,3 +66,44 @@ __all__ = [
     "token_logprobs",
     "tokenize_examples",
 ]
+
+if TYPE_CHECKING:  # static analysers see the real imports
+    from sample_effect.data.examples import (
+        Example,
+        TokenizedExample,
+        load_examples,
+        tokenize_examples,
+    )
+    from sample_effect.engine.core import ComputeConfig
+    from sample_effect.engine.effects import (
+        EffectResult,
+        compute_effects,
+        rank_table,
+        score_examples,
+        score_examples_result,
+    )
+    from sample_effect.errors import SampleEffectError
+    from sample_effect.models.loading import load_model, select_parameters
+    from sample_effect.objectives.losses import (
+        grpo_advantages,
+        grpo_loss,
+        sft_sequence_loss,
+        token_logprobs,
+    )
+    from sample_effect.targets.core import DirectionTarget, LossTarget, SelfTarget
+    from sample_effect.update.optim import OptimizerState, UpdateConfig, load_optimizer_state
+
+
+def __getattr__(name: str) -> Any:
+    """Import a re-exported name from its module on first access, then cache it here."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sample_effect' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """Module attributes plus the lazily imported public names."""
+    return sorted(set(globals()) | set(__all__))

@@ -408,7 +408,7 @@ TRAIN_SETTING_CASES: list[tuple[str, str, list[object], str]] = [
     ("validate-lrs-not-numbers", "validate", ["--lrs", "1e-3,abc"], "--lrs must be comma-separated numbers, got '1e-3,abc'"),
     ("validate-lrs-negative", "validate", ["--lrs", "1e-3,-1"], "--lrs must be comma-separated positive numbers, got '1e-3,-1'"),
     ("validate-clip-zero", "validate", ["--clip", "0"], "--clip must be a positive number, got 0.0"),
-    ("validate-optimizer", "validate", ["--optimizer", "lion"], "unknown optimizer 'lion'"),
+    ("validate-optimizer", "validate", ["--optimizer", "adagrad"], "unknown optimizer 'adagrad'"),
 ]
 
 

@@ -97,7 +97,7 @@ def test_errors_are_one_line_and_leave_no_output(model_dirs, data_files, tmp_pat
         (["rank", "--model", m, "--data", tmp_path / "missing.jsonl", "--target", "self", "--out", out], "data file not found"),
         (["rank", "--model", m, "--data", bad, "--target", "self", "--out", out], "bad.jsonl:2: malformed JSON"),
         (["rank", "--model", m, "--data", empty, "--target", "self", "--out", out], "no examples"),
-        ([*base, "--target", "self", "--out", out, "--optimizer", "lion"], "unknown optimizer 'lion'"),
+        ([*base, "--target", "self", "--out", out, "--optimizer", "adagrad"], "unknown optimizer 'adagrad'"),
         ([*base, "--target", "self", "--out", out, "--dtype", "float8"], "unknown dtype 'float8'"),
         ([*base, "--target", "self", "--out", out, "--lr", "-1"], "--lr must be a positive number"),
         ([*base, "--target", "self", "--out", out, "--clip", "0"], "--clip must be a positive number"),

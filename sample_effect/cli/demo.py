@@ -19,16 +19,18 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import pandas as pd
-
+from sample_effect.cli.options import SubParsers, add_common_args
 from sample_effect.errors import SampleEffectError
 
 
-def add_demo_parser(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    p = sub.add_parser("demo", help="run the main job end to end on generated Knights-and-Knaves data")
+def add_parsers(sub: SubParsers) -> None:
+    """Register `demo`."""
+    p = sub.add_parser("demo", help="run the main job end to end on generated Knights-and-Knaves data",
+                       description="Generate Knights-and-Knaves puzzles, rank an SFT pool by sample effect toward a "
+                       "held-out target, fine-tune on top-k vs random-k vs bottom-k, and write a report (offline, CPU).")
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     p.add_argument("--model", default="tiny", help="'tiny' (default, shipped), 'smollm2', or a local model directory")
     p.add_argument("--n-pool", type=int, default=40, help="puzzles in the SFT pool, each in 3 styles (default 40)")
@@ -37,9 +39,9 @@ def add_demo_parser(sub: argparse._SubParsersAction, common: Callable[[argparse.
     p.add_argument("--top-k", type=int, default=24, help="examples selected for fine-tuning (default 24)")
     p.add_argument("--epochs", type=float, default=10.0, help="fine-tuning epochs over the k examples (default 10)")
     p.add_argument("--lr", type=float, default=2e-3, help="fine-tuning and simulated AdamW lr (default 2e-3)")
-    p.add_argument("--max-new-tokens", type=int, default=320, help="greedy generation limit for accuracy")
-    p.add_argument("--seed", type=int, default=0)
-    common(p)
+    p.add_argument("--max-new-tokens", type=int, default=320, help="greedy generation limit for accuracy (default 320)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the puzzles, the random selections and training")
+    add_common_args(p)
     p.set_defaults(func=cmd_demo)
 
 
@@ -55,26 +57,8 @@ def kk_records(n: int, seed: int, styles: list[str], prefix: str) -> list[dict]:
     return recs
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
-    import torch
-
-    from sample_effect.data.examples import (
-        examples_from_records,
-        export_examples,
-        tokenize_examples,
-    )
-    from sample_effect.data.kk import STYLES
-    from sample_effect.engine.core import ComputeConfig
-    from sample_effect.engine.effects import score_examples_result
-    from sample_effect.io import atomic_open, write_table
-    from sample_effect.models.loading import load_model
-    from sample_effect.models.registry import resolve_model
-    from sample_effect.plots.figures import curves, effects_by_group
-    from sample_effect.rollouts.rewards import get_reward
-    from sample_effect.targets.core import LossTarget
-    from sample_effect.training import SFTConfig, train_sft
-    from sample_effect.update.optim import UpdateConfig
-
+def _check_args(args: argparse.Namespace) -> Path:
+    """Settings and --out checked before anything is loaded or written."""
     for flag, value in (("--n-pool", args.n_pool), ("--n-target", args.n_target), ("--n-test", args.n_test),
                         ("--top-k", args.top_k), ("--max-new-tokens", args.max_new_tokens)):
         if value < 1:
@@ -85,15 +69,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SampleEffectError(f"--out must be a directory, but {out} is a file")
-    t0 = time.perf_counter()
-    # The model loads before anything is written, so a bad --model leaves no output behind.
-    model_dir = resolve_model(args.model)
-    model, tok = load_model(model_dir, "float32")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SampleEffectError(f"cannot create --out directory {out}: {exc.strerror}") from None
-    say = (lambda *a: None) if args.quiet else (lambda *a: print("demo:", *a, flush=True))
+    return out
+
+
+def _write_data(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """Generate the pool, target and test puzzles and write them as JSONL into --out."""
+    from sample_effect.data.kk import STYLES
+    from sample_effect.io import atomic_open
+
     # Seeds 10_000+ keep the demo's puzzles apart from the base model's pre-training corpus (seed 100).
     base_seed = 10_000 + 3 * args.seed
     pool = kk_records(args.n_pool, base_seed, list(STYLES), "pool")
@@ -102,11 +85,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
     for name, recs in (("pool.jsonl", pool), ("target.jsonl", target), ("test.jsonl", test)):
         with atomic_open(out / name) as f:
             f.writelines(json.dumps(r) + "\n" for r in recs)
-    examples = examples_from_records(list(enumerate(pool, 1)), "pool.jsonl")
-    tok_pool, _ = tokenize_examples(examples, tok)
-    tok_target, _ = tokenize_examples(examples_from_records(list(enumerate(target, 1)), "target.jsonl"), tok)
-    test_items = [(r["prompt"], r["answer"]) for r in test]
-    say(f"{len(examples)} pool examples, {len(tok_target)} target, {len(test_items)} test puzzles; model {args.model}")
+    return pool, target, test
+
+
+def _rank_pool(args: argparse.Namespace, out: Path, model: Any, tok: Any, tok_pool: list, tok_target: list,
+               examples: list) -> tuple[Any, Any, int]:
+    """Score the pool toward the target (one AdamW step, clip 1.0); write effects.csv, top_k.jsonl, the figure."""
+    from sample_effect.data.examples import export_examples
+    from sample_effect.engine.core import ComputeConfig
+    from sample_effect.engine.effects import score_examples_result
+    from sample_effect.io import write_table
+    from sample_effect.plots.figures import effects_by_group
+    from sample_effect.targets.core import LossTarget
+    from sample_effect.update.optim import UpdateConfig
 
     update = UpdateConfig("adamw", lr=args.lr, clip=1.0, weight_decay=0.0)
     result = score_examples_result(model, tok, tok_pool, LossTarget(tok_target), update,
@@ -118,21 +109,32 @@ def cmd_demo(args: argparse.Namespace) -> None:
     by_id = {ex.id: ex for ex in examples}
     export_examples([by_id[i] for i in table["id"].head(k)], out / "top_k.jsonl")
     effects_by_group(table, "style", out / "effects_by_style.png", "Sample effect of K&K SFT examples by response style")
-    say(f"ranked in {time.perf_counter() - t0:.0f}s; fine-tuning on top-{k} vs random-{k}")
+    return result, table, k
 
-    index = {ex.id: i for i, ex in enumerate(tok_pool)}
+
+def _selections(args: argparse.Namespace, table: Any, k: int) -> dict[str, list[str]]:
+    """top-k, two random-k (seeded) and bottom-k ids of the ranked table."""
     rng = random.Random(args.seed)
-    selections = {
+    return {
         f"top-{k}": list(table["id"].head(k)),
         f"random-{k} (seed 0)": rng.sample(list(table["id"]), k),
         f"random-{k} (seed 1)": rng.sample(list(table["id"]), k),
         f"bottom-{k}": list(table["id"].tail(k)),
     }
+
+
+def _train_selections(args: argparse.Namespace, model_dir: Any, tok: Any, tok_pool: list, tok_target: list,
+                      test_items: list, selections: dict[str, list[str]], cfg: Any, say: Any) -> dict[str, Any]:
+    """Fine-tune a fresh base model on each selection; metrics per run."""
+    import torch
+
+    from sample_effect.models.loading import load_model
+    from sample_effect.rollouts.rewards import get_reward
+    from sample_effect.training import train_sft
+
+    index = {ex.id: i for i, ex in enumerate(tok_pool)}
     reward = get_reward("kk")
-    runs: dict[str, pd.DataFrame] = {}
-    steps = max(1, round(args.epochs * k / 4))
-    cfg = SFTConfig(lr=args.lr, batch_size=4, max_steps=steps, max_grad_norm=1.0, eval_every=max(1, steps // 4),
-                    seed=args.seed, eval_max_new_tokens=args.max_new_tokens)
+    runs = {}
     for label, ids in selections.items():
         fresh, _ = load_model(model_dir, "float32")
         torch.manual_seed(args.seed)
@@ -140,12 +142,21 @@ def cmd_demo(args: argparse.Namespace) -> None:
                                 eval_prompts=test_items, reward=reward, progress=not args.quiet)
         last = runs[label].iloc[-1]
         say(f"{label}: target loss {last['eval_loss']:.3f}, test accuracy {last['eval_accuracy']:.3f}")
-    # What the growth predictor said about each selection before training (same schedule, frozen gradients).
-    from sample_effect.growth.sft import predict_sft_curve
-    from sample_effect.models.loading import select_parameters
-    from sample_effect.plots.figures import predicted_vs_actual_bars
+    return runs
 
-    say("predicting each selection's curve (predict-sft) to set against the real runs")
+
+def _summary(out: Path, model: Any, tok_pool: list, result: Any, table: Any, selections: dict[str, list[str]],
+             runs: dict[str, Any], cfg: Any, k: int) -> Any:
+    """Predict each selection's curve (predict-sft) against its real run; write the figures and selection.csv."""
+    import pandas as pd
+
+    from sample_effect.engine.core import ComputeConfig
+    from sample_effect.growth.sft import predict_sft_curve
+    from sample_effect.io import write_table
+    from sample_effect.models.loading import select_parameters
+    from sample_effect.plots.figures import curves, predicted_vs_actual_bars
+
+    index = {ex.id: i for i, ex in enumerate(tok_pool)}
     predicted = {
         label: predict_sft_curve(model, select_parameters(model), [tok_pool[index[i]] for i in ids], result.target,
                                  cfg, label, replicates=4, compute=ComputeConfig(batch_size=8, progress=False))
@@ -164,6 +175,43 @@ def cmd_demo(args: argparse.Namespace) -> None:
     )
     write_table(summary, out / "selection.csv")
     predicted_vs_actual_bars(summary, out / "predicted_vs_actual.png")
+    return summary
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """`sample-effect demo`: generate, rank, fine-tune on selections, predict, report."""
+    from sample_effect.data.examples import examples_from_records, tokenize_examples
+    from sample_effect.models.loading import load_model
+    from sample_effect.models.registry import resolve_model
+    from sample_effect.training import SFTConfig
+
+    out = _check_args(args)
+    t0 = time.perf_counter()
+    # The model loads before anything is written, so a bad --model leaves no output behind.
+    model_dir = resolve_model(args.model)
+    model, tok = load_model(model_dir, "float32")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SampleEffectError(f"cannot create --out directory {out}: {exc.strerror}") from None
+    say = (lambda *a: None) if args.quiet else (lambda *a: print("demo:", *a, flush=True))
+    pool, target, test = _write_data(args, out)
+    examples = examples_from_records(list(enumerate(pool, 1)), "pool.jsonl")
+    tok_pool, _ = tokenize_examples(examples, tok)
+    tok_target, _ = tokenize_examples(examples_from_records(list(enumerate(target, 1)), "target.jsonl"), tok)
+    test_items = [(r["prompt"], r["answer"]) for r in test]
+    say(f"{len(examples)} pool examples, {len(tok_target)} target, {len(test_items)} test puzzles; model {args.model}")
+
+    result, table, k = _rank_pool(args, out, model, tok, tok_pool, tok_target, examples)
+    say(f"ranked in {time.perf_counter() - t0:.0f}s; fine-tuning on top-{k} vs random-{k}")
+    selections = _selections(args, table, k)
+    steps = max(1, round(args.epochs * k / 4))
+    cfg = SFTConfig(lr=args.lr, batch_size=4, max_steps=steps, max_grad_norm=1.0, eval_every=max(1, steps // 4),
+                    seed=args.seed, eval_max_new_tokens=args.max_new_tokens)
+    runs = _train_selections(args, model_dir, tok, tok_pool, tok_target, test_items, selections, cfg, say)
+    # What the growth predictor said about each selection before training (same schedule, frozen gradients).
+    say("predicting each selection's curve (predict-sft) to set against the real runs")
+    summary = _summary(out, model, tok_pool, result, table, selections, runs, cfg, k)
     per_style = table.groupby("style")["effect"].agg(["mean", "std", "count"]).sort_values("mean", ascending=False)
     elapsed = time.perf_counter() - t0
     write_report(out, args, table, per_style, summary, k, steps, elapsed, str(model_dir))

@@ -8,13 +8,24 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
+from sample_effect.cli.options import (
+    SubParsers,
+    add_common_args,
+    add_data_format_args,
+    add_model_args,
+    add_sft_schedule_args,
+    check_json_outputs,
+    data_format_from_args,
+    load_model_from_args,
+    sft_config_from_args,
+    target_from_args,
+)
 from sample_effect.errors import SampleEffectError
 
-Common = Callable[[argparse.ArgumentParser], None]
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _dataset_arg(text: str) -> tuple[str, str]:
@@ -28,9 +39,7 @@ def _dataset_arg(text: str) -> tuple[str, str]:
 
 
 def _growth_args(p: argparse.ArgumentParser, several: bool = True) -> None:
-    from sample_effect.cli.train import _model_args, add_sft_schedule_args
-
-    _model_args(p, lora=False)
+    add_model_args(p, lora=False)
     if several:
         p.add_argument("--data", required=True, action="append", type=_dataset_arg, metavar="[NAME=]FILE",
                        help="an SFT JSONL dataset; repeat to compare several side by side")
@@ -41,29 +50,30 @@ def _growth_args(p: argparse.ArgumentParser, several: bool = True) -> None:
     if several:
         tg.add_argument("--direction", nargs=2, metavar=("BASE", "FINAL"), help="target: <theta, FINAL - BASE> (should rise)")
     add_sft_schedule_args(p)
-    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--max-length", type=int, default=None, help="truncate sequences to this many tokens (default: no truncation)")
     p.add_argument("--memory-budget", default="4GB", help="memory budget for gradient chunks (default 4GB)")
 
 
-def add_predict_sft_parser(sub: argparse._SubParsersAction, common: Common) -> None:
+def add_parsers(sub: SubParsers) -> None:
     """Register `predict-sft`."""
     p = sub.add_parser(
         "predict-sft", help="predict the target's curve over an SFT schedule (positive + noise effect), per dataset",
         description="Replay the SFT trainer's schedule (batch order, accumulation, clipping, lr schedule, AdamW state) "
         "on per-example gradients taken at the starting weights, and report the predicted change of the target per "
         "step: positive effect (full-data mean step) and noise effect (Monte Carlo over batch orders for AdamW, "
-        "Hessian trace for SGD). Several --data compare side by side.",
+        "Hessian trace for SGD). Several --data compare side by side. Like train-sft, it clips the batch gradient at "
+        "--max-grad-norm 1.0 by default; --max-grad-norm 0 turns clipping off.",
     )
     _growth_args(p)
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"], help="adamw (the trainer's, default) or sgd")
     p.add_argument("--replicates", type=int, default=8, help="Monte Carlo batch orders for the AdamW noise effect (default 8)")
     p.add_argument("--out", required=True, help="output JSON (summary per dataset); curves go to OUT.csv, figure to OUT.png")
-    common(p)
+    add_common_args(p)
+    add_data_format_args(p)
     p.set_defaults(func=cmd_predict_sft)
 
 
 def _load_common(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    from sample_effect.cli.train import load_for_cli, sft_config_from_args
     from sample_effect.engine.core import ComputeConfig, parse_bytes
 
     cfg = sft_config_from_args(args)
@@ -72,41 +82,30 @@ def _load_common(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     except SampleEffectError as exc:
         raise SampleEffectError(f"--memory-budget: {exc}") from None
     compute = ComputeConfig(batch_size=16, memory_budget=budget, progress=not args.quiet)
-    return cfg, compute, load_for_cli
-
-
-def _outputs(out: str, overwrite: bool, suffixes: tuple[str, ...]) -> list[Path]:
-    from sample_effect.io import check_output_path
-
-    base = Path(out)
-    if base.suffix.lower() != ".json":
-        raise SampleEffectError(f"--out must end in .json, got '{base.name}'")
-    paths = [base] + [base.with_suffix(s) for s in suffixes]
-    for path in paths:
-        check_output_path(path, overwrite)
-    return paths
+    return cfg, compute, load_model_from_args
 
 
 def _predict(args: argparse.Namespace, model: Any, tok: Any, cfg: Any, compute: Any) -> tuple[list, Any, Any, list]:
     """Curves for every --data: (curves, target vector, target examples or None, tokenized datasets)."""
-    from sample_effect.cli.main import target_from_args
     from sample_effect.data.examples import load_examples, tokenize_examples
     from sample_effect.growth.sft import predict_sft_curve
     from sample_effect.models.loading import select_parameters
     from sample_effect.targets.core import LossTarget, resolve_target
 
-    datasets = [(name, load_examples(path)) for name, path in args.data]
+    fmt = data_format_from_args(args)
+    datasets = [(name, load_examples(path, data_format=fmt)) for name, path in args.data]
     names = [n for n, _ in datasets]
     if len(set(names)) != len(names):
         raise SampleEffectError(f"two --data share the name '{next(n for n in names if names.count(n) > 1)}'; use NAME=FILE")
     params = select_parameters(model)
-    target = target_from_args(args, tok, load_examples(args.target_data) if args.target_data else None, accuracy_prefix=None)
+    target = target_from_args(args, tok, load_examples(args.target_data, data_format=fmt) if args.target_data else None,
+                              accuracy_prefix=None)
     target_ex = target.examples if isinstance(target, LossTarget) else None
     tokenized = [(n, tokenize_examples(exs, tok, args.max_length)[0]) for n, exs in datasets]
     from sample_effect.runtime import distributed as dist
 
     if dist.is_distributed():  # torchrun: the target and the per-example gradients are split across ranks
-        from sample_effect.store.cache import resolve_target_distributed
+        from sample_effect.targets.core import resolve_target_distributed
 
         dist.init(next(iter(params.values())).device)
         g = resolve_target_distributed(target, model, params, tokenized[0][1], compute)
@@ -128,7 +127,7 @@ def cmd_predict_sft(args: argparse.Namespace) -> None:
 
     if args.replicates < 1:
         raise SampleEffectError(f"--replicates must be >= 1, got {args.replicates}")
-    out, csv, png = _outputs(args.out, args.overwrite, (".csv", ".png"))
+    out, csv, png = check_json_outputs(args.out, args.overwrite, (".csv", ".png"))
     cfg, compute, load = _load_common(args)
     t0 = time.perf_counter()
     model, tok = load(args)
@@ -148,7 +147,13 @@ def cmd_predict_sft(args: argparse.Namespace) -> None:
     print(f"predicted {len(curves)} dataset(s) in {time.perf_counter() - t0:.1f}s; wrote {out}, {csv}, {png}")
 
 
-def add_validate_curves_parser(checks: argparse._SubParsersAction, common: Common) -> None:
+def add_validate_parsers(checks: SubParsers) -> None:
+    """Register `validate curves` and `validate selection`."""
+    _add_validate_curves(checks)
+    _add_validate_selection(checks)
+
+
+def _add_validate_curves(checks: SubParsers) -> None:
     """Register `validate curves`."""
     p = checks.add_parser(
         "curves", help="predicted vs actual target curves over real SFT runs, per dataset",
@@ -160,7 +165,8 @@ def add_validate_curves_parser(checks: argparse._SubParsersAction, common: Commo
     p.add_argument("--replicates", type=int, default=8, help="Monte Carlo batch orders (default 8)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate the target every k steps (default: about 10 points)")
     p.add_argument("--out", required=True, help="output JSON; curves to OUT.csv, figure to OUT.png")
-    common(p)
+    add_common_args(p)
+    add_data_format_args(p)
     p.set_defaults(func=cmd_validate_curves, optimizer="adamw")
 
 
@@ -174,7 +180,7 @@ def cmd_validate_curves(args: argparse.Namespace) -> None:
 
     if not args.target_data:
         raise SampleEffectError("validate curves needs --target-data (the actual target is the eval loss of the real runs)")
-    out, csv, png = _outputs(args.out, args.overwrite, (".csv", ".png"))
+    out, csv, png = check_json_outputs(args.out, args.overwrite, (".csv", ".png"))
     cfg, compute, load = _load_common(args)
     model, tok = load(args)
     curves, _, target_ex, tokenized = _predict(args, model, tok, cfg, compute)
@@ -195,6 +201,8 @@ def cmd_validate_curves(args: argparse.Namespace) -> None:
         actual_change = float(metrics["eval_loss"].iloc[0] - metrics["eval_loss"].iloc[-1])
         summary.append({**curve.summary(), "actual_total_change": actual_change,
                         "actual_final_value": float(metrics["eval_loss"].iloc[-1])})
+    import pandas as pd
+
     df = pd.DataFrame(rows)
     agreement = rank_agreement([s["predicted_total_change"] for s in summary],
                                [s["actual_total_change"] for s in summary], "n_datasets")
@@ -207,7 +215,7 @@ def cmd_validate_curves(args: argparse.Namespace) -> None:
     print(f"rank agreement: {agreement}; wrote {out}, {csv}, {png}")
 
 
-def add_validate_selection_parser(checks: argparse._SubParsersAction, common: Common) -> None:
+def _add_validate_selection(checks: SubParsers) -> None:
     """Register `validate selection`."""
     p = checks.add_parser(
         "selection", help="train on top-k by e(s) vs random-k (several seeds) vs bottom-k",
@@ -220,9 +228,10 @@ def add_validate_selection_parser(checks: argparse._SubParsersAction, common: Co
     p.add_argument("--random-seeds", type=int, default=3, help="random selections (default 3)")
     p.add_argument("--accuracy", action="store_true", help="also greedy accuracy on target lines with an 'answer'")
     p.add_argument("--reward", default="kk", help="reward for --accuracy (default kk)")
-    p.add_argument("--eval-max-new-tokens", type=int, default=256)
+    p.add_argument("--eval-max-new-tokens", type=int, default=256, help="greedy generation limit for --accuracy")
     p.add_argument("--out", required=True, help="output JSON; runs to OUT.csv, figure to OUT.png")
-    common(p)
+    add_common_args(p)
+    add_data_format_args(p)
     p.set_defaults(func=cmd_validate_selection)
 
 
@@ -253,6 +262,8 @@ def selection_runs(
 
 def selection_summary(runs: dict[str, pd.DataFrame], selections: dict[str, list[str]], table: pd.DataFrame) -> pd.DataFrame:
     """One row per run: start/end target loss (and accuracy), the group it belongs to and its mean effect."""
+    import pandas as pd
+
     eff = table.set_index("id")["effect"]
     rows = []
     for label, df in runs.items():
@@ -277,10 +288,11 @@ def cmd_validate_selection(args: argparse.Namespace) -> None:
 
     if args.k < 1 or args.random_seeds < 0:
         raise SampleEffectError("--k must be >= 1 and --random-seeds >= 0")
-    out, csv, png = _outputs(args.out, args.overwrite, (".csv", ".png"))
+    out, csv, png = check_json_outputs(args.out, args.overwrite, (".csv", ".png"))
     cfg, compute, load = _load_common(args)
     reward = get_reward(args.reward) if args.accuracy else None
-    raw, target_raw = load_examples(args.data), load_examples(args.target_data)
+    fmt = data_format_from_args(args)
+    raw, target_raw = load_examples(args.data, data_format=fmt), load_examples(args.target_data, data_format=fmt)
     if args.k > len(raw):
         raise SampleEffectError(f"--k {args.k} is larger than the pool ({len(raw)} examples in {args.data})")
     model, tok = load(args)

@@ -4,62 +4,82 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
 
+from sample_effect.cli.options import (
+    TABLE_SUFFIXES,
+    SubParsers,
+    add_common_args,
+    add_max_grad_norm_arg,
+    add_model_args,
+    add_sft_schedule_args,
+    clip_from_args,
+    data_format_from_args,
+    load_model_from_args,
+    require_eos,
+    sft_config_from_args,
+)
 from sample_effect.errors import SampleEffectError
 
-Common = Callable[[argparse.ArgumentParser], None]
 
-
-def add_imitation_parsers(sub: argparse._SubParsersAction, common: Common) -> None:
+def add_parsers(sub: SubParsers) -> None:
     """Register rft, distill, init-tiny, compare-sources and markers."""
-    from sample_effect.cli.train import _model_args, add_sft_schedule_args
+    _add_rft(sub)
+    _add_distill(sub)
+    _add_init_tiny(sub)
+    _add_compare_sources(sub)
+    _add_markers(sub)
 
+
+def _add_rft(sub: SubParsers) -> None:
     r = sub.add_parser("rft", help="rejection-sampling fine-tuning (STaR/RAFT/ReST) with entropy tracking",
                        description="For R rounds: sample N completions per prompt from the current policy, keep those "
                        "with reward >= --threshold, SFT on them. Logs training reward, held-out greedy accuracy, the "
                        "policy's token entropy along its own samples and the number kept; reports the entropy-collapse round.")
-    _model_args(r, lora=False)
+    add_model_args(r, lora=False)
     r.add_argument("--prompts", required=True, help='RL JSONL {"id", "prompt", "answer"} to sample on')
     r.add_argument("--eval-prompts", required=True, help="held-out RL JSONL for greedy accuracy and policy entropy")
     r.add_argument("--reward", default="kk", help="kk, exact, boxed or module:function")
     r.add_argument("--out", required=True, help="run directory: metrics.csv, summary.json, round-XX.jsonl, final/")
-    r.add_argument("--rounds", type=int, default=3)
-    r.add_argument("--samples-per-prompt", type=int, default=4)
-    r.add_argument("--temperature", type=float, default=1.0)
-    r.add_argument("--max-new-tokens", type=int, default=64)
-    r.add_argument("--eval-max-new-tokens", type=int, default=64)
+    r.add_argument("--rounds", type=int, default=3, help="sample / filter / fine-tune rounds")
+    r.add_argument("--samples-per-prompt", type=int, default=4, help="completions sampled per prompt each round")
+    r.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    r.add_argument("--max-new-tokens", type=int, default=64, help="longest sampled completion")
+    r.add_argument("--eval-max-new-tokens", type=int, default=64, help="greedy generation limit for held-out accuracy")
     r.add_argument("--threshold", type=float, default=1.0, help="keep completions with reward >= this (default 1.0)")
     r.add_argument("--drop-uniform", action="store_true", help="discard prompts whose samples all got the same reward")
     r.add_argument("--collapse-fraction", type=float, default=0.5, help="collapse = entropy below this x round 0's")
     r.add_argument("--entropy-samples", type=int, default=2, help="samples per held-out prompt for the entropy")
     add_sft_schedule_args(r)
-    common(r)
+    add_common_args(r)
     r.set_defaults(func=cmd_rft)
 
+
+def _add_distill(sub: SubParsers) -> None:
     d = sub.add_parser("distill", help="distil a teacher into a student (off-policy SFT or on-policy reverse KL)",
                        description="Off-policy (default): the teacher samples completions on prompts (kept if the reward "
                        "accepts them unless --no-filter), written as SFT JSONL, then SFT of the student. --on-policy: "
                        "the student samples and minimises the per-token reverse KL(student || teacher) (GKD).")
-    _model_args(d, lora=False)
+    add_model_args(d, lora=False)
     d.add_argument("--teacher", required=True, help="teacher model directory (same tokenizer as --model)")
     d.add_argument("--prompts", required=True, help='RL JSONL {"id", "prompt", "answer"}')
-    d.add_argument("--reward", default="kk")
+    d.add_argument("--reward", default="kk", help="reward filter of the teacher's completions: kk, exact, boxed or module:function")
     d.add_argument("--out", required=True, help="run directory: teacher_data.jsonl (off-policy), metrics.csv, final/")
     d.add_argument("--on-policy", action="store_true", help="on-policy reverse-KL distillation instead of SFT on teacher data")
     d.add_argument("--no-filter", action="store_true", help="off-policy: keep every teacher completion (no reward filter)")
-    d.add_argument("--threshold", type=float, default=1.0)
-    d.add_argument("--samples-per-prompt", type=int, default=1)
-    d.add_argument("--temperature", type=float, default=1.0)
-    d.add_argument("--max-new-tokens", type=int, default=64)
+    d.add_argument("--threshold", type=float, default=1.0, help="keep teacher completions with reward >= this")
+    d.add_argument("--samples-per-prompt", type=int, default=1, help="completions sampled per prompt")
+    d.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    d.add_argument("--max-new-tokens", type=int, default=64, help="longest sampled completion")
     d.add_argument("--prompts-per-step", type=int, default=4, help="--on-policy: prompts per optimiser step")
     d.add_argument("--chat-template", action="store_true",
                    help="wrap each prompt as a user turn of the (shared) tokenizer's chat template, for instruct teachers")
     add_sft_schedule_args(d)
-    common(d)
+    add_common_args(d)
     d.set_defaults(func=cmd_distill)
 
+
+def _add_init_tiny(sub: SubParsers) -> None:
     t = sub.add_parser("init-tiny", help="a fresh tiny model sharing another model's tokenizer (a student for distill)",
                        description="Build a randomly initialised (seeded) tiny causal LM whose tokenizer is copied from "
                        "--tokenizer-from (a model directory, 'smollm2' or 'tiny') and whose output layer has as many "
@@ -73,30 +93,34 @@ def add_imitation_parsers(sub: argparse._SubParsersAction, common: Common) -> No
     t.add_argument("--layers", type=int, default=2, help="transformer layers (default 2)")
     t.add_argument("--heads", type=int, default=4, help="attention heads (default 4; must divide --hidden)")
     t.add_argument("--max-len", type=int, default=2048, help="most positions (default 2048)")
-    t.add_argument("--dtype", default="float32")
-    t.add_argument("--seed", type=int, default=0)
-    common(t)
+    t.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16")
+    t.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    add_common_args(t)
     t.set_defaults(func=cmd_init_tiny)
 
+
+def _add_compare_sources(sub: SubParsers) -> None:
     c = sub.add_parser("compare-sources", help="dataset effect per data source with bootstrap CIs (one table, one figure)",
                        description="Per source: mean sample effect toward the target loss (AdamW + clip 1.0 by default), "
                        "bootstrap 95%% CI, n; optionally the actual target-loss gain after --train-steps SFT steps.")
     c.add_argument("--source", action="append", required=True, metavar="NAME=FILE", help="an SFT JSONL source (repeat)")
-    c.add_argument("--model", required=True)
-    c.add_argument("--dtype", default="float32")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--model", required=True, help="'tiny', 'smollm2' or a local model directory")
+    c.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16")
+    c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of --train-steps")
     c.add_argument("--target-data", required=True, help="SFT JSONL whose mean loss is the target")
     c.add_argument("--out", required=True, help="table .csv or .parquet; the figure goes next to it as .png")
-    c.add_argument("--optimizer", default="adamw")
+    c.add_argument("--optimizer", default="adamw", help="simulated optimiser: sgd, adam or adamw")
     c.add_argument("--lr", type=float, default=1e-5, help="simulated (and --train-steps) learning rate")
-    c.add_argument("--clip", type=float, default=1.0, help="per-example clip norm (0 = off)")
-    c.add_argument("--max-length", type=int, default=None)
-    c.add_argument("--bootstrap", type=int, default=2000)
+    add_max_grad_norm_arg(c, 1.0, "per-example gradient clipping to this norm (as clip_grad_norm_)")
+    c.add_argument("--max-length", type=int, default=None, help="truncate sequences to this many tokens (default: no truncation)")
+    c.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates of each source's 95%% CI")
     c.add_argument("--train-steps", type=int, default=None, help="also SFT this many steps per source and report the actual gain")
     c.add_argument("--batch-size", type=int, default=8, help="--train-steps batch size")
-    common(c)
+    add_common_args(c)
     c.set_defaults(func=cmd_compare_sources)
 
+
+def _add_markers(sub: SubParsers) -> None:
     m = sub.add_parser("markers", help="marker words per 1k tokens across completion files; token banning; effects",
                        description="Frequency per 1k tokens of marker sets in JSONL completions (field response or "
                        "completion), per file; --ban-eval: greedy accuracy with and without banning the markers' tokens; "
@@ -104,17 +128,17 @@ def add_imitation_parsers(sub: argparse._SubParsersAction, common: Common) -> No
     m.add_argument("files", nargs="*", help="JSONL files of completions")
     m.add_argument("--markers", action="append", metavar="NAME=w1,w2", help="marker set (repeat; replaces the defaults)")
     m.add_argument("--model", help="count tokens with this model's tokenizer (else whitespace); needed by --ban-eval/--effects")
-    m.add_argument("--dtype", default="float32")
+    m.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16")
     m.add_argument("--out", required=True, help="table .csv; a JSON summary goes next to it")
     m.add_argument("--ban-eval", action="store_true", help="greedy accuracy on --prompts with and without banning")
     m.add_argument("--prompts", help="RL JSONL for --ban-eval")
-    m.add_argument("--reward", default="kk")
-    m.add_argument("--max-new-tokens", type=int, default=64)
+    m.add_argument("--reward", default="kk", help="--ban-eval reward: kk, exact, boxed or module:function")
+    m.add_argument("--max-new-tokens", type=int, default=64, help="--ban-eval greedy generation limit")
     m.add_argument("--effects", action="store_true", help="mean sample effect with vs without markers (toward --target-data)")
     m.add_argument("--target-data", help="SFT JSONL target for --effects")
-    m.add_argument("--lr", type=float, default=1e-5)
-    m.add_argument("--clip", type=float, default=1.0)
-    common(m)
+    m.add_argument("--lr", type=float, default=1e-5, help="--effects: simulated AdamW learning rate")
+    add_max_grad_norm_arg(m, 1.0, "--effects: per-example gradient clipping to this norm")
+    add_common_args(m)
     m.set_defaults(func=cmd_markers)
 
 
@@ -142,7 +166,6 @@ def _save_final(model, tok, out: Path) -> None:  # type: ignore[no-untyped-def]
 
 
 def cmd_rft(args: argparse.Namespace) -> None:
-    from sample_effect.cli.train import _require_eos, load_for_cli, sft_config_from_args
     from sample_effect.io import output_dir
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.training import load_rl_prompts
@@ -155,8 +178,8 @@ def cmd_rft(args: argparse.Namespace) -> None:
     reward = get_reward(args.reward)
     prompts, evals = load_rl_prompts(args.prompts), load_rl_prompts(args.eval_prompts)
     out = _run_dir(args.out, args.overwrite, ("metrics.csv", "summary.json", "final"))
-    model, tok = load_for_cli(args)
-    _require_eos(tok, f"--model {args.model}")
+    model, tok = load_model_from_args(args)
+    require_eos(tok, f"--model {args.model}")
     with output_dir(out):
         res = run_rft(model, tok, prompts, evals, reward, cfg, out, progress=_progress(args))
         _save_final(model, tok, out)
@@ -168,7 +191,6 @@ def cmd_rft(args: argparse.Namespace) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
-    from sample_effect.cli.train import _require_eos, load_for_cli, sft_config_from_args
     from sample_effect.io import output_dir
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.training import load_rl_prompts, train_sft
@@ -194,10 +216,10 @@ def cmd_distill(args: argparse.Namespace) -> None:
     reward = None if args.no_filter else get_reward(args.reward)
     prompts = load_rl_prompts(args.prompts)
     out = _run_dir(args.out, args.overwrite, ("teacher_data.jsonl", "metrics.csv", "final"))
-    student, stok = load_for_cli(args)
-    teacher, ttok = load_for_cli(args, args.teacher)
+    student, stok = load_model_from_args(args)
+    teacher, ttok = load_model_from_args(args, args.teacher)
     check_same_tokenizer(stok, ttok, f"--model {args.model}", f"--teacher {args.teacher}")
-    _require_eos(stok, f"--model {args.model}")
+    require_eos(stok, f"--model {args.model}")
     if args.chat_template:
         prompts = chat_prompts(stok, prompts)
     with output_dir(out):
@@ -258,7 +280,6 @@ def _parse_sources(specs: list[str]) -> dict[str, str]:
 
 
 def cmd_compare_sources(args: argparse.Namespace) -> None:
-    from sample_effect.cli.train import load_for_cli
     from sample_effect.data.examples import load_examples, tokenize_examples
     from sample_effect.engine.core import ComputeConfig
     from sample_effect.io import check_output_path, write_table
@@ -269,18 +290,19 @@ def cmd_compare_sources(args: argparse.Namespace) -> None:
 
     srcs = _parse_sources(args.source)
     out = Path(args.out)
-    if out.suffix.lower() not in (".csv", ".parquet"):
+    if out.suffix.lower() not in TABLE_SUFFIXES:
         raise SampleEffectError(f"--out must end in .csv or .parquet, got '{out.name}'")
     fig = out.with_suffix(".png")
     check_output_path(out, args.overwrite)
     check_output_path(fig, args.overwrite)
     if args.train_steps is not None and args.train_steps < 1:
         raise SampleEffectError(f"--train-steps must be >= 1, got {args.train_steps}")
-    update = UpdateConfig(args.optimizer.lower(), lr=args.lr, clip=args.clip or None).validate()
+    update = UpdateConfig(args.optimizer.lower(), lr=args.lr, clip=clip_from_args(args, clip_zero_is_off=True)).validate()
     sft = SFTConfig(lr=args.lr, batch_size=args.batch_size, seed=args.seed, max_steps=args.train_steps).validate() if args.train_steps else None
-    raw = {n: load_examples(p) for n, p in srcs.items()}
-    target_raw = load_examples(args.target_data)
-    model, tok = load_for_cli(args)
+    fmt = data_format_from_args(args)
+    raw = {n: load_examples(p, data_format=fmt) for n, p in srcs.items()}
+    target_raw = load_examples(args.target_data, data_format=fmt)
+    model, tok = load_model_from_args(args)
     sources = {n: tokenize_examples(ex, tok, args.max_length)[0] for n, ex in raw.items()}
     target = tokenize_examples(target_raw, tok, args.max_length)[0]
     table, per = compare_sources(model, tok, sources, target, update, ComputeConfig(progress=_progress(args)),
@@ -365,12 +387,13 @@ def _marker_effects(args, model, tok, words) -> dict:  # type: ignore[no-untyped
     from sample_effect.training.imitation import bootstrap_mean_ci
     from sample_effect.update.optim import UpdateConfig
 
-    exs = [e for f in args.files for e in load_examples(f)]
+    fmt = data_format_from_args(args)
+    exs = [e for f in args.files for e in load_examples(f, data_format=fmt)]
     ids = [e.id for e in exs]
     if len(set(ids)) != len(ids):
         raise SampleEffectError("--effects: example ids repeat across the files; give each example a unique id")
-    target = LossTarget(tokenize_examples(load_examples(args.target_data), tok)[0])
-    update = UpdateConfig("adamw", lr=args.lr, clip=args.clip or None)
+    target = LossTarget(tokenize_examples(load_examples(args.target_data, data_format=fmt), tok)[0])
+    update = UpdateConfig("adamw", lr=args.lr, clip=clip_from_args(args, clip_zero_is_off=True))
     res = score_examples_result(model, tok, exs, target, update, compute=ComputeConfig(progress=not args.quiet))
     flag = np.array([any(has_markers(r, words) for r in e.responses) for e in exs])
     eff = np.asarray(res.effect, dtype=np.float64)

@@ -13,23 +13,17 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
+from sample_effect.cli.options import SubParsers, add_common_args, positive_int
 from sample_effect.errors import SampleEffectError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("sample_effect")
 
-Common = Callable[[argparse.ArgumentParser], None]
 FIGURE_SUFFIXES = (".png", ".svg")
-
-
-def _positive_int(text: str) -> int:
-    """The same integer check as the other commands' (one definition, in cli.py)."""
-    from sample_effect.cli.main import _positive_int as check
-
-    return check(text)
 
 
 def _steps_arg(text: str) -> list[int]:
@@ -42,7 +36,7 @@ def _steps_arg(text: str) -> list[int]:
     return steps
 
 
-def add_plot_parser(sub: argparse._SubParsersAction, common: Common) -> None:
+def add_parsers(sub: SubParsers) -> None:
     """Register `plot` and its kinds."""
     top = sub.add_parser(
         "plot", help="re-draw a figure from saved results (rank tables, validate/predict outputs, GRPO replays, metrics)",
@@ -58,7 +52,7 @@ def add_plot_parser(sub: argparse._SubParsersAction, common: Common) -> None:
         p.add_argument("--svg", action="store_true", help="write SVG (--out without a suffix gets .svg)")
         if title:
             p.add_argument("--title", default=None, help="figure title (default: a descriptive one)")
-        common(p)
+        add_common_args(p)
         p.set_defaults(func=cmd_plot, plot_kind=name)
         return p
 
@@ -82,8 +76,8 @@ def add_plot_parser(sub: argparse._SubParsersAction, common: Common) -> None:
         p = kind(name, what + "; the tidy table (step, position, quantile, count) goes to OUT with a .csv suffix",
                  "a `train-grpo --out` run directory, its replay/ directory or one replay/step-XXXXX.jsonl")
         p.add_argument("--quantile", type=float, default=0.01, help="the quantile q in [0, 1] (default 0.01)")
-        p.add_argument("--bucket", type=_positive_int, default=1, help="pool this many token positions per column (default 1)")
-        p.add_argument("--min-count", type=_positive_int, default=5, help="fewer tokens than this in a cell: no value (default 5)")
+        p.add_argument("--bucket", type=positive_int, default=1, help="pool this many token positions per column (default 1)")
+        p.add_argument("--min-count", type=positive_int, default=5, help="fewer tokens than this in a cell: no value (default 5)")
         if name == "quantile-curves":
             p.add_argument("--steps", type=_steps_arg, default=None, metavar="S1,S2,...",
                            help="which GRPO steps to draw (default: up to 4 from the first to the last)")
@@ -112,6 +106,8 @@ def _input_file(path: str | Path, what: str, suffixes: Iterable[str]) -> Path:
 
 def read_table(path: str | Path, what: str, required: Iterable[str], suffixes: Iterable[str] = (".csv",)) -> pd.DataFrame:
     """A CSV (or Parquet) table holding the `required` columns and at least one row."""
+    import pandas as pd
+
     p = _input_file(path, what, suffixes)
     try:
         if p.suffix.lower() == ".parquet":
@@ -140,6 +136,8 @@ def read_table(path: str | Path, what: str, required: Iterable[str], suffixes: I
 
 
 def _numeric(df: pd.DataFrame, columns: Iterable[str], path: str | Path) -> pd.DataFrame:
+    import pandas as pd
+
     for c in columns:
         if c in df and not pd.api.types.is_numeric_dtype(df[c]):
             conv = pd.to_numeric(df[c], errors="coerce")
@@ -253,6 +251,8 @@ def _draw_linearization(args: argparse.Namespace, out: Path) -> str:
 
 def _linearization_summary(path: Path, rows: pd.DataFrame) -> pd.DataFrame:
     """The per-lr summary from linearization.json, or recomputed from the rows when the JSON is absent."""
+    import pandas as pd
+
     if path.exists():
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))

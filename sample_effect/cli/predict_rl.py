@@ -12,21 +12,27 @@ import argparse
 import json
 import logging
 import math
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from sample_effect.cli.options import (
+    SubParsers,
+    add_accuracy_target_args,
+    add_chunk_size_arg,
+    add_common_args,
+    add_max_grad_norm_arg,
+    data_format_from_args,
+    memory_budget_from_args,
+    require_parquet,
+    target_from_args,
+    update_config_from_args,
+)
 from sample_effect.errors import SampleEffectError
-
-if TYPE_CHECKING:
-    from sample_effect.targets.core import AccuracyTarget
 
 log = logging.getLogger("sample_effect")
 
-Common = Callable[[argparse.ArgumentParser], None]
 
-
-def add_predict_rl_parser(sub: argparse._SubParsersAction, common: Common) -> None:
+def add_parsers(sub: SubParsers) -> None:
     """Register `predict-rl`."""
     p = sub.add_parser(
         "predict-rl",
@@ -62,14 +68,14 @@ def add_predict_rl_parser(sub: argparse._SubParsersAction, common: Common) -> No
     p.add_argument("--eps", type=float, default=None, help="Adam eps (default: state file's, else 1e-8)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="weight decay (default: state file's, else torch's: 0.01 for adamw, 0 otherwise; train-grpo uses 0)")
-    p.add_argument("--clip", type=float, default=None,
-                   help="gradient clipping to this norm: per prompt for the effects, per batch for the noise term (train-grpo: 1.0)")
+    add_max_grad_norm_arg(p, None, "gradient clipping to this norm: per prompt for the effects, per batch for the noise "
+                          "term (train-grpo clips at 1.0)")
     p.add_argument("--optimizer-state", nargs="+", metavar="FILE",
                    help="Adam state per --model, in the same order (e.g. RUN/checkpoint-k/optimizer.pt)")
     p.add_argument("--params", default=None, metavar="REGEX", help="score only trainable parameters whose name matches")
     p.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16 (float32 accumulation)")
     p.add_argument("--max-length", type=int, default=None, help="with --target-data: truncate sequences to this many tokens")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per chunk for the target gradient (speed/memory only)")
+    add_chunk_size_arg(p, "sequences per compute chunk for the target gradient")
     p.add_argument("--memory-budget", default="4GB", help="memory budget, e.g. 4GB; the noise terms' per-prompt gradients over it are skipped (default 4GB)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates over prompts for the 95%% interval (default 2000)")
     p.add_argument("--no-noise", action="store_true",
@@ -80,7 +86,7 @@ def add_predict_rl_parser(sub: argparse._SubParsersAction, common: Common) -> No
     p.add_argument("--noise-draws", type=int, default=256,
                    help="batches drawn for the noise term of a non-linear update (Adam, clipping); every batch when "
                    "there are fewer (default 256)")
-    common(p)
+    add_common_args(p)
     p.set_defaults(func=cmd_predict_rl)
 
 
@@ -98,7 +104,7 @@ def _finite_or_none(obj: Any) -> Any:
 def _check_args(args: argparse.Namespace) -> None:
     for flag, value, low in (("--group-size", args.group_size, 2), ("--max-new-tokens", args.max_new_tokens, 1),
                              ("--prompts-per-step", args.prompts_per_step, 1), ("--bootstrap", args.bootstrap, 1),
-                             ("--batch-size", args.batch_size, 1), ("--target-samples", args.target_samples, 1),
+                             ("--target-samples", args.target_samples, 1),
                              ("--noise-draws", args.noise_draws, 1), ("--curvature-draws", args.curvature_draws, 0)):
         if value < low:
             raise SampleEffectError(f"{flag} must be >= {low}, got {value}")
@@ -131,9 +137,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if r.suffix.lower() not in (".csv", ".parquet"):
             raise SampleEffectError(f"--ranking must end in .csv or .parquet, got '{r.name}'")
         if r.suffix.lower() == ".parquet":
-            from sample_effect.cli.main import _require_parquet
-
-            _require_parquet()
+            require_parquet()
         paths.append(r)
     if args.rollouts:
         if Path(args.rollouts).suffix.lower() != ".jsonl":
@@ -149,11 +153,6 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
     """`sample-effect predict-rl`: check inputs, then per model sample, score and predict; write atomically."""
     import pandas as pd
 
-    from sample_effect.cli.main import (
-        memory_budget_from_args,
-        target_from_args,
-        update_config_from_args,
-    )
     from sample_effect.data.examples import load_examples
     from sample_effect.engine.core import ComputeConfig
     from sample_effect.engine.effects import resolve_state
@@ -167,12 +166,12 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
     _check_args(args)
     _check_outputs(args)
     update = update_config_from_args(args)
-    compute = ComputeConfig(batch_size=args.batch_size, memory_budget=memory_budget_from_args(args), progress=not args.quiet)
+    compute = ComputeConfig(batch_size=args.chunk_size, memory_budget=memory_budget_from_args(args), progress=not args.quiet)
     reward = get_reward(args.reward)
     prompts = load_rl_prompts(args.prompts)
     if not prompts:
         raise SampleEffectError(f"{args.prompts} holds no prompts")
-    target_raw = load_examples(args.target_data) if args.target_data else None
+    target_raw = load_examples(args.target_data, data_format=data_format_from_args(args)) if args.target_data else None
     if args.target_prompts and not load_rl_prompts(args.target_prompts):
         raise SampleEffectError(f"{args.target_prompts} holds no prompts")
 
@@ -226,53 +225,3 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
                 f.write(json.dumps(_finite_or_none(row), ensure_ascii=False) + "\n")
         written.append(args.rollouts)
     print(f"wrote {', '.join(written)}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Command-line helpers shared by `rank` and `predict-rl`
-# ---------------------------------------------------------------------------------------------
-
-
-def add_accuracy_target_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    """Options of the accuracy target (besides --target-prompts): samples, baseline, temperature, seed, length.
-
-    prefix "" (rank): --temperature, --seed, --max-new-tokens and --reward are the target's own;
-    prefix "target-" (predict-rl): --target-temperature etc., defaulting to the rollouts' settings.
-    """
-    own = prefix == ""
-    p.add_argument("--target-samples", type=int, default=8, metavar="N",
-                   help="accuracy target: completions sampled per test prompt (default 8)")
-    p.add_argument("--baseline", default="loo", choices=["loo", "none"],
-                   help="accuracy target: REINFORCE baseline, per-prompt leave-one-out mean (default) or none")
-    p.add_argument(f"--{prefix}temperature", type=float, default=1.0 if own else None,
-                   help="accuracy target: sampling temperature; G is the gradient of the accuracy at this temperature"
-                   + (" (default 1)" if own else " (default: --temperature)"))
-    p.add_argument(f"--{prefix}seed", type=int, default=0 if own else None,
-                   help="accuracy target: sampling seed" + (" (default 0)" if own else " (default: --seed + 1, independent of the rollouts)"))
-    p.add_argument(f"--{prefix}max-new-tokens", type=int, default=256 if own else None,
-                   help="accuracy target: longest completion" + (" (default 256)" if own else " (default: --max-new-tokens)"))
-    if own:
-        p.add_argument("--reward", default="kk", help="accuracy target: kk, kk-partial, exact, boxed or module:function (default kk)")
-
-
-def accuracy_target_from_args(args: argparse.Namespace, tokenizer: Any, prefix: str = "") -> AccuracyTarget:
-    """Build the AccuracyTarget of --target-prompts from parsed options (see `add_accuracy_target_args`)."""
-    from sample_effect.rollouts.rewards import get_reward
-    from sample_effect.targets.core import AccuracyTarget
-    from sample_effect.training.grpo import load_rl_prompts
-
-    def opt(name: str, fallback: Any) -> Any:
-        v = getattr(args, f"{prefix}{name}".replace("-", "_"))
-        return fallback if v is None else v
-
-    temperature = opt("temperature", getattr(args, "temperature", 1.0))
-    seed = opt("seed", getattr(args, "seed", 0) + 1)
-    max_new = opt("max-new-tokens", getattr(args, "max_new_tokens", 256))
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise SampleEffectError(f"--{prefix}temperature must be positive for the accuracy target, got {temperature}")
-    if max_new < 1:
-        raise SampleEffectError(f"--{prefix}max-new-tokens must be >= 1, got {max_new}")
-    return AccuracyTarget(
-        prompts=load_rl_prompts(args.target_prompts), reward=get_reward(args.reward), tokenizer=tokenizer,
-        n_samples=args.target_samples, temperature=temperature, seed=seed, max_new_tokens=max_new, baseline=args.baseline,
-    )

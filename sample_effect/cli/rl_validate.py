@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable
 
+from sample_effect.cli.options import (
+    SubParsers,
+    add_common_args,
+    add_grpo_schedule_args,
+    check_json_outputs,
+    data_format_from_args,
+    grpo_config_from_args,
+)
 from sample_effect.errors import SampleEffectError
 
-Common = Callable[[argparse.ArgumentParser], None]
 
-
-def add_validate_rl_curves_parser(checks: argparse._SubParsersAction, common: Common) -> None:
+def add_validate_parsers(checks: SubParsers) -> None:
     """Register `validate rl-curves`."""
-    from sample_effect.cli.train import add_grpo_schedule_args
-
     p = checks.add_parser(
         "rl-curves", help="predicted vs actual target curves over real GRPO runs, per starting checkpoint",
         description="For every --model: predict the growth of T = -(mean loss over --target-data) per GRPO step "
@@ -35,9 +38,9 @@ def add_validate_rl_curves_parser(checks: argparse._SubParsersAction, common: Co
     p.add_argument("--predict-seed", type=int, default=1000, help="rollout seed of the prediction (default 1000)")
     p.add_argument("--noise-draws", type=int, default=256, help="batch draws for the noise term (default 256)")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or bfloat16")
-    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--max-length", type=int, default=None, help="truncate target sequences to this many tokens (default: no truncation)")
     p.add_argument("--out", required=True, help="output JSON; curves to OUT.csv, figure to OUT.png")
-    common(p)
+    add_common_args(p)
     p.set_defaults(func=cmd_validate_rl_curves)
 
 
@@ -45,8 +48,6 @@ def cmd_validate_rl_curves(args: argparse.Namespace) -> None:
     """Predict, train, compare; write JSON + CSV + PNG."""
     import pandas as pd
 
-    from sample_effect.cli.growth import _outputs
-    from sample_effect.cli.train import grpo_config_from_args
     from sample_effect.data.examples import load_examples, tokenize_examples
     from sample_effect.engine.core import ComputeConfig
     from sample_effect.io import atomic_open, write_table
@@ -62,13 +63,13 @@ def cmd_validate_rl_curves(args: argparse.Namespace) -> None:
             raise SampleEffectError(f"{flag} must be >= 1, got {value}")
     if len(set(args.model)) != len(args.model):
         raise SampleEffectError("the same --model is given twice")
-    out, csv, png = _outputs(args.out, args.overwrite, (".csv", ".png"))
+    out, csv, png = check_json_outputs(args.out, args.overwrite, (".csv", ".png"))
     cfg = grpo_config_from_args(args)
     reward = get_reward(args.reward)
     prompts = load_rl_prompts(args.prompts)
     if not prompts:
         raise SampleEffectError(f"{args.prompts} holds no prompts")
-    target_raw = load_examples(args.target_data)
+    target_raw = load_examples(args.target_data, data_format=data_format_from_args(args))
     compute = ComputeConfig(progress=not args.quiet)
     t0 = time.perf_counter()
     frames, summaries = [], []

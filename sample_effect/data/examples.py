@@ -16,12 +16,11 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from sample_effect.data.sources import FieldNames
+from sample_effect.data.sources import DataFormat, FieldNames, read_jsonl  # noqa: F401  (read_jsonl: public here too)
 from sample_effect.errors import SampleEffectError
 from sample_effect.io import atomic_open
 
@@ -55,6 +54,7 @@ class TokenizedExample:
     id: str
     sequences: list[torch.Tensor]  # 1-D int64: prompt + response (+ EOS), possibly truncated
     response_starts: list[int]  # index of the first response token in each sequence
+    weights: list[float] | None = None  # per-sequence loss weights for rollout objectives (GRPO, REINFORCE)
 
     @property
     def n_responses(self) -> int:
@@ -76,57 +76,6 @@ def label_mask(ids: torch.Tensor, response_start: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # Reading JSONL
 # --------------------------------------------------------------------------------------------
-
-
-def _read_text(path: Path) -> str:
-    if not path.exists():
-        raise SampleEffectError(f"data file not found: {path}")
-    if path.is_dir():
-        raise SampleEffectError(f"data path is a directory, expected a JSONL file: {path}")
-    raw = path.read_bytes()
-    if b"\x00" in raw:
-        raise SampleEffectError(f"{path}: looks like a binary file (NUL byte found), expected JSONL text")
-    try:
-        return raw.decode("utf-8-sig")  # a leading byte-order mark (Windows editors) is not data
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise SampleEffectError(f"{path}:{line}: not valid UTF-8 ({exc.reason})") from None
-
-
-def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
-    """Parse a JSONL file into (line number, object) pairs; blank lines are skipped.
-
-    Lines end at "\n" only (a "\r" before it is dropped): str.splitlines() would also split at
-    U+2028, U+0085 and other characters that JSON allows raw inside a string.
-    """
-    p = Path(path)
-    text = _read_text(p)
-    out: list[tuple[int, dict[str, Any]]] = []
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SampleEffectError(f"{p}:{lineno}: malformed JSON ({exc.msg})") from None
-        except RecursionError:
-            raise SampleEffectError(f"{p}:{lineno}: malformed JSON (nested too deeply)") from None
-        except ValueError as exc:  # e.g. an integer longer than Python's int-string conversion limit
-            raise SampleEffectError(f"{p}:{lineno}: malformed JSON ({str(exc).split(':')[0]})") from None
-        if not isinstance(obj, dict):
-            raise SampleEffectError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        if "\\u" in line:  # a \uD800-style escape can decode to a lone surrogate, which is not text
-            try:
-                json.dumps(obj, ensure_ascii=False).encode("utf-8")
-            except UnicodeEncodeError:
-                raise SampleEffectError(
-                    f"{p}:{lineno}: a string holds a lone UTF-16 surrogate escape (e.g. \\ud800), which is not valid text"
-                ) from None
-        out.append((lineno, obj))
-    if not out:
-        raise SampleEffectError(f"{p}: no examples (the file is empty)")
-    return out
 
 
 def _field(obj: dict[str, Any], name: str, where: str, kind: type = str) -> Any:
@@ -215,17 +164,21 @@ def examples_from_records(
 def load_examples(
     path: str | os.PathLike, *, split: str | None = None, id_field: str | None = None,
     prompt_field: str | None = None, response_field: str | None = None, messages_field: str | None = None,
+    data_format: DataFormat | None = None,
 ) -> list[Example]:
     """Read SFT data (DESIGN.md section 4) into examples, grouping records by id.
 
     `path` is a JSONL file, a Parquet file (.parquet) or a directory saved by `datasets`
     (`split` picks a DatasetDict's split). The *_field options name the columns holding each
-    field (defaults: id, prompt, response, messages, or the CLI's --*-field flags); a table with no
-    id column gets ids from 0-based row numbers. See `sample_effect.data.sources`.
+    field (defaults: id, prompt, response, messages, or `data_format`'s); a table with no
+    id column gets ids from 0-based row numbers. `data_format` is a format shared by several
+    paths (a command line's --split/--*-field flags): its split applies to `datasets` directories
+    only, so one --split can serve a command's JSONL and dataset inputs alike. See
+    `sample_effect.data.sources`.
     """
-    from sample_effect.data.sources import current_format, map_fields, read_records
+    from sample_effect.data.sources import map_fields, read_records
 
-    fmt = current_format()
+    fmt = data_format or DataFormat()
     given = {"id": id_field, "prompt": prompt_field, "response": response_field, "messages": messages_field}
     names = FieldNames(**{k: v if v is not None else getattr(fmt.fields, k) for k, v in given.items()})
     records, rows = read_records(path, split if split is not None else fmt.split, strict=split is not None)

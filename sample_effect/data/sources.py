@@ -7,18 +7,16 @@ Parquet file or saved dataset without the id column gets ids from row numbers (0
 strings), so each row is its own example. In tabular sources a null cell counts as a missing
 field (a file mixing chat rows and prompt/response rows holds nulls in the other columns).
 
-`data_format_options` is a context manager the CLI wraps every command in: inside it,
-`load_examples(path)` uses the command line's format flags unless the caller passes its own.
+A command line's format flags become one `DataFormat`, passed explicitly to every
+`load_examples(path, data_format=...)` call of that command (no hidden state: the library reads
+what its caller passes and nothing else).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import contextvars
+import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,24 +43,6 @@ class DataFormat:
     split: str | None = None
 
 
-_current: contextvars.ContextVar[DataFormat | None] = contextvars.ContextVar("sample_effect_data_format", default=None)
-
-
-def current_format() -> DataFormat:
-    """The format set by the enclosing `data_format_options` block (the CLI's flags), else the defaults."""
-    return _current.get() or DataFormat()
-
-
-@contextlib.contextmanager
-def data_format_options(fmt: DataFormat) -> Iterator[DataFormat]:
-    """Make `fmt` the default of every `load_examples` call inside the block."""
-    token = _current.set(fmt)
-    try:
-        yield fmt
-    finally:
-        _current.reset(token)
-
-
 def kind_of(path: str | os.PathLike) -> str:
     """'dataset' (a directory saved by `datasets`), 'parquet' or 'jsonl' (anything else)."""
     p = Path(path)
@@ -81,8 +61,6 @@ def read_records(
     With `strict` False (a command line's --split, shared by all its data flags), `split` is
     ignored for sources that have no splits instead of being an error.
     """
-    from sample_effect.data.examples import read_jsonl
-
     p = Path(path)
     kind = kind_of(p)
     if split is not None and kind != "dataset" and not strict:
@@ -147,47 +125,52 @@ def map_fields(records: list[tuple[int, dict[str, Any]]], names: FieldNames, row
     return records
 
 
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
+def _read_text(path: Path) -> str:
+    if not path.exists():
+        raise SampleEffectError(f"data file not found: {path}")
+    if path.is_dir():
+        raise SampleEffectError(f"data path is a directory, expected a JSONL file: {path}")
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise SampleEffectError(f"{path}: looks like a binary file (NUL byte found), expected JSONL text")
+    try:
+        return raw.decode("utf-8-sig")  # a leading byte-order mark (Windows editors) is not data
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SampleEffectError(f"{path}:{line}: not valid UTF-8 ({exc.reason})") from None
 
 
-def add_data_format_args(p: argparse.ArgumentParser) -> None:
-    """The format flags of every command that reads SFT data (`--data` and friends)."""
-    g = p.add_argument_group("data format (every SFT data flag of this command)")
-    g.add_argument("--split", default=None, metavar="NAME", help="split of a DatasetDict saved with save_to_disk")
-    g.add_argument("--id-field", default="id", metavar="NAME", help="column holding the example id (default id; "
-                   "a Parquet file or dataset without it gets ids from 0-based row numbers)")
-    g.add_argument("--prompt-field", default="prompt", metavar="NAME", help="column holding the prompt (default prompt)")
-    g.add_argument("--response-field", default="response", metavar="NAME", help="column holding the response (default response)")
-    g.add_argument("--messages-field", default="messages", metavar="NAME", help="column holding chat messages (default messages)")
+def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
+    """Parse a JSONL file into (line number, object) pairs; blank lines are skipped.
 
-
-def add_data_format_args_everywhere(parser: argparse.ArgumentParser) -> None:
-    """Add the format flags to every (sub)parser that has a --data option."""
-    seen: set[int] = set()
-
-    def visit(p: argparse.ArgumentParser) -> None:
-        if id(p) in seen:
-            return
-        seen.add(id(p))
-        has_data = any("--data" in a.option_strings for a in p._actions)
-        has_split = any("--split" in a.option_strings for a in p._actions)
-        if has_data and not has_split:
-            add_data_format_args(p)
-        for a in p._actions:
-            if isinstance(a, argparse._SubParsersAction):
-                for child in a.choices.values():
-                    visit(child)
-
-    visit(parser)
-
-
-def format_from_args(args: argparse.Namespace) -> DataFormat:
-    """The DataFormat the command line asks for (defaults where a command has no such flags)."""
-    defaults = FieldNames()
-    names = FieldNames(**{f.name: getattr(args, f"{f.name}_field", None) or getattr(defaults, f.name) for f in fields(FieldNames)})
-    if len(set(vars(names).values())) != 4:
-        raise SampleEffectError("--id-field, --prompt-field, --response-field and --messages-field must be different columns")
-    split = getattr(args, "split", None)
-    return DataFormat(fields=names, split=split if isinstance(split, str) else None)
+    Lines end at "\n" only (a "\r" before it is dropped): str.splitlines() would also split at
+    U+2028, U+0085 and other characters that JSON allows raw inside a string.
+    """
+    p = Path(path)
+    text = _read_text(p)
+    out: list[tuple[int, dict[str, Any]]] = []
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SampleEffectError(f"{p}:{lineno}: malformed JSON ({exc.msg})") from None
+        except RecursionError:
+            raise SampleEffectError(f"{p}:{lineno}: malformed JSON (nested too deeply)") from None
+        except ValueError as exc:  # e.g. an integer longer than Python's int-string conversion limit
+            raise SampleEffectError(f"{p}:{lineno}: malformed JSON ({str(exc).split(':')[0]})") from None
+        if not isinstance(obj, dict):
+            raise SampleEffectError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        if "\\u" in line:  # a \uD800-style escape can decode to a lone surrogate, which is not text
+            try:
+                json.dumps(obj, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise SampleEffectError(
+                    f"{p}:{lineno}: a string holds a lone UTF-16 surrogate escape (e.g. \\ud800), which is not valid text"
+                ) from None
+        out.append((lineno, obj))
+    if not out:
+        raise SampleEffectError(f"{p}: no examples (the file is empty)")
+    return out
