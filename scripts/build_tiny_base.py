@@ -120,6 +120,10 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="output directory (default: the preset's asset folder)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--continue-from", default=None, metavar="DIR",
+                    help="start from this earlier build's weights and tokenizer (a second training stage with its own "
+                         "warm-up and cosine schedule; its build_info.json is carried into the new one)")
+    ap.add_argument("--lr", type=float, default=None, help="peak lr (default: the preset's)")
     ap.add_argument("--eval-count", type=int, default=24, help="fresh puzzles per size for the final greedy accuracy")
     args = ap.parse_args()
     spec = PRESETS[args.preset]
@@ -130,22 +134,32 @@ def main() -> None:
     t0 = time.perf_counter()
     texts = corpus(spec["corpus"])
     # The tokenizer also sees the SFT format strings so \boxed{...} tokenises compactly.
-    tok = train_tokenizer(texts + [FORMAT_HINT] * 50, vocab_size=1024)
     m = spec["model"]
-    model = build_tiny_model(m["arch"], tok, torch.float32, seed=0, hidden=m["hidden"], layers=m["layers"],
-                             heads=m["heads"], max_len=m["max_len"])
+    earlier = None
+    if args.continue_from:
+        from sample_effect.models.loading import load_model
+
+        model, tok = load_model(args.continue_from, "float32")
+        earlier = json.loads((Path(args.continue_from) / "build_info.json").read_text())
+    else:
+        tok = train_tokenizer(texts + [FORMAT_HINT] * 50, vocab_size=1024)
+        model = build_tiny_model(m["arch"], tok, torch.float32, seed=0, hidden=m["hidden"], layers=m["layers"],
+                                 heads=m["heads"], max_len=m["max_len"])
+    lr = args.lr or spec["lr"]
     records = [(i + 1, {"id": f"c{i}", "prompt": "", "response": t}) for i, t in enumerate(texts)]
     data, report = tokenize_examples(examples_from_records(records), tok, max_length=spec["max_tokens"])
     kept = [ex for ex in data if len(ex.sequences[0]) < spec["max_tokens"]]  # whole texts only
     rng = random.Random(SEED)
     rng.shuffle(kept)
     held, train = kept[:96], kept[96:]
+    if earlier is not None:  # the same held-out split, another batch order
+        rng = random.Random(SEED + 1)
     lengths = [len(ex.sequences[0]) for ex in train]
     print(f"corpus {len(texts)} texts, {len(train)} train / {len(held)} held out "
           f"({len(data) - len(kept)} over {spec['max_tokens']} tokens dropped); "
           f"{sum(p.numel() for p in model.parameters()):,} parameters; prep {time.perf_counter() - t0:.0f}s", flush=True)
 
-    opt = torch.optim.AdamW(model.parameters(), lr=spec["lr"], weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warm = spec["warmup"]
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
@@ -182,7 +196,7 @@ def main() -> None:
         "preset": args.preset, "config": m, "corpus_puzzles": {str(n): c for n, (c, _) in spec["corpus"].items()},
         "corpus_styles": {str(n): list(s) for n, (_, s) in spec["corpus"].items()},
         "max_tokens": spec["max_tokens"], "seed": SEED, "steps": steps, "batch_size": spec["batch_size"],
-        "lr": spec["lr"], "warmup_steps": warm, "schedule": "cosine", "torch_threads": torch.get_num_threads(),
+        "lr": lr, "warmup_steps": warm, "schedule": "cosine", "torch_threads": torch.get_num_threads(),
         "params": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
         "texts_dropped_over_max_tokens": len(data) - len(kept), "truncated": report.n_truncated,
         "train_seconds": round(train_seconds, 1), "build_seconds": round(time.perf_counter() - t0, 1),
@@ -190,6 +204,10 @@ def main() -> None:
         "base_format_greedy_accuracy": accuracy, "accuracy_puzzles_per_size": args.eval_count,
         "torch": torch.__version__,
     }
+    if earlier is not None:  # a second stage: keep the first stage's record, and the total
+        info["continued_from"] = earlier
+        info["total_steps"] = earlier.get("total_steps", earlier["steps"]) + steps
+        info["total_train_seconds"] = round(earlier.get("total_train_seconds", earlier["train_seconds"]) + train_seconds, 1)
     (out / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2))
 
