@@ -10,15 +10,20 @@ from sample_effect.models.smollm2 import cache_dir, ensure_smollm2  # noqa: F401
 
 ASSETS = Path(__file__).parent.parent / "assets"
 TINY = ASSETS / "tiny-kk"
+TINY_V2 = ASSETS / "tiny-kk-v2"  # the stronger candidate (scripts/build_tiny_base.py, two stages); not yet the default
 
 
 def resolve_model(spec: str | os.PathLike) -> Path:
-    """Turn a --model value into a local directory: 'tiny', 'smollm2', or a path."""
+    """Turn a --model value into a local directory: 'tiny', 'tiny-v2', 'smollm2', or a path."""
     s = str(spec)
     if s == "tiny":
         if not (TINY / "config.json").exists():
             raise SampleEffectError(f"the tiny base model is missing from the package ({TINY}); run scripts/build_tiny_base.py")
         return TINY
+    if s == "tiny-v2":
+        if not (TINY_V2 / "config.json").exists():
+            raise SampleEffectError(f"the tiny-v2 model is missing from the package ({TINY_V2}); run scripts/build_tiny_base.py")
+        return TINY_V2
     if s == "smollm2":
         return ensure_smollm2()
     return Path(s)
