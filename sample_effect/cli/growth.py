@@ -260,22 +260,6 @@ def selection_runs(
     return runs, selections
 
 
-def selection_summary(runs: dict[str, pd.DataFrame], selections: dict[str, list[str]], table: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: start/end target loss (and accuracy), the group it belongs to and its mean effect."""
-    import pandas as pd
-
-    eff = table.set_index("id")["effect"]
-    rows = []
-    for label, df in runs.items():
-        row = {"selection": label, "group": label.split("-")[0], "mean_effect": float(eff.loc[selections[label]].mean()),
-               "target_loss_start": float(df["eval_loss"].iloc[0]), "target_loss_end": float(df["eval_loss"].iloc[-1])}
-        if "eval_accuracy" in df:
-            row["accuracy_start"] = float(df["eval_accuracy"].iloc[0])
-            row["accuracy_end"] = float(df["eval_accuracy"].iloc[-1])
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def cmd_validate_selection(args: argparse.Namespace) -> None:
     """Rank, select, train, compare."""
     from sample_effect.data.examples import load_examples, tokenize_examples
@@ -285,6 +269,7 @@ def cmd_validate_selection(args: argparse.Namespace) -> None:
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.targets.core import LossTarget
     from sample_effect.update.optim import UpdateConfig
+    from sample_effect.validation.selection import selection_summary
 
     if args.k < 1 or args.random_seeds < 0:
         raise SampleEffectError("--k must be >= 1 and --random-seeds >= 0")
