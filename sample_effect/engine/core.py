@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +22,7 @@ from sample_effect.data.examples import TokenizedExample, pad_sequences
 from sample_effect.errors import SampleEffectError
 from sample_effect.kernels import per_sequence_directional, per_sequence_grads
 from sample_effect.kernels.ghost import (
+    Capture,
     Factor,
     capture_factors,
     group_examples,
@@ -362,25 +363,145 @@ class FactorBatch:
     losses: torch.Tensor
 
 
-# model -> {frozenset of covered names: names whose factors disagreed with autograd}
-_VERIFIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+@dataclass(frozen=True)
+class GhostPlan:
+    """How the ghost path splits one model's chosen parameters, and what its self-check found.
+
+    `coverage` maps each parameter the layer rules handle to its uses (module name, its
+    parameter name, kind); every other chosen name goes to vmap (`uncovered`). `key` is the set
+    the rules cover before any check. `failed` is None while the once-per-model self-check against
+    autograd has still to run; afterwards it holds the names that disagreed, which `coverage` no
+    longer lists.
+    """
+
+    names: tuple[str, ...]
+    coverage: Mapping[str, list[tuple[str, str, str]]]
+    key: frozenset[str]
+    failed: frozenset[str] | None = None
+
+    @property
+    def uncovered(self) -> list[str]:
+        """Chosen names computed by vmap, in the order of the chosen parameters."""
+        return [n for n in self.names if n not in self.coverage]
+
+    @property
+    def needs_check(self) -> bool:
+        """True while the self-check has not run for this model and covered set."""
+        return self.failed is None
+
+    def after_check(self, failed: Iterable[str]) -> GhostPlan:
+        """This plan once the self-check found `failed`: those names move to the vmap side."""
+        bad = frozenset(failed)
+        return GhostPlan(self.names, {n: u for n, u in self.coverage.items() if n not in bad}, self.key, bad)
+
+
+class PlanCache:
+    """Self-check results, per model (weakly referenced) and set of covered parameter names.
+
+    A caller may own one and pass it to `iter_example_factors` / `compute_effects`; without one
+    the engine uses the cache the model itself carries (`ghost_plans`), so the check runs once
+    per model object. Copying or pickling a cache gives an empty one: a copied model is checked
+    again.
+    """
+
+    def __init__(self) -> None:
+        self._results: weakref.WeakKeyDictionary[torch.nn.Module, dict[frozenset[str], frozenset[str]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __reduce__(self) -> tuple[type[PlanCache], tuple[()]]:
+        return (PlanCache, ())
+
+    def ghost_plan(self, model: torch.nn.Module, params: Mapping[str, torch.Tensor]) -> GhostPlan:
+        """The ghost plan for `params` of `model`, with the self-check result if it has run."""
+        coverage, _ = plan_coverage(model, params)
+        plan = GhostPlan(tuple(params), coverage, frozenset(coverage))
+        known = self._results.get(model, {}).get(plan.key)
+        return plan if known is None else plan.after_check(known)
+
+    def record(self, model: torch.nn.Module, plan: GhostPlan, failed: Iterable[str]) -> GhostPlan:
+        """Keep the self-check result for `model` and `plan.key`; return the plan after the check."""
+        checked = plan.after_check(failed)
+        assert checked.failed is not None
+        self._results.setdefault(model, {})[plan.key] = checked.failed
+        return checked
+
+    def results(self, model: torch.nn.Module) -> dict[frozenset[str], frozenset[str]]:
+        """{covered set: names that failed} for every check run on `model` (a copy; empty if none)."""
+        return dict(self._results.get(model, {}))
+
+
+_PLANS_ATTR = "_sample_effect_plans"
+
+
+def ghost_plans(model: torch.nn.Module) -> PlanCache:
+    """The plan cache `model` carries (made on first use): the default for the engine's ghost path."""
+    cache = vars(model).get(_PLANS_ATTR)
+    if cache is None:
+        cache = vars(model)[_PLANS_ATTR] = PlanCache()
+    return cache
+
+
+class _CheckResults:
+    """Read-only view, model -> {covered set: failed names}, of the caches models carry (holds no state)."""
+
+    def __getitem__(self, model: torch.nn.Module) -> dict[frozenset[str], frozenset[str]]:
+        found = ghost_plans(model).results(model)
+        if not found:
+            raise KeyError(model)
+        return found
+
+    def get(self, model: torch.nn.Module, default: object = None) -> object:
+        try:
+            return self[model]
+        except KeyError:
+            return default
+
+
+_VERIFIED = _CheckResults()  # kept for callers of the old cache; prefer ghost_plans(model).results(model)
 
 
 def ghost_coverage(
-    model: torch.nn.Module, params: Mapping[str, torch.Tensor]
+    model: torch.nn.Module, params: Mapping[str, torch.Tensor], plans: PlanCache | None = None
 ) -> tuple[dict[str, list[tuple[str, str, str]]], list[str], frozenset | None]:
     """(covered parameter -> its uses, uncovered names, the self-check key if the check still has to run).
 
     The key is the set of parameters the module rules cover; once the check has run for this model
     and key, the parameters it failed are moved to the uncovered side and None is returned.
     """
-    coverage, uncovered = plan_coverage(model, params)
-    key = frozenset(coverage)
-    known = _VERIFIED.get(model, {}).get(key)
-    if known is None:
-        return coverage, uncovered, key
-    coverage = {n: u for n, u in coverage.items() if n not in known}
-    return coverage, [n for n in params if n not in coverage], None
+    plan = (plans if plans is not None else ghost_plans(model)).ghost_plan(model, params)
+    return dict(plan.coverage), plan.uncovered, plan.key if plan.needs_check else None
+
+
+def _capture(
+    params: Mapping[str, torch.Tensor], coverage: Mapping[str, list[tuple[str, str, str]]], check: bool,
+    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, loss_fn: Callable, weights: torch.Tensor,
+) -> Capture:
+    """`capture_factors` with the covered parameters requiring grad, their flags restored whatever happens."""
+    flags = {n: params[n].requires_grad for n in coverage}
+    try:
+        for n in coverage:
+            params[n].requires_grad_(True)
+        wanted = {n: params[n] for n in coverage} if check else None
+        return capture_factors(model, coverage, ids, mask, loss_fn, weights, wanted)
+    finally:
+        for n, f in flags.items():
+            params[n].requires_grad_(f)
+
+
+def _dense_factors(
+    model: torch.nn.Module, params: Mapping[str, torch.Tensor], names: list[str], ids: torch.Tensor,
+    mask: torch.Tensor, loss_fn: Callable, w: torch.Tensor, owners: torch.Tensor, n_ex: int,
+) -> tuple[dict[str, list[Factor]], torch.Tensor]:
+    """Per-example gradients of `names` by vmap, as dense factors, and the per-sequence losses."""
+    sub = {n: params[n].detach() for n in names}
+    grads, seq_losses = per_sequence_grads(model, sub, split_parameters(model, sub), ids, mask, loss_fn)
+    factors = {}
+    for n, g in grads.items():
+        g = g.to(w.dtype) * w.view(-1, *([1] * (g.dim() - 1)))
+        dense = torch.zeros((n_ex, *g.shape[1:]), dtype=w.dtype, device=w.device).index_add_(0, owners, g)
+        factors[n] = [Factor("dense", None, dense, params[n].shape)]
+    return factors, seq_losses.detach()
 
 
 def iter_example_factors(
@@ -390,13 +511,15 @@ def iter_example_factors(
     compute: ComputeConfig | None = None,
     desc: str = "per-example factors",
     objective: Objective = SFT,
+    plans: PlanCache | None = None,
 ) -> Iterator[FactorBatch]:
     """Yield per-example gradient factors of whole examples, chunk by chunk, from batched backwards.
 
     Parameters of Linear / Conv1D / Embedding / norm layers come as ghost factors from one batched
     forward+backward; any other parameter comes as a dense [E, *shape] gradient from vmap. The
     first time a model is seen, the factor sums are checked against autograd's batch gradient and
-    any parameter that disagrees is moved to the vmap side (remembered for this model).
+    any parameter that disagrees is moved to the vmap side; the result is kept in `plans` (default:
+    the cache the model carries, `ghost_plans(model)`).
     """
     compute = compute or ComputeConfig()
     check_lengths(model, examples)
@@ -407,7 +530,8 @@ def iter_example_factors(
     first_param = next(iter(params.values()))
     acc = accumulation_dtype(first_param.dtype)
     device = first_param.device
-    coverage, uncovered, check_key = ghost_coverage(model, params)
+    cache = plans if plans is not None else ghost_plans(model)
+    plan = cache.ghost_plan(model, params)
     rtol = 1e3 * torch.finfo(acc).eps
     with tqdm(total=len(flat), desc=desc, unit="seq", disable=not compute.progress, leave=False) as bar:
         for i, j, part in _whole_example_chunks(examples, cap):
@@ -416,35 +540,21 @@ def iter_example_factors(
             w = torch.tensor(objective.weights_of(examples, [k for k, _, _ in part]), dtype=acc, device=device)
             factors: dict[str, list[Factor]] = {}
             losses = None
-            if coverage:
-                check = None if check_key is None else {n: params[n] for n in coverage}
-                flags = {n: params[n].requires_grad for n in coverage}
-                try:
-                    for n in coverage:
-                        params[n].requires_grad_(True)
-                    cap_ = capture_factors(model, coverage, ids, mask, objective.sequence_loss, w, check)
-                finally:
-                    for n, f in flags.items():
-                        params[n].requires_grad_(f)
+            if plan.coverage:
+                checking = plan.needs_check
+                cap_ = _capture(params, plan.coverage, checking, model, ids, mask, objective.sequence_loss, w)
                 factors = group_examples(cap_.factors, owners, j - i, acc)
                 losses = cap_.losses
-                if check is not None:
-                    bad = set(verify_factors(factors, cap_.batch_grads or {}, rtol))
-                    _VERIFIED.setdefault(model, {})[check_key] = bad
-                    check_key = None
-                    if bad:
-                        log.info("ghost kernels disagree with autograd for %s; using vmap for them", sorted(bad))
-                        factors = {n: f for n, f in factors.items() if n not in bad}
-                        coverage = {n: u for n, u in coverage.items() if n not in bad}
-                        uncovered = [n for n in params if n not in coverage]
-            if uncovered:
-                sub = {n: params[n].detach() for n in uncovered}
-                grads, seq_losses = per_sequence_grads(model, sub, split_parameters(model, sub), ids, mask, objective.sequence_loss)
-                for n, g in grads.items():
-                    g = g.to(acc) * w.view(-1, *([1] * (g.dim() - 1)))
-                    dense = torch.zeros((j - i, *g.shape[1:]), dtype=acc, device=device).index_add_(0, owners, g)
-                    factors[n] = [Factor("dense", None, dense, params[n].shape)]
-                losses = seq_losses.detach() if losses is None else losses
+                if checking:
+                    plan = cache.record(model, plan, verify_factors(factors, cap_.batch_grads or {}, rtol))
+                    if plan.failed:
+                        log.info("ghost kernels disagree with autograd for %s; using vmap for them", sorted(plan.failed))
+                        factors = {n: f for n, f in factors.items() if n not in plan.failed}
+            if plan.uncovered:
+                dense, seq_losses = _dense_factors(model, params, plan.uncovered, ids, mask, objective.sequence_loss,
+                                                   w, owners, j - i)
+                factors.update(dense)
+                losses = seq_losses if losses is None else losses
             assert losses is not None
             ex_losses = torch.zeros(j - i, dtype=acc, device=device).index_add_(0, owners, losses.to(acc) * w)
             bar.update(len(part))
