@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,11 @@ def add_parsers(sub: SubParsers) -> None:
     p.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16 (float32 accumulation)")
     p.add_argument("--max-length", type=int, default=None, help="with --target-data: truncate sequences to this many tokens")
     add_chunk_size_arg(p, "sequences per compute chunk for the target gradient")
-    p.add_argument("--memory-budget", default="4GB", help="memory budget, e.g. 4GB; the noise terms' per-prompt gradients over it are skipped (default 4GB)")
+    p.add_argument("--memory-budget", default="4GB", help="memory budget, e.g. 4GB (default 4GB); the noise terms hold a few "
+                   "dense vectors at a time whatever the number of prompts, and are skipped if even those exceed it")
+    p.add_argument("--spill-dir", default=None, metavar="DIR",
+                   help="where the noise terms write one gradient per prompt (a temporary file, deleted at the end; "
+                   "default: the system's temporary directory, $TMPDIR); needs prompts x parameters x 4 bytes (float32)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates over prompts for the 95%% interval (default 2000)")
     p.add_argument("--no-noise", action="store_true",
                    help="skip the noise effect (Hessian-vector products; batch draws for Adam or clipping)")
@@ -99,6 +104,11 @@ def _finite_or_none(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite_or_none(v) for v in obj]
     return obj
+
+
+def _loud(message: str) -> None:
+    """A WARNING line on stdout, next to the summary."""
+    print(f"WARNING: {message}", flush=True)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -156,7 +166,7 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
     from sample_effect.data.examples import load_examples
     from sample_effect.engine.core import ComputeConfig
     from sample_effect.engine.effects import resolve_state
-    from sample_effect.growth.rl import predict_rl
+    from sample_effect.growth.rl import RLPredictionWarning, predict_rl, prompts_per_step_warning
     from sample_effect.io import atomic_open, write_table
     from sample_effect.models.loading import load_model, select_parameters
     from sample_effect.models.registry import resolve_model
@@ -178,6 +188,9 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
     from sample_effect.runtime import distributed as dist
 
     rank0 = not dist.is_distributed() or dist.rank() == 0  # under torchrun, rank 0 alone reports and writes
+    early = prompts_per_step_warning(args.prompts_per_step, len(prompts))
+    if early and rank0:  # said before the sampling, which can take minutes
+        _loud(early)
     records: list[dict[str, Any]] = []
     tables = []
     rollout_rows: list[dict[str, Any]] = []
@@ -188,12 +201,15 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
         params = select_parameters(model, args.params)
         target = target_from_args(args, tok, target_raw, accuracy_prefix="target-")
         state = resolve_state(model, params, update, args.optimizer_state[i] if args.optimizer_state else None)
-        pred = predict_rl(
-            model, tok, prompts, reward, target, update, group_size=args.group_size, temperature=args.temperature,
-            max_new_tokens=args.max_new_tokens, seed=args.seed, prompts_per_step=args.prompts_per_step,
-            clip_eps=args.clip_eps, params=params, state=state, compute=compute, noise=not args.no_noise,
-            n_boot=args.bootstrap, noise_draws=args.noise_draws, curvature_draws=args.curvature_draws,
-        )
+        with warnings.catch_warnings():  # printed below, as WARNING lines next to the summary
+            warnings.simplefilter("ignore", RLPredictionWarning)
+            pred = predict_rl(
+                model, tok, prompts, reward, target, update, group_size=args.group_size, temperature=args.temperature,
+                max_new_tokens=args.max_new_tokens, seed=args.seed, prompts_per_step=args.prompts_per_step,
+                clip_eps=args.clip_eps, params=params, state=state, compute=compute, noise=not args.no_noise,
+                n_boot=args.bootstrap, noise_draws=args.noise_draws, curvature_draws=args.curvature_draws,
+                spill_dir=args.spill_dir,
+            )
         if not rank0:
             continue
         rec = {"model": str(spec), **pred.record}
@@ -210,6 +226,9 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
             f"{spec}: growth {rec['growth_rate']:.4g} per step toward '{rec['target']}' (positive {rec['positive_effect']:.4g}, "
             f"95% CI [{lo:.4g}, {hi:.4g}]; noise {noise}); zero-variance groups {rec['zero_variance_groups']}/{rec['n_prompts']}"
         )
+        for message in rec.get("warnings", []):
+            if message != early:
+                _loud(f"{spec}: {message}")
     if not rank0:
         return
     with atomic_open(args.out) as f:

@@ -15,11 +15,18 @@ per-example update, for SGD (optionally clipped). A trainer that draws a batch o
 examples without replacement sees Cov(dbar_B) = (Sigma / b) (n - b) / n (Sigma with divisor
 n - 1), so the exact per-step term carries the finite-population factor (n - b) / n
 (`NoiseEffect.per_step(lr, b, population=n)`); it vanishes when the batch is the whole dataset.
+
+`SpilledRows` keeps dense per-example tensors (one dict over parameters per example) in an
+anonymous temporary file and reads them back one at a time, so a term that needs every
+example's gradient holds one of them in memory, not n (docs/scaling.md, "predict-rl memory").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +71,81 @@ def finite_population(batch_size: float, population: float | None) -> float:
     if population is None:
         return 1.0
     return max(0.0, (population - batch_size) / population) if population > 0 else 0.0
+
+
+class SpilledRows(Sequence[dict[str, torch.Tensor]]):
+    """Rows of dense tensors (a dict over parameter names each) on disk, read back one row at a time.
+
+    `append` writes a row's bytes to an anonymous temporary file in `directory` (the system's
+    temporary directory by default; the file is gone when the object is closed or collected);
+    `rows[i]` reads row i back into fresh tensors on the device it came from, bit for bit. Every
+    row has the first row's names, shapes, dtypes and devices. Resident memory: one row while it
+    is read or written, whatever the number of rows (the bytes sit in the OS page cache, which
+    the kernel reclaims under pressure; on a tmpfs directory they are RAM).
+    """
+
+    def __init__(self, directory: str | os.PathLike | None = None) -> None:
+        self._file = tempfile.TemporaryFile(dir=directory)
+        self._layout: list[tuple[str, torch.Size, torch.dtype, torch.device, int]] = []
+        self._row_bytes = 0
+        self._n = 0
+
+    def append(self, row: Mapping[str, torch.Tensor]) -> None:
+        """Write one row (its tensors are copied to the file; the caller may drop them)."""
+        if not self._layout:
+            self._layout = [(k, t.shape, t.dtype, t.device, t.numel() * t.element_size()) for k, t in row.items()]
+            self._row_bytes = sum(b for *_, b in self._layout)
+        if list(row) != [k for k, *_ in self._layout]:
+            raise SampleEffectError("every spilled row must hold the same parameters in the same order")
+        self._file.seek(self._n * self._row_bytes)
+        for k, shape, dtype, _, _ in self._layout:
+            t = row[k].detach()
+            if t.shape != shape or t.dtype != dtype:
+                raise SampleEffectError(f"spilled row {self._n}: '{k}' is {tuple(t.shape)} {t.dtype}, expected "
+                                        f"{tuple(shape)} {dtype}")
+            self._file.write(memoryview(t.contiguous().cpu().reshape(-1).view(torch.uint8).numpy()))
+        self._n += 1
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        if not -self._n <= i < self._n:
+            raise IndexError(f"row {i} of {self._n}")
+        self._file.seek((i % self._n) * self._row_bytes)
+        out = {}
+        for k, shape, dtype, device, nbytes in self._layout:
+            buf = torch.empty(nbytes, dtype=torch.uint8)
+            if self._file.readinto(memoryview(buf.numpy())) != nbytes:
+                raise SampleEffectError(f"spilled row {i} is truncated on disk")
+            out[k] = buf.view(dtype).view(shape).to(device)
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return (self[i] for i in range(self._n))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on disk."""
+        return self._n * self._row_bytes
+
+    def close(self) -> None:
+        """Delete the file (the rows are gone)."""
+        self._file.close()
+        self._n = 0
+
+
+def spill_space_note(need: int, directory: str | os.PathLike | None = None) -> str | None:
+    """Why `need` bytes of spilled rows do not fit the free space of `directory` (None when they fit)."""
+    where = str(directory or tempfile.gettempdir())
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError as e:
+        return f"skipped: the spill directory {where} is not usable ({e})"
+    if need > free:
+        return (f"skipped: the noise terms spill one gradient per prompt to disk (about {need / 1e9:.3g} GB), more "
+                f"than the {free / 1e9:.3g} GB free in {where}; pass fewer prompts, --params or a --spill-dir with room")
+    return None
 
 
 HVP = Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]

@@ -33,6 +33,15 @@ is lr E_S <U(clip(gbar_S)), G> - positive effect, over every batch of B prompts 
 few, else over seeded random draws (`batch_step_effects`). A percentile bootstrap over prompts
 gives the 95% interval of the positive effect.
 
+Memory: the noise and second-order terms need every informative group's dense gradient (batches
+are drawn at random, and the step on a batch is not linear in its gradients for Adam or
+clipping). They are spilled to an anonymous temporary file (`noise.SpilledRows`) as they are
+computed and read back one at a time: the weighted mean update is a running sum, the centred
+updates of the Hessian term are formed one by one in a second pass over the file, and a batch's
+mean gradient is summed row by row. Resident memory is flat in the number of prompts (a few
+dense vectors beyond the positive effect's own); the disk holds one gradient per informative
+prompt (docs/scaling.md, "predict-rl memory").
+
 The accuracy target (`targets.AccuracyTarget`) is G = grad of the test accuracy, estimated by
 REINFORCE from completions sampled on test prompts (`accuracy_target_vector`).
 """
@@ -41,7 +50,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -57,7 +68,9 @@ from sample_effect.engine.effects import compute_effects
 from sample_effect.errors import SampleEffectError
 from sample_effect.growth.noise import (
     NoiseEffect,
+    SpilledRows,
     finite_population,
+    spill_space_note,
     target_loss_hvp,
     trace_from_centred,
 )
@@ -102,7 +115,9 @@ class RLEffects:
     i's term of the group loss, G>, the rollout's share of the SGD effect (they sum to
     -<g_x, G>, which is e_x for SGD without clipping or weight decay); updates: U(g_x) of the
     informative groups when kept (for the Hessian noise term); grads: the raw g_x of the
-    informative groups when kept (for the batch noise term, `batch_step_effects`).
+    informative groups when kept (for the batch noise term, `batch_step_effects`). Kept ones are
+    sequences read one item at a time: `rl_prompt_effects` spills the gradients to disk
+    (`noise.SpilledRows`) and `updates` recomputes U(g_x) from them when read; plain lists work too.
     """
 
     ids: list[str]
@@ -113,8 +128,15 @@ class RLEffects:
     grad_norm: np.ndarray
     rollout_effect: list[np.ndarray]
     target: TargetVector
-    updates: list[dict[str, torch.Tensor]] | None = None
-    grads: list[dict[str, torch.Tensor]] | None = None
+    updates: Sequence[dict[str, torch.Tensor]] | None = None
+    grads: Sequence[dict[str, torch.Tensor]] | None = None
+
+    def release(self) -> None:
+        """Drop the kept gradients and updates (and delete their spill file)."""
+        store = self.grads if isinstance(self.grads, SpilledRows) else getattr(self.updates, "grads", None)
+        if isinstance(store, SpilledRows):
+            store.close()
+        self.updates = self.grads = None
 
     def step_effect(self) -> float:
         """R: the token-weighted mean effect of the informative groups (the trainer's batch weighting)."""
@@ -166,6 +188,24 @@ def simulated_step(
     return step, float(sq.sqrt())
 
 
+class SimulatedSteps(Sequence[dict[str, torch.Tensor]]):
+    """U(clip(g_i)) per unit lr of each gradient of `grads`, computed when item i is read (one at a time).
+
+    The step is a deterministic function of the gradient, so reading item i twice gives the same
+    tensors, and the dense updates need no storage of their own.
+    """
+
+    def __init__(self, grads: Sequence[Mapping[str, torch.Tensor]], params: Mapping[str, torch.Tensor],
+                 update: UpdateConfig, hypers: Mapping[str, Any], state: OptimizerState) -> None:
+        self.grads, self.params, self.update, self.hypers, self.state = grads, params, update, hypers, state
+
+    def __len__(self) -> int:
+        return len(self.grads)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        return simulated_step(self.grads[i], self.params, self.update, self.hypers, self.state)[0]
+
+
 def _dot(d: Mapping[str, torch.Tensor], vector: Mapping[str, torch.Tensor]) -> float:
     """<d, vector> over d's parameters, accumulated in d's dtype."""
     return sum(float(torch.dot(v.flatten(), vector[nm].to(v.dtype).flatten())) for nm, v in d.items())
@@ -184,6 +224,7 @@ def rl_prompt_effects(
     progress: bool = True,
     keep_grads: bool = False,
     compute: ComputeConfig | None = None,
+    spill_dir: str | os.PathLike | None = None,
 ) -> RLEffects:
     """e_x for every prompt group: gradient of the group's GRPO loss, simulated optimiser step, dot with G.
 
@@ -193,7 +234,9 @@ def rl_prompt_effects(
     Unless `keep_updates` / `keep_grads` ask for the dense U(g_x) / g_x of the informative groups
     (the noise terms use them), the groups go through the engine's fast paths as examples of the
     GRPO objective (`compute_effects`: ghost factors in batched backwards, Adam one layer at a
-    time, under `compute`'s memory budget); otherwise one backward per group.
+    time, under `compute`'s memory budget); otherwise one backward per group, each g_x written to
+    a temporary file in `spill_dir` (`noise.SpilledRows`) as it is computed, so memory does not
+    grow with the number of groups; the kept updates are recomputed from the file when read.
     """
     update.validate()
     state = state or OptimizerState()
@@ -217,8 +260,7 @@ def rl_prompt_effects(
     reward_mean = np.zeros(n)
     gnorm = np.zeros(n)
     shares: list[np.ndarray] = []
-    updates: list[dict[str, torch.Tensor]] | None = [] if keep_updates else None
-    kept_grads: list[dict[str, torch.Tensor]] | None = [] if keep_grads else None
+    store = SpilledRows(spill_dir)
     for k, group in enumerate(tqdm(groups, desc="GRPO effects", unit="prompt", disable=not progress, leave=False)):
         if not group:
             raise SampleEffectError(f"prompt group {k} has no rollouts")
@@ -240,16 +282,16 @@ def rl_prompt_effects(
         else:
             shares.append(np.full(len(group), np.nan))
         g = {nm: gr.detach().to(acc) for nm, gr in zip(names, grads)}
-        if kept_grads is not None:
-            kept_grads.append(g)
+        del grads
+        store.append(g)
         d, gnorm[k] = simulated_step(g, params, update, hypers, state)
         effect[k] = _dot(d, target.vector)
-        if updates is not None:
-            updates.append(d)
+        del g, d
     return RLEffects(
         ids=[g[0].prompt_id for g in groups], effect=effect, n_tokens=n_tokens, zero_variance=zero,
-        reward_mean=reward_mean, grad_norm=gnorm, rollout_effect=shares, target=target, updates=updates,
-        grads=kept_grads,
+        reward_mean=reward_mean, grad_norm=gnorm, rollout_effect=shares, target=target,
+        updates=SimulatedSteps(store, params, update, hypers, state) if keep_updates else None,
+        grads=store if keep_grads else None,
     )
 
 
@@ -356,7 +398,8 @@ def batch_updates(
 
     gbar_S = sum n_x g_x / sum n_x over S's informative groups (the gradient of the trainer's
     token-mean loss), clipped by its own norm as `clip_grad_norm_` clips the batch, then one
-    simulated optimiser step from `state`. A generator: one update is held at a time.
+    simulated optimiser step from `state`. A generator: one update is held at a time, and gbar_S
+    is a running sum over the batch's gradients read one at a time from `effects.grads`.
     """
     if effects.grads is None:
         raise SampleEffectError("the batch terms need the per-prompt gradients (rl_prompt_effects(keep_grads=True))")
@@ -374,7 +417,12 @@ def batch_updates(
             continue
         w = effects.n_tokens[chosen].astype(np.float64)
         w = w / w.sum()
-        g = {nm: sum(float(wi) * effects.grads[slot[x]][nm] for wi, x in zip(w, chosen)) for nm in names}
+        g: dict[str, Any] = dict.fromkeys(names, 0)  # sum(...) per parameter, in the same order
+        for wi, x in zip(w, chosen):
+            row = effects.grads[slot[x]]
+            for nm in names:
+                g[nm] = g[nm] + float(wi) * row[nm]
+            del row
         yield simulated_step(g, params, update, hypers, state)[0]
 
 
@@ -441,6 +489,8 @@ def rl_noise_effect(
 
     c_x = (n_x / mean n)(d_x - dbar_w), dbar_w = sum n_x d_x / sum n_x; the trace is
     sum_x c_x^T H_T c_x / (m - 1) with one Hessian-vector product per informative group (m of them).
+    Two passes over the kept updates, one read at a time: a running sum for dbar_w, then each c_x
+    formed when its Hessian-vector product needs it (`_Centred`), so one c_x is held at a time.
     """
     if effects.updates is None:
         raise SampleEffectError("the noise effect needs the per-prompt updates (rl_prompt_effects(keep_updates=True))")
@@ -450,10 +500,32 @@ def rl_noise_effect(
     if m < 2:
         raise SampleEffectError(f"the noise effect needs at least 2 prompts with reward variance, got {m}")
     names = list(params)
+    if len(w) != m:
+        raise SampleEffectError("the kept updates do not match the informative groups")
     wbar = float(w.mean())
-    dbar = {nm: sum(float(wi) * u[nm] for wi, u in zip(w, ups)) / float(w.sum()) for nm in names}
-    centred = [{nm: (float(wi) / wbar) * (u[nm] - dbar[nm]) for nm in names} for wi, u in zip(w, ups)]
+    total: dict[str, Any] = dict.fromkeys(names, 0)  # sum(...) per parameter, in the same order
+    for wi, u in zip(w, ups):
+        for nm in names:
+            total[nm] = total[nm] + float(wi) * u[nm]
+        del u
+    dbar = {nm: total[nm] / float(w.sum()) for nm in names}
+    del total
+    centred = _Centred(ups, [float(wi) / wbar for wi in w], dbar)
     return trace_from_centred(centred, target_loss_hvp(model, params, target_examples), sign=-1.0)  # H_T = -H_L
+
+
+class _Centred(Sequence[dict[str, torch.Tensor]]):
+    """a_x (d_x - dbar) for the x-th kept update, formed when read."""
+
+    def __init__(self, ups: Sequence[Mapping[str, torch.Tensor]], scale: list[float], dbar: Mapping[str, torch.Tensor]) -> None:
+        self.ups, self.scale, self.dbar = ups, scale, dbar
+
+    def __len__(self) -> int:
+        return len(self.ups)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        u = self.ups[i]
+        return {nm: self.scale[i] * (u[nm] - d) for nm, d in self.dbar.items()}
 
 
 @dataclass
@@ -481,15 +553,53 @@ class RLPrediction:
         return rows
 
 
-def _noise_memory_note(params: Mapping[str, torch.Tensor], copies: int, compute: ComputeConfig) -> str | None:
-    """Why the kept per-prompt tensors of the noise terms do not fit the memory budget (None when they fit)."""
+# Dense vectors the noise terms hold at once, whatever the number of prompts: a batch's running
+# sum and the row being added (or dbar_w and one update), the step or centred update, its H v.
+RESIDENT_COPIES = 4
+
+
+def _noise_memory_note(params: Mapping[str, torch.Tensor], n_prompts: int, compute: ComputeConfig,
+                       spill_dir: str | os.PathLike | None) -> str | None:
+    """Why the noise terms cannot run here (None when they can): their few resident vectors exceed the memory
+    budget, or the spilled per-prompt gradients (one per prompt, on disk) exceed the free space."""
     acc = accumulation_dtype(next(iter(params.values())).dtype)
-    need = copies * sum(p.numel() for p in params.values()) * torch.empty((), dtype=acc).element_size()
+    row = sum(p.numel() for p in params.values()) * torch.empty((), dtype=acc).element_size()
     budget = compute.budget_bytes()
-    if budget is not None and need > budget:
-        return (f"skipped: the noise terms keep one gradient per prompt (about {need / 1e9:.3g} GB), more than the "
-                f"memory budget {budget / 1e9:.3g} GB; pass fewer prompts, --params or a larger --memory-budget")
-    return None
+    if budget is not None and RESIDENT_COPIES * row > budget:
+        return (f"skipped: the noise terms hold {RESIDENT_COPIES} dense vectors at a time (about "
+                f"{RESIDENT_COPIES * row / 1e9:.3g} GB), more than the memory budget {budget / 1e9:.3g} GB; "
+                "pass --params or a larger --memory-budget")
+    return spill_space_note(n_prompts * row, spill_dir)
+
+
+class RLPredictionWarning(UserWarning):
+    """A predict-rl setting or sample that makes the prediction uninformative (all-zero-variance groups, ...)."""
+
+
+def prompts_per_step_warning(requested: int, n_prompts: int) -> str | None:
+    """The message for a --prompts-per-step larger than the prompts given (None when it fits)."""
+    if requested <= n_prompts:
+        return None
+    return (f"predict-rl: --prompts-per-step {requested} exceeds the {n_prompts} prompts given, so every simulated "
+            f"GRPO step uses all {n_prompts} (prompts_per_step clamped to {n_prompts}) and there is no batch noise "
+            f"to sample; pass more prompts, or --prompts-per-step at most {n_prompts} (train-grpo's default is 8)")
+
+
+def zero_variance_warning(n_zero: int, n_prompts: int, group_size: int, temperature: float | None) -> str | None:
+    """The message when every group (or more than half) has zero reward variance (None otherwise)."""
+    if n_prompts == 0 or n_zero * 2 <= n_prompts:
+        return None
+    temp = f" (now {temperature:g})" if temperature is not None else ""
+    fix = (f"more rollouts per prompt (--group-size, now {group_size}), a shaped reward such as --reward kk-partial "
+           f"instead of an all-or-nothing one, a higher --temperature{temp}, easier prompts, or a stronger start "
+           "(an SFT checkpoint that already solves some prompts)")
+    if n_zero == n_prompts:
+        return (f"predict-rl: ALL {n_prompts} prompt groups have zero reward variance (every rollout of a prompt got "
+                "the same reward), so GRPO would take no step: every effect, the growth rate and its interval are 0, "
+                f"which says nothing about this checkpoint. To get a signal, use {fix}")
+    return (f"predict-rl: {n_zero} of {n_prompts} prompt groups ({100 * n_zero / n_prompts:.0f}%) have zero reward "
+            f"variance and carry no signal; the prediction rests on the other {n_prompts - n_zero}. For more "
+            f"informative groups, try {fix}")
 
 
 @dataclass
@@ -500,7 +610,8 @@ class RLPredictConfig:
     `seed`; `prompts_per_step` prompts per simulated GRPO batch; `clip_eps` the PPO clip (inactive
     on the first on-policy step); `noise` turns the noise terms on; `n_boot` bootstrap draws of the
     positive effect; `noise_draws` batch draws of the first-order batch term; `curvature_draws`
-    Hessian-vector products of the second-order term (0: off).
+    Hessian-vector products of the second-order term (0: off); `spill_dir` where the noise terms'
+    per-prompt gradients go on disk (None: the system's temporary directory).
     """
 
     group_size: int = 8
@@ -513,6 +624,7 @@ class RLPredictConfig:
     n_boot: int = 2000
     noise_draws: int = 256
     curvature_draws: int = 16
+    spill_dir: str | None = None
 
     def validate(self, sampling: bool = True) -> RLPredictConfig:
         """Raise SampleEffectError on an out-of-range setting; return self."""
@@ -549,7 +661,7 @@ def _noise_plan(target, update: UpdateConfig, cfg: RLPredictConfig, chosen, n_pr
     plan = _NoisePlan(cfg.noise, cfg.noise and loss_target and update.rule.is_linear, cfg.noise and nonlinear,
                       cfg.noise and loss_target and cfg.curvature_draws > 0, nonlinear, None)
     if plan.hessian or plan.keep_grads:
-        note = _noise_memory_note(chosen, n_prompts * (int(plan.hessian) + int(plan.keep_grads)), compute)
+        note = _noise_memory_note(chosen, n_prompts, compute, cfg.spill_dir)
         if note is not None:  # the positive effect needs none of it: report it, and say why the rest is missing
             log.warning("predict-rl: noise and second-order terms %s", note)
             plan = _NoisePlan(False, False, False, False, nonlinear, note)
@@ -581,7 +693,11 @@ def predict_rl(
     For a loss target, `curvature_draws` batches (0: off) also give the whole second-order term
     (lr^2 / 2) E_S[U_S^T H_T U_S] and `growth_rate_second_order`, which says where the first-order
     picture stops holding. `params` is a regex over parameter names or the chosen parameters.
-    Keyword `settings` override fields of `config` (e.g. `group_size=4`).
+    Keyword `settings` override fields of `config` (e.g. `group_size=4`). Memory does not grow with
+    the number of prompts: the noise terms' per-prompt gradients are spilled to `spill_dir`.
+    A `prompts_per_step` above the number of prompts is clamped to it, and a sample where more than
+    half of the groups (or all) have zero reward variance is flagged; both with an
+    `RLPredictionWarning` and in the record's `warnings`.
     """
     t0 = time.perf_counter()
     unknown = sorted(set(settings) - set(RLPredictConfig.__dataclass_fields__))
@@ -597,11 +713,26 @@ def predict_rl(
     n_prompts = len(groups) if groups is not None else len(prompts)
     if n_prompts == 0:
         raise SampleEffectError("no RL prompts")
+    notes = [m for m in [prompts_per_step_warning(cfg.prompts_per_step, n_prompts)] if m]
+    for m in notes:  # before the sampling, which can take minutes
+        warnings.warn(m, RLPredictionWarning, stacklevel=2)
+    requested = cfg.prompts_per_step
+    cfg = replace(cfg, prompts_per_step=min(cfg.prompts_per_step, n_prompts))  # the same numbers: batches clamp too
     plan = _noise_plan(target, update, cfg, chosen, n_prompts, compute)
     sampled = groups is None
     g, eff, groups = _score_prompts(model, tokenizer, prompts, reward, target, update, cfg, chosen, state, compute,
                                     groups, plan)
-    record = _growth_record(model, chosen, eff, groups, target, g, update, state, cfg, plan)
+    zero_note = zero_variance_warning(int(eff.zero_variance.sum()), n_prompts, int(max(len(gr) for gr in groups)),
+                                      cfg.temperature if sampled else None)
+    if zero_note:
+        warnings.warn(zero_note, RLPredictionWarning, stacklevel=2)
+        notes.append(zero_note)
+    try:
+        record = _growth_record(model, chosen, eff, groups, target, g, update, state, cfg, plan)
+    finally:
+        eff.release()  # the spilled gradients are large; the record holds what they gave
+    record["prompts_per_step_requested"] = requested
+    record["warnings"] = notes
     record["temperature"] = cfg.temperature if sampled else None  # None: the rollouts were given, not sampled here
     record["max_new_tokens"] = cfg.max_new_tokens if sampled else None
     record["seconds"] = time.perf_counter() - t0
@@ -629,9 +760,10 @@ def _score_prompts(model, tokenizer, prompts, reward, target, update, cfg: RLPre
     else:
         local = [list(groups[i]) for i in mine]
     eff = rl_prompt_effects(model, chosen, local, g, update, state, cfg.clip_eps, keep_updates=plan.hessian,
-                            progress=compute.progress, keep_grads=plan.keep_grads, compute=compute) if local else None
+                            progress=compute.progress, keep_grads=plan.keep_grads, compute=compute,
+                            spill_dir=cfg.spill_dir) if local else None
     if dist.active():
-        eff, local = _gather_effects(eff, local, mine, n_prompts, g, next(iter(chosen.values())).device)
+        eff, local = _gather_effects(eff, local, mine, n_prompts, g, chosen, update, state, plan, cfg.spill_dir)
     assert eff is not None
     return g, eff, local
 
@@ -667,7 +799,6 @@ def _growth_record(model, chosen, eff: RLEffects, groups, target, g: TargetVecto
     else:
         growth_ci = [ci[0] + (noise_effect or 0.0), ci[1] + (noise_effect or 0.0)]
         ci_method = "bootstrap of the positive effect over prompts, shifted by the noise point estimate"
-    eff.updates = eff.grads = None  # the kept updates are large; the record holds what they gave
     return {
         "target": g.kind, "target_norm": g.norm(), "target_loss": g.target_loss, "target_stats": dict(g.stats),
         "n_prompts": n,
@@ -697,40 +828,69 @@ def _growth_record(model, chosen, eff: RLEffects, groups, target, g: TargetVecto
 
 
 def _gather_effects(  # type: ignore[no-untyped-def]
-    eff: RLEffects | None, local: list[list[Rollout]], mine: range, n: int, g: TargetVector, device
+    eff: RLEffects | None, local: list[list[Rollout]], mine: range, n: int, g: TargetVector, chosen,
+    update: UpdateConfig, state, plan: _NoisePlan, spill_dir,
 ) -> tuple[RLEffects, list[list[Rollout]]]:
-    """Every rank's block of prompt effects (and rollouts, kept updates/gradients) merged in prompt order."""
+    """Every rank's block of prompt effects (and rollouts, kept gradients) merged in prompt order.
+
+    The kept gradients are not gathered as objects: each informative group's row travels alone
+    (`_gather_rows`) into every rank's own spill file, so no rank holds more than one at a time.
+    """
     from sample_effect.runtime import distributed as dist
 
-    def cpu(d):  # type: ignore[no-untyped-def]
-        return None if d is None else {k: v.cpu() for k, v in d.items()}
-
     items: dict[int, tuple] = {}
-    ups = iter(eff.updates or []) if eff is not None else iter([])
-    grs = iter(eff.grads or []) if eff is not None else iter([])
     for j, i in enumerate(mine):
         assert eff is not None
-        zero = bool(eff.zero_variance[j])
-        items[i] = (float(eff.effect[j]), int(eff.n_tokens[j]), zero, float(eff.reward_mean[j]), float(eff.grad_norm[j]),
-                    eff.rollout_effect[j], local[j],
-                    None if zero or eff.updates is None else cpu(next(ups)),
-                    None if zero or eff.grads is None else cpu(next(grs)))
+        items[i] = (float(eff.effect[j]), int(eff.n_tokens[j]), bool(eff.zero_variance[j]), float(eff.reward_mean[j]),
+                    float(eff.grad_norm[j]), eff.rollout_effect[j], local[j])
     rows = dist.gather_blocks(n, items)
     zero = np.array([r[2] for r in rows], dtype=bool)
-
-    def kept(col: int):  # type: ignore[no-untyped-def]
-        vals = [r[col] for r, z in zip(rows, zero) if not z]
-        if any(v is None for v in vals):
-            return None
-        return [{k: v.to(device) for k, v in d.items()} for d in vals]
-
     merged = RLEffects(
         ids=[r[6][0].prompt_id for r in rows], effect=np.array([r[0] for r in rows]),
         n_tokens=np.array([r[1] for r in rows], dtype=np.int64), zero_variance=zero,
         reward_mean=np.array([r[3] for r in rows]), grad_norm=np.array([r[4] for r in rows]),
-        rollout_effect=[r[5] for r in rows], target=g, updates=kept(7), grads=kept(8),
+        rollout_effect=[r[5] for r in rows], target=g,
     )
+    if plan.hessian or plan.keep_grads:
+        mine_rows = None if eff is None else (eff.grads if eff.grads is not None else getattr(eff.updates, "grads", None))
+        store = _gather_rows(mine_rows, zero, n, chosen, spill_dir)
+        if eff is not None:
+            eff.release()
+        state = state or OptimizerState()
+        hypers = {k: state.hyper(k, update) for k in chosen}
+        merged.grads = store if plan.keep_grads else None
+        merged.updates = SimulatedSteps(store, chosen, update, hypers, state) if plan.hessian else None
     return merged, [r[6] for r in rows]
+
+
+def _gather_rows(mine_rows, zero: np.ndarray, n: int, chosen, spill_dir) -> SpilledRows:  # type: ignore[no-untyped-def]
+    """Every informative group's kept gradient, in prompt order, spilled on every rank: one all-reduce per row
+    (the owner contributes the row, the others zeros), so a rank holds one row at a time."""
+    from sample_effect.runtime import distributed as dist
+
+    w, me = dist.world_size(), dist.rank()
+    owner = np.zeros(n, dtype=np.int64)
+    for r in range(w):
+        owner[list(dist.block(n, r, w))] = r
+    names = list(chosen)
+    first = next(iter(chosen.values()))
+    acc = accumulation_dtype(first.dtype)
+    sizes = [chosen[k].numel() for k in names]
+    store = SpilledRows(spill_dir)
+    at = 0
+    for i in np.flatnonzero(~zero):
+        if owner[i] == me:
+            assert mine_rows is not None
+            row = mine_rows[at]
+            at += 1
+            flat = torch.cat([row[k].reshape(-1).to(acc) for k in names])
+            del row
+        else:
+            flat = torch.zeros(sum(sizes), dtype=acc, device=first.device)
+        dist.all_reduce_sum_(flat)
+        store.append({k: part.view(chosen[k].shape) for k, part in zip(names, flat.split(sizes))})
+        del flat
+    return store
 
 
 def _second_order(  # type: ignore[no-untyped-def]
