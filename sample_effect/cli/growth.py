@@ -113,7 +113,7 @@ def _predict(args: argparse.Namespace, model: Any, tok: Any, cfg: Any, compute: 
         g = resolve_target(target, model, params, tokenized[0][1], compute)
     curves = [
         predict_sft_curve(model, params, exs, g, cfg, name, getattr(args, "replicates", 8),
-                          getattr(args, "optimizer", "adamw"), target_ex, compute)
+                          getattr(args, "optimizer", "adamw"), target_ex, compute, progress=not args.quiet)
         for name, exs in tokenized
     ]
     return curves, g, target_ex, tokenized

@@ -236,7 +236,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
     from sample_effect.io import write_table
 
     with output_dir(out):
-        res = linearization_check(model, params, exs, tgt, update, lrs)
+        res = linearization_check(model, params, exs, tgt, update, lrs, progress=not args.quiet)
         write_table(res.rows, out / "linearization.csv")
         with atomic_open(out / "linearization.json") as f:
             json.dump({"optimizer": update.optimizer, "clip": update.clip, "summary": res.summary.to_dict("records")}, f, indent=2)

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig, iter_example_factors
@@ -148,11 +150,12 @@ def _hyper(cfg: SFTConfig) -> ParamHyper:
 
 def _path(
     grads: torch.Tensor, gvec: torch.Tensor, theta0: torch.Tensor, cfg: SFTConfig, lrs: Sequence[float],
-    batches: Sequence[Sequence[Sequence[int]]] | None, rule: UpdateRule,
+    batches: Sequence[Sequence[Sequence[int]]] | None, rule: UpdateRule, bar: Any = None,
 ) -> np.ndarray:
     """Per-step first-order target change lr_t <d_t, G> along one batch path (None: the full-data mean each step).
 
-    The optimiser state (e.g. AdamW's moments) is carried from step to step on the flat vectors.
+    The optimiser state (e.g. AdamW's moments) is carried from step to step on the flat vectors;
+    `bar` (a tqdm), if given, advances by one per step.
     """
     mean = grads.mean(0)
     hyper = _hyper(cfg)
@@ -165,6 +168,8 @@ def _path(
             g = sum(grads[idx].mean(0) for idx in batches[t]) / len(batches[t])  # type: ignore[assignment]
         d, state = rule.step_with_state(clip_by_norm(g, cfg.max_grad_norm), theta0, hyper, state)
         out[t] = lr * float(d @ gvec)
+        if bar is not None:
+            bar.update(1)
     return out
 
 
@@ -179,6 +184,7 @@ def predict_sft_curve(
     optimizer: str = "adamw",
     target_examples: Sequence[TokenizedExample] | None = None,
     compute: ComputeConfig | None = None,
+    progress: bool = False,
 ) -> SFTCurve:
     """The predicted per-step and cumulative change of the target over `cfg`'s schedule on `examples`.
 
@@ -186,7 +192,9 @@ def predict_sft_curve(
     is a falling loss). optimizer 'adamw' replays the trainer; any registered update rule may be
     simulated with `cfg`'s betas, eps and weight decay. A linear rule ('sgd': plain SGD steps)
     gets the Hessian noise term (a loss target needs `target_examples` for the Hessian), the
-    others the Monte Carlo one over `replicates` batch orders.
+    others the Monte Carlo one over `replicates` batch orders. progress=True shows tqdm bars on
+    stderr: the per-example gradients, then the replayed steps of every batch path (positive,
+    the trainer's seed, each replicate); False leaves the gradient bar to `compute.progress`.
     """
     cfg.validate()
     rule = get_update_rule(optimizer)
@@ -194,23 +202,31 @@ def predict_sft_curve(
         raise SampleEffectError(f"--replicates must be >= 1, got {replicates}")
     if not examples:
         raise SampleEffectError(f"dataset '{name}' is empty")
+    if progress:
+        compute = replace(compute or ComputeConfig(), progress=True)
     grads = example_gradient_matrix(model, params, examples, compute)
     acc = grads.dtype
     gvec = torch.cat([target.vector[n].flatten().to(acc) for n in params])
     theta0 = torch.cat([p.detach().flatten().to(acc) for p in params.values()])
     total = total_steps(cfg, len(examples))
     lrs = schedule_lrs(cfg, total)
-    positive = _path(grads, gvec, theta0, cfg, lrs, None, rule)
-    seed_path = _path(grads, gvec, theta0, cfg, lrs, batch_schedule(cfg, len(examples), total, cfg.seed), rule)
-    if not rule.is_linear:
-        reps = np.stack([
-            _path(grads, gvec, theta0, cfg, lrs, batch_schedule(cfg, len(examples), total, cfg.seed + 1 + r), rule)
-            for r in range(replicates)
-        ])
-        noise = reps.mean(0) - positive
-        noise_se = reps.std(0, ddof=1) / math.sqrt(replicates) if replicates > 1 else np.full(total, np.nan)
-    else:
-        noise, noise_se = _sgd_noise(model, params, grads, target, cfg, lrs, target_examples)
+    n_paths = 2 + (0 if rule.is_linear else replicates)
+    with tqdm(total=n_paths * total, desc=f"predict-sft {name}", unit="step", disable=not progress) as bar:
+        bar.set_postfix_str("positive effect")
+        positive = _path(grads, gvec, theta0, cfg, lrs, None, rule, bar)
+        bar.set_postfix_str("trainer's seed")
+        seed_path = _path(grads, gvec, theta0, cfg, lrs, batch_schedule(cfg, len(examples), total, cfg.seed), rule, bar)
+        if not rule.is_linear:
+            reps = []
+            for r in range(replicates):
+                bar.set_postfix_str(f"noise: batch order {r + 1}/{replicates}")
+                reps.append(_path(grads, gvec, theta0, cfg, lrs,
+                                  batch_schedule(cfg, len(examples), total, cfg.seed + 1 + r), rule, bar))
+            noise = np.stack(reps).mean(0) - positive
+            noise_se = np.stack(reps).std(0, ddof=1) / math.sqrt(replicates) if replicates > 1 else np.full(total, np.nan)
+        else:
+            bar.set_postfix_str("noise: Hessian trace")
+            noise, noise_se = _sgd_noise(model, params, grads, target, cfg, lrs, target_examples)
     predicted = positive + noise
     dataset_effect = _fresh_dataset_effect(grads, gvec, theta0, cfg, rule)
     start = target.target_loss

@@ -30,6 +30,35 @@ def save_figure(fig, path: str | os.PathLike) -> None:  # type: ignore[no-untype
     pyplot().close(fig)
 
 
+def integer_ticks(axis: Any) -> None:
+    """Put major ticks on whole numbers only (optimiser steps, counts)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def power_of_ten(values: Sequence[float], low: int = -2, high: int = 3) -> int:
+    """The exponent k to write values as v * 10^k on an axis: that of the largest |value|, 0 when it lies in [1e-2, 1e4)."""
+    import numpy as np
+
+    v = np.abs(np.asarray(values, dtype=float))
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size == 0:
+        return 0
+    k = int(np.floor(np.log10(v.max())))
+    return 0 if low <= k <= high else k
+
+
+def plain_ticks(axis: Any, nbins: int = 5) -> None:
+    """At most `nbins` ticks with plain labels: no offset text or exponent that could run into the label."""
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    axis.set_major_locator(MaxNLocator(nbins=nbins))
+    fmt = ScalarFormatter(useOffset=False)
+    fmt.set_scientific(False)
+    axis.set_major_formatter(fmt)
+
+
 def effects_by_group(table: pd.DataFrame, group: str, path: str | os.PathLike, title: str = "Sample effect by group") -> None:
     """Box plot with points: the distribution of sample effects per group (e.g. response style)."""
     plt = pyplot()
@@ -48,17 +77,61 @@ def effects_by_group(table: pd.DataFrame, group: str, path: str | os.PathLike, t
     save_figure(fig, path)
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def constant_value(values: Sequence[float], rtol: float = 1e-9) -> float | None:
+    """The common value when every finite value is the same (to rtol), else None (None too when there is none)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return None
+    lo, hi = float(v.min()), float(v.max())
+    return lo if hi - lo <= rtol * max(1.0, abs(lo), abs(hi)) else None
+
+
+def constant_ylim(value: float, is_fraction: bool) -> tuple[float, float]:
+    """A y range for a metric that never moves: the whole [0, 1] for a fraction (accuracy), else value +- a margin."""
+    if is_fraction:
+        return -0.03, 1.03
+    margin = max(0.1 * abs(value), 0.05)
+    return value - margin, value + margin
+
+
 def curves(runs: Mapping[str, pd.DataFrame], x: str, y: str, path: str | os.PathLike, title: str, ylabel: str | None = None) -> None:
-    """One line per run of metric `y` against `x`."""
+    """One line per run of metric `y` against `x`; a metric that never moves gets a sensible y range and a note.
+
+    Each run has its own marker and line style; when every value is the same the markers shrink
+    from run to run (hollow) so that lines drawn over each other all stay visible.
+    """
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for label, df in runs.items():
-        d = df.dropna(subset=[y])
-        ax.plot(d[x], d[y], marker="o", ms=3, label=label)
+    data = {label: df.dropna(subset=[y]) for label, df in runs.items()}
+    const = constant_value([v for d in data.values() for v in d[y]])
+    for i, (label, d) in enumerate(data.items()):
+        ms = max(3.0, 9.0 - 2.0 * i) if const is not None else 4.0
+        ax.plot(d[x], d[y], marker=MARKERS[i % len(MARKERS)], ms=ms, ls=LINESTYLES[i % len(LINESTYLES)],
+                mfc="none" if const is not None else None, mew=1.2, label=label)
+    is_fraction = "accuracy" in y.lower() or "accuracy" in (ylabel or "").lower()
+    if const is not None:
+        ax.set_ylim(*constant_ylim(const, is_fraction))
+        n = len(data)
+        note = (f"all {n} runs at {const:.3f} at every {x.replace('_', ' ')}" if n > 1
+                else f"constant at {const:.3f}") + ("\n(lines drawn over each other)" if n > 1 else "")
+        ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", fontsize=10,
+                bbox={"boxstyle": "round", "fc": "lightyellow", "ec": "0.6"})
+    elif is_fraction:
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(lo, -0.03), min(hi, 1.03))
+    if x in ("step", "optimiser_step", "global_step"):
+        integer_ticks(ax.xaxis)
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(ylabel or y.replace("_", " "))
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save_figure(fig, path)
 
@@ -72,6 +145,7 @@ def predicted_curves(curves_: Sequence[Any], path: str | os.PathLike) -> None:
         line = ax.plot(s["step"], s["cumulative"], label=f"{c.name}: positive + noise")[0]
         ax.plot(s["step"], s["positive"].cumsum(), ls="--", color=line.get_color(), lw=0.9, label=f"{c.name}: positive only")
     ax.axhline(0, color="grey", lw=0.8)
+    integer_ticks(ax.xaxis)
     ax.set_xlabel("optimiser step")
     sign = "drop of the target loss (nats)" if curves_ and curves_[0].start_value is not None else "target change"
     ax.set_ylabel(f"predicted cumulative {sign}")
@@ -92,6 +166,7 @@ def predicted_vs_actual(df: pd.DataFrame, path: str | os.PathLike, title: str = 
         if "predicted_second_order" in g and g["predicted_second_order"].notna().any():
             ax.plot(g["step"], g["predicted_second_order"], ls=":", color=line.get_color(),
                     label=f"{name}: predicted, with 2nd order")
+    integer_ticks(ax.xaxis)
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("target loss (nats/token)")
     ax.set_title(title)
@@ -115,6 +190,11 @@ def selection_bars(summary: pd.DataFrame, path: str | os.PathLike) -> None:
         for i, g in enumerate(groups):
             v = summary.loc[summary["group"] == g, m]
             ax.scatter([i] * len(v), v, color="k", s=12, zorder=3)
+        const = constant_value(summary[m])
+        if m == "accuracy_end" and const is not None:  # e.g. all zero: show it on the whole [0, 1], said in words
+            ax.set_ylim(*constant_ylim(const, True))
+            ax.text(0.5, 0.5, f"all {len(summary)} runs at {const:.3f}", transform=ax.transAxes, ha="center",
+                    va="center", bbox={"boxstyle": "round", "fc": "lightyellow", "ec": "0.6"})
         ax.set_xticks(range(len(groups)), groups)
         ax.set_xlabel("selection (k examples)")
         ax.set_ylabel("held-out target loss (nats/token)" if m == "target_loss_end" else "greedy accuracy")
@@ -142,6 +222,7 @@ def effects_ranked(table: pd.DataFrame, path: str | os.PathLike, title: str = "S
     ax2.axvline(0, color="grey", lw=0.8, ls="--")
     ax2.set_xlabel("sample effect e(s)")
     ax2.set_ylabel("examples")
+    integer_ticks(ax2.yaxis)
     pos = int((order > 0).sum())
     ax2.set_title(f"{pos} of {len(order)} positive" + (f"; {len(eff) - len(order)} non-finite left out" if len(eff) > len(order) else ""))
     fig.suptitle(title)
@@ -162,6 +243,7 @@ def predicted_curves_table(table: pd.DataFrame, path: str | os.PathLike, title: 
         # a loss target's `target` column is start - cumulative; a direction's is the cumulative change itself
         loss_target = loss_target or not np.allclose(g["target"].to_numpy(float), g["cumulative"].to_numpy(float))
     ax.axhline(0, color="grey", lw=0.8)
+    integer_ticks(ax.xaxis)
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("predicted cumulative " + ("drop of the target loss (nats)" if loss_target else "target change"))
     ax.set_title(title)
@@ -275,20 +357,111 @@ def logprob_quantile_curves(
     save_figure(fig, path)
 
 
-def predicted_vs_actual_bars(summary: pd.DataFrame, path: str | os.PathLike, label: str = "selection") -> None:
-    """Side by side per run: the predicted drop (first order, its own axis) and the actual drop of the target loss.
+def clip_to_start(predicted: Sequence[float], start: Sequence[float] | None) -> tuple[Any, Any]:
+    """Predicted loss drops capped at the starting loss (no loss falls below 0) and a mask of the capped ones.
 
-    Two panels rather than one overlay because a first-order prediction over many large steps can be
-    orders of magnitude off in size while still ordering the runs correctly; the panels compare order.
+    A drop counts as capped when it exceeds a finite starting loss; a predicted rise (negative drop)
+    and a missing start are left as they are.
     """
+    import numpy as np
+
+    pred = np.asarray(predicted, dtype=float)
+    if start is None:
+        return pred.copy(), np.zeros(pred.shape, dtype=bool)
+    cap = np.broadcast_to(np.asarray(start, dtype=float), pred.shape)
+    clipped = np.isfinite(cap) & np.isfinite(pred) & (pred > cap)
+    return np.where(clipped, cap, pred), clipped
+
+
+def _drop_bars(ax: Any, summary: pd.DataFrame, names: Sequence[str], predicted: str, actual: str | None) -> int:
+    """Predicted drops (capped at the start loss, hatched and annotated where capped) beside the actual ones.
+
+    The start loss (the largest possible drop) is drawn when it is within reach of the bars, so
+    that small drops are not flattened by it. Returns how many predictions were capped.
+    """
+    import numpy as np
+
+    x = np.arange(len(names))
+    start = summary["target_loss_start"].to_numpy(float) if "target_loss_start" in summary else None
+    raw = summary[predicted].to_numpy(float)
+    shown, clipped = clip_to_start(raw, start)
+    act = summary[actual].to_numpy(float) if actual else np.array([])
+    w = 0.38 if actual else 0.6
+    off = w / 2 if actual else 0.0
+    ax.bar(x - off, shown, w, color="lightsteelblue", edgecolor="k", lw=0.6, label="predicted (first order)")
+    if clipped.any():
+        ax.bar(x[clipped] - off, shown[clipped], w, color="mistyrose", edgecolor="firebrick", hatch="//", lw=0.8,
+               label="predicted, capped at the start loss")
+    if actual:
+        ax.bar(x + off, act, w, color="tab:blue", edgecolor="k", lw=0.6, label="actual")
+    top = np.nanmax(np.abs(np.concatenate([shown, act]))) if len(shown) else np.nan
+    if start is not None and np.isfinite(start).any() and (clipped.any() or top >= 0.5 * np.nanmin(start)):
+        ax.hlines(start, x - 0.45, x + 0.45, color="k", lw=1.5, zorder=3, label="start loss (largest possible drop)")
+        top = max(top, float(np.nanmax(start)))
+    for i in np.flatnonzero(clipped):
+        ax.annotate(f"linear regime\nexceeded\n(pred {raw[i]:.3g})", (x[i] - off, shown[i]), xytext=(0, 4),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=7, color="firebrick")
+    if np.isfinite(top) and top > 0:
+        ax.set_ylim(min(-0.05 * top, ax.get_ylim()[0]), top * 1.6)  # headroom for the legend and the notes
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
+    ax.legend(fontsize=6.5, loc="upper right", ncol=2)
+    return int(clipped.sum())
+
+
+def _rank_panel(ax: Any, summary: pd.DataFrame, names: Sequence[str]) -> None:
+    """Do the predictions order the runs right? Rank by predicted whole-run drop against rank by actual drop."""
+    import numpy as np
+
+    pred_rank = summary["predicted_drop"].rank(ascending=False, method="average").to_numpy(float)
+    act_rank = summary["actual_drop"].rank(ascending=False, method="average").to_numpy(float)
+    n = len(names)
+    ax.plot([0.5, n + 0.5], [0.5, n + 0.5], color="grey", ls="--", lw=0.8, label="same order")
+    ax.scatter(pred_rank, act_rank, s=40, color="tab:blue", zorder=3)
+    for i, name in enumerate(names):
+        ax.annotate(str(name), (pred_rank[i], act_rank[i]), xytext=(5, 3), textcoords="offset points", fontsize=7)
+    ax.set_xlim(0.5, n + 0.5)
+    ax.set_ylim(0.5, n + 0.5)
+    ax.set_aspect("equal", adjustable="box")
+    integer_ticks(ax.xaxis)
+    integer_ticks(ax.yaxis)
+    ax.set_xlabel("rank by predicted drop (1 = largest)")
+    ax.set_ylabel("rank by actual drop")
+    rho = float(np.corrcoef(pred_rank, act_rank)[0, 1]) if n >= 3 else float("nan")
+    ax.set_title(f"order of the runs: Spearman {rho:.2f}" if np.isfinite(rho) else "order of the runs")
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def predicted_vs_actual_bars(summary: pd.DataFrame, path: str | os.PathLike, label: str = "selection") -> None:
+    """Per run: predicted against actual drop of the target loss, the step-1 prediction, and the order of the runs.
+
+    A first-order prediction over many large steps can overshoot the loss itself (a drop larger than
+    the starting loss is impossible): such bars are capped at the start loss, hatched, and marked
+    'linear regime exceeded' with the raw prediction. The step-1 panel shows the prediction where the
+    linear picture is most likely to hold (capped the same way); the rank panel whether the
+    predictions order the runs as they came out.
+    """
+
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8))
-    names = list(summary[label])
-    for ax, col, title in ((axes[0], "predicted_drop", "predicted (first order)"), (axes[1], "actual_drop", "actual")):
-        ax.bar(range(len(names)), summary[col], color="lightsteelblue" if col == "predicted_drop" else "tab:blue")
+    names = [str(n) for n in summary[label]]
+    step1 = "predicted_drop_step1" in summary and summary["predicted_drop_step1"].notna().any()
+    panels = 3 if step1 else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.9 * panels, 4.4), squeeze=False)
+    ax0 = axes[0][0]
+    n_clipped = _drop_bars(ax0, summary, names, "predicted_drop", "actual_drop")
+    ax0.set_ylabel("drop of the target loss (nats/token)")
+    ax0.set_title("whole run: predicted vs actual")
+    if step1:
+        ax1 = axes[0][1]
+        have_actual = "actual_drop_step1" in summary and summary["actual_drop_step1"].notna().any()
+        capped1 = _drop_bars(ax1, summary, names, "predicted_drop_step1", "actual_drop_step1" if have_actual else None)
+        ax1.set_ylabel("drop of the target loss over step 1 (nats/token)")
+        ax1.set_title("first step only" + (": linear regime exceeded already" if capped1 else ""))
+    _rank_panel(axes[0][-1], summary, names)
+    for ax in axes[0][:-1]:
         ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel("drop of the target loss (nats/token)")
-        ax.set_title(title)
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle("Drop of the held-out target loss over the run, per selection")
+    ax0.set_xlabel(label)
+    note = f"{n_clipped} of {len(names)} whole-run predictions exceed the start loss (linear regime exceeded)"
+    fig.suptitle(f"Drop of the held-out target loss, per {label}" + (f"\n{note}" if n_clipped else ""))
     save_figure(fig, path)

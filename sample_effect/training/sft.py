@@ -77,6 +77,27 @@ def batch_loss(model: torch.nn.Module, batch: Sequence[TokenizedExample]) -> tor
     return example_losses(seq, owners, len(batch)).mean()
 
 
+def evaluate_accuracy(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[tuple[str, str]],
+    reward: Callable[..., float],
+    max_new_tokens: int,
+    bar: Any = None,
+    desc: str = "evaluating",
+) -> float:
+    """Mean reward of greedy completions, one prompt at a time, writing 'DESC k/n puzzles' on `bar` (a tqdm) as it goes."""
+    scores: list[float] = []
+    for k, item in enumerate(prompts):
+        if bar is not None:
+            bar.set_description_str(f"{desc} {k}/{len(prompts)} puzzles")
+        score, _ = greedy_accuracy(model, tokenizer, [item], reward, max_new_tokens)
+        scores.append(score)
+    if bar is not None:
+        bar.set_description_str(f"{desc} {len(prompts)}/{len(prompts)} puzzles")
+    return sum(scores) / len(scores) if scores else float("nan")
+
+
 def train_sft(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -109,25 +130,27 @@ def train_sft(
     out = Path(out_dir) if out_dir else None
     t0 = time.perf_counter()
 
-    def evaluate(step: int, train_loss: float | None) -> None:
+    def evaluate(step: int, train_loss: float | None, bar: Any) -> None:
         row: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch, "lr": sched.get_last_lr()[0], "train_loss": train_loss}
         model.eval()
         if eval_examples:
+            bar.set_description_str(f"sft: evaluating the loss on {len(eval_examples)} examples (step {step})")
             row["eval_loss"] = float(example_loss_values(model, eval_examples).mean())
         if eval_prompts and reward is not None:
-            row["eval_accuracy"], _ = greedy_accuracy(model, tokenizer, eval_prompts, reward, cfg.eval_max_new_tokens)
+            row["eval_accuracy"] = evaluate_accuracy(model, tokenizer, eval_prompts, reward, cfg.eval_max_new_tokens,
+                                                     bar, f"sft: evaluating (step {step})")
+        bar.set_description_str("sft")
         row["elapsed_s"] = time.perf_counter() - t0
         metrics.add(row)
 
     def state(step: int) -> dict:
         return {"step": step, "config": asdict(cfg), "metrics": metrics.rows}
 
-    evaluate(0, None)
     order: list[int] = []
     gen = torch.Generator().manual_seed(cfg.seed)
-    model.train()
     running: list[float] = []
     with tqdm(total=total, desc="sft", unit="step", disable=not progress) as bar:
+        evaluate(0, None, bar)
         for step in range(1, total + 1):
             model.train()
             opt.zero_grad(set_to_none=True)
@@ -147,11 +170,15 @@ def train_sft(
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}")
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == total:
-                evaluate(step, sum(running) / len(running))
+                evaluate(step, sum(running) / len(running), bar)
                 running = []
             if out is not None and cfg.save_every and step % cfg.save_every == 0 and step != total:
+                bar.set_description_str(f"sft: saving checkpoint-{step}")
                 save_checkpoint(model, tokenizer, opt, names, out / f"checkpoint-{step}", state(step))
-    model.eval()
-    if out is not None:
-        save_checkpoint(model, tokenizer, opt, names, out / "final", state(total))
+                bar.set_description_str("sft")
+        model.eval()
+        if out is not None:
+            bar.set_description_str("sft: saving final")
+            save_checkpoint(model, tokenizer, opt, names, out / "final", state(total))
+            bar.set_description_str("sft")
     return metrics.frame()

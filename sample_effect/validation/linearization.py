@@ -10,11 +10,12 @@ first-order picture breaks.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig, example_loss_values
@@ -54,8 +55,12 @@ def linearization_check(
     update: UpdateConfig,
     lrs: Sequence[float],
     compute: ComputeConfig | None = None,
+    progress: bool = False,
 ) -> LinearizationResult:
-    """Predicted (lr * e(s)) vs actual one-step drops of the mean target loss, for every lr."""
+    """Predicted (lr * e(s)) vs actual one-step drops of the mean target loss, for every lr.
+
+    progress=True shows tqdm bars on stderr: the effects, then one tick per real step (lr x example).
+    """
     from scipy.stats import pearsonr, spearmanr
 
     if not lrs or any(not lr > 0 for lr in lrs):
@@ -63,19 +68,24 @@ def linearization_check(
     if len(examples) < 3:
         raise SampleEffectError("the linearisation check needs at least 3 examples")
     compute = compute or ComputeConfig(progress=False)
+    if progress:
+        compute = replace(compute, progress=True)
     target = resolve_target(LossTarget(target_examples), model, params, examples, compute)
     effects = compute_effects(model, params, examples, target, update, compute=compute).effect
     base = float(example_loss_values(model, target_examples).mean())
     saved = {n: p.detach().clone() for n, p in params.items()}
     rows = []
-    for lr in lrs:
-        for ex, e in zip(examples, effects):
-            _real_step(model, params, ex, update, lr)
-            after = float(example_loss_values(model, target_examples).mean())
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(saved[n])
-            rows.append({"lr": lr, "id": ex.id, "effect": float(e), "predicted": lr * float(e), "actual": base - after})
+    with tqdm(total=len(lrs) * len(examples), desc="linearization: real steps", unit="step", disable=not progress) as bar:
+        for lr in lrs:
+            bar.set_postfix_str(f"lr {lr:.3g}")
+            for ex, e in zip(examples, effects):
+                _real_step(model, params, ex, update, lr)
+                after = float(example_loss_values(model, target_examples).mean())
+                with torch.no_grad():
+                    for n, p in params.items():
+                        p.copy_(saved[n])
+                rows.append({"lr": lr, "id": ex.id, "effect": float(e), "predicted": lr * float(e), "actual": base - after})
+                bar.update(1)
     df = pd.DataFrame(rows)
     summary = []
     for lr, g in df.groupby("lr", sort=True):
@@ -101,20 +111,29 @@ def rank_agreement(predicted: Sequence[float], actual: Sequence[float], count_ke
 
 
 def plot_linearization(result: LinearizationResult, path: str) -> None:
-    """One scatter panel per lr: predicted lr * e(s) against the actual drop, with the y = x line."""
-    from sample_effect.plots.figures import pyplot, save_figure
+    """One scatter panel per lr: predicted lr * e(s) against the actual drop, with the y = x line.
+
+    Each panel is drawn in units of 10^k nats (k from its largest value, named in the axis labels)
+    with a few plain ticks, so that small learning rates do not give long labels that run together.
+    """
+    from sample_effect.plots.figures import plain_ticks, power_of_ten, pyplot, save_figure
 
     plt = pyplot()
     lrs = list(result.summary["lr"])
-    fig, axes = plt.subplots(1, len(lrs), figsize=(3.6 * len(lrs), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(lrs), figsize=(3.8 * len(lrs), 3.8), squeeze=False)
     for ax, (_, s) in zip(axes[0], result.summary.iterrows()):
         g = result.rows[result.rows["lr"] == s["lr"]]
-        ax.scatter(g["predicted"], g["actual"], s=14)
-        lo, hi = min(g["predicted"].min(), g["actual"].min()), max(g["predicted"].max(), g["actual"].max())
+        k = power_of_ten(np.concatenate([g["predicted"].to_numpy(float), g["actual"].to_numpy(float)]))
+        pred, act = g["predicted"] / 10.0**k, g["actual"] / 10.0**k
+        ax.scatter(pred, act, s=14)
+        lo, hi = min(pred.min(), act.min()), max(pred.max(), act.max())
         ax.plot([lo, hi], [lo, hi], color="grey", ls="--", lw=0.8, label="y = x")
         ax.set_title(f"lr {s['lr']:.0e}: r = {s['pearson']:.4f}")
-        ax.set_xlabel("predicted drop lr * e(s) (nats)")
-        ax.set_ylabel("actual drop of target loss (nats)")
+        unit = "nats" if k == 0 else f"$10^{{{k}}}$ nats"
+        ax.set_xlabel(f"predicted drop lr * e(s) ({unit})")
+        ax.set_ylabel(f"actual drop of target loss ({unit})")
+        plain_ticks(ax.xaxis, 4)
+        plain_ticks(ax.yaxis, 5)
         ax.legend(loc="upper left")
     fig.suptitle("Linearisation check: one real step per example")
     save_figure(fig, path)
