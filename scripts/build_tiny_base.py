@@ -7,11 +7,17 @@ knows the puzzles' language and the reasoning moves but not the SFT answer forma
 a short SFT then teaches (the demo's job).
 
 Presets:
-- `tiny` (default, assets/tiny-kk): about 2.1M parameters, 2-4 person puzzles in all three
-  response styles; strong enough that a short SFT solves many 2- and 3-person puzzles.
-- `tiny-small` (assets/tiny-kk-small): the earlier 685K-parameter model, kept for fast tests.
+- `tiny` (default, assets/tiny-kk-v2): about 2.1M parameters, 2-4 person puzzles in all three
+  response styles. The shipped model is three stages, each continuing the one before:
 
-    python scripts/build_tiny_base.py --preset tiny [--steps N] [--threads 2]
+      python scripts/build_tiny_base.py --preset tiny --threads 1 --out /tmp/stage1          # 3600 steps
+      python scripts/build_tiny_base.py --preset tiny --threads 1 --continue-from /tmp/stage1 \
+          --steps 2000 --lr 1e-3 --out /tmp/stage2
+      python scripts/build_tiny_base.py --preset tiny-sft-prompts --threads 1 --continue-from /tmp/stage2
+
+  The third (`tiny-sft-prompts`) opens half of its texts with the SFT prompt (quiz plus the
+  \\boxed{} format instruction) but still ends them in the base answer line.
+- `tiny-small` (assets/tiny-kk-small): the earlier 685K-parameter model, kept for fast tests.
 
 Batches are drawn from length buckets (shuffled, seeded), so little compute goes to padding.
 Progress, the eval-loss curve, the wall time and a greedy base-format accuracy per puzzle size
@@ -30,7 +36,14 @@ from pathlib import Path
 import torch
 
 from sample_effect.data.examples import examples_from_records, tokenize_examples
-from sample_effect.data.kk import FORMAT_HINT, STYLES, generate_puzzles, quiz_text, response_text
+from sample_effect.data.kk import (
+    FORMAT_HINT,
+    STYLES,
+    generate_puzzles,
+    prompt_text,
+    quiz_text,
+    response_text,
+)
 from sample_effect.engine.core import collate
 from sample_effect.models.tiny import build_tiny_model, save_model, train_tokenizer
 from sample_effect.objectives.losses import example_losses, sft_sequence_loss
@@ -39,11 +52,21 @@ SEED = 100  # the demo, tests and experiments draw their puzzles with other seed
 
 PRESETS = {
     "tiny": {
-        "out": "sample_effect/assets/tiny-kk",
+        "out": "sample_effect/assets/tiny-kk-v2",
         "model": {"arch": "qwen2", "hidden": 192, "layers": 6, "heads": 4, "max_len": 2048},
         # puzzles per size, and the styles cycled over them
         "corpus": {2: (350, STYLES), 3: (6000, STYLES), 4: (4000, STYLES)},
         "max_tokens": 640, "steps": 3600, "batch_size": 16, "lr": 1.5e-3, "warmup": 200,
+    },
+    # A third stage on top of `tiny` (--continue-from): half of the texts open with the SFT prompt itself
+    # (the quiz plus the \\boxed{} format instruction) but still end in the base answer line, so the model
+    # reasons from the prompt a user's SFT data carries, and only the boxed answer line is left for SFT.
+    "tiny-sft-prompts": {
+        "out": "sample_effect/assets/tiny-kk-v2",
+        "model": {"arch": "qwen2", "hidden": 192, "layers": 6, "heads": 4, "max_len": 2048},
+        "corpus": {2: (390, STYLES), 3: (5000, STYLES), 4: (2500, STYLES)},
+        "sft_prompt_share": 0.5,
+        "max_tokens": 640, "steps": 1000, "batch_size": 16, "lr": 1e-3, "warmup": 100,
     },
     "tiny-small": {
         "out": "sample_effect/assets/tiny-kk-small",
@@ -59,19 +82,25 @@ def base_prompt(p) -> str:  # type: ignore[no-untyped-def]
     return f"Question:\n{quiz_text(p, SEED)}\nAnswer:\n"
 
 
-def base_text(p, style: str) -> str:  # type: ignore[no-untyped-def]
-    """One pre-training text: question, the style's reasoning without its boxed line, the plain answer."""
+def base_text(p, style: str, sft_prompt: bool = False) -> str:  # type: ignore[no-untyped-def]
+    """One pre-training text: question, the style's reasoning without its boxed line, the plain answer.
+
+    With sft_prompt the question is the SFT prompt (quiz plus format instruction) instead of the
+    "Question: ... Answer:" wrapper; the answer line stays the base one, never \\boxed{}.
+    """
     body = response_text(p, style).rsplit("\n", 1)[0] if style != "answer-only" else ""
     reasoning = (body + "\n") if body else ""
-    return f"{base_prompt(p)}{reasoning}So the answer is: {p.answer}."
+    prompt = prompt_text(p, SEED) if sft_prompt else base_prompt(p)
+    return f"{prompt}{reasoning}So the answer is: {p.answer}."
 
 
-def corpus(spec: dict) -> list[str]:
-    """Every pre-training text of a preset, in generation order."""
+def corpus(spec: dict, sft_prompt_share: float = 0.0) -> list[str]:
+    """Every pre-training text of a preset, in generation order (every k-th text in the SFT-prompt form)."""
     texts = []
+    every = round(1 / sft_prompt_share) if sft_prompt_share > 0 else 0
     for n, (count, styles) in spec.items():
         for i, p in enumerate(generate_puzzles(n, count, seed=SEED)):
-            texts.append(base_text(p, styles[i % len(styles)]))
+            texts.append(base_text(p, styles[i % len(styles)], sft_prompt=bool(every) and (i // len(styles)) % every == 0))
     return texts
 
 
@@ -114,6 +143,19 @@ def base_accuracy(model: torch.nn.Module, tok, n_people: int, count: int, max_ne
     return right / count
 
 
+@torch.no_grad()
+def sft_prompt_accuracy(model: torch.nn.Module, tok, n_people: int, count: int, max_new_tokens: int = 700) -> float:  # type: ignore[no-untyped-def]
+    """Greedy accuracy from the SFT prompt, counted on the base answer line (the SFT answer format is not known yet)."""
+    from sample_effect.rollouts.generation import sample
+
+    model.eval()
+    right = 0
+    for p in generate_puzzles(n_people, count, seed=SEED + 1):
+        comp = sample(model, tok, prompt_text(p, SEED + 1), n=1, max_new_tokens=max_new_tokens, temperature=0.0)[0]
+        right += int(f"So the answer is: {p.answer}." in comp.text)
+    return right / count
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
@@ -132,7 +174,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    texts = corpus(spec["corpus"])
+    texts = corpus(spec["corpus"], spec.get("sft_prompt_share", 0.0))
     # The tokenizer also sees the SFT format strings so \boxed{...} tokenises compactly.
     m = spec["model"]
     earlier = None
@@ -192,6 +234,8 @@ def main() -> None:
     t_eval = time.perf_counter()
     accuracy = {str(n): base_accuracy(model, tok, n, args.eval_count) for n in spec["corpus"]}
     print(f"greedy base-format accuracy on fresh puzzles: {accuracy} ({time.perf_counter() - t_eval:.0f}s)", flush=True)
+    from_sft_prompt = {str(n): sft_prompt_accuracy(model, tok, n, args.eval_count) for n in spec["corpus"]}
+    print(f"greedy accuracy from the SFT prompt (base answer line): {from_sft_prompt}", flush=True)
     info = {
         "preset": args.preset, "config": m, "corpus_puzzles": {str(n): c for n, (c, _) in spec["corpus"].items()},
         "corpus_styles": {str(n): list(s) for n, (_, s) in spec["corpus"].items()},
@@ -201,7 +245,9 @@ def main() -> None:
         "texts_dropped_over_max_tokens": len(data) - len(kept), "truncated": report.n_truncated,
         "train_seconds": round(train_seconds, 1), "build_seconds": round(time.perf_counter() - t0, 1),
         "eval_loss": curve["eval_loss"], "eval_steps": curve["step"], "eval_elapsed_s": curve["elapsed_s"],
-        "base_format_greedy_accuracy": accuracy, "accuracy_puzzles_per_size": args.eval_count,
+        "base_format_greedy_accuracy": accuracy,
+        "sft_prompt_greedy_accuracy": from_sft_prompt, "sft_prompt_share": spec.get("sft_prompt_share", 0.0),
+        "accuracy_puzzles_per_size": args.eval_count,
         "torch": torch.__version__,
     }
     if earlier is not None:  # a second stage: keep the first stage's record, and the total

@@ -50,7 +50,7 @@ from test_docs import COMMANDS, DOCS, documented_commands, env_prefix
 
 from sample_effect.cli.main import main
 from sample_effect.errors import SampleEffectError
-from sample_effect.models.registry import TINY
+from sample_effect.models.registry import TINY_SMALL
 
 # The docs' own `mkdir -p DIR` lines (e.g. `runs/`), applied before the later commands of their document.
 MKDIRS = documented_commands(r"^mkdir -p \S")
@@ -89,8 +89,8 @@ NEEDS_STRONGER_POLICY: dict[str, str] = {
     "  --finetune tiny --finetune-out runs/redistilled": "no completion was accepted by the reward",
 }
 # Flags naming what a command writes: removed before it runs, required after.
-OUTPUT_FLAGS = ("--out", "--export", "--finetune-out", "--ranking", "--rollouts")
-SIDE_SUFFIXES = (".json", ".csv", ".png", ".svg")  # what commands write next to an --out file
+OUTPUT_FLAGS = ("--out", "--export", "--finetune-out", "--ranking", "--rollouts", "--stability-out")
+SIDE_SUFFIXES = (".json", ".csv", ".png", ".svg", ".stability.csv")  # what commands write next to an --out file
 
 # Seed data: file -> `sample-effect kk` arguments (2-person puzzles, a handful each).
 SEED_DATA: dict[str, str] = {
@@ -191,7 +191,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def seed_dir(tmp_path_factory) -> Path:
     seed = tmp_path_factory.mktemp("docs-seed")
-    shutil.copytree(TINY, seed / "tiny-model")
+    shutil.copytree(TINY_SMALL, seed / "tiny-model")  # the 685K base keeps the documented commands fast
     with working_dir(seed):
         for name, args in SEED_DATA.items():
             run_cli(["kk", "--people", "2", *shlex.split(args), "--id-prefix", Path(name).stem, "--out", name, "--quiet"])

@@ -22,3 +22,13 @@ def test_tiny_v2_solves_fresh_two_person_puzzles_greedily():
         assert "\\boxed" not in text  # the base model does not know the SFT answer format
     # Guessing roles with the right names in order would get 6 / 24 on average; the 685K base solves 0 (it cannot copy names).
     assert right >= 7
+
+
+def test_tiny_base_does_not_write_the_sft_answer_format_from_the_sft_prompt():
+    """The property the paper relies on: the base reasons from the SFT prompt but never answers in \\boxed{}."""
+    from sample_effect.data.kk import prompt_text
+
+    model, tok = load_model(resolve_model("tiny"), "float32")
+    texts = [sample(model, tok, prompt_text(p, 778), n=1, max_new_tokens=300)[0].text for p in generate_puzzles(2, 8, seed=778)]
+    assert not any("\\boxed" in t for t in texts)
+    assert sum("So the answer is:" in t for t in texts) >= 6  # it does answer, in its own format
