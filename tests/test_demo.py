@@ -26,10 +26,12 @@ def test_shipped_tiny_model_loads_and_knows_kk():
 def test_demo_writes_report_figures_and_tables(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--out", str(out), "--n-pool", "4", "--n-target", "2", "--n-test", "2", "--top-k", "3",
-                 "--epochs", "1", "--max-new-tokens", "16", "--quiet"])
+                 "--epochs", "1", "--max-new-tokens", "16", "--rl-prompts", "4", "--rl-eval", "2", "--rl-steps", "2",
+                 "--rl-prompts-per-step", "2", "--group-size", "2", "--rl-max-new-tokens", "12", "--quiet"])
     assert code == 0, capsys.readouterr().err
     for f in ("report.md", "effects.csv", "top_k.jsonl", "selection.csv", "effects_by_style.png",
-              "selection_loss.png", "selection_accuracy.png", "predicted_vs_actual.png"):
+              "selection_loss.png", "selection_accuracy.png", "predicted_vs_actual.png", "rl_growth.png",
+              "rl_curves.csv", "rl_summary.json"):
         assert (out / f).stat().st_size > 0, f
     table = pd.read_csv(out / "effects.csv")
     assert len(table) == 12 and set(table["style"]) == {"answer-only", "short-cot", "long-cot"}
@@ -38,3 +40,13 @@ def test_demo_writes_report_figures_and_tables(tmp_path, capsys):
     assert "effects_by_style.png" in report and "| top-3 |" in report and "predicted drop" in report
     sel = pd.read_csv(out / "selection.csv")
     assert {"predicted_drop", "actual_drop"} <= set(sel.columns) and sel["predicted_drop"].notna().all()
+    # Part 4: two SFT starts, each with a prediction and a real GRPO run, and a verdict on their order.
+    rl = json.loads((out / "rl_summary.json").read_text())
+    assert [s["name"] for s in rl["starts"]] == ["sft-answer-only", "sft-short-cot"]
+    assert rl["verdict"]["predicted_order"] and "## 4. Which SFT start" in report and "**Verdict.**" in report
+    curves = pd.read_csv(out / "rl_curves.csv")
+    assert set(curves["step"]) == {0, 1, 2} and curves[["actual", "predicted"]].notna().all().all()
+    # The demo keeps what it fine-tunes, loadable as a model directory.
+    for d in ("sft-top-3", "start-short-cot", "grpo/sft-answer-only/run-0"):
+        assert (out / "checkpoints" / d / "final" / "config.json").exists(), d
+        assert (out / "checkpoints" / d / "final" / "tokenizer.json").exists(), d

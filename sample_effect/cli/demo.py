@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -37,10 +36,24 @@ def add_parsers(sub: SubParsers) -> None:
     p.add_argument("--n-target", type=int, default=24, help="held-out target puzzles (default 24)")
     p.add_argument("--n-test", type=int, default=24, help="held-out test puzzles for accuracy (default 24)")
     p.add_argument("--top-k", type=int, default=24, help="examples selected for fine-tuning (default 24)")
-    p.add_argument("--epochs", type=float, default=10.0, help="fine-tuning epochs over the k examples (default 10)")
-    p.add_argument("--lr", type=float, default=2e-3, help="fine-tuning and simulated AdamW lr (default 2e-3)")
+    p.add_argument("--epochs", type=float, default=20.0, help="fine-tuning epochs over the k examples (default 20)")
+    p.add_argument("--random-draws", type=int, default=5,
+                   help="random k-subsets fine-tuned for comparison with top-k and bottom-k (default 5; >= 2 gives an interval)")
+    p.add_argument("--lr", type=float, default=2e-4, help="fine-tuning and simulated AdamW lr (default 2e-4)")
     p.add_argument("--max-new-tokens", type=int, default=320, help="greedy generation limit for accuracy (default 320)")
     p.add_argument("--seed", type=int, default=0, help="seed of the puzzles, the random selections and training")
+    g = p.add_argument_group("RL from SFT starts (part 4 of the report)")
+    g.add_argument("--rl-starts", default="answer-only,short-cot",
+                   help="comma-separated response styles; each is one SFT start (the pool's examples in that style) "
+                        "from which RL growth is predicted and a real GRPO run made; '' skips the RL part "
+                        "(default answer-only,short-cot)")
+    g.add_argument("--rl-prompts", type=int, default=16, help="GRPO training puzzles (2-3 people; default 16)")
+    g.add_argument("--rl-eval", type=int, default=12, help="held-out puzzles for the RL accuracy curve (default 12)")
+    g.add_argument("--rl-steps", type=int, default=8, help="real GRPO steps per start (default 8)")
+    g.add_argument("--rl-lr", type=float, default=2e-4, help="GRPO lr (AdamW, clip 1.0; default 2e-4)")
+    g.add_argument("--group-size", type=int, default=8, help="rollouts per prompt (default 8)")
+    g.add_argument("--rl-prompts-per-step", type=int, default=4, help="prompts per GRPO step (default 4)")
+    g.add_argument("--rl-max-new-tokens", type=int, default=200, help="rollout length limit (default 200)")
     add_common_args(p)
     p.set_defaults(func=cmd_demo)
 
@@ -60,16 +73,50 @@ def kk_records(n: int, seed: int, styles: list[str], prefix: str) -> list[dict]:
 def _check_args(args: argparse.Namespace) -> Path:
     """Settings and --out checked before anything is loaded or written."""
     for flag, value in (("--n-pool", args.n_pool), ("--n-target", args.n_target), ("--n-test", args.n_test),
-                        ("--top-k", args.top_k), ("--max-new-tokens", args.max_new_tokens)):
+                        ("--top-k", args.top_k), ("--max-new-tokens", args.max_new_tokens), ("--random-draws", args.random_draws),
+                        ("--rl-prompts", args.rl_prompts), ("--rl-eval", args.rl_eval), ("--rl-steps", args.rl_steps),
+                        ("--rl-prompts-per-step", args.rl_prompts_per_step),
+                        ("--rl-max-new-tokens", args.rl_max_new_tokens)):
         if value < 1:
             raise SampleEffectError(f"{flag} must be >= 1, got {value}")
-    for flag, x in (("--epochs", args.epochs), ("--lr", args.lr)):
+    for flag, x in (("--epochs", args.epochs), ("--lr", args.lr), ("--rl-lr", args.rl_lr)):
         if not (math.isfinite(x) and x > 0):
             raise SampleEffectError(f"{flag} must be a positive number, got {x}")
+    if args.group_size < 2:
+        raise SampleEffectError(f"--group-size must be >= 2 (GRPO advantages need a group), got {args.group_size}")
+    if args.rl_prompts_per_step > args.rl_prompts:
+        raise SampleEffectError(f"--rl-prompts-per-step ({args.rl_prompts_per_step}) exceeds --rl-prompts ({args.rl_prompts})")
+    from sample_effect.data.kk import STYLES
+
+    bad = [s for s in rl_starts(args) if s not in STYLES]
+    if bad:
+        raise SampleEffectError(f"unknown --rl-starts style {bad[0]!r}; choose from {', '.join(STYLES)}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SampleEffectError(f"--out must be a directory, but {out} is a file")
     return out
+
+
+def sft_recipe(lr: float = 2e-4, steps: int = 120, seed: int = 0, max_new_tokens: int = 320) -> Any:
+    """The demo's SFT: AdamW, batch 4, clip 1.0, constant lr, the target loss evaluated 4 times.
+
+    The defaults are the demo's (20 epochs over 24 examples); both the selections and the RL
+    starts are fine-tuned with it.
+    """
+    from sample_effect.training import SFTConfig
+
+    return SFTConfig(lr=lr, batch_size=4, max_steps=steps, max_grad_norm=1.0, eval_every=max(1, steps // 4),
+                     seed=seed, eval_max_new_tokens=max_new_tokens)
+
+
+def rl_starts(args: argparse.Namespace) -> list[str]:
+    """The response styles named by --rl-starts, in order, without blanks or repeats."""
+    return list(dict.fromkeys(x.strip() for x in args.rl_starts.split(",") if x.strip()))
+
+
+def _slug(label: str) -> str:
+    """A directory name for a selection label ('random-24 (seed 0)' -> 'random-24-seed-0')."""
+    return "-".join("".join(c if c.isalnum() else " " for c in label).split())
 
 
 def _write_data(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[dict], list[dict]]:
@@ -112,41 +159,42 @@ def _rank_pool(args: argparse.Namespace, out: Path, model: Any, tok: Any, tok_po
     return result, table, k
 
 
-def _selections(args: argparse.Namespace, table: Any, k: int) -> dict[str, list[str]]:
-    """top-k, two random-k (seeded) and bottom-k ids of the ranked table."""
-    rng = random.Random(args.seed)
-    return {
-        f"top-{k}": list(table["id"].head(k)),
-        f"random-{k} (seed 0)": rng.sample(list(table["id"]), k),
-        f"random-{k} (seed 1)": rng.sample(list(table["id"]), k),
-        f"bottom-{k}": list(table["id"].tail(k)),
-    }
-
-
 def _train_selections(args: argparse.Namespace, model_dir: Any, tok: Any, tok_pool: list, tok_target: list,
                       test_items: list, selections: dict[str, list[str]], cfg: Any, say: Any) -> dict[str, Any]:
-    """Fine-tune a fresh base model on each selection; metrics per run."""
+    """Fine-tune a fresh base model on each selection; target loss every eval, greedy accuracy at the start and end.
+
+    Greedy accuracy is the slow measurement, so it is taken twice per run (the base model's once,
+    shared by every run) rather than at every evaluation; the checkpoint of each run is kept.
+    """
     import torch
 
     from sample_effect.models.loading import load_model
+    from sample_effect.rollouts.generation import greedy_accuracy
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.training import train_sft
 
     index = {ex.id: i for i, ex in enumerate(tok_pool)}
     reward = get_reward("kk")
+    base, _ = load_model(model_dir, "float32")
+    say(f"greedy accuracy of the base model on {len(test_items)} test puzzles")
+    start_acc, _ = greedy_accuracy(base.eval(), tok, test_items, reward, args.max_new_tokens)
     runs = {}
-    for label, ids in selections.items():
+    for n, (label, ids) in enumerate(selections.items(), 1):
         fresh, _ = load_model(model_dir, "float32")
         torch.manual_seed(args.seed)
-        runs[label] = train_sft(fresh, tok, [tok_pool[index[i]] for i in ids], cfg, eval_examples=tok_target,
-                                eval_prompts=test_items, reward=reward, progress=not args.quiet)
-        last = runs[label].iloc[-1]
-        say(f"{label}: target loss {last['eval_loss']:.3f}, test accuracy {last['eval_accuracy']:.3f}")
+        say(f"[{n}/{len(selections)}] fine-tuning on {label}")
+        df = train_sft(fresh, tok, [tok_pool[index[i]] for i in ids], cfg, eval_examples=tok_target,
+                       progress=not args.quiet, out_dir=Path(args.out) / "checkpoints" / f"sft-{_slug(label)}")
+        end_acc, _ = greedy_accuracy(fresh.eval(), tok, test_items, reward, args.max_new_tokens)
+        df["eval_accuracy"] = float("nan")
+        df.loc[df.index[0], "eval_accuracy"], df.loc[df.index[-1], "eval_accuracy"] = start_acc, end_acc
+        runs[label] = df
+        say(f"{label}: target loss {df['eval_loss'].iloc[-1]:.3f}, test accuracy {end_acc:.3f}")
     return runs
 
 
 def _summary(out: Path, model: Any, tok_pool: list, result: Any, table: Any, selections: dict[str, list[str]],
-             runs: dict[str, Any], cfg: Any, k: int) -> Any:
+             runs: dict[str, Any], cfg: Any, k: int, progress: bool = False) -> Any:
     """Predict each selection's curve (predict-sft) against its real run; write the figures and selection.csv."""
     import pandas as pd
 
@@ -159,14 +207,16 @@ def _summary(out: Path, model: Any, tok_pool: list, result: Any, table: Any, sel
     index = {ex.id: i for i, ex in enumerate(tok_pool)}
     predicted = {
         label: predict_sft_curve(model, select_parameters(model), [tok_pool[index[i]] for i in ids], result.target,
-                                 cfg, label, replicates=4, compute=ComputeConfig(batch_size=8, progress=False))
+                                 cfg, label, replicates=4, compute=ComputeConfig(batch_size=8, progress=False),
+                                 progress=progress)
         for label, ids in selections.items()
     }
     curves(runs, "step", "eval_loss", out / "selection_loss.png", f"Held-out target loss while fine-tuning on {k} examples",
            "held-out answer loss (nats/token)")
-    curves(runs, "step", "eval_accuracy", out / "selection_accuracy.png", "Greedy test accuracy (K&K reward)", "accuracy")
+    curves({lab: df.dropna(subset=["eval_accuracy"]) for lab, df in runs.items()}, "step", "eval_accuracy",
+           out / "selection_accuracy.png", "Greedy test accuracy (K&K reward), before and after fine-tuning", "accuracy")
     summary = pd.DataFrame(
-        [{"selection": lab, "target_loss_start": df["eval_loss"].iloc[0], "target_loss_end": df["eval_loss"].iloc[-1],
+        [{"selection": lab, "group": lab.split("-")[0], "target_loss_start": df["eval_loss"].iloc[0], "target_loss_end": df["eval_loss"].iloc[-1],
           "accuracy_start": df["eval_accuracy"].iloc[0], "accuracy_end": df["eval_accuracy"].iloc[-1],
           "mean_effect": float(table.set_index("id").loc[selections[lab], "effect"].mean()),
           "predicted_drop": float(predicted[lab].steps["cumulative"].iloc[-1]),
@@ -178,12 +228,67 @@ def _summary(out: Path, model: Any, tok_pool: list, result: Any, table: Any, sel
     return summary
 
 
+def _rl_prompts(args: argparse.Namespace) -> tuple[list, list]:
+    """Fresh GRPO training and held-out puzzles (2-3 people), as RL prompts in the SFT prompt format."""
+    from sample_effect.training.grpo import RLPrompt
+
+    base_seed = 10_000 + 3 * args.seed + 1_000
+    train = kk_records(args.rl_prompts, base_seed, ["answer-only"], "rl")
+    held = kk_records(args.rl_eval, base_seed + 1, ["answer-only"], "rl-eval")
+    return [[RLPrompt(r["id"], r["prompt"], r["answer"]) for r in recs] for recs in (train, held)]
+
+
+def _rl_stage(args: argparse.Namespace, out: Path, model_dir: Any, tok: Any, tok_pool: list, cfg: Any,
+              say: Any) -> dict[str, Any] | None:
+    """Part 4: SFT one start per --rl-starts style, predict its RL growth, run real GRPO, compare the orderings."""
+    from sample_effect.engine.core import ComputeConfig
+    from sample_effect.io import atomic_open, write_table
+    from sample_effect.models.loading import load_model
+    from sample_effect.plots.rl import rl_start_curves
+    from sample_effect.training import train_sft
+    from sample_effect.training.grpo import GRPOConfig
+    from sample_effect.validation.rl_accuracy import AccuracyCurveConfig
+    from sample_effect.validation.rl_starts import compare_rl_starts, ordering_verdict, verdict_text
+
+    styles = rl_starts(args)
+    if not styles:
+        return None
+    import torch
+
+    ckpt = out / "checkpoints"
+    loaders = {}
+    for style in styles:
+        data = [ex for ex in tok_pool if ex.id.startswith(f"pool-{style}-")]
+        say(f"SFT start '{style}': {len(data)} examples, {cfg.max_steps} steps -> {ckpt / f'start-{style}'}")
+        fresh, _ = load_model(model_dir, "float32")
+        torch.manual_seed(args.seed)
+        train_sft(fresh, tok, data, cfg, out_dir=ckpt / f"start-{style}", progress=not args.quiet)
+        loaders[f"sft-{style}"] = (lambda d=ckpt / f"start-{style}" / "final": load_model(d, "float32"))
+    prompts, held = _rl_prompts(args)
+    grpo = GRPOConfig(lr=args.rl_lr, steps=args.rl_steps, prompts_per_step=args.rl_prompts_per_step,
+                      group_size=args.group_size, temperature=1.0, max_new_tokens=args.rl_max_new_tokens,
+                      max_grad_norm=1.0, eval_every=max(1, args.rl_steps // 4), seed=args.seed)
+    curve = AccuracyCurveConfig(eval_samples=4, target_samples=4, runs=1, noise_draws=64)
+    df, summaries = compare_rl_starts(loaders, prompts, held, "kk", grpo, curve, ComputeConfig(progress=not args.quiet),
+                                      out_dir=ckpt / "grpo", say=say)
+    write_table(df, out / "rl_curves.csv")
+    verdict = ordering_verdict(summaries) if len(summaries) > 1 else None
+    rl_start_curves(df, summaries, out / "rl_growth.png")
+    with atomic_open(out / "rl_summary.json") as f:
+        json.dump({"starts": [{k: v for k, v in s.items() if k != "prediction"} for s in summaries], "verdict": verdict,
+                   "grpo": vars(grpo)}, f, indent=2, default=str)
+    if verdict is not None:
+        say(verdict_text(verdict))
+    return {"summaries": summaries, "verdict": verdict, "grpo": grpo, "n_prompts": len(prompts), "n_held": len(held)}
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """`sample-effect demo`: generate, rank, fine-tune on selections, predict, report."""
     from sample_effect.data.examples import examples_from_records, tokenize_examples
+    from sample_effect.io import atomic_open
     from sample_effect.models.loading import load_model
     from sample_effect.models.registry import resolve_model
-    from sample_effect.training import SFTConfig
+    from sample_effect.validation.selection import selection_sets, selection_verdict
 
     out = _check_args(args)
     t0 = time.perf_counter()
@@ -204,24 +309,99 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     result, table, k = _rank_pool(args, out, model, tok, tok_pool, tok_target, examples)
     say(f"ranked in {time.perf_counter() - t0:.0f}s; fine-tuning on top-{k} vs random-{k}")
-    selections = _selections(args, table, k)
+    selections = selection_sets(table, k, args.random_draws, seed=args.seed)
     steps = max(1, round(args.epochs * k / 4))
-    cfg = SFTConfig(lr=args.lr, batch_size=4, max_steps=steps, max_grad_norm=1.0, eval_every=max(1, steps // 4),
-                    seed=args.seed, eval_max_new_tokens=args.max_new_tokens)
+    cfg = sft_recipe(args.lr, steps, args.seed, args.max_new_tokens)
     runs = _train_selections(args, model_dir, tok, tok_pool, tok_target, test_items, selections, cfg, say)
     # What the growth predictor said about each selection before training (same schedule, frozen gradients).
     say("predicting each selection's curve (predict-sft) to set against the real runs")
-    summary = _summary(out, model, tok_pool, result, table, selections, runs, cfg, k)
+    summary = _summary(out, model, tok_pool, result, table, selections, runs, cfg, k, progress=not args.quiet)
+    verdict = selection_verdict(summary) if args.random_draws >= 2 else None
+    if verdict is not None:
+        with atomic_open(out / "selection_verdict.json") as f:
+            json.dump(verdict, f, indent=2)
+        say(verdict.get("verdict", ""))
+    rl = _rl_stage(args, out, model_dir, tok, tok_pool, cfg, say)
     per_style = table.groupby("style")["effect"].agg(["mean", "std", "count"]).sort_values("mean", ascending=False)
     elapsed = time.perf_counter() - t0
-    write_report(out, args, table, per_style, summary, k, steps, elapsed, str(model_dir))
+    write_report(out, args, table, per_style, summary, k, steps, elapsed, str(model_dir), rl, verdict)
     if per_style.empty:
         raise SampleEffectError("demo produced no effects")
     print(f"demo: done in {elapsed:.0f}s; report: {out / 'report.md'}")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
-def write_report(out: Path, args, table, per_style, summary, k, steps, elapsed, model_desc) -> None:  # type: ignore[no-untyped-def]
+def rl_report_lines(rl: dict[str, Any] | None) -> list[str]:
+    """Part 4 of the report: the RL prediction per start, the real GRPO result and the ordering verdict."""
+    from sample_effect.validation.rl_starts import verdict_text
+
+    if rl is None:
+        return []
+    g = rl["grpo"]
+    rows = []
+    for s in rl["summaries"]:
+        lo, hi = s["predicted_total_change_ci95"]
+        train_zv = s.get("train_zero_variance_fraction")
+        rows.append(f"| {s['name']} | {s['start_accuracy']:.3f} | {s['predicted_growth_per_step']:+.4f} | "
+                    f"{s['predicted_total_change']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {s['actual_total_change']:+.3f} | "
+                    f"{s['predicted_zero_variance_fraction']:.0%} | {'-' if train_zv is None else f'{train_zv:.0%}'} |")
+    verdict = rl["verdict"]
+    return [
+        "## 4. Which SFT start makes RL grow fastest?",
+        "",
+        f"Each start is the base model fine-tuned on the pool's examples of one response style. Before any RL, "
+        f"`predict-rl` predicted the growth of held-out accuracy ({rl['n_held']} puzzles, 4 samples each at "
+        f"temperature 1) per GRPO step under the all-or-nothing `kk` reward: the positive effect plus the AdamW "
+        f"batch-noise term, with a 95% interval, from {g.group_size} rollouts of each of {rl['n_prompts']} training "
+        f"puzzles. Then a real GRPO run ({g.steps} steps, {g.prompts_per_step} prompts x {g.group_size} rollouts, "
+        f"lr {g.lr}, clip 1.0) started from the same weights.",
+        "",
+        "| start | accuracy at step 0 | predicted growth / step | predicted change [95%] | actual change | "
+        "zero-variance groups (start) | (during GRPO) |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"**Verdict.** {verdict_text(verdict)}" if verdict is not None else "One start only: no ordering to check.",
+        "",
+        "One GRPO run per start and a few held-out puzzles: the actual change carries sampling noise of the "
+        "order of 1/sqrt(puzzles x samples). Checkpoints: checkpoints/start-STYLE/final (SFT) and "
+        "checkpoints/grpo/sft-STYLE/run-0/final (GRPO); the rows are in rl_curves.csv and rl_summary.json.",
+        "",
+        "![RL growth](rl_growth.png)",
+        "",
+    ]
+
+
+def selection_verdict_lines(verdict: dict[str, Any] | None) -> list[str]:
+    """The selection check in numbers: top-k and bottom-k against the random runs' mean and 95% intervals."""
+    if verdict is None:
+        return []
+    lines = [f"Against {verdict['n_random']} random selections (mean, 95% interval of the mean, 95% prediction "
+             "interval of one more random run):", "",
+             "| metric | top-k | random mean [95% CI] | random prediction interval | bottom-k |", "|---|---|---|---|---|"]
+    for metric, name in (("target_loss_end", "target loss at the end"), ("accuracy_end", "test accuracy at the end")):
+        m = verdict.get(metric)
+        if m is None:
+            continue
+        (clo, chi), (plo, phi) = m["random_mean_ci95"], m["random_prediction_interval95"]
+        lines.append(f"| {name} | {m['top']:.3f} | {m['random_mean']:.3f} [{clo:.3f}, {chi:.3f}] | "
+                     f"[{plo:.3f}, {phi:.3f}] | {m['bottom']:.3f} |")
+    return [*lines, "", f"**Verdict.** {verdict.get('verdict', 'no loss metric')}.", ""]
+
+
+def _versions() -> str:
+    """Python and the numerical packages the numbers came from (two installs can differ in the last digits)."""
+    import platform
+
+    import numpy
+    import torch
+    import transformers
+
+    return (f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"transformers {transformers.__version__}, numpy {numpy.__version__}")
+
+
+def write_report(out: Path, args, table, per_style, summary, k, steps, elapsed, model_desc, rl=None, verdict=None) -> None:  # type: ignore[no-untyped-def]
     from sample_effect.io import atomic_open
 
     lines = [
@@ -255,6 +435,7 @@ def write_report(out: Path, args, table, per_style, summary, k, steps, elapsed, 
             for _, r in summary.iterrows()
         ],
         "",
+        *selection_verdict_lines(verdict),
         "![target loss](selection_loss.png)",
         "",
         "### Predicted before training vs what happened",
@@ -284,10 +465,12 @@ def write_report(out: Path, args, table, per_style, summary, k, steps, elapsed, 
             for _, r in table.head(10).iterrows()
         ],
         "",
+        *rl_report_lines(rl),
         f"Files: effects.csv (every example, ranked), top_k.jsonl (the top {k} in input format), selection.csv, "
-        "pool.jsonl, target.jsonl, test.jsonl, and the figures above.",
+        "pool.jsonl, target.jsonl, test.jsonl, the fine-tuned checkpoints under checkpoints/ (model, tokenizer, "
+        "optimizer state), and the figures above.",
         "",
-        f"Run time: {elapsed:.0f} s.",
+        f"Run time: {elapsed:.0f} s. {_versions()}.",
     ]
     with atomic_open(out / "report.md") as f:
         f.write("\n".join(lines) + "\n")

@@ -14,8 +14,10 @@ accuracy; what is compared is the slope.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,7 @@ from sample_effect.engine.core import ComputeConfig
 from sample_effect.errors import SampleEffectError
 from sample_effect.growth.rl import RLPredictConfig, predict_rl
 from sample_effect.rollouts.groups import sample_groups
+from sample_effect.rollouts.rewards import get_reward
 from sample_effect.targets.core import AccuracyTarget
 from sample_effect.training.grpo import GRPOConfig, RLPrompt, train_grpo
 from sample_effect.validation.rl_curves import grpo_lrs, slope, trainer_update
@@ -73,14 +76,17 @@ def rl_accuracy_curve(
     cfg: GRPOConfig,
     curve: AccuracyCurveConfig | None = None,
     compute: ComputeConfig | None = None,
+    out_dir: str | os.PathLike | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One checkpoint: (rows of step, run, actual and predicted held-out accuracy; summary record).
 
     `load()` returns an untrained (model, tokenizer) of the checkpoint each time: the first serves
-    the prediction, each run trains its own (trainer seeds cfg.seed + run).
+    the prediction, each run trains its own (trainer seeds cfg.seed + run). With `out_dir` each
+    run's GRPO checkpoint is kept under out_dir/run-R (model, tokenizer, optimizer state).
     """
     compute = compute or ComputeConfig()
     cfg, curve = cfg.validate(), (curve or AccuracyCurveConfig()).validate()
+    reward = get_reward(reward) if isinstance(reward, str) else reward  # the trainer takes the function
     if not eval_prompts:
         raise SampleEffectError("no held-out prompts for the accuracy curve")
     model, tok = load()
@@ -104,8 +110,9 @@ def rl_accuracy_curve(
     frames = []
     for run in range(curve.runs):
         fresh, ftok = load()
+        run_dir = Path(out_dir) / f"run-{run}" if out_dir is not None else None
         metrics = train_grpo(fresh, ftok, prompts, reward, replace(cfg, seed=cfg.seed + run, eval_every=cfg.eval_every or 1),
-                             on_eval=evaluate, progress=compute.progress)
+                             out_dir=run_dir, on_eval=evaluate, progress=compute.progress)
         m = metrics.dropna(subset=["heldout_accuracy"])[["step", "heldout_accuracy", "zero_variance_groups"]].copy()
         m["run"] = run
         frames.append(m)
