@@ -20,6 +20,7 @@ from sample_effect.cli.options import (
     data_format_from_args,
     engine_configs_from_args,
     load_model_from_args,
+    nonneg_int,
     positive_int,
     require_parquet,
     target_from_args,
@@ -56,9 +57,89 @@ def add_parsers(sub: SubParsers) -> None:
     add_lora_args(p)
     p.add_argument("--export", metavar="FILE.jsonl", help="write the top-k examples in the input's own format")
     add_cache_args(p)  # --cache-dir, --resume, --shard-size
+    add_stability_args(p)
     add_common_args(p)
     add_data_format_args(p)
     p.set_defaults(func=cmd_rank)
+
+
+def add_stability_args(p: argparse.ArgumentParser) -> None:
+    """--stability and its settings: how stable the top-k is under resampled targets, checkpoints and orders."""
+    g = p.add_argument_group("rank stability (with --stability)")
+    g.add_argument("--stability", action="store_true",
+                   help="after ranking, re-rank under bootstrap-resampled target sets, other checkpoints and other "
+                   "example orders, and report Spearman and top-k overlap with the ranking, with intervals")
+    g.add_argument("--stability-resamples", type=nonneg_int, default=None, metavar="N",
+                   help="bootstrap resamples of the target set (0 = none; needs --target-data or --target self) "
+                   "(default: 8)")
+    g.add_argument("--stability-checkpoints", nargs="+", default=None, metavar="DIR",
+                   help="other model directories to rank at, e.g. the last saved checkpoints of the run (default: none)")
+    g.add_argument("--stability-orders", type=nonneg_int, default=None, metavar="N",
+                   help="extra shuffled example orders / chunk sizes; these must agree exactly with the ranking "
+                   "(default: 2)")
+    g.add_argument("--stability-top-k", type=positive_int, default=None, metavar="K",
+                   help="k of the top-k overlap (default: --top-k if given, else 10)")
+    g.add_argument("--stability-seed", type=int, default=0, metavar="SEED", help="seed of the resamples and orders")
+    g.add_argument("--stability-out", metavar="FILE", default=None,
+                   help="table of every comparison, .csv or .parquet (default: <--out stem>.stability.csv next to --out)")
+
+
+STABILITY_OPTIONS = ("stability_resamples", "stability_checkpoints", "stability_orders", "stability_top_k",
+                     "stability_out")
+
+
+def _stability_plan(args: argparse.Namespace, out: Path | None) -> tuple[Path, Any] | None:
+    """--stability's output file (--stability-out or next to --out) and its validated StabilityConfig, both
+    checked before any compute; None without --stability (or with --explain)."""
+    from sample_effect.io import check_output_path
+
+    given = [f"--{name.replace('_', '-')}" for name in STABILITY_OPTIONS if getattr(args, name, None) is not None]
+    if given and not args.stability:
+        raise SampleEffectError(f"{given[0]} only applies with --stability")
+    if not args.stability or out is None:
+        return None
+    if args.projection:
+        raise SampleEffectError("--stability re-scores the examples exactly; it does not combine with --projection")
+    if args.stability_checkpoints and args.lora_r:
+        raise SampleEffectError("--stability-checkpoints with --lora-r: fresh adapters differ per model; pass adapter "
+                                "directories as --model and --stability-checkpoints instead")
+    path = Path(args.stability_out) if args.stability_out else out.with_name(f"{out.stem}.stability.csv")
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise SampleEffectError(f"--stability-out must end in .csv or .parquet, got '{path.name}'")
+    if path.suffix.lower() == ".parquet":
+        require_parquet()
+    if path.resolve() in {out.resolve(), *([Path(args.export).resolve()] if args.export else [])}:
+        raise SampleEffectError("--stability-out must differ from --out and --export")
+    check_output_path(path, args.overwrite)
+    return path, _stability_config(args)
+
+
+def _stability_config(args: argparse.Namespace) -> Any:
+    """The StabilityConfig of the --stability-* flags; no target resampling for a target that is not a loss over examples."""
+    from sample_effect.models.loading import check_model_dir
+    from sample_effect.models.registry import resolve_model
+    from sample_effect.runtime.distributed import is_distributed
+    from sample_effect.validation.stability import StabilityConfig
+
+    if is_distributed():
+        raise SampleEffectError("--stability runs in one process; run it without torchrun")
+    resamples = 8 if args.stability_resamples is None else args.stability_resamples
+    if not (args.target_data or args.target == "self") and resamples:
+        if args.stability_resamples:
+            raise SampleEffectError("--stability-resamples resamples a target set: it needs --target-data or --target self")
+        log.warning("--stability: the target is not a loss over examples, so there is no target set to resample; "
+                    "target resampling skipped")
+        resamples = 0
+    for spec in args.stability_checkpoints or []:
+        try:
+            check_model_dir(resolve_model(spec))
+        except SampleEffectError as exc:
+            raise SampleEffectError(f"--stability-checkpoints: {exc}") from None
+    return StabilityConfig(
+        resamples=resamples, checkpoints=list(args.stability_checkpoints or []),
+        orders=2 if args.stability_orders is None else args.stability_orders,
+        top_k=args.stability_top_k or args.top_k or 10, seed=args.stability_seed,
+    ).validate()
 
 
 def _check_outputs(args: argparse.Namespace) -> Path | None:
@@ -93,6 +174,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
 
     fmt = data_format_from_args(args)
     out = _check_outputs(args)
+    stability = _stability_plan(args, out)
     update, compute = engine_configs_from_args(args)
 
     t0 = time.perf_counter()
@@ -114,6 +196,27 @@ def cmd_rank(args: argparse.Namespace) -> None:
     if result is None:  # a torchrun rank other than 0: rank 0 writes the output
         return
     _write(args, out, result, examples, t0)
+    if stability is not None:
+        _stability(args, stability, (model, tokenizer), (examples, target_examples), target, (update, compute), result)
+
+
+def _stability(args: argparse.Namespace, plan: tuple[Path, Any], loaded: tuple[Any, Any], data: tuple[list, list | None],
+               target: Any, configs: tuple[Any, Any], result: Any) -> None:
+    """`--stability`: re-rank under resampled targets, checkpoints and orders; write the rows, print the summary."""
+    from sample_effect.io import write_table
+    from sample_effect.validation.stability import rank_stability
+
+    path, config = plan
+    examples, target_examples = data
+    resample_set = (target_examples if target_examples is not None else examples) if config.resamples else None
+    report = rank_stability(
+        *loaded, examples, resample_set, *configs, config, lambda p: load_model_from_args(args, spec=p),
+        target=target, reference=result, params=args.params, optimizer_state=args.optimizer_state,
+        max_length=args.max_length,
+    )
+    write_table(report.rows, path)
+    print(report.render())
+    print(f"wrote {len(report.rows)} stability comparisons to {path}")
 
 
 def _score(args: argparse.Namespace, model: Any, tokenizer: Any, tokenized: list, target: Any, update: Any,
