@@ -398,8 +398,10 @@ def _drop_bars(ax: Any, summary: pd.DataFrame, names: Sequence[str], predicted: 
     if start is not None and np.isfinite(start).any() and (clipped.any() or top >= 0.5 * np.nanmin(start)):
         ax.hlines(start, x - 0.45, x + 0.45, color="k", lw=1.5, zorder=3, label="start loss (largest possible drop)")
         top = max(top, float(np.nanmax(start)))
+    crowded = len(x) > 4  # many bars: the figure's title says "linear regime exceeded"; each bar keeps its raw value
     for i in np.flatnonzero(clipped):
-        ax.annotate(f"linear regime\nexceeded\n(pred {raw[i]:.3g})", (x[i] - off, shown[i]), xytext=(0, 4),
+        text = f"pred\n{raw[i]:.3g}" if crowded else f"linear regime\nexceeded\n(pred {raw[i]:.3g})"
+        ax.annotate(text, (x[i] - off, shown[i]), xytext=(0, 4),
                     textcoords="offset points", ha="center", va="bottom", fontsize=7, color="firebrick")
     if np.isfinite(top) and top > 0:
         ax.set_ylim(min(-0.05 * top, ax.get_ylim()[0]), top * 1.6)  # headroom for the legend and the notes
