@@ -159,9 +159,11 @@ def _rank_pool(args: argparse.Namespace, out: Path, model: Any, tok: Any, tok_po
     return result, table, k
 
 
-def _train_selections(args: argparse.Namespace, model_dir: Any, tok: Any, tok_pool: list, tok_target: list,
+def _train_selections(args: argparse.Namespace, model_dir: Any, base: Any, tok: Any, tok_pool: list, tok_target: list,
                       test_items: list, selections: dict[str, list[str]], cfg: Any, say: Any) -> dict[str, Any]:
-    """Fine-tune a fresh base model on each selection; target loss every eval, greedy accuracy at the start and end.
+    """Fine-tune a fresh copy of the base model on each selection; target loss every eval, greedy accuracy at the start and end.
+
+    `base` is the already loaded base model (only evaluated here, never trained).
 
     Greedy accuracy is the slow measurement, so it is taken twice per run (the base model's once,
     shared by every run) rather than at every evaluation; the checkpoint of each run is kept.
@@ -175,7 +177,6 @@ def _train_selections(args: argparse.Namespace, model_dir: Any, tok: Any, tok_po
 
     index = {ex.id: i for i, ex in enumerate(tok_pool)}
     reward = get_reward("kk")
-    base, _ = load_model(model_dir, "float32")
     say(f"greedy accuracy of the base model on {len(test_items)} test puzzles")
     start_acc, _ = greedy_accuracy(base.eval(), tok, test_items, reward, args.max_new_tokens)
     runs = {}
@@ -312,7 +313,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     selections = selection_sets(table, k, args.random_draws, seed=args.seed)
     steps = max(1, round(args.epochs * k / 4))
     cfg = sft_recipe(args.lr, steps, args.seed, args.max_new_tokens)
-    runs = _train_selections(args, model_dir, tok, tok_pool, tok_target, test_items, selections, cfg, say)
+    runs = _train_selections(args, model_dir, model, tok, tok_pool, tok_target, test_items, selections, cfg, say)
     # What the growth predictor said about each selection before training (same schedule, frozen gradients).
     say("predicting each selection's curve (predict-sft) to set against the real runs")
     summary = _summary(out, model, tok_pool, result, table, selections, runs, cfg, k, progress=not args.quiet)
