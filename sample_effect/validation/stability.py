@@ -201,19 +201,10 @@ def interval(values: Sequence[float] | np.ndarray) -> tuple[float, float, float]
 
 
 def average_ranks(x: Sequence[float] | np.ndarray) -> np.ndarray:
-    """1-based ranks of `x` (ascending), tied values sharing the mean of their ranks."""
-    x = np.asarray(x, dtype=float)
-    order = np.argsort(x, kind="stable")
-    sorted_x = x[order]
-    ranks = np.empty(len(x), dtype=float)
-    start = 0
-    while start < len(x):
-        end = start
-        while end + 1 < len(x) and sorted_x[end + 1] == sorted_x[start]:
-            end += 1
-        ranks[order[start : end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
+    """1-based ranks of `x` (ascending), tied values sharing the mean of their ranks (scipy's `rankdata`)."""
+    from scipy.stats import rankdata
+
+    return np.asarray(rankdata(np.asarray(x, dtype=float), method="average"), dtype=float)
 
 
 def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
