@@ -1,7 +1,7 @@
 """Supervised fine-tuning with AdamW on the engine's loss: the mean over a batch of example losses.
 
 A batch of one example therefore takes exactly the step the engine simulates for that example
-(`tests/test_trainers.py` checks it), so predicted and actual curves are comparable.
+(`tests/training/test_trainers.py` checks it), so predicted and actual curves are comparable.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The update-rule registry, and Lion (the rule torch lacks) against a hand-written float64 oracle.
 
-The Lion oracle follows tests/test_oracle.py: per example, `loss.backward()` one example at a
+The Lion oracle follows tests/engine/test_oracle.py: per example, `loss.backward()` one example at a
 time (`oracle_grads`), then on a copy of the model `clip_grad_norm_` and the Lion formula written
 out by hand, theta <- theta (1 - lr wd) - lr sign(beta1 m + (1 - beta1) g); the effect is
 (theta_after - theta_before) / lr dotted with G. It shares no code with the engine's rule.

@@ -45,7 +45,7 @@ def _torchrun(args: list[str], cwd: Path | None = None) -> subprocess.CompletedP
     import os
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "sample_effect", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env, cwd=cwd)
 
 
