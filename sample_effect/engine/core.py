@@ -442,25 +442,6 @@ def ghost_plans(model: torch.nn.Module) -> PlanCache:
     return cache
 
 
-class _CheckResults:
-    """Read-only view, model -> {covered set: failed names}, of the caches models carry (holds no state)."""
-
-    def __getitem__(self, model: torch.nn.Module) -> dict[frozenset[str], frozenset[str]]:
-        found = ghost_plans(model).results(model)
-        if not found:
-            raise KeyError(model)
-        return found
-
-    def get(self, model: torch.nn.Module, default: object = None) -> object:
-        try:
-            return self[model]
-        except KeyError:
-            return default
-
-
-_VERIFIED = _CheckResults()  # kept for callers of the old cache; prefer ghost_plans(model).results(model)
-
-
 def ghost_coverage(
     model: torch.nn.Module, params: Mapping[str, torch.Tensor], plans: PlanCache | None = None
 ) -> tuple[dict[str, list[tuple[str, str, str]]], list[str], frozenset | None]:

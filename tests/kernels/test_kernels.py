@@ -1,4 +1,4 @@
-"""Fast kernels against the vmap reference and the float64 oracle (tests/test_oracle.py)."""
+"""Fast kernels against the vmap reference and the float64 oracle (tests/engine/test_oracle.py)."""
 
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ def test_ghost_self_check_catches_a_weight_used_behind_the_hooks(model_dirs):
     the once-per-model comparison with autograd notices and that parameter goes to vmap."""
     import types
 
-    from sample_effect.engine.core import _VERIFIED
+    from sample_effect.engine.core import ghost_plans
 
     model, tok = load_model(model_dirs["qwen2"], "float64")
     lin = model.model.layers[1].mlp.up_proj
@@ -168,7 +168,7 @@ def test_ghost_self_check_catches_a_weight_used_behind_the_hooks(model_dirs):
     ref = compute_effects(model, params, exs, G, UpdateConfig("sgd"), compute=ComputeConfig(progress=False, method="vmap"))
     fast = compute_effects(model, params, exs, G, UpdateConfig("sgd"), compute=ComputeConfig(batch_size=2, progress=False))
     np.testing.assert_allclose(fast.effect, ref.effect, rtol=1e-9)
-    assert next(iter(_VERIFIED[model].values())) == {"model.layers.1.mlp.up_proj.weight"}
+    assert next(iter(ghost_plans(model).results(model).values())) == {"model.layers.1.mlp.up_proj.weight"}
 
 
 def test_rank_explain_prints_the_plan_and_writes_nothing(model_dirs, data_files, tmp_path, capsys):

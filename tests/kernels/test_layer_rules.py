@@ -206,7 +206,7 @@ class WrongToyRule(ToyScaleRule):
 
 
 def test_a_wrong_rule_is_caught_by_the_self_check(model_dirs):
-    from sample_effect.engine.core import _VERIFIED
+    from sample_effect.engine.core import ghost_plans
 
     register_layer_rule(ToyScale)(WrongToyRule)
     try:
@@ -214,6 +214,6 @@ def test_a_wrong_rule_is_caught_by_the_self_check(model_dirs):
         want = compute_effects(model, params, exs, G, UpdateConfig("sgd"), compute=ComputeConfig(progress=False, method="vmap"))
         got = compute_effects(model, params, exs, G, UpdateConfig("sgd"), compute=ComputeConfig(batch_size=2, progress=False))
         np.testing.assert_allclose(got.effect, want.effect, rtol=1e-9)
-        assert next(iter(_VERIFIED[model].values())) == {TOY}
+        assert next(iter(ghost_plans(model).results(model).values())) == {TOY}
     finally:
         unregister_layer_rule(WrongToyRule)
