@@ -247,7 +247,7 @@ class VmapBackend(Backend[GradientBatch]):
             p = self.params[name].detach().to(g.dtype)
             g = g * coef.view(-1, *([1] * (g.dim() - 1))) if update.clip is not None else g
             d = update.rule.step(g, p, s.hypers[name], s.state.param_state(name))
-            total += d.flatten(1) @ s.target.vector[name].flatten()
+            total += d.flatten(1) @ s.target.vector[name].flatten().to(d.dtype)
         return BatchEffects(batch.indices, _numpy(total), _numpy(batch.losses), _numpy(sq.sqrt()))
 
 

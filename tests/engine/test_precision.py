@@ -37,3 +37,25 @@ def test_float32_and_bfloat16_track_float64(model_dirs, data_files, arch):
             ref = effects["float64", opt]
             err = np.abs(effects[dtype, opt] - ref).max() / np.abs(ref).max()
             assert err <= tol, (dtype, opt, err)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adamw"])
+def test_bfloat16_vmap_path_takes_a_bfloat16_target(model_dirs, opt):
+    """The vmap path dots float32-accumulated updates with G; a G kept in the model's bfloat16 must
+    not break it (it raised a dtype mismatch in addmv), and it equals the ghost path on it."""
+    import torch
+
+    from sample_effect.data.examples import TokenizedExample
+    from sample_effect.engine.effects import compute_effects
+    from sample_effect.models.loading import select_parameters
+    from sample_effect.targets.core import TargetVector
+
+    model, _ = load_model(model_dirs["qwen2"], "bfloat16")
+    params = select_parameters(model)
+    gen = torch.Generator().manual_seed(0)
+    vocab = int(model.config.vocab_size)
+    exs = [TokenizedExample(f"e{i}", [torch.randint(0, vocab, (12,), generator=gen)], [4]) for i in range(3)]
+    tv = TargetVector({n: torch.randn(p.shape, generator=gen).to(torch.bfloat16) for n, p in params.items()}, "bf16")
+    res = {m: compute_effects(model, params, exs, tv, UpdateConfig(opt, clip=1.0),
+                              compute=ComputeConfig(method=m, progress=False)).effect for m in ("vmap", "auto")}
+    np.testing.assert_allclose(res["vmap"], res["auto"], rtol=1e-4, atol=1e-6 * np.abs(res["auto"]).max())
