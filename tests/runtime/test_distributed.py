@@ -41,11 +41,16 @@ def test_two_processes_equal_one(tmp_path: Path, model_dirs, data_files) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.parquet", "two.parquet"]
 
 
+# tests/ (conftest) and tests/growth (test_rl_predict's reward, named as module:function by the RL case)
+HELPERS = [Path(__file__).resolve().parents[1], Path(__file__).resolve().parents[1] / "growth"]
+
+
 def _torchrun(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
     import os
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "sample_effect", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    path = os.pathsep.join([*map(str, HELPERS), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env, cwd=cwd)
 
 
@@ -71,10 +76,12 @@ def test_predict_sft_two_processes_equal_one(tmp_path: Path, model_dirs, data_fi
 
 
 @pytest.mark.slow
-def test_predict_rl_two_processes_equal_one(tmp_path: Path, model_dirs, data_files) -> None:
+def test_predict_rl_two_processes_equal_one(tmp_path: Path, model_dirs, data_files, monkeypatch) -> None:
     """Each rank samples and scores its block of prompts (per-prompt generators), the Hessian terms are split and
     the kept gradients gathered for the batch term: the record equals the single-process one."""
     import json
+
+    monkeypatch.syspath_prepend(str(HELPERS[1]))  # the in-process run imports the reward module too
 
     from conftest import TRAIN, write_jsonl
 
