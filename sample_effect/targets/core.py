@@ -232,9 +232,7 @@ def resolve_target(
     compute: ComputeConfig | None = None,
 ) -> TargetVector:
     """Compute G for `target` over the chosen parameters, in the accumulation dtype."""
-    if not isinstance(target, Target):
-        raise SampleEffectError(f"unknown target {target!r}: a target is a sample_effect Target (LossTarget, ...)")
-    return target.resolve(model, params, scored, compute)
+    return _checked(target).resolve(model, params, scored, compute)
 
 
 def resolve_target_distributed(
@@ -245,9 +243,14 @@ def resolve_target_distributed(
     compute: ComputeConfig | None = None,
 ) -> TargetVector:
     """G on every rank of a torchrun job (a loss target summed over blocks of its set, others from rank 0)."""
+    return _checked(target).resolve_distributed(model, params, scored, compute)
+
+
+def _checked(target: object) -> Target:
+    """`target` if it is a Target, else a clear error (a string or a raw dict is a common slip)."""
     if not isinstance(target, Target):
         raise SampleEffectError(f"unknown target {target!r}: a target is a sample_effect Target (LossTarget, ...)")
-    return target.resolve_distributed(model, params, scored, compute)
+    return target
 
 
 def accuracy_target_vector(
