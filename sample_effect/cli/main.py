@@ -30,9 +30,10 @@ from sample_effect.cli.options import (
     CLIParser,
     SubParsers,
     deprecation_notes,
+    flag_for,
     print_deprecations,
 )
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 
 log = logging.getLogger("sample_effect")
 
@@ -71,8 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(exc: BaseException) -> str:
-    """An exception's message on one line, whatever it holds (a reward's or a loader's text may span lines)."""
-    return " ".join(x.strip() for x in str(exc).splitlines() if x.strip())
+    """An exception's message on one line, whatever it holds (a reward's or a loader's text may span lines).
+
+    A ConfigError names the flags that set its fields rather than the config fields."""
+    text = exc.render(flag_for) if isinstance(exc, ConfigError) else str(exc)
+    return " ".join(x.strip() for x in text.splitlines() if x.strip())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

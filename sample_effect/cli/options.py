@@ -64,6 +64,19 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
 
 
+# Config fields whose flag is not `--` + the field with dashes (see `flag_for`).
+FIELD_FLAGS = {
+    ("SFTConfig", "max_steps"): "--steps",
+    ("RLPredictConfig", "n_boot"): "--bootstrap",
+    ("ComputeConfig", "batch_size"): "--chunk-size",
+}
+
+
+def flag_for(owner: str, field: str) -> str:
+    """The flag that sets config field `owner.field`: how the CLI prints a ConfigError."""
+    return FIELD_FLAGS.get((owner, field), "--" + field.replace("_", "-"))
+
+
 def has_default(action: argparse.Action) -> bool:
     """Whether --help should show the action's default (not for None, store_true's False or SUPPRESS; 0 counts)."""
     d = action.default

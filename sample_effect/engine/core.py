@@ -19,7 +19,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from sample_effect.data.examples import TokenizedExample, pad_sequences
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.kernels import per_sequence_directional, per_sequence_grads
 from sample_effect.kernels.ghost import (
     Capture,
@@ -129,7 +129,7 @@ def plan_chunk(
 ) -> int:
     """Sequences per chunk: at most batch_size, and within the memory budget."""
     if compute.batch_size < 1:
-        raise SampleEffectError(f"--batch-size must be >= 1, got {compute.batch_size}")
+        raise ConfigError("ComputeConfig", f"<batch_size> must be >= 1, got {compute.batch_size}")
     budget = compute.budget_bytes()
     if budget is None:
         return compute.batch_size

@@ -29,7 +29,7 @@ import torch
 
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig, iter_example_factors
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.io import atomic_path
 from sample_effect.kernels.ghost import materialise_sum
 from sample_effect.update.optim import (
@@ -55,7 +55,7 @@ class ProjectionConfig:
     def validate(self) -> ProjectionConfig:
         """Raise SampleEffectError on any out-of-range setting; return self."""
         if self.dim < 1:
-            raise SampleEffectError(f"--dim must be >= 1, got {self.dim}")
+            raise ConfigError("ProjectionConfig", f"<dim> must be >= 1, got {self.dim}")
         if self.kind not in KINDS:
             raise SampleEffectError(f"unknown projection '{self.kind}'; choose {' or '.join(KINDS)}")
         return self

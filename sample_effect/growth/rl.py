@@ -65,7 +65,7 @@ from tqdm.auto import tqdm
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.engine.effects import compute_effects
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.growth.noise import (
     NoiseEffect,
     SpilledRows,
@@ -629,11 +629,10 @@ class RLPredictConfig:
     def validate(self, sampling: bool = True) -> RLPredictConfig:
         """Raise SampleEffectError on an out-of-range setting; return self."""
         if self.group_size < 2 and sampling:
-            raise SampleEffectError(f"--group-size must be >= 2 (advantages need a group), got {self.group_size}")
-        for flag, value, low in (("--prompts-per-step", self.prompts_per_step, 1), ("--bootstrap", self.n_boot, 1),
-                                 ("--noise-draws", self.noise_draws, 1), ("--curvature-draws", self.curvature_draws, 0)):
-            if value < low:
-                raise SampleEffectError(f"{flag} must be >= {low}, got {value}")
+            raise ConfigError("RLPredictConfig", f"<group_size> must be >= 2 (advantages need a group), got {self.group_size}")
+        for name, low in (("prompts_per_step", 1), ("n_boot", 1), ("noise_draws", 1), ("curvature_draws", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError("RLPredictConfig", f"<{name}> must be >= {low}, got {getattr(self, name)}")
         return self
 
 

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sample_effect.data.examples import pad_sequences, read_jsonl
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.io import atomic_open
 from sample_effect.objectives.losses import grpo_advantages, grpo_loss, token_logprobs
 from sample_effect.rollouts.generation import greedy_accuracy, prompt_ids, sample
@@ -92,21 +92,21 @@ class GRPOConfig:
     save_every: int = 0
 
     def validate(self) -> GRPOConfig:
-        """Raise SampleEffectError on any out-of-range setting; return self."""
+        """Raise ConfigError (naming the field) on any out-of-range setting; return self."""
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise SampleEffectError(f"--lr must be a positive number, got {self.lr}")
+            raise ConfigError("GRPOConfig", f"<lr> must be a positive number, got {self.lr}")
         if self.group_size < 2:
-            raise SampleEffectError(f"--group-size must be >= 2 (advantages need a group), got {self.group_size}")
+            raise ConfigError("GRPOConfig", f"<group_size> must be >= 2 (advantages need a group), got {self.group_size}")
         if self.steps < 1 or self.prompts_per_step < 1 or self.inner_epochs < 1:
-            raise SampleEffectError("--steps, --prompts-per-step and --inner-epochs must be >= 1")
+            raise ConfigError("GRPOConfig", "<steps>, <prompts_per_step> and <inner_epochs> must be >= 1")
         if self.temperature <= 0:
-            raise SampleEffectError(f"--temperature must be positive for GRPO rollouts, got {self.temperature}")
+            raise ConfigError("GRPOConfig", f"<temperature> must be positive for GRPO rollouts, got {self.temperature}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise SampleEffectError(f"--max-grad-norm must be positive, got {self.max_grad_norm}")
+            raise ConfigError("GRPOConfig", f"<max_grad_norm> must be positive, got {self.max_grad_norm}")
         if self.max_new_tokens < 1:
-            raise SampleEffectError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+            raise ConfigError("GRPOConfig", f"<max_new_tokens> must be >= 1, got {self.max_new_tokens}")
         if self.schedule not in SCHEDULES:
-            raise SampleEffectError(f"unknown schedule '{self.schedule}'; choose one of {', '.join(SCHEDULES)}")
+            raise ConfigError("GRPOConfig", f"unknown <schedule> '{self.schedule}'; choose one of {', '.join(SCHEDULES)}")
         return self
 
 

@@ -37,7 +37,7 @@ from sample_effect.data.examples import (
     pad_sequences,
     tokenize_examples,
 )
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.io import atomic_open
 from sample_effect.rollouts.generation import Completion, greedy_accuracy, prompt_ids, sample
 from sample_effect.training.common import MetricsWriter
@@ -137,19 +137,18 @@ class RFTConfig:
     def validate(self) -> RFTConfig:
         """Raise SampleEffectError on any out-of-range setting; return self."""
         if self.rounds < 1:
-            raise SampleEffectError(f"--rounds must be >= 1, got {self.rounds}")
-        for flag, v in (("--samples-per-prompt", self.samples_per_prompt), ("--max-new-tokens", self.max_new_tokens),
-                        ("--entropy-samples", self.entropy_samples), ("--eval-max-new-tokens", self.eval_max_new_tokens)):
-            if v < 1:
-                raise SampleEffectError(f"{flag} must be >= 1, got {v}")
+            raise ConfigError("RFTConfig", f"<rounds> must be >= 1, got {self.rounds}")
+        for name in ("samples_per_prompt", "max_new_tokens", "entropy_samples", "eval_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError("RFTConfig", f"<{name}> must be >= 1, got {getattr(self, name)}")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise SampleEffectError(f"--temperature must be positive for rejection sampling, got {self.temperature}")
+            raise ConfigError("RFTConfig", f"<temperature> must be positive for rejection sampling, got {self.temperature}")
         if not math.isfinite(self.threshold):
-            raise SampleEffectError(f"--threshold must be a finite number, got {self.threshold}")
+            raise ConfigError("RFTConfig", f"<threshold> must be a finite number, got {self.threshold}")
         if not 0 < self.collapse_fraction < 1:
-            raise SampleEffectError(f"--collapse-fraction must be in (0, 1), got {self.collapse_fraction}")
+            raise ConfigError("RFTConfig", f"<collapse_fraction> must be in (0, 1), got {self.collapse_fraction}")
         if self.drop_uniform and self.samples_per_prompt < 2:
-            raise SampleEffectError("--drop-uniform needs --samples-per-prompt >= 2 (one sample is always 'uniform')")
+            raise ConfigError("RFTConfig", "<drop_uniform> needs <samples_per_prompt> >= 2 (one sample is always 'uniform')")
         self.sft.validate()
         return self
 
@@ -372,13 +371,12 @@ class OnPolicyConfig:
     def validate(self) -> OnPolicyConfig:
         """Raise SampleEffectError on any out-of-range setting; return self."""
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise SampleEffectError(f"--lr must be a positive number, got {self.lr}")
-        for flag, v in (("--steps", self.steps), ("--prompts-per-step", self.prompts_per_step),
-                        ("--samples-per-prompt", self.samples_per_prompt), ("--max-new-tokens", self.max_new_tokens)):
-            if v < 1:
-                raise SampleEffectError(f"{flag} must be >= 1, got {v}")
+            raise ConfigError("OnPolicyConfig", f"<lr> must be a positive number, got {self.lr}")
+        for name in ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError("OnPolicyConfig", f"<{name}> must be >= 1, got {getattr(self, name)}")
         if not self.temperature > 0:
-            raise SampleEffectError(f"--temperature must be positive for on-policy sampling, got {self.temperature}")
+            raise ConfigError("OnPolicyConfig", f"<temperature> must be positive for on-policy sampling, got {self.temperature}")
         return self
 
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import check_lengths, collate, example_loss_values
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.objectives.losses import example_losses, sft_sequence_loss
 from sample_effect.rollouts.generation import greedy_accuracy
 from sample_effect.training.common import (
@@ -54,19 +54,19 @@ class SFTConfig:
     save_every: int = 0
 
     def validate(self) -> SFTConfig:
-        """Raise SampleEffectError on any out-of-range setting; return self."""
+        """Raise ConfigError (naming the field) on any out-of-range setting; return self."""
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise SampleEffectError(f"--lr must be a positive number, got {self.lr}")
+            raise ConfigError("SFTConfig", f"<lr> must be a positive number, got {self.lr}")
         if self.batch_size < 1 or self.grad_accum < 1:
-            raise SampleEffectError("--batch-size and --grad-accum must be >= 1")
+            raise ConfigError("SFTConfig", "<batch_size> and <grad_accum> must be >= 1")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise SampleEffectError(f"--max-grad-norm must be positive, got {self.max_grad_norm}")
+            raise ConfigError("SFTConfig", f"<max_grad_norm> must be positive, got {self.max_grad_norm}")
         if self.max_steps is None and not self.epochs > 0:
-            raise SampleEffectError(f"--epochs must be positive, got {self.epochs}")
+            raise ConfigError("SFTConfig", f"<epochs> must be positive, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:
-            raise SampleEffectError(f"--steps must be >= 1, got {self.max_steps}")
+            raise ConfigError("SFTConfig", f"<max_steps> must be >= 1, got {self.max_steps}")
         if self.schedule not in SCHEDULES:
-            raise SampleEffectError(f"unknown --schedule '{self.schedule}'; choose one of {', '.join(SCHEDULES)}")
+            raise ConfigError("SFTConfig", f"unknown <schedule> '{self.schedule}'; choose one of {', '.join(SCHEDULES)}")
         return self
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.update.rules import (
     CLIP_EPS,
     ParamHyper,
@@ -63,20 +63,20 @@ class UpdateConfig:
         return get_update_rule(self.optimizer)
 
     def validate(self) -> UpdateConfig:
-        """Raise SampleEffectError on any out-of-range setting; return self."""
+        """Raise ConfigError (naming the field) on any out-of-range setting; return self."""
         get_update_rule(self.optimizer)
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise SampleEffectError(f"--lr must be a positive number, got {self.lr}")
+            raise ConfigError("UpdateConfig", f"<lr> must be a positive number, got {self.lr}")
         if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
-            raise SampleEffectError(f"--clip must be a positive number, got {self.clip}")
+            raise ConfigError("UpdateConfig", f"<clip> must be a positive number, got {self.clip}")
         for name in ("beta1", "beta2"):
             b = getattr(self, name)
             if b is not None and not (0.0 <= b < 1.0):
-                raise SampleEffectError(f"--{name} must be in [0, 1), got {b}")
+                raise ConfigError("UpdateConfig", f"<{name}> must be in [0, 1), got {b}")
         if self.eps is not None and not (math.isfinite(self.eps) and self.eps >= 0):
-            raise SampleEffectError(f"--eps must be >= 0, got {self.eps}")
+            raise ConfigError("UpdateConfig", f"<eps> must be >= 0, got {self.eps}")
         if self.weight_decay is not None and not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise SampleEffectError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+            raise ConfigError("UpdateConfig", f"<weight_decay> must be >= 0, got {self.weight_decay}")
         return self
 
 
