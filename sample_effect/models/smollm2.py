@@ -46,6 +46,7 @@ def ensure_smollm2() -> Path:
     """Return the converted directory, converting on first use."""
     out = cache_dir() / "smollm2-135m-instruct"
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        _drop_gguf_quantization(out / "config.json")  # a conversion made before that was fixed
         return out
     gguf = find_gguf()
     try:
@@ -66,6 +67,8 @@ def ensure_smollm2() -> Path:
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     plain = LlamaForCausalLM(loaded.config)
     plain.load_state_dict(loaded.state_dict())
+    if hasattr(plain.config, "quantization_config"):  # the weights are dequantized: plain float32 now
+        del plain.config.quantization_config
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{os.getpid()}.partial"
     try:  # written aside, then renamed: a crash never leaves a half-converted model at `out`
@@ -78,3 +81,20 @@ def ensure_smollm2() -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def _drop_gguf_quantization(config: Path) -> None:
+    """Remove a GGUF `quantization_config` from a converted config.json (atomically).
+
+    The safetensors hold dequantized float32 weights; the stale entry made transformers warn that
+    the weights "stay quantized" when loading in bfloat16, which they do not.
+    """
+    import json
+
+    data = json.loads(config.read_text())
+    if "quantization_config" not in data:
+        return
+    del data["quantization_config"]
+    tmp = config.with_name(f".{config.name}.{os.getpid()}.partial")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, config)

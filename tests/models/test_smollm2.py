@@ -33,6 +33,10 @@ def test_smollm2_converts_and_loads(cache, monkeypatch):
     ids = torch.tensor([tok("The capital of France is")["input_ids"]])
     assert torch.isfinite(model(input_ids=ids).logits).all()
     assert resolve_model("smollm2") == path  # second call reuses the conversion
+    import json
+
+    # the weights are dequantized: no stale GGUF quantization_config (transformers warned they "stay quantized")
+    assert "quantization_config" not in json.loads((path / "config.json").read_text())
 
 
 @pytest.mark.slow
