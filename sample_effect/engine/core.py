@@ -127,19 +127,25 @@ def plan_chunk(
     model: torch.nn.Module, params: Mapping[str, torch.Tensor], max_len: int, compute: ComputeConfig,
     per_sequence: Callable[[torch.nn.Module, Mapping[str, torch.Tensor], int], int] | None = None,
 ) -> int:
-    """Sequences per chunk: at most batch_size, and within the memory budget."""
+    """Sequences per chunk: at most batch_size, and within the memory budget.
+
+    The budget covers the whole process's tensors: the model's weights are taken off it first,
+    then it is split into per-sequence shares (a 7B float32 model leaves 80 GB - 28 GB for them).
+    """
     if compute.batch_size < 1:
         raise ConfigError("ComputeConfig", f"<batch_size> must be >= 1, got {compute.batch_size}")
     budget = compute.budget_bytes()
     if budget is None:
         return compute.batch_size
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
     per_seq = (per_sequence or bytes_per_sequence)(model, params, max_len)
-    if per_seq > budget:
+    if per_seq > budget - weights:
         raise SampleEffectError(
             f"memory budget {budget / 1e9:.3g} GB is too small for one example of {max_len} tokens "
-            f"(needs about {per_seq / 1e9:.3g} GB); raise --memory-budget or lower --max-length"
+            f"(needs about {(weights + per_seq) / 1e9:.3g} GB: {weights / 1e9:.3g} GB of weights and "
+            f"{per_seq / 1e9:.3g} GB for the sequence); raise --memory-budget or lower --max-length"
         )
-    return max(1, min(compute.batch_size, budget // per_seq))
+    return max(1, min(compute.batch_size, (budget - weights) // per_seq))
 
 
 def _flat_sequences(examples: Sequence[TokenizedExample]) -> list[tuple[int, torch.Tensor, int]]:
