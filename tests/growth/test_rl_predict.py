@@ -583,7 +583,7 @@ def test_batch_growth_stderr_is_calibrated_for_a_nonlinear_kernel():
 
 def test_noise_terms_fit_a_budget_smaller_than_one_gradient_per_prompt(model_dirs, caplog):
     """The noise terms stream per-prompt gradients through a spill file (issue 14): a budget that once
-    skipped them (under one gradient per prompt) now computes them, equal to the unbudgeted run.
+    skipped them (under one gradient per prompt beside the weights) now computes them, equal to the unbudgeted run.
     A budget under the few resident vectors is covered in tests/growth/test_rl_memory.py."""
     model, tok = load_model(model_dirs["gpt2"], "float64")
     tgt, _ = tokenize_examples(examples_from_records(list(enumerate(TARGET, 1))), tok)
@@ -593,7 +593,8 @@ def test_noise_terms_fit_a_budget_smaller_than_one_gradient_per_prompt(model_dir
     full = predict_rl(model, tok, [], long_completion, LossTarget(tgt), upd, groups=groups, prompts_per_step=2,
                       compute=QUIET, n_boot=10).record
     kept = n * sum(p.numel() for p in model.parameters()) * 8  # one float64 gradient per prompt
-    tight = ComputeConfig(progress=False, memory_budget=kept - 1)
+    weights = sum(p.numel() for p in model.parameters()) * 8  # the budget counts the weights too
+    tight = ComputeConfig(progress=False, memory_budget=weights + kept - 1)
     with caplog.at_level("WARNING", logger="sample_effect"):
         small = predict_rl(model, tok, [], long_completion, LossTarget(tgt), upd, groups=groups, prompts_per_step=2,
                            compute=tight, n_boot=10).record
