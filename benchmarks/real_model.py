@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+from per_example import _status_mb  # the RSS reader of the synthetic grid (same folder)
 
 METHODS = ["floor", "loop", "vmap", "sgd", "sgd_clip", "adam", "projection"]
 NORM_CHECK = ["sgd_clip_gram", "sgd_clip_materialise"]
@@ -49,13 +50,6 @@ SMOLLM2_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=
                      num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192,
                      rms_norm_eps=1e-5, rope_theta=100000.0)
 GPU_GRID = [(d, b, t) for d in ("bfloat16", "float32") for t in (512, 2048) for b in (4, 8)]
-
-
-def _status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _reset_peak() -> bool:

@@ -29,6 +29,7 @@ from sample_effect.engine.core import (
     iter_example_directional,
     iter_example_factors,
     iter_example_gradients,
+    model_bytes,
     plan_chunk,
 )
 from sample_effect.errors import SampleEffectError
@@ -172,10 +173,6 @@ def _max_len(examples: Sequence[TokenizedExample]) -> int:
     return max(int(s.shape[0]) for ex in examples for s in ex.sequences)
 
 
-def _model_bytes(model: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.double().cpu().numpy()
 
@@ -228,7 +225,7 @@ class VmapBackend(Backend[GradientBatch]):
         """One vmap chunk under the budget; every layer is formed whole."""
         max_len = _max_len(examples)
         chunk = plan_chunk(model, params, max_len, compute)
-        peak = _model_bytes(model) + chunk * bytes_per_sequence(model, params, max_len)
+        peak = model_bytes(model) + chunk * bytes_per_sequence(model, params, max_len)
         layers = [LayerPlan(n, tuple(p.shape), ["vmap"], "vmap", chunk) for n, p in params.items()]
         return Plan(cls.name, chunk, max_len, layers, peak)
 
@@ -307,7 +304,7 @@ class GhostBackend(Backend[FactorBatch]):
             layers.append(LayerPlan(name, tuple(p.shape), [k for _, _, k in ghost.coverage[name]], norm, block))
         if uncovered:
             block_peak += rows * bytes_per_sequence(model, {n: params[n] for n in uncovered}, max_len)
-        peak = _model_bytes(model) + chunk * activation_bytes_per_sequence(model, params, max_len) + block_peak
+        peak = model_bytes(model) + chunk * activation_bytes_per_sequence(model, params, max_len) + block_peak
         method = "ghost" if compute.method == "auto" else compute.method
         return Plan(method, chunk, max_len, layers, int(peak), ghost)
 
@@ -380,7 +377,7 @@ class JvpBackend(Backend[DirectionalBatch]):
         """One forward-mode chunk under the budget; no per-layer plan."""
         max_len = _max_len(examples)
         chunk = plan_chunk(model, params, max_len, compute, activation_bytes_per_sequence)
-        peak = _model_bytes(model) + chunk * activation_bytes_per_sequence(model, params, max_len)
+        peak = model_bytes(model) + chunk * activation_bytes_per_sequence(model, params, max_len)
         return Plan(cls.name, chunk, max_len, [], peak)
 
     def batches(self, examples: Sequence[TokenizedExample]) -> Iterator[DirectionalBatch]:

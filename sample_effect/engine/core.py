@@ -123,6 +123,11 @@ def check_lengths(model: torch.nn.Module, examples: Sequence[TokenizedExample]) 
                 )
 
 
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's weights: the part of a memory budget no chunk can use."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def plan_chunk(
     model: torch.nn.Module, params: Mapping[str, torch.Tensor], max_len: int, compute: ComputeConfig,
     per_sequence: Callable[[torch.nn.Module, Mapping[str, torch.Tensor], int], int] | None = None,
@@ -137,7 +142,7 @@ def plan_chunk(
     budget = compute.budget_bytes()
     if budget is None:
         return compute.batch_size
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights = model_bytes(model)
     per_seq = (per_sequence or bytes_per_sequence)(model, params, max_len)
     if per_seq > budget - weights:
         raise SampleEffectError(

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from sample_effect.errors import SampleEffectError
+from sample_effect.io import atomic_open
 
 
 def cache_dir() -> Path:
@@ -95,6 +96,5 @@ def _drop_gguf_quantization(config: Path) -> None:
     if "quantization_config" not in data:
         return
     del data["quantization_config"]
-    tmp = config.with_name(f".{config.name}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, config)
+    with atomic_open(config) as f:
+        f.write(json.dumps(data, indent=2) + "\n")
