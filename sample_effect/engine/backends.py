@@ -25,6 +25,7 @@ from sample_effect.engine.core import (
     PlanCache,
     activation_bytes_per_sequence,
     bytes_per_sequence,
+    free_budget,
     ghost_plans,
     iter_example_directional,
     iter_example_factors,
@@ -264,7 +265,7 @@ class GhostBackend(Backend[FactorBatch]):
         update = settings.update
         self.need_norm = update.clip is not None or settings.compute.grad_norms
         self.decay = weight_decay_dot(params, settings.target, settings.hypers) if update.rule.is_linear else 0.0
-        self.budget = settings.compute.budget_bytes()
+        self.budget = free_budget(model, settings.compute)  # row blocks share what the weights leave
 
     @classmethod
     def plan(
@@ -276,7 +277,7 @@ class GhostBackend(Backend[FactorBatch]):
         max_resp = max(ex.n_responses for ex in examples)
         acc = accumulation_dtype(next(iter(params.values())).dtype)
         acc_size = torch.empty((), dtype=acc).element_size()
-        budget = compute.budget_bytes()
+        budget = free_budget(model, compute)
         chunk = plan_chunk(model, params, max_len, compute, activation_bytes_per_sequence)
         modules = dict(model.named_modules())
         ghost = (plans if plans is not None else ghost_plans(model)).ghost_plan(model, params)

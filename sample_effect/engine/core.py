@@ -128,6 +128,12 @@ def model_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+def free_budget(model: torch.nn.Module, compute: ComputeConfig) -> int | None:
+    """The memory budget left beside the weights (None: no budget): what chunks and row blocks share."""
+    budget = compute.budget_bytes()
+    return None if budget is None else budget - model_bytes(model)
+
+
 def plan_chunk(
     model: torch.nn.Module, params: Mapping[str, torch.Tensor], max_len: int, compute: ComputeConfig,
     per_sequence: Callable[[torch.nn.Module, Mapping[str, torch.Tensor], int], int] | None = None,
@@ -139,18 +145,19 @@ def plan_chunk(
     """
     if compute.batch_size < 1:
         raise ConfigError("ComputeConfig", f"<batch_size> must be >= 1, got {compute.batch_size}")
-    budget = compute.budget_bytes()
-    if budget is None:
+    free = free_budget(model, compute)
+    if free is None:
         return compute.batch_size
     weights = model_bytes(model)
+    budget = free + weights
     per_seq = (per_sequence or bytes_per_sequence)(model, params, max_len)
-    if per_seq > budget - weights:
+    if per_seq > free:
         raise SampleEffectError(
             f"memory budget {budget / 1e9:.3g} GB is too small for one example of {max_len} tokens "
             f"(needs about {(weights + per_seq) / 1e9:.3g} GB: {weights / 1e9:.3g} GB of weights and "
             f"{per_seq / 1e9:.3g} GB for the sequence); raise --memory-budget or lower --max-length"
         )
-    return max(1, min(compute.batch_size, (budget - weights) // per_seq))
+    return max(1, min(compute.batch_size, free // per_seq))
 
 
 def _flat_sequences(examples: Sequence[TokenizedExample]) -> list[tuple[int, torch.Tensor, int]]:
