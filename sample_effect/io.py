@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,12 +27,14 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = True) -> Path:
     if p.is_dir():
         raise SampleEffectError(f"output path is a directory: {p}")
     if p.exists() and not overwrite:
-        raise SampleEffectError(f"output file already exists: {p} (pass --overwrite to replace it)")
+        raise ConfigError("check_output_path", f"output file already exists: {p} (pass <overwrite> to replace it)")
     return p
 
 
-def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """Fail early, before any compute, if `path` cannot be used as an output directory; creates nothing."""
+def check_output_dir(path: str | os.PathLike, flag: str = "the output path") -> Path:
+    """Fail early, before any compute, if `path` cannot be used as an output directory; creates nothing.
+
+    The messages name the path `flag` (the CLI passes its option, e.g. "--out")."""
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise SampleEffectError(f"{flag} must be a directory, but {p} is a file")

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from sample_effect.data.examples import read_jsonl
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError, literal
 
 DEFAULT_MARKERS: dict[str, list[str]] = {
     "anthropomorphic": ["wait", "perhaps", "hmm", "let me"],
@@ -54,7 +54,7 @@ def parse_marker_sets(specs: Sequence[str] | None) -> dict[str, list[str]]:
         name, sep, words = spec.partition("=")
         ws = [w.strip() for w in words.split(",") if w.strip()]
         if not sep or not name.strip() or not ws:
-            raise SampleEffectError(f"--markers expects NAME=word1,word2,..., got '{spec}'")
+            raise ConfigError("parse_marker_sets", f"<specs> expects NAME=word1,word2,..., got '{literal(spec)}'")
         out[name.strip()] = ws
     return out
 

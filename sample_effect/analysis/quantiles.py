@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 
 REPLAY_GLOB = "step-*.jsonl"
 COLUMNS = ("step", "position", "quantile", "count")
@@ -31,13 +31,13 @@ def replay_files(path: str | os.PathLike) -> list[Path]:
     """The step-*.jsonl files of a train-grpo run directory, of its replay/ directory, or one such file."""
     p = Path(path)
     if not p.exists():
-        raise SampleEffectError(f"replay directory not found: {p} (expected a train-grpo --out directory or its replay/)")
+        raise SampleEffectError(f"replay directory not found: {p} (expected a train-grpo output directory or its replay/)")
     if p.is_file():
         return [p]
     d = p / "replay" if (p / "replay").is_dir() else p
     files = sorted(f for f in d.glob(REPLAY_GLOB) if f.is_file())
     if not files:
-        raise SampleEffectError(f"no {REPLAY_GLOB} files in {d} (expected a train-grpo --out directory or its replay/)")
+        raise SampleEffectError(f"no {REPLAY_GLOB} files in {d} (expected a train-grpo output directory or its replay/)")
     return files
 
 
@@ -124,8 +124,8 @@ def logprob_quantiles(
 def check_settings(q: float, min_count: int, bucket: int) -> None:
     """Raise SampleEffectError unless 0 <= q <= 1, min_count >= 1 and bucket >= 1."""
     if not (isinstance(q, (int, float)) and 0 <= q <= 1):
-        raise SampleEffectError(f"--quantile must be in [0, 1], got {q}")
+        raise ConfigError("check_settings", f"<q> must be in [0, 1], got {q}")
     if min_count < 1:
-        raise SampleEffectError(f"--min-count must be >= 1, got {min_count}")
+        raise ConfigError("check_settings", f"<min_count> must be >= 1, got {min_count}")
     if bucket < 1:
-        raise SampleEffectError(f"--bucket must be >= 1, got {bucket}")
+        raise ConfigError("check_settings", f"<bucket> must be >= 1, got {bucket}")

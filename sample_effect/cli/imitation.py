@@ -149,7 +149,7 @@ def _progress(args: argparse.Namespace) -> bool:
 def _run_dir(path: str, overwrite: bool, names: tuple[str, ...]) -> Path:
     from sample_effect.io import check_output_dir
 
-    p = check_output_dir(path)
+    p = check_output_dir(path, "--out")
     if p.is_dir() and not overwrite:
         for n in names:
             if (p / n).exists():
@@ -221,6 +221,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
     check_same_tokenizer(stok, ttok, f"--model {args.model}", f"--teacher {args.teacher}")
     require_eos(stok, f"--model {args.model}")
     if args.chat_template:
+        if not getattr(stok, "chat_template", None):
+            raise SampleEffectError("--chat-template: the tokenizer has no chat template")
         prompts = chat_prompts(stok, prompts)
     with output_dir(out):
         if args.on_policy:
@@ -256,7 +258,7 @@ def cmd_init_tiny(args: argparse.Namespace) -> None:
             raise SampleEffectError(f"{flag} must be >= 1, got {v}")
     if args.hidden % args.heads:
         raise SampleEffectError(f"--heads ({args.heads}) must divide --hidden ({args.hidden})")
-    out = check_output_dir(args.out)
+    out = check_output_dir(args.out, "--out")
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise SampleEffectError(f"{out} exists and is not empty; pass --overwrite to write into it")
     src = resolve_model(args.tokenizer_from)

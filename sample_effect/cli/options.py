@@ -64,16 +64,32 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
 
 
-# Config fields whose flag is not `--` + the field with dashes (see `flag_for`).
+# Config fields and function parameters whose flag is not `--` + the name with dashes (see `flag_for`).
 FIELD_FLAGS = {
     ("SFTConfig", "max_steps"): "--steps",
     ("RLPredictConfig", "n_boot"): "--bootstrap",
     ("ComputeConfig", "batch_size"): "--chunk-size",
+    ("AccuracyTarget", "n_samples"): "--target-samples",
+    ("StabilityConfig", "resamples"): "--stability-resamples",
+    ("StabilityConfig", "orders"): "--stability-orders",
+    ("StabilityConfig", "checkpoints"): "--stability-checkpoints",
+    ("StabilityConfig", "top_k"): "--stability-top-k",
+    ("StabilityConfig", "seed"): "--stability-seed",
+    ("generate_puzzles", "n_people"): "--people",
+    ("generate_puzzles", "count"): "--n",
+    ("select_parameters", "pattern"): "--params",
+    ("apply_lora", "r"): "--lora-r",
+    ("check_settings", "q"): "--quantile",
+    ("parse_marker_sets", "specs"): "--markers",
+    ("get_reward", "name"): "--reward",
+    ("load_optimizer_state", "path"): "--optimizer-state",
+    ("load_trainer_optimizer_state", "path"): "--optimizer-state",
+    ("init_tiny_student", "source"): "--tokenizer-from",
 }
 
 
 def flag_for(owner: str, field: str) -> str:
-    """The flag that sets config field `owner.field`: how the CLI prints a ConfigError."""
+    """The flag that sets config field (or function parameter) `owner.field`: how the CLI prints a ConfigError."""
     return FIELD_FLAGS.get((owner, field), "--" + field.replace("_", "-"))
 
 

@@ -23,12 +23,13 @@ from sample_effect.cli.options import (
     add_common_args,
     add_max_grad_norm_arg,
     data_format_from_args,
+    flag_for,
     memory_budget_from_args,
     require_parquet,
     target_from_args,
     update_config_from_args,
 )
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import SampleEffectError, render_text
 
 log = logging.getLogger("sample_effect")
 
@@ -188,7 +189,8 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
     from sample_effect.runtime import distributed as dist
 
     rank0 = not dist.is_distributed() or dist.rank() == 0  # under torchrun, rank 0 alone reports and writes
-    early = prompts_per_step_warning(args.prompts_per_step, len(prompts))
+    clamp = prompts_per_step_warning(args.prompts_per_step, len(prompts))
+    early = render_text(clamp, flag_for) if clamp else None  # the library's text, with flags for fields
     if early and rank0:  # said before the sampling, which can take minutes
         _loud(early)
     records: list[dict[str, Any]] = []
@@ -213,6 +215,7 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
         if not rank0:
             continue
         rec = {"model": str(spec), **pred.record}
+        rec["warnings"] = [render_text(m, flag_for) for m in rec.get("warnings", [])]  # with flags, not fields
         records.append(rec)
         table = pred.ranking()
         table.insert(0, "model", str(spec))
@@ -226,7 +229,7 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
             f"{spec}: growth {rec['growth_rate']:.4g} per step toward '{rec['target']}' (positive {rec['positive_effect']:.4g}, "
             f"95% CI [{lo:.4g}, {hi:.4g}]; noise {noise}); zero-variance groups {rec['zero_variance_groups']}/{rec['n_prompts']}"
         )
-        for message in rec.get("warnings", []):
+        for message in rec["warnings"]:
             if message != early:
                 _loud(f"{spec}: {message}")
     if not rank0:

@@ -226,7 +226,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
         raise SampleEffectError(f"--lrs must be comma-separated positive numbers, got '{args.lrs}'")
     update = UpdateConfig(args.optimizer.lower(), clip=clip_from_args(args), weight_decay=args.weight_decay).validate()
     data, target = load_examples(args.data, data_format=fmt), load_examples(args.target_data, data_format=fmt)
-    out = check_output_dir(args.out)
+    out = check_output_dir(args.out, "--out")
     for name in ("linearization.csv", "linearization.json", "linearization.png") if out.is_dir() else ():
         check_output_path(out / name, args.overwrite)
     model, tok = load_model_from_args(args)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from sample_effect.data.sources import DataFormat, FieldNames, read_jsonl  # noqa: F401  (read_jsonl: public here too)
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError, literal
 from sample_effect.io import atomic_open
 
 
@@ -244,8 +244,10 @@ def tokenize_example(
         # The first token of a sequence has no prediction, so a response starting at 0 loses it.
         start = max(len(prompt_ids), 1)
         if len(ids) <= start:
-            why = f" after truncation to --max-length {max_length}" if max_length is not None and len(prompt_ids) + len(resp_ids) > max_length else ""
-            raise SampleEffectError(f"{ex.where(i)}example '{ex.id}' has no response tokens left{why}")
+            empty = f"{ex.where(i)}example '{ex.id}' has no response tokens left"
+            if max_length is not None and len(prompt_ids) + len(resp_ids) > max_length:
+                raise ConfigError("tokenize_example", f"{literal(empty)} after truncation to <max_length> {max_length}")
+            raise SampleEffectError(empty)
         seqs.append(torch.tensor(ids, dtype=torch.long))
         starts.append(start)
     return TokenizedExample(id=ex.id, sequences=seqs, response_starts=starts)
@@ -258,7 +260,7 @@ def tokenize_examples(
     if not examples:
         raise SampleEffectError("the dataset is empty")
     if max_length is not None and max_length < 2:
-        raise SampleEffectError(f"--max-length must be at least 2, got {max_length}")
+        raise ConfigError("tokenize_examples", f"<max_length> must be at least 2, got {max_length}")
     report = TokenizeReport()
     return [tokenize_example(ex, tokenizer, max_length, report) for ex in examples], report
 

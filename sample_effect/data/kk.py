@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.io import atomic_open
 
 NAMES = [
@@ -147,9 +147,9 @@ def role(value: bool) -> str:
 def generate_puzzles(n_people: int, count: int, seed: int = 1234, max_tries: int = 100_000) -> list[Puzzle]:
     """`count` distinct puzzles with `n_people` people, each with exactly one solution; reproducible by seed."""
     if not 2 <= n_people <= 8:
-        raise SampleEffectError(f"--people must be between 2 and 8, got {n_people}")
+        raise ConfigError("generate_puzzles", f"<n_people> must be between 2 and 8, got {n_people}")
     if count < 1:
-        raise SampleEffectError(f"--n must be >= 1, got {count}")
+        raise ConfigError("generate_puzzles", f"<count> must be >= 1, got {count}")
     rng = random.Random(seed * 1009 + n_people)
     seen: set[str] = set()
     out: list[Puzzle] = []

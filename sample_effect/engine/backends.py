@@ -33,7 +33,7 @@ from sample_effect.engine.core import (
     model_bytes,
     plan_chunk,
 )
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.kernels.ghost import (
     Factor,
     factor_dot,
@@ -366,7 +366,7 @@ class JvpBackend(Backend[DirectionalBatch]):
     def __init__(self, model: torch.nn.Module, params: Mapping[str, torch.Tensor], settings: EffectSettings) -> None:
         update = settings.update
         if not update.rule.is_linear or update.clip is not None:
-            raise SampleEffectError("the jvp method computes SGD effects without clipping only; use --method vmap")
+            raise ConfigError("ComputeConfig", "the jvp method computes SGD effects without clipping only; use <method> vmap")
         super().__init__(model, params, settings)
         self.decay = weight_decay_dot(params, settings.target, settings.hypers)
 

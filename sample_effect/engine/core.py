@@ -19,7 +19,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from sample_effect.data.examples import TokenizedExample, pad_sequences
-from sample_effect.errors import ConfigError, SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError, literal
 from sample_effect.kernels import per_sequence_directional, per_sequence_grads
 from sample_effect.kernels.ghost import (
     Capture,
@@ -117,9 +117,10 @@ def check_lengths(model: torch.nn.Module, examples: Sequence[TokenizedExample]) 
     for ex in examples:
         for s in ex.sequences:
             if s.shape[0] > limit:
-                raise SampleEffectError(
-                    f"example '{ex.id}' has {s.shape[0]} tokens but the model accepts at most {limit}; "
-                    "pass --max-length to truncate"
+                raise ConfigError(
+                    "check_lengths",
+                    f"example '{literal(ex.id)}' has {s.shape[0]} tokens but the model accepts at most {limit}; "
+                    "pass <tokenize_examples.max_length> to truncate",
                 )
 
 
@@ -152,10 +153,11 @@ def plan_chunk(
     budget = free + weights
     per_seq = (per_sequence or bytes_per_sequence)(model, params, max_len)
     if per_seq > free:
-        raise SampleEffectError(
+        raise ConfigError(
+            "ComputeConfig",
             f"memory budget {budget / 1e9:.3g} GB is too small for one example of {max_len} tokens "
             f"(needs about {(weights + per_seq) / 1e9:.3g} GB: {weights / 1e9:.3g} GB of weights and "
-            f"{per_seq / 1e9:.3g} GB for the sequence); raise --memory-budget or lower --max-length"
+            f"{per_seq / 1e9:.3g} GB for the sequence); raise <memory_budget> or lower <tokenize_examples.max_length>",
         )
     return max(1, min(compute.batch_size, free // per_seq))
 

@@ -21,7 +21,7 @@ from sample_effect.engine.backends import BLOCK_BYTES as BLOCK_BYTES  # re-expor
 from sample_effect.engine.backends import EffectSettings, make_backend
 from sample_effect.engine.backends import block_rows as block_rows  # re-exported: it lived here
 from sample_effect.engine.core import ComputeConfig, PlanCache
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.models.loading import accumulation_dtype, select_parameters
 from sample_effect.objectives.base import SFT, Objective
 from sample_effect.targets.core import Target, TargetVector, resolve_target
@@ -152,7 +152,7 @@ def resolve_state(
     if optimizer_state is None or isinstance(optimizer_state, OptimizerState):
         return optimizer_state
     if not update.rule.needs_state:
-        raise SampleEffectError("--optimizer-state holds Adam moments; use --optimizer adam or adamw with it")
+        raise ConfigError("resolve_state", "<optimizer_state> holds Adam moments; use <UpdateConfig.optimizer> adam or adamw with it")
     dtype = next(iter(chosen.values())).dtype
     if os.path.isdir(optimizer_state):  # a transformers Trainer checkpoint: optimizer.pt without names
         from sample_effect.update.hf_checkpoint import load_trainer_optimizer_state
@@ -182,7 +182,7 @@ def score_examples_result(
     if isinstance(examples[0], Example):
         tokenized, report = tokenize_examples(examples, tokenizer, max_length)  # type: ignore[arg-type]
         if report.n_truncated:
-            log.warning("%d sequence(s) truncated to --max-length %s", report.n_truncated, max_length)
+            log.warning("%d sequence(s) truncated to the maximum length, %s tokens", report.n_truncated, max_length)
     else:
         tokenized = list(examples)  # type: ignore[arg-type]
     chosen = select_parameters(model, params)

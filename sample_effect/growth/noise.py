@@ -144,7 +144,8 @@ def spill_space_note(need: int, directory: str | os.PathLike | None = None) -> s
         return f"skipped: the spill directory {where} is not usable ({e})"
     if need > free:
         return (f"skipped: the noise terms spill one gradient per prompt to disk (about {need / 1e9:.3g} GB), more "
-                f"than the {free / 1e9:.3g} GB free in {where}; pass fewer prompts, --params or a --spill-dir with room")
+                f"than the {free / 1e9:.3g} GB free in {where}; pass fewer prompts, a parameter subset (params) or a "
+                "spill_dir with room")
     return None
 
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig, iter_example_factors
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.kernels.ghost import materialise_sum
 from sample_effect.targets.core import TargetVector
 from sample_effect.training.sft import SFTConfig
@@ -120,9 +120,10 @@ def example_gradient_matrix(
     need = len(examples) * n_params * torch.empty((), dtype=acc).element_size()
     budget = compute.budget_bytes()
     if budget is not None and need > 4 * budget:
-        raise SampleEffectError(
+        raise ConfigError(
+            "ComputeConfig",
             f"predict-sft keeps every example's gradient: {len(examples)} x {n_params} parameters needs "
-            f"{need / 1e9:.3g} GB; pass fewer examples, --params, or a larger --memory-budget"
+            f"{need / 1e9:.3g} GB; pass fewer examples, <select_parameters.pattern>, or a larger <memory_budget>",
         )
     from sample_effect.runtime import distributed as dist
 
@@ -199,7 +200,7 @@ def predict_sft_curve(
     cfg.validate()
     rule = get_update_rule(optimizer)
     if replicates < 1:
-        raise SampleEffectError(f"--replicates must be >= 1, got {replicates}")
+        raise ConfigError("predict_sft_curve", f"<replicates> must be >= 1, got {replicates}")
     if not examples:
         raise SampleEffectError(f"dataset '{name}' is empty")
     if progress:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError, literal
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -163,11 +163,12 @@ def select_parameters(model: torch.nn.Module, pattern: str | None = None) -> Ord
     try:
         rx = re.compile(pattern) if pattern else None
     except re.error as exc:
-        raise SampleEffectError(f"--params is not a valid regular expression: {exc}") from None
+        raise ConfigError("select_parameters", f"<pattern> is not a valid regular expression: {literal(exc)}") from None
     chosen = OrderedDict(
         (n, p) for n, p in model.named_parameters() if p.requires_grad and (rx is None or rx.search(n))
     )
+    if pattern and not chosen:
+        raise ConfigError("select_parameters", f"no parameters match <pattern> '{literal(pattern)}'")
     if not chosen:
-        what = f"match --params '{pattern}'" if pattern else "are trainable"
-        raise SampleEffectError(f"no parameters {what}")
+        raise SampleEffectError("no parameters are trainable")
     return chosen

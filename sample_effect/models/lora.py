@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 
 
 def _peft() -> Any:
@@ -27,7 +27,7 @@ def apply_lora(
 ) -> torch.nn.Module:
     """Wrap `model` with fresh LoRA adapters (dropout 0, eval mode); targets default to PEFT's per-architecture choice."""
     if r < 1:
-        raise SampleEffectError(f"--lora-r must be >= 1, got {r}")
+        raise ConfigError("apply_lora", f"<r> must be >= 1, got {r}")
     peft = _peft()
     cfg = peft.LoraConfig(
         r=r, lora_alpha=alpha if alpha is not None else 2 * r, lora_dropout=0.0,

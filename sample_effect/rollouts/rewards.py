@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Callable
 
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 
 Reward = Callable[..., float]
 
@@ -101,15 +101,15 @@ def get_reward(name: str) -> Reward:
     if name in BUILTIN:
         return checked_reward(BUILTIN[name], name)
     if ":" not in name:
-        raise SampleEffectError(f"unknown reward '{name}' for --reward; use one of {', '.join(BUILTIN)} or module:function")
+        raise ConfigError("get_reward", f"unknown reward '{name}' for <name>; use one of {', '.join(BUILTIN)} or module:function")
     module_name, _, func_name = name.partition(":")
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise SampleEffectError(
-            f"cannot import reward module '{module_name}' (--reward {name}): {type(exc).__name__}: {exc}"
+        raise ConfigError(
+            "get_reward", f"cannot import reward module '{module_name}' (<name> {name}): {type(exc).__name__}: {exc}"
         ) from None
     fn = getattr(module, func_name, None)
     if not callable(fn):
-        raise SampleEffectError(f"--reward '{name}': module '{module_name}' has no function '{func_name}'")
+        raise ConfigError("get_reward", f"<name> '{name}': module '{module_name}' has no function '{func_name}'")
     return checked_reward(fn, name)

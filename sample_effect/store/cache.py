@@ -32,7 +32,7 @@ import torch
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.engine.effects import EffectResult, compute_effects, resolve_state
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.io import atomic_open, atomic_path
 from sample_effect.models.loading import select_parameters
 from sample_effect.targets.core import (
@@ -174,7 +174,7 @@ def _open_run(  # type: ignore[no-untyped-def]
     rank0 = not distributed or dist.rank() == 0
     n = len(examples)
     if root.exists() and not root.is_dir():
-        raise SampleEffectError(f"--cache-dir {root} exists and is not a directory")
+        raise ConfigError("score_rank", f"<cache_dir> {root} exists and is not a directory")
     loss_kind = isinstance(target, (LossTarget, SelfTarget))
     g: TargetVector | None = None
     if loss_kind:
@@ -190,8 +190,9 @@ def _open_run(  # type: ignore[no-untyped-def]
     exists = (d / "manifest.json").exists()
     if resume and not exists:
         others = sorted(p.name for p in root.glob("*/manifest.json")) if root.is_dir() else []
-        raise SampleEffectError(
-            f"--resume: {root} holds no run with these settings (key {key}"
+        raise ConfigError(
+            "score_rank",
+            f"<resume>: {root} holds no run with these settings (key {key}"
             + (f"; it holds {len(others)} run(s) with other weights, data, target or update settings" if others else "")
             + ")"
         )
@@ -239,9 +240,9 @@ def score_rank(
     compute = compute or ComputeConfig()
     update = update.validate()
     if shard_size < 1:
-        raise SampleEffectError(f"--shard-size must be >= 1, got {shard_size}")
+        raise ConfigError("score_rank", f"<shard_size> must be >= 1, got {shard_size}")
     if resume and cache_dir is None:
-        raise SampleEffectError("--resume needs --cache-dir (the directory of the run to resume)")
+        raise ConfigError("score_rank", "<resume> needs <cache_dir> (the directory of the run to resume)")
     n = len(examples)
     if n == 0:
         raise SampleEffectError("the dataset is empty")

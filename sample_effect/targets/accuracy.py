@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from sample_effect.engine.core import ComputeConfig
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.objectives.reinforce import BASELINES, reinforce_gradient
 from sample_effect.rollouts.groups import sample_groups
 
@@ -29,8 +29,10 @@ def accuracy_gradient(
     if target.baseline not in BASELINES:
         raise SampleEffectError(f"unknown baseline '{target.baseline}'; choose one of {', '.join(BASELINES)}")
     if target.n_samples < (2 if target.baseline == "loo" else 1):
-        raise SampleEffectError(
-            f"--target-samples must be >= {2 if target.baseline == 'loo' else 1} with baseline '{target.baseline}', got {target.n_samples}"
+        raise ConfigError(
+            "AccuracyTarget",
+            f"<n_samples> must be >= {2 if target.baseline == 'loo' else 1} with baseline '{target.baseline}', "
+            f"got {target.n_samples}",
         )
     prompts = list(target.prompts)
     groups = sample_groups(

@@ -312,7 +312,7 @@ def chat_prompts(tokenizer: Any, prompts: Sequence[RLPrompt]) -> list[RLPrompt]:
     """Each prompt as one user turn in the tokenizer's chat template, ending with the assistant's header
     (instruct teachers such as SmolLM2-Instruct answer sensibly only in their chat format)."""
     if not getattr(tokenizer, "chat_template", None):
-        raise SampleEffectError("--chat-template: the tokenizer has no chat template")
+        raise SampleEffectError("the tokenizer has no chat template to wrap the prompts in")
     return [RLPrompt(p.id, tokenizer.apply_chat_template([{"role": "user", "content": p.prompt}], tokenize=False,
                                                          add_generation_prompt=True), p.answer) for p in prompts]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.update.optim import OptimizerState, state_from_state_dict
 
 OPTIMIZER_FILE = "optimizer.pt"
@@ -84,8 +84,9 @@ def load_trainer_optimizer_state(
     d = Path(path)
     f = d / OPTIMIZER_FILE
     if not f.is_file():
-        raise SampleEffectError(
-            f"--optimizer-state {d} is a directory without {OPTIMIZER_FILE}; expected a transformers Trainer "
+        raise ConfigError(
+            "load_trainer_optimizer_state",
+            f"<path> {d} is a directory without {OPTIMIZER_FILE}; expected a transformers Trainer "
             "checkpoint directory (saved with the optimizer) or a torch.save file"
         )
     try:

@@ -123,10 +123,11 @@ def load_optimizer_state(
     """
     p = Path(path)
     if not p.exists():
-        raise SampleEffectError(f"--optimizer-state file not found: {p}")
+        raise ConfigError("load_optimizer_state", f"<path> file not found: {p}")
     if p.is_dir():
-        raise SampleEffectError(
-            f"--optimizer-state {p} is a directory; a transformers Trainer checkpoint directory is read with the "
+        raise ConfigError(
+            "load_optimizer_state",
+            f"<path> {p} is a directory; a transformers Trainer checkpoint directory is read with the "
             "model (sample_effect.update.hf_checkpoint.load_trainer_optimizer_state)"
         )
     try:
@@ -134,8 +135,9 @@ def load_optimizer_state(
             warnings.simplefilter("ignore")
             blob = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle / zip / weights-only errors of many types
-        raise SampleEffectError(
-            f"could not read --optimizer-state {p}: not a torch.save file of tensors and plain containers "
+        raise ConfigError(
+            "load_optimizer_state",
+            f"could not read <path> {p}: not a torch.save file of tensors and plain containers "
             f"({type(exc).__name__})"
         ) from None
     if not isinstance(blob, dict) or "optimizer" not in blob or "param_names" not in blob:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig, example_loss_values
 from sample_effect.engine.effects import compute_effects
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.targets.core import LossTarget, resolve_target
 from sample_effect.update.optim import OptimizerState, UpdateConfig
 
@@ -64,7 +64,7 @@ def linearization_check(
     from scipy.stats import pearsonr, spearmanr
 
     if not lrs or any(not lr > 0 for lr in lrs):
-        raise SampleEffectError("--lrs must be positive numbers")
+        raise ConfigError("linearization_check", "<lrs> must be positive numbers")
     if len(examples) < 3:
         raise SampleEffectError("the linearisation check needs at least 3 examples")
     compute = compute or ComputeConfig(progress=False)

@@ -23,7 +23,7 @@ import torch
 
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig, example_loss_values
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError
 from sample_effect.growth.rl import predict_rl
 from sample_effect.targets.core import LossTarget
 from sample_effect.training.grpo import GRPOConfig, RLPrompt, train_grpo
@@ -76,7 +76,7 @@ def rl_curve(
     compute = compute or ComputeConfig()
     cfg = cfg.validate()
     if runs < 1:
-        raise SampleEffectError(f"--runs must be >= 1, got {runs}")
+        raise ConfigError("rl_curve", f"<runs> must be >= 1, got {runs}")
     model, tok = load()
     pred = predict_rl(
         model, tok, prompts, reward, LossTarget(target_examples), trainer_update(cfg), group_size=cfg.group_size,

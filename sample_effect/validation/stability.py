@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from sample_effect.data.examples import Example, TokenizedExample, tokenize_examples
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.engine.effects import EffectResult, score_examples_result
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.models.loading import load_model
 from sample_effect.targets.core import LossTarget, Target
 from sample_effect.update.optim import UpdateConfig
@@ -88,20 +88,20 @@ class StabilityConfig:
     def validate(self) -> StabilityConfig:
         """Raise SampleEffectError naming the bad field; return self. (Checkpoints are checked when loaded: a
         custom `load_checkpoint` may take names that are not directories.)"""
-        for name, flag in (("resamples", "--stability-resamples"), ("orders", "--stability-orders")):
+        for name in ("resamples", "orders"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise SampleEffectError(f"StabilityConfig.{name} ({flag}) must be an integer >= 0, got {v!r}")
+                raise ConfigError("StabilityConfig", f"<{name}> must be an integer >= 0, got {v!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            raise SampleEffectError(f"StabilityConfig.top_k (--top-k) must be an integer >= 1, got {self.top_k!r}")
+            raise ConfigError("StabilityConfig", f"<top_k> must be an integer >= 1, got {self.top_k!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise SampleEffectError(f"StabilityConfig.seed must be an integer, got {self.seed!r}")
+            raise ConfigError("StabilityConfig", f"<seed> must be an integer, got {self.seed!r}")
         if isinstance(self.checkpoints, (str, os.PathLike)):
-            raise SampleEffectError("StabilityConfig.checkpoints (--stability-checkpoints) must be a list of "
-                                    f"model directories, got the single path {str(self.checkpoints)!r}")
+            raise ConfigError("StabilityConfig", "<checkpoints> must be a list of model directories, got the single "
+                                                 f"path {str(self.checkpoints)!r}")
         bad = [p for p in self.checkpoints if not isinstance(p, (str, os.PathLike))]
         if bad:
-            raise SampleEffectError(f"StabilityConfig.checkpoints (--stability-checkpoints) holds {bad[0]!r}, not a path")
+            raise ConfigError("StabilityConfig", f"<checkpoints> holds {bad[0]!r}, not a path")
         if self.resample_method not in RESAMPLE_METHODS:
             raise SampleEffectError(f"StabilityConfig.resample_method must be one of {', '.join(RESAMPLE_METHODS)}, "
                                     f"got {self.resample_method!r}")
@@ -357,13 +357,13 @@ def rank_stability(
     compute = compute or ComputeConfig()
     update = (update or UpdateConfig()).validate()
     if target_examples is None and config.resamples:
-        raise SampleEffectError("StabilityConfig.resamples (--stability-resamples) needs a target set to resample "
-                                "(a loss target); set it to 0 for other targets")
+        raise ConfigError("StabilityConfig", "<resamples> needs a target set to resample (a loss target); "
+                                             "set it to 0 for other targets")
     if target is None and target_examples is None:
         raise SampleEffectError("rank_stability needs target_examples or a target")
     missing = [p for p in config.checkpoints if load_checkpoint is None and not Path(p).is_dir()]
     if missing:
-        raise SampleEffectError(f"StabilityConfig.checkpoints (--stability-checkpoints): not a directory: {missing[0]}")
+        raise ConfigError("StabilityConfig", f"<checkpoints>: not a directory: {missing[0]}")
     scoring = _Scoring(update, replace(compute, progress=False), params, optimizer_state, max_length)
     tokenized = _tokenized(examples, tokenizer, max_length)
     if len(tokenized) < 2:

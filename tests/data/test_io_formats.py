@@ -67,7 +67,7 @@ def test_saved_dataset_splits(tmp_path: Path) -> None:
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(TRAIN), "test": datasets.Dataset.from_list(TARGET)})
     dd.save_to_disk(str(tmp_path / "dd"))
     assert [e.id for e in load_examples(tmp_path / "dd", split="test")] == ["v0", "v1"]
-    with pytest.raises(SampleEffectError, match="splits train, test; choose one with --split"):
+    with pytest.raises(SampleEffectError, match=r"splits train, test; choose one with read_records\.split"):
         load_examples(tmp_path / "dd")
     with pytest.raises(SampleEffectError, match="no split 'dev'"):
         load_examples(tmp_path / "dd", split="dev")

@@ -181,7 +181,7 @@ def test_spilled_rows_round_trip_bit_for_bit(tmp_path):
 def test_spill_space_note_names_the_need_and_the_directory(tmp_path):
     assert spill_space_note(1, tmp_path) is None
     note = spill_space_note(10**18, tmp_path)
-    assert note is not None and "--spill-dir" in note and str(tmp_path) in note
+    assert note is not None and "spill_dir" in note and str(tmp_path) in note
 
 
 # (d) ------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def test_all_zero_variance_groups_warn_loudly_with_what_to_change(model_dirs):
         rec = predict_rl(model, tok, [], constant, _direction(params), UpdateConfig("sgd"), groups=groups,
                          prompts_per_step=2, compute=QUIET, n_boot=10).record
     msg = str(caught[0].message)
-    for advice in ("--group-size", "kk-partial", "--temperature", "SFT"):
+    for advice in ("RLPredictConfig.group_size", "kk-partial", "RLPredictConfig.temperature", "SFT"):
         assert advice in msg
     assert rec["growth_rate"] == 0.0 and rec["zero_variance_fraction"] == 1.0
     assert rec["warnings"] == [msg]
@@ -52,7 +52,7 @@ def test_mostly_zero_variance_groups_get_a_softer_note(model_dirs):
     with pytest.warns(RLPredictionWarning, match=r"3 of 4 prompt groups \(75%\) have zero reward variance") as caught:
         rec = predict_rl(model, tok, [], constant, _direction(params), UpdateConfig("sgd"), groups=groups,
                          prompts_per_step=2, compute=QUIET, n_boot=10).record
-    assert "ALL" not in str(caught[0].message) and "--group-size" in str(caught[0].message)
+    assert "ALL" not in str(caught[0].message) and "RLPredictConfig.group_size" in str(caught[0].message)
     assert rec["zero_variance_groups"] == 3 and len(rec["warnings"]) == 1
     assert zero_variance_warning(2, 4, 8, 1.0) is None  # half is not "more than half"
     groups[1][0].reward = 0.0
@@ -66,7 +66,7 @@ def test_prompts_per_step_above_the_prompts_is_clamped_with_a_warning(model_dirs
     model, tok, params, groups = _groups(model_dirs)
     groups[0][0].reward = groups[1][0].reward = 0.0
     upd = UpdateConfig("adamw", lr=1e-4, clip=1.0)
-    with pytest.warns(RLPredictionWarning, match="--prompts-per-step 20 exceeds the 4 prompts given"):
+    with pytest.warns(RLPredictionWarning, match=r"RLPredictConfig\.prompts_per_step 20 exceeds the 4 prompts given"):
         big = predict_rl(model, tok, [], constant, _direction(params), upd, groups=groups, prompts_per_step=20,
                          compute=QUIET, n_boot=10).record
     exact = predict_rl(model, tok, [], constant, _direction(params), upd, groups=groups, prompts_per_step=4,
