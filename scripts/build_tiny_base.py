@@ -8,15 +8,19 @@ a short SFT then teaches (the demo's job).
 
 Presets:
 - `tiny` (default, assets/tiny-kk-v2): about 2.1M parameters, 2-4 person puzzles in all three
-  response styles. The shipped model is three stages, each continuing the one before:
+  response styles. The shipped model is four stages, each continuing the one before:
 
       python scripts/build_tiny_base.py --preset tiny --threads 1 --out /tmp/stage1          # 3600 steps
       python scripts/build_tiny_base.py --preset tiny --threads 1 --continue-from /tmp/stage1 \
           --steps 2000 --lr 1e-3 --out /tmp/stage2
-      python scripts/build_tiny_base.py --preset tiny-sft-prompts --threads 1 --continue-from /tmp/stage2
+      python scripts/build_tiny_base.py --preset tiny-sft-prompts --threads 1 --continue-from /tmp/stage2 \
+          --out /tmp/stage3
+      python scripts/build_tiny_base.py --preset tiny-answers --threads 1 --continue-from /tmp/stage3
 
   The third (`tiny-sft-prompts`) opens half of its texts with the SFT prompt (quiz plus the
-  \\boxed{} format instruction) but still ends them in the base answer line.
+  \\boxed{} format instruction) but still ends them in the base answer line. The fourth
+  (`tiny-answers`, 2500 steps, 32 min on one core here) draws fresh puzzles with several seeds, half
+  of them answer-only, so that the answer a short SFT starts from is a sharper one.
 - `tiny-small` (assets/tiny-kk-small): the earlier 685K-parameter model, kept for fast tests.
 
 Batches are drawn from length buckets (shuffled, seeded), so little compute goes to padding.
@@ -49,6 +53,7 @@ from sample_effect.models.tiny import build_tiny_model, save_model, train_tokeni
 from sample_effect.objectives.losses import example_losses, sft_sequence_loss
 
 SEED = 100  # the demo, tests and experiments draw their puzzles with other seeds
+ANSWER_HEAVY = ("answer-only", "answer-only", "short-cot", "long-cot")  # styles cycled: half answer-only
 
 PRESETS = {
     "tiny": {
@@ -68,6 +73,17 @@ PRESETS = {
         "sft_prompt_share": 0.5,
         "max_tokens": 640, "steps": 1000, "batch_size": 16, "lr": 1e-3, "warmup": 100,
     },
+    # A fourth stage on top of `tiny-sft-prompts` (--continue-from): fresh puzzles drawn with several seeds (so
+    # the ~400 distinct 2-person puzzles recur with new names and wordings), half of them answer-only, to
+    # sharpen the answer a short SFT starts from; half still open with the SFT prompt.
+    "tiny-answers": {
+        "out": "sample_effect/assets/tiny-kk-v2",
+        "model": {"arch": "qwen2", "hidden": 192, "layers": 6, "heads": 4, "max_len": 2048},
+        "corpus": {2: (390, ANSWER_HEAVY), 3: (2000, ANSWER_HEAVY), 4: (1500, STYLES)},
+        "corpus_seeds": {2: (200, 201, 202, 203, 204, 205), 3: (210, 211, 212), 4: (220,)},
+        "sft_prompt_share": 0.5,
+        "max_tokens": 640, "steps": 2500, "batch_size": 16, "lr": 5e-4, "warmup": 100,
+    },
     "tiny-small": {
         "out": "sample_effect/assets/tiny-kk-small",
         "model": {"arch": "qwen2", "hidden": 128, "layers": 4, "heads": 4, "max_len": 2048},
@@ -77,12 +93,12 @@ PRESETS = {
 }
 
 
-def base_prompt(p) -> str:  # type: ignore[no-untyped-def]
+def base_prompt(p, seed: int = SEED) -> str:  # type: ignore[no-untyped-def]
     """The base-format question a pre-training text starts with (and greedy evaluation prompts with)."""
-    return f"Question:\n{quiz_text(p, SEED)}\nAnswer:\n"
+    return f"Question:\n{quiz_text(p, seed)}\nAnswer:\n"
 
 
-def base_text(p, style: str, sft_prompt: bool = False) -> str:  # type: ignore[no-untyped-def]
+def base_text(p, style: str, sft_prompt: bool = False, seed: int = SEED) -> str:  # type: ignore[no-untyped-def]
     """One pre-training text: question, the style's reasoning without its boxed line, the plain answer.
 
     With sft_prompt the question is the SFT prompt (quiz plus format instruction) instead of the
@@ -90,17 +106,22 @@ def base_text(p, style: str, sft_prompt: bool = False) -> str:  # type: ignore[n
     """
     body = response_text(p, style).rsplit("\n", 1)[0] if style != "answer-only" else ""
     reasoning = (body + "\n") if body else ""
-    prompt = prompt_text(p, SEED) if sft_prompt else base_prompt(p)
+    prompt = prompt_text(p, seed) if sft_prompt else base_prompt(p, seed)
     return f"{prompt}{reasoning}So the answer is: {p.answer}."
 
 
-def corpus(spec: dict, sft_prompt_share: float = 0.0) -> list[str]:
-    """Every pre-training text of a preset, in generation order (every k-th text in the SFT-prompt form)."""
+def corpus(spec: dict, sft_prompt_share: float = 0.0, seeds: dict | None = None) -> list[str]:
+    """Every pre-training text of a preset, in generation order (every k-th text in the SFT-prompt form).
+
+    `seeds` maps a puzzle size to the generator seeds drawn from (`count` puzzles each); default SEED.
+    """
     texts = []
     every = round(1 / sft_prompt_share) if sft_prompt_share > 0 else 0
     for n, (count, styles) in spec.items():
-        for i, p in enumerate(generate_puzzles(n, count, seed=SEED)):
-            texts.append(base_text(p, styles[i % len(styles)], sft_prompt=bool(every) and (i // len(styles)) % every == 0))
+        for seed in (seeds or {}).get(n, (SEED,)):
+            for i, p in enumerate(generate_puzzles(n, count, seed=seed)):
+                sft = bool(every) and (i // len(styles)) % every == 0
+                texts.append(base_text(p, styles[i % len(styles)], sft_prompt=sft, seed=seed))
     return texts
 
 
@@ -174,7 +195,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    texts = corpus(spec["corpus"], spec.get("sft_prompt_share", 0.0))
+    texts = corpus(spec["corpus"], spec.get("sft_prompt_share", 0.0), spec.get("corpus_seeds"))
     # The tokenizer also sees the SFT format strings so \boxed{...} tokenises compactly.
     m = spec["model"]
     earlier = None
@@ -239,6 +260,7 @@ def main() -> None:
     info = {
         "preset": args.preset, "config": m, "corpus_puzzles": {str(n): c for n, (c, _) in spec["corpus"].items()},
         "corpus_styles": {str(n): list(s) for n, (_, s) in spec["corpus"].items()},
+        "corpus_seeds": {str(n): list(spec.get("corpus_seeds", {}).get(n, (SEED,))) for n in spec["corpus"]},
         "max_tokens": spec["max_tokens"], "seed": SEED, "steps": steps, "batch_size": spec["batch_size"],
         "lr": lr, "warmup_steps": warm, "schedule": "cosine", "torch_threads": torch.get_num_threads(),
         "params": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
