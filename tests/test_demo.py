@@ -26,7 +26,7 @@ def test_shipped_tiny_model_loads_and_knows_kk():
 def test_demo_writes_report_figures_and_tables(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--out", str(out), "--n-pool", "4", "--n-target", "2", "--n-test", "2", "--top-k", "3",
-                 "--epochs", "1", "--max-new-tokens", "16", "--rl-prompts", "4", "--rl-eval", "2", "--rl-steps", "2",
+                 "--epochs", "1", "--max-new-tokens", "16", "--start-examples", "4", "--rl-prompts", "4", "--rl-eval", "2", "--rl-steps", "2",
                  "--rl-prompts-per-step", "2", "--group-size", "2", "--rl-max-new-tokens", "12", "--quiet"])
     assert code == 0, capsys.readouterr().err
     for f in ("report.md", "effects.csv", "top_k.jsonl", "selection.csv", "effects_by_style.png",
