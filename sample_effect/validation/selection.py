@@ -77,9 +77,21 @@ def _t95(n: int) -> float:
     return float(t.ppf(0.975, n - 1)) if n > 1 else float("nan")
 
 
+def _verdict_clause(m: dict[str, Any], n_random: int, what: str) -> str:
+    """One metric's part of the verdict: beyond the random prediction interval, better than every draw, or neither."""
+    lo, hi = m["random_prediction_interval95"]
+    if m["top_beyond_prediction_interval"]:
+        return (f"top-k beats random on {what}: {m['top']:.4g} lies outside the random runs' 95% prediction "
+                f"interval [{lo:.4g}, {hi:.4g}]")
+    if m["top_better_than_every_random"]:
+        return (f"top-k is better than each of the {n_random} random runs on {what} ({m['top']:.4g} vs mean "
+                f"{m['random_mean']:.4g}) but inside their 95% prediction interval: suggestive, not decisive")
+    return f"top-k does not beat random on {what} ({m['top']:.4g} vs random mean {m['random_mean']:.4g} +- {m['random_sd']:.2g} sd)"
+
+
 def selection_verdict(summary: pd.DataFrame) -> dict[str, Any]:
     """Top-k and bottom-k against the random runs, per metric: the random mean with its 95% t-interval
-    (of the mean) and 95% prediction interval (of one more random run), where top-k falls, and a one-line verdict."""
+    (of the mean) and 95% prediction interval (of one more random run), where top-k falls, and a one-line verdict (target loss first, then test accuracy)."""
     rnd = summary[summary["group"] == "random"]
     if len(rnd) < 2:
         raise SampleEffectError("the selection verdict needs at least 2 random runs")
@@ -102,16 +114,8 @@ def selection_verdict(summary: pd.DataFrame) -> dict[str, Any]:
             "top_beyond_prediction_interval": bool(better * (top - mean) > half_pred) if sd > 0 else bool(better * (top - mean) > 0),
             "top_z": float(better * (top - mean) / sd) if sd > 0 else None,
         }
-    loss = out.get("target_loss_end")
-    if loss is not None:
-        if loss["top_beyond_prediction_interval"]:
-            out["verdict"] = (f"top-k beats random: its target loss {loss['top']:.4g} lies outside the random runs' 95% "
-                              f"prediction interval [{loss['random_prediction_interval95'][0]:.4g}, "
-                              f"{loss['random_prediction_interval95'][1]:.4g}]")
-        elif loss["top_better_than_every_random"]:
-            out["verdict"] = (f"top-k is better than each of the {len(rnd)} random runs on target loss ({loss['top']:.4g} vs "
-                              f"mean {loss['random_mean']:.4g}) but inside their 95% prediction interval: suggestive, not decisive")
-        else:
-            out["verdict"] = (f"top-k does not beat random on target loss ({loss['top']:.4g} vs random mean "
-                              f"{loss['random_mean']:.4g} +- {loss['random_sd']:.2g} sd)")
+    clauses = [_verdict_clause(out[m], len(rnd), what) for m, what in
+               (("target_loss_end", "target loss"), ("accuracy_end", "test accuracy")) if m in out]
+    if clauses:
+        out["verdict"] = "; ".join(clauses)
     return out

@@ -23,11 +23,15 @@ def test_verdict_separates_clear_and_unclear_wins():
     lo, hi = clear["target_loss_end"]["random_mean_ci95"]
     assert lo < 2.0 < hi and clear["accuracy_end"]["top_better_than_every_random"]  # 0.5 vs 0.3 each
     assert clear["accuracy_end"]["top_z"] is None  # the random accuracies have no spread
+    assert clear["verdict"].endswith("; top-k beats random on test accuracy: 0.5 lies outside the random runs' 95% "
+                                     "prediction interval [0.3, 0.3]")
     close = selection_verdict(summary(1.85, [2.0, 2.1, 1.9, 2.05, 1.95], 3.0))
     assert close["target_loss_end"]["top_better_than_every_random"]
     assert not close["target_loss_end"]["top_beyond_prediction_interval"] and "suggestive" in close["verdict"]
     worse = selection_verdict(summary(2.2, [2.0, 2.1, 1.9, 2.05, 1.95], 3.0))
-    assert "does not beat" in worse["verdict"]
+    assert "does not beat random on target loss" in worse["verdict"]
+    loss_only = selection_verdict(summary(2.2, [2.0, 2.1, 1.9, 2.05, 1.95], 3.0).drop(columns="accuracy_end"))
+    assert "test accuracy" not in loss_only["verdict"] and "does not beat random on target loss" in loss_only["verdict"]
 
 
 def test_sets_are_seeded_and_checked():
