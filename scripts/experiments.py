@@ -73,6 +73,8 @@ def parse_args(argv=None):
     p.add_argument("--q2c-prompts", type=int, default=64, help="q2c: 2-person RL prompts")
     p.add_argument("--q2c-seeds", type=int, default=4, help="q2c: predict-rl rollout seeds per start")
     p.add_argument("--q2c-runs", type=int, default=24, help="q2c: real first GRPO steps per start and lr")
+    p.add_argument("--q2d-seeds", default="0,1,2", help="q2d: demo seeds (each: its own puzzles, SFT starts and GRPO)")
+    p.add_argument("--q2d-starts", default="answer-only,short-cot,long-cot", help="q2d: SFT starts compared")
     p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads per command (default 1)")
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
@@ -316,6 +318,17 @@ def stage_q2c(R: Runner):
     if not R.done(out):
         R.se("validate", "rl-curves", *models, *common, "--steps", 10, "--prompts-per-step", 8, "--lr", "1e-4",
              "--runs", 3, "--eval-every", 2, "--out", out, label="q2c 10-step curves")
+
+
+def stage_q2d(R: Runner):
+    """The paper's RL ordering on the four-stage tiny base: per seed, the demo's RL part from each SFT start (160
+    fresh puzzles of one style, 120 AdamW steps), `predict-rl` of held-out accuracy growth under the all-or-nothing
+    `kk` reward, one real 8-step GRPO run, and the ordering verdict. The demo's selection part runs too."""
+    a = R.args
+    for seed in (int(x) for x in a.q2d_seeds.split(",") if x.strip()):
+        out = R.p("q2d", f"seed{seed}")
+        if not R.done(f"{out}/rl_summary.json"):
+            R.se("demo", "--out", out, "--seed", seed, "--rl-starts", a.q2d_starts, label=f"q2d demo seed {seed}")
 
 
 def stage_q3(R: Runner):
@@ -618,7 +631,7 @@ def stage_summary(R: Runner):
 def main(argv=None):
     a = parse_args(argv)
     R = Runner(a)
-    stages = {"data": stage_data, "q1": stage_q1, "q2": stage_q2, "q2b": stage_q2b, "q2c": stage_q2c, "q3": stage_q3,
+    stages = {"data": stage_data, "q1": stage_q1, "q2": stage_q2, "q2b": stage_q2b, "q2c": stage_q2c, "q2d": stage_q2d, "q3": stage_q3,
               "sources": stage_sources,
               "summary": stage_summary}
     t0 = time.time()
