@@ -9,6 +9,7 @@ every rank's effects and alone writes the output.
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -52,6 +53,16 @@ def init(device: torch.device) -> None:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
+    atexit.register(_leave)
+
+
+def _leave() -> None:
+    """Leave the process group at exit. Left to the interpreter's teardown, gloo's threads can abort
+    the process ("terminate called without an active exception", SIGABRT) after its work is done."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def active() -> bool:
