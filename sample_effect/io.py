@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sample_effect.errors import ConfigError, SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError, literal
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,7 +27,7 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = True) -> Path:
     if p.is_dir():
         raise SampleEffectError(f"output path is a directory: {p}")
     if p.exists() and not overwrite:
-        raise ConfigError("check_output_path", f"output file already exists: {p} (pass <overwrite> to replace it)")
+        raise ConfigError("check_output_path", f"output file already exists: {literal(p)} (pass <overwrite> to replace it)")
     return p
 
 

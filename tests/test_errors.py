@@ -283,3 +283,23 @@ def test_rl_warnings_name_fields_in_python_and_flags_in_the_cli():
     for again in (pickle.loads(pickle.dumps(zero)), copy.deepcopy(zero)):
         assert again == zero and render_text(again, flag_for) == cli
     assert render_text("plain text <x>", flag_for) == "plain text <x>"
+
+
+def test_user_text_with_angle_brackets_is_kept_verbatim(tmp_path):
+    """A path or a name the user gave is never read as a field, from Python or from the CLI."""
+    from sample_effect.io import check_output_path
+    from sample_effect.rollouts.rewards import get_reward
+    from sample_effect.training import SFTConfig
+
+    odd = tmp_path / "<run>"
+    odd.mkdir()
+    existing = odd / "out.csv"
+    existing.write_text("x\n")
+    cases = [(lambda: check_output_path(existing, overwrite=False), str(existing)),
+             (lambda: get_reward("<lr>"), "unknown reward '<lr>'"),
+             (lambda: SFTConfig(schedule="<lr>").validate(), "unknown SFTConfig.schedule '<lr>'")]
+    for call, text in cases:
+        with pytest.raises(ConfigError) as info:
+            call()
+        assert text in str(info.value), str(info.value)
+        assert text.replace("SFTConfig.schedule", "--schedule") in _one_line(info.value), _one_line(info.value)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sample_effect.errors import ConfigError, SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError, literal
 
 DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
@@ -66,7 +66,7 @@ def read_records(
     if split is not None and kind != "dataset" and not strict:
         split = None
     if split is not None and kind != "dataset":
-        raise ConfigError("read_records", f"<split> {split} applies to a `datasets` directory saved with save_to_disk, not to {p}")
+        raise ConfigError("read_records", f"<split> {literal(split)} applies to a `datasets` directory saved with save_to_disk, not to {literal(p)}")
     if kind == "jsonl":
         if p.is_dir():
             raise SampleEffectError(
@@ -108,13 +108,13 @@ def _read_dataset(p: Path, split: str | None, strict: bool = True) -> list[dict[
         names = list(ds.keys())
         if split is None:
             if len(names) != 1:
-                raise ConfigError("read_records", f"{p} is a DatasetDict with splits {', '.join(names)}; choose one with <split>")
+                raise ConfigError("read_records", f"{literal(p)} is a DatasetDict with splits {literal(', '.join(names))}; choose one with <split>")
             split = names[0]
         if split not in ds:
             raise SampleEffectError(f"{p} has no split '{split}' (it has {', '.join(names)})")
         ds = ds[split]
     elif split is not None and strict:
-        raise ConfigError("read_records", f"<split> {split}: {p} is a single Dataset, not a DatasetDict with splits")
+        raise ConfigError("read_records", f"<split> {literal(split)}: {literal(p)} is a single Dataset, not a DatasetDict with splits")
     return list(ds.to_list())
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from sample_effect.errors import ConfigError, SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError, literal
 
 ARCHS = ("gpt2", "qwen2", "llama")
 
@@ -120,7 +120,7 @@ def init_tiny_student(
     quiet_hf_progress()
     src = Path(source)
     if not src.is_dir():
-        raise ConfigError("init_tiny_student", f"<source>: no model directory at {src}")
+        raise ConfigError("init_tiny_student", f"<source>: no model directory at {literal(src)}")
     tok = load_tokenizer(src)
     if getattr(tok, "eos_token_id", None) is None:
         raise SampleEffectError(f"the tokenizer of {src} has no EOS token; sampling needs one to stop")

@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Callable
 
-from sample_effect.errors import ConfigError, SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError, literal
 
 Reward = Callable[..., float]
 
@@ -101,15 +101,15 @@ def get_reward(name: str) -> Reward:
     if name in BUILTIN:
         return checked_reward(BUILTIN[name], name)
     if ":" not in name:
-        raise ConfigError("get_reward", f"unknown reward '{name}' for <name>; use one of {', '.join(BUILTIN)} or module:function")
+        raise ConfigError("get_reward", f"unknown reward '{literal(name)}' for <name>; use one of {', '.join(BUILTIN)} or module:function")
     module_name, _, func_name = name.partition(":")
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
         raise ConfigError(
-            "get_reward", f"cannot import reward module '{module_name}' (<name> {name}): {type(exc).__name__}: {exc}"
+            "get_reward", f"cannot import reward module '{literal(module_name)}' (<name> {literal(name)}): {type(exc).__name__}: {literal(exc)}"
         ) from None
     fn = getattr(module, func_name, None)
     if not callable(fn):
-        raise ConfigError("get_reward", f"<name> '{name}': module '{module_name}' has no function '{func_name}'")
+        raise ConfigError("get_reward", f"<name> '{literal(name)}': module '{literal(module_name)}' has no function '{literal(func_name)}'")
     return checked_reward(fn, name)

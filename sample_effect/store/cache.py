@@ -32,7 +32,7 @@ import torch
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.engine.effects import EffectResult, compute_effects, resolve_state
-from sample_effect.errors import ConfigError, SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError, literal
 from sample_effect.io import atomic_open, atomic_path
 from sample_effect.models.loading import select_parameters
 from sample_effect.targets.core import (
@@ -174,7 +174,7 @@ def _open_run(  # type: ignore[no-untyped-def]
     rank0 = not distributed or dist.rank() == 0
     n = len(examples)
     if root.exists() and not root.is_dir():
-        raise ConfigError("score_rank", f"<cache_dir> {root} exists and is not a directory")
+        raise ConfigError("score_rank", f"<cache_dir> {literal(root)} exists and is not a directory")
     loss_kind = isinstance(target, (LossTarget, SelfTarget))
     g: TargetVector | None = None
     if loss_kind:
@@ -192,7 +192,7 @@ def _open_run(  # type: ignore[no-untyped-def]
         others = sorted(p.name for p in root.glob("*/manifest.json")) if root.is_dir() else []
         raise ConfigError(
             "score_rank",
-            f"<resume>: {root} holds no run with these settings (key {key}"
+            f"<resume>: {literal(root)} holds no run with these settings (key {key}"
             + (f"; it holds {len(others)} run(s) with other weights, data, target or update settings" if others else "")
             + ")"
         )

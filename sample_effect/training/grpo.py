@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sample_effect.data.examples import pad_sequences, read_jsonl
-from sample_effect.errors import ConfigError, SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError, literal
 from sample_effect.io import atomic_open
 from sample_effect.objectives.losses import grpo_advantages, grpo_loss, token_logprobs
 from sample_effect.rollouts.generation import greedy_accuracy, prompt_ids, sample
@@ -106,7 +106,7 @@ class GRPOConfig:
         if self.max_new_tokens < 1:
             raise ConfigError("GRPOConfig", f"<max_new_tokens> must be >= 1, got {self.max_new_tokens}")
         if self.schedule not in SCHEDULES:
-            raise ConfigError("GRPOConfig", f"unknown <schedule> '{self.schedule}'; choose one of {', '.join(SCHEDULES)}")
+            raise ConfigError("GRPOConfig", f"unknown <schedule> '{literal(self.schedule)}'; choose one of {', '.join(SCHEDULES)}")
         return self
 
 

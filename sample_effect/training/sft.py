@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import check_lengths, collate, example_loss_values
-from sample_effect.errors import ConfigError, SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError, literal
 from sample_effect.objectives.losses import example_losses, sft_sequence_loss
 from sample_effect.rollouts.generation import greedy_accuracy
 from sample_effect.training.common import (
@@ -66,7 +66,7 @@ class SFTConfig:
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError("SFTConfig", f"<max_steps> must be >= 1, got {self.max_steps}")
         if self.schedule not in SCHEDULES:
-            raise ConfigError("SFTConfig", f"unknown <schedule> '{self.schedule}'; choose one of {', '.join(SCHEDULES)}")
+            raise ConfigError("SFTConfig", f"unknown <schedule> '{literal(self.schedule)}'; choose one of {', '.join(SCHEDULES)}")
         return self
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from sample_effect.errors import ConfigError, SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError, literal
 from sample_effect.update.optim import OptimizerState, state_from_state_dict
 
 OPTIMIZER_FILE = "optimizer.pt"
@@ -86,7 +86,7 @@ def load_trainer_optimizer_state(
     if not f.is_file():
         raise ConfigError(
             "load_trainer_optimizer_state",
-            f"<path> {d} is a directory without {OPTIMIZER_FILE}; expected a transformers Trainer "
+            f"<path> {literal(d)} is a directory without {OPTIMIZER_FILE}; expected a transformers Trainer "
             "checkpoint directory (saved with the optimizer) or a torch.save file"
         )
     try:

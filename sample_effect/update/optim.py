@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from sample_effect.errors import ConfigError, SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError, literal
 from sample_effect.update.rules import (
     CLIP_EPS,
     ParamHyper,
@@ -123,11 +123,11 @@ def load_optimizer_state(
     """
     p = Path(path)
     if not p.exists():
-        raise ConfigError("load_optimizer_state", f"<path> file not found: {p}")
+        raise ConfigError("load_optimizer_state", f"<path> file not found: {literal(p)}")
     if p.is_dir():
         raise ConfigError(
             "load_optimizer_state",
-            f"<path> {p} is a directory; a transformers Trainer checkpoint directory is read with the "
+            f"<path> {literal(p)} is a directory; a transformers Trainer checkpoint directory is read with the "
             "model (sample_effect.update.hf_checkpoint.load_trainer_optimizer_state)"
         )
     try:
@@ -137,7 +137,7 @@ def load_optimizer_state(
     except Exception as exc:  # pickle / zip / weights-only errors of many types
         raise ConfigError(
             "load_optimizer_state",
-            f"could not read <path> {p}: not a torch.save file of tensors and plain containers "
+            f"could not read <path> {literal(p)}: not a torch.save file of tensors and plain containers "
             f"({type(exc).__name__})"
         ) from None
     if not isinstance(blob, dict) or "optimizer" not in blob or "param_names" not in blob:

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from sample_effect.data.examples import Example, TokenizedExample, tokenize_examples
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.engine.effects import EffectResult, score_examples_result
-from sample_effect.errors import ConfigError, SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError, literal
 from sample_effect.models.loading import load_model
 from sample_effect.targets.core import LossTarget, Target
 from sample_effect.update.optim import UpdateConfig
@@ -91,17 +91,17 @@ class StabilityConfig:
         for name in ("resamples", "orders"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError("StabilityConfig", f"<{name}> must be an integer >= 0, got {v!r}")
+                raise ConfigError("StabilityConfig", f"<{name}> must be an integer >= 0, got {literal(repr(v))}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            raise ConfigError("StabilityConfig", f"<top_k> must be an integer >= 1, got {self.top_k!r}")
+            raise ConfigError("StabilityConfig", f"<top_k> must be an integer >= 1, got {literal(repr(self.top_k))}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError("StabilityConfig", f"<seed> must be an integer, got {self.seed!r}")
+            raise ConfigError("StabilityConfig", f"<seed> must be an integer, got {literal(repr(self.seed))}")
         if isinstance(self.checkpoints, (str, os.PathLike)):
             raise ConfigError("StabilityConfig", "<checkpoints> must be a list of model directories, got the single "
                                                  f"path {str(self.checkpoints)!r}")
         bad = [p for p in self.checkpoints if not isinstance(p, (str, os.PathLike))]
         if bad:
-            raise ConfigError("StabilityConfig", f"<checkpoints> holds {bad[0]!r}, not a path")
+            raise ConfigError("StabilityConfig", f"<checkpoints> holds {literal(repr(bad[0]))}, not a path")
         if self.resample_method not in RESAMPLE_METHODS:
             raise SampleEffectError(f"StabilityConfig.resample_method must be one of {', '.join(RESAMPLE_METHODS)}, "
                                     f"got {self.resample_method!r}")
@@ -363,7 +363,7 @@ def rank_stability(
         raise SampleEffectError("rank_stability needs target_examples or a target")
     missing = [p for p in config.checkpoints if load_checkpoint is None and not Path(p).is_dir()]
     if missing:
-        raise ConfigError("StabilityConfig", f"<checkpoints>: not a directory: {missing[0]}")
+        raise ConfigError("StabilityConfig", f"<checkpoints>: not a directory: {literal(missing[0])}")
     scoring = _Scoring(update, replace(compute, progress=False), params, optimizer_state, max_length)
     tokenized = _tokenized(examples, tokenizer, max_length)
     if len(tokenized) < 2:
