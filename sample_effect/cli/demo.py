@@ -76,7 +76,8 @@ def _check_args(args: argparse.Namespace) -> Path:
     """Settings and --out checked before anything is loaded or written."""
     for flag, value in (("--n-pool", args.n_pool), ("--n-target", args.n_target), ("--n-test", args.n_test),
                         ("--top-k", args.top_k), ("--max-new-tokens", args.max_new_tokens), ("--random-draws", args.random_draws),
-                        ("--start-examples", args.start_examples), ("--rl-prompts", args.rl_prompts), ("--rl-eval", args.rl_eval), ("--rl-steps", args.rl_steps),
+                        ("--start-examples", args.start_examples), ("--rl-prompts", args.rl_prompts),
+                        ("--rl-eval", args.rl_eval), ("--rl-steps", args.rl_steps),
                         ("--rl-prompts-per-step", args.rl_prompts_per_step),
                         ("--rl-max-new-tokens", args.rl_max_new_tokens)):
         if value < 1:
@@ -241,18 +242,21 @@ def _rl_prompts(args: argparse.Namespace) -> tuple[list, list]:
     return [[RLPrompt(r["id"], r["prompt"], r["answer"]) for r in recs] for recs in (train, held)]
 
 
+def _tokenized(recs: list[dict], name: str, tok: Any) -> list:
+    """Records as tokenized examples; `name` is the file their errors point to."""
+    from sample_effect.data.examples import examples_from_records, tokenize_examples
+
+    return tokenize_examples(examples_from_records(list(enumerate(recs, 1)), name), tok)[0]
+
+
 def start_examples(n: int, seed: int, style: str, tok: Any) -> list:
     """The SFT data of one RL start: n fresh puzzles (2-3 people, none from the pool) in `style`, tokenized.
 
-    An RL start is fine-tuned on more examples than a selection (160 against 24 by default): on 40
-    answer-only examples the shipped base's greedy 2-person accuracy after SFT was 0.31 (mean of 4
-    seeds), on 160 it was 0.49, at the same 120 steps (see tests/models/test_sft_band.py).
+    An RL start is fine-tuned on more examples than a selection (160 against 24 by default): at
+    seeds 7-10 the shipped base's greedy 2-person accuracy after 120 answer-only steps was 0.31 on
+    average with 40 examples and 0.47 with these 160 (see tests/models/test_sft_band.py).
     """
-    from sample_effect.data.examples import examples_from_records, tokenize_examples
-
-    recs = kk_records(n, 10_000 + 3 * seed + 2_000, [style], "start")
-    data, _ = tokenize_examples(examples_from_records(list(enumerate(recs, 1)), f"start-{style}.jsonl"), tok)
-    return data
+    return _tokenized(kk_records(n, 10_000 + 3 * seed + 2_000, [style], "start"), f"start-{style}.jsonl", tok)
 
 
 def _rl_stage(args: argparse.Namespace, out: Path, model_dir: Any, tok: Any, cfg: Any,
@@ -321,7 +325,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     pool, target, test = _write_data(args, out)
     examples = examples_from_records(list(enumerate(pool, 1)), "pool.jsonl")
     tok_pool, _ = tokenize_examples(examples, tok)
-    tok_target, _ = tokenize_examples(examples_from_records(list(enumerate(target, 1)), "target.jsonl"), tok)
+    tok_target = _tokenized(target, "target.jsonl", tok)
     test_items = [(r["prompt"], r["answer"]) for r in test]
     say(f"{len(examples)} pool examples, {len(tok_target)} target, {len(test_items)} test puzzles; model {args.model}")
 

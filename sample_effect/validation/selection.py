@@ -91,7 +91,8 @@ def _verdict_clause(m: dict[str, Any], n_random: int, what: str) -> str:
 
 def selection_verdict(summary: pd.DataFrame) -> dict[str, Any]:
     """Top-k and bottom-k against the random runs, per metric: the random mean with its 95% t-interval
-    (of the mean) and 95% prediction interval (of one more random run), where top-k falls, and a one-line verdict (target loss first, then test accuracy)."""
+    (of the mean) and 95% prediction interval (of one more random run), where top-k falls, and a one-line
+    verdict (target loss first, then test accuracy)."""
     rnd = summary[summary["group"] == "random"]
     if len(rnd) < 2:
         raise SampleEffectError("the selection verdict needs at least 2 random runs")
