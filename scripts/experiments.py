@@ -11,7 +11,8 @@ time in OUT/timings-STAGES.json and gathers the small result tables into OUT/sum
 
 Stages: data, q1 (SFT dataset effects vs real SFT), q2 (SFT inits -> predicted vs actual GRPO growth),
 q2b (a stronger SFT start), q2c (kk-partial reward: predicted vs actual GRPO growth from three SFT starts),
-q3 (re-distilled data vs template styles), sources (every imitation-data source side by side: template,
+q3 (re-distilled data vs template styles), q5 (Delta E >= (Delta r)^2 across the checkpoints of a GRPO run
+that learns, and the token-position log-prob tail over its steps), sources (every imitation-data source side by side: template,
 RFT, teacher distillation incl. SmolLM2-135M when the extra is installed, re-distilled; compare-sources + markers),
 summary. Later stages read earlier stages' files; a stage
 whose outputs exist is re-run only with --overwrite (commands get --overwrite too).
@@ -33,7 +34,7 @@ STYLES = ("answer-only", "short-cot", "long-cot")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/experiments", help="output directory")
-    p.add_argument("--stages", default="data,q1,q2,q2b,q2c,q3,sources,summary")
+    p.add_argument("--stages", default="data,q1,q2,q2b,q2c,q5,q3,sources,summary")
     p.add_argument("--python", default=sys.executable, help="interpreter that has sample_effect installed")
     p.add_argument("--seed", type=int, default=0, help="training / sampling seed passed to every command")
     p.add_argument("--data-seed", type=int, default=1, help="seed of the SFT puzzles (same puzzles in every style)")
@@ -75,6 +76,13 @@ def parse_args(argv=None):
     p.add_argument("--q2c-runs", type=int, default=24, help="q2c: real first GRPO steps per start and lr")
     p.add_argument("--q2d-seeds", default="0,1,2", help="q2d: demo seeds (each: its own puzzles, SFT starts and GRPO)")
     p.add_argument("--q2d-starts", default="answer-only,short-cot,long-cot", help="q2d: SFT starts compared")
+    p.add_argument("--q5-start-examples", type=int, default=160, help="q5: answer-only SFT puzzles of the RL start")
+    p.add_argument("--q5-rl-prompts", type=int, default=64, help="q5: GRPO training puzzles (2-3 people)")
+    p.add_argument("--q5-eval", type=int, default=48, help="q5: held-out puzzles for the greedy accuracy r")
+    p.add_argument("--q5-distill-prompts", type=int, default=48, help="q5: puzzles each checkpoint re-distils")
+    p.add_argument("--q5-steps", type=int, default=24, help="q5: GRPO steps")
+    p.add_argument("--q5-save-every", type=int, default=6, help="q5: checkpoint (and eval) every N GRPO steps")
+    p.add_argument("--q5-lr", type=float, default=2e-4, help="q5: SFT and GRPO lr (the demo's)")
     p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads per command (default 1)")
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
@@ -331,6 +339,100 @@ def stage_q2d(R: Runner):
             R.se("demo", "--out", out, "--seed", seed, "--rl-starts", a.q2d_starts, label=f"q2d demo seed {seed}")
 
 
+def kk_mixed(R: Runner, name: str, n: int, seed: int, style: str = "answer-only") -> str:
+    """n puzzles, half 2-person and half 3-person (as the demo's), in q5/NAME.jsonl."""
+    q = R.p("q5")
+    parts = []
+    for people, count in ((2, n // 2), (3, n - n // 2)):
+        f = f"{q}/{name}-{people}p.jsonl"
+        if count and not R.done(f):
+            R.se("kk", "--people", people, "--n", count, "--seed", seed, "--style", style, "--id-prefix", name,
+                 "--out", f, label="kk")
+        if count:
+            parts.append(f)
+    cat(parts, f"{q}/{name}.jsonl")
+    return f"{q}/{name}.jsonl"
+
+
+def stage_q5(R: Runner):
+    """The paper's growth law Delta E >= (Delta r)^2 across RL checkpoints, and where the rarest tokens sit.
+
+    One GRPO run that learns (the demo's answer-only RL start: 160 puzzles, 120 AdamW steps; then
+    --q5-steps GRPO steps under the `kk` reward, checkpoint and greedy eval every --q5-save-every).
+    At every checkpoint c: r(c) = greedy accuracy on --q5-eval held-out puzzles; the policy re-distils
+    --q5-distill-prompts puzzles (4 samples at temperature 1, one correct kept per puzzle), and the
+    dataset effect E(c) is the mean sample effect of that filtered set at the RL start, toward the
+    held-out answer loss of Q1 (SGD and AdamW). The log-prob tail of the run: `plot quantiles`.
+    """
+    a = R.args
+    q = R.p("q5")
+    os.makedirs(q, exist_ok=True)
+    start = kk_mixed(R, "start", a.q5_start_examples, a.data_seed + 8000)
+    rl = kk_mixed(R, "rl", a.q5_rl_prompts, a.data_seed + 8100)
+    held = kk_mixed(R, "eval", a.q5_eval, a.data_seed + 8200)
+    dprompts = kk_mixed(R, "distill", a.q5_distill_prompts, a.data_seed + 8300)
+    sft, grpo = f"{q}/sft", f"{q}/grpo"
+    if not R.done(f"{sft}/final"):
+        R.se("train-sft", "--model", "tiny", "--data", start, "--out", sft, "--lr", a.q5_lr, "--batch-size", 4,
+             "--steps", 120, "--max-grad-norm", 1.0, "--schedule", "constant", "--eval-every", 0, "--seed", a.seed,
+             label="q5 train-sft answer-only start")
+    if not R.done(f"{grpo}/final"):
+        R.se("train-grpo", "--model", f"{sft}/final", "--prompts", rl, "--eval-prompts", held, "--reward", "kk",
+             "--out", grpo, "--steps", a.q5_steps, "--prompts-per-step", 4, "--group-size", a.group_size,
+             "--max-new-tokens", 200, "--lr", a.q5_lr, "--max-grad-norm", 1.0, "--eval-every", a.q5_save_every,
+             "--save-every", a.q5_save_every, "--eval-max-new-tokens", 200, "--seed", a.seed, label="q5 train-grpo")
+    acc = {int(r["step"]): float(r["eval_accuracy"]) for r in read_csv(f"{grpo}/metrics.csv")
+           if r.get("eval_accuracy") not in (None, "")}
+    points = [(0, f"{sft}/final")] + [(s, f"{grpo}/checkpoint-{s}") for s in range(a.q5_save_every, a.q5_steps,
+                                                                                 a.q5_save_every)]
+    points.append((a.q5_steps, f"{grpo}/final"))
+    rows = []
+    for step, ck in points:
+        data = f"{q}/redistill-step{step}.jsonl"
+        if not R.done(data):
+            R.se("redistill", "--model", ck, "--prompts", dprompts, "--reward", "kk", "--out", data,
+                 "--samples-per-prompt", 4, "--keep-per-prompt", 1, "--temperature", 1.0, "--max-new-tokens", 200,
+                 "--seed", a.seed, label=f"q5 redistill step {step}")
+        row = {"step": step, "accuracy": acc.get(step), "kept": count_lines(data), "prompts": a.q5_distill_prompts}
+        for opt in ("sgd", "adamw"):
+            out = f"{q}/rank-step{step}-{opt}.csv"
+            if row["kept"] and not R.done(out):
+                R.se("rank", "--model", f"{sft}/final", "--data", data, "--target-data", R.p("data", "target.jsonl"),
+                     "--optimizer", opt, "--lr", a.q5_lr, "--clip", 1.0, "--out", out, label=f"q5 rank step {step} {opt}")
+            eff = [float(r["effect"]) for r in read_csv(out)] if Path(out).exists() else []
+            row[f"effect_{opt}"] = sum(eff) / len(eff) if eff else None
+        rows.append(row)
+    R.se("plot", "quantiles", grpo, "--bucket", 8, "--out", f"{q}/quantiles.png", label="plot", check=False)
+    R.se("plot", "training", grpo, "--y", "eval_accuracy", "--out", f"{q}/accuracy.png", label="plot", check=False)
+    law = growth_law(rows)
+    rare = read_csv(f"{q}/quantiles_rare.csv") if Path(f"{q}/quantiles_rare.csv").exists() else []
+    Path(q, "summary.json").write_text(json.dumps({"checkpoints": rows, "growth_law": law, "rare_tokens": rare},
+                                                  indent=1) + "\n")
+    for r in law["rows"]:
+        print(f"step {r['step']:>3}  r {r['accuracy']:.3f}  dr {r['delta_r']:+.3f}  (dr)^2 {r['delta_r_sq']:.4f}  "
+              f"kept {r['kept']:>2}  dE/E0 sgd {r['rel_delta_e_sgd']:+.4f}  adamw {r['rel_delta_e_adamw']:+.4f}")
+
+
+def growth_law(rows: list[dict]) -> dict:
+    """Delta r and Delta E of every checkpoint against the first, E as a share of E(start) (unit-free, so that
+    it can sit next to (Delta r)^2, which is a squared probability), and whether Delta E >= (Delta r)^2."""
+    ok = [r for r in rows if r["accuracy"] is not None and r["effect_sgd"] is not None and r["effect_adamw"] is not None]
+    if not ok:
+        return {"rows": [], "holds_sgd": None, "holds_adamw": None}
+    r0 = ok[0]
+    out = []
+    for r in ok[1:]:
+        d = {"step": r["step"], "accuracy": r["accuracy"], "kept": r["kept"], "delta_r": r["accuracy"] - r0["accuracy"]}
+        d["delta_r_sq"] = d["delta_r"] ** 2
+        for opt in ("sgd", "adamw"):
+            d[f"delta_e_{opt}"] = r[f"effect_{opt}"] - r0[f"effect_{opt}"]
+            d[f"rel_delta_e_{opt}"] = d[f"delta_e_{opt}"] / abs(r0[f"effect_{opt}"])
+        out.append(d)
+    holds = {opt: sum(d[f"rel_delta_e_{opt}"] >= d["delta_r_sq"] for d in out) for opt in ("sgd", "adamw")}
+    return {"rows": out, "start": r0, "holds_sgd": f"{holds['sgd']}/{len(out)}",
+            "holds_adamw": f"{holds['adamw']}/{len(out)}"}
+
+
 def stage_q3(R: Runner):
     a = R.args
     q = R.p("q3")
@@ -546,18 +648,17 @@ def final_acc(run):
 
 
 def pick_redistill_source(R: Runner):
-    """The checkpoint with the best eval accuracy among the GRPO runs (then the SFT runs)."""
+    """The checkpoint with the best eval accuracy among the GRPO runs of q5, q2b and q2 (then their SFT runs)."""
     best, best_acc = None, -1.0
-    for q, kind, name in [(R.p("q2b"), k, "strong") for k in ("grpo", "sft")] + \
-            [(R.p("q2"), k, n) for k in ("grpo", "sft") for n in ("long-cot", "short-cot", "answer-only")]:
-        if True:
-            run = Path(q) / f"{kind}-{name}"
-            if (run / "final").exists() and (run / "metrics.csv").exists():
-                acc = final_acc(run)
-                if acc is not None and acc > best_acc:
-                    best, best_acc = str(run / "final"), acc
+    runs = [Path(R.p("q5"), "grpo")] + [Path(R.p("q2b"), f"{k}-strong") for k in ("grpo", "sft")] + \
+        [Path(R.p("q2"), f"{k}-{n}") for k in ("grpo", "sft") for n in ("long-cot", "short-cot", "answer-only")]
+    for run in runs:
+        if (run / "final").exists() and (run / "metrics.csv").exists():
+            acc = final_acc(run)
+            if acc is not None and acc > best_acc:
+                best, best_acc = str(run / "final"), acc
     if best is None:
-        raise SystemExit("stage q3 needs the q2 runs (SFT/GRPO checkpoints)")
+        raise SystemExit("stage q3 needs the q5, q2b or q2 runs (SFT/GRPO checkpoints)")
     return best
 
 
@@ -631,7 +732,7 @@ def stage_summary(R: Runner):
 def main(argv=None):
     a = parse_args(argv)
     R = Runner(a)
-    stages = {"data": stage_data, "q1": stage_q1, "q2": stage_q2, "q2b": stage_q2b, "q2c": stage_q2c, "q2d": stage_q2d, "q3": stage_q3,
+    stages = {"data": stage_data, "q1": stage_q1, "q2": stage_q2, "q2b": stage_q2b, "q2c": stage_q2c, "q2d": stage_q2d, "q3": stage_q3, "q5": stage_q5,
               "sources": stage_sources,
               "summary": stage_summary}
     t0 = time.time()
@@ -641,7 +742,7 @@ def main(argv=None):
             raise SystemExit(f"unknown stage {s!r}; choose from {', '.join(stages)}")
         print(f"=== stage {s}", flush=True)
         stages[s](R)
-    print(f"done in {time.time() - t0:.0f} s; wrote {R.out.resolve()} (timings-*.json, summary.json, q1/ q2/ q3/ sources/)")
+    print(f"done in {time.time() - t0:.0f} s; wrote {R.out.resolve()} (timings-*.json, summary.json and one directory per stage)")
 
 
 if __name__ == "__main__":

@@ -129,3 +129,35 @@ def check_settings(q: float, min_count: int, bucket: int) -> None:
         raise ConfigError("check_settings", f"<min_count> must be >= 1, got {min_count}")
     if bucket < 1:
         raise ConfigError("check_settings", f"<bucket> must be >= 1, got {bucket}")
+
+
+RARE_COLUMNS = ("step", "tokens", "threshold", "rare", "median_position", "mean_relative_position")
+
+
+def rare_token_positions(tokens: pd.DataFrame, q: float = 0.01) -> pd.DataFrame:
+    """Where a step's rarest tokens sit: per step, the tokens at or below that step's q-quantile log-prob.
+
+    One row per step: `tokens` (all of the step's completion tokens), `threshold` (their
+    q-quantile, numpy's linear one), `rare` (how many are <= it), `median_position` (median 0-based
+    position of the rare tokens) and `mean_relative_position` (mean of position / completion
+    length, so 0 is the first token and values near 1 the last, whatever the lengths). This is the
+    number behind "does the 1% quantile move from late to early positions over RL steps": a falling
+    median or relative position means the rarest tokens move toward the start of the completions.
+    `tokens` is `read_replay`'s frame.
+    """
+    if not (isinstance(q, (int, float)) and 0 <= q <= 1):
+        raise ConfigError("rare_token_positions", f"<q> must be in [0, 1], got {q}")
+    missing = {"step", "rollout", "position", "logprob"} - set(tokens.columns)
+    if missing:
+        raise SampleEffectError(f"rare_token_positions needs read_replay's columns; missing {sorted(missing)}")
+    lengths = tokens.groupby(["step", "rollout"])["position"].transform("max") + 1
+    rel = tokens["position"] / lengths
+    rows = []
+    for step, idx in tokens.groupby("step", sort=True).groups.items():
+        lp = tokens.loc[idx, "logprob"].to_numpy()
+        thr = float(np.quantile(lp, q))
+        rare = lp <= thr
+        rows.append({"step": int(step), "tokens": int(lp.size), "threshold": thr, "rare": int(rare.sum()),
+                     "median_position": float(np.median(tokens.loc[idx, "position"].to_numpy()[rare])),
+                     "mean_relative_position": float(rel.loc[idx].to_numpy()[rare].mean())})
+    return pd.DataFrame(rows, columns=list(RARE_COLUMNS))

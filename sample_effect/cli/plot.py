@@ -73,7 +73,8 @@ def add_parsers(sub: SubParsers) -> None:
          "the JSON `predict-rl --out` wrote")
     for name, what in (("quantiles", "heatmap of the q-quantile of token log-probs per GRPO step and token position"),
                        ("quantile-curves", "q-quantile of token log-probs against token position, a few GRPO steps")):
-        p = kind(name, what + "; the tidy table (step, position, quantile, count) goes to OUT with a .csv suffix",
+        p = kind(name, what + "; the tidy table (step, position, quantile, count) goes to OUT with a .csv suffix, "
+                 "and where each step's rarest q of tokens sit (median and relative position) to OUT_rare.csv",
                  "a `train-grpo --out` run directory, its replay/ directory or one replay/step-XXXXX.jsonl")
         p.add_argument("--quantile", type=float, default=0.01, help="the quantile q in [0, 1] (default 0.01)")
         p.add_argument("--bucket", type=positive_int, default=1, help="pool this many token positions per column (default 1)")
@@ -172,7 +173,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     out = _figure_path(args)
     outputs = [out]
     if args.plot_kind in ("quantiles", "quantile-curves"):
-        outputs.append(out.with_suffix(".csv"))
+        outputs += [out.with_suffix(".csv"), out.with_name(out.stem + "_rare.csv")]
     for p in outputs:
         check_output_path(p, args.overwrite)
     inputs = args.inputs
@@ -343,11 +344,20 @@ def _draw_predict_rl(args: argparse.Namespace, out: Path) -> str:
 
 
 def _draw_quantiles(args: argparse.Namespace, out: Path) -> str:
-    from sample_effect.analysis.quantiles import logprob_quantiles
+    from sample_effect.analysis.quantiles import (
+        check_settings,
+        quantile_pivot,
+        quantile_table,
+        rare_token_positions,
+        read_replay,
+    )
     from sample_effect.io import write_table
     from sample_effect.plots.figures import logprob_quantile_curves, logprob_quantile_heatmap
 
-    table, pivot = logprob_quantiles(args.inputs[0], args.quantile, args.min_count, args.bucket)
+    check_settings(args.quantile, args.min_count, args.bucket)
+    tokens = read_replay(args.inputs[0])
+    table = quantile_table(tokens, args.quantile, args.min_count, args.bucket)
+    pivot = quantile_pivot(table, args.bucket)
     if table["quantile"].isna().all():
         raise SampleEffectError(f"{args.inputs[0]}: no (step, position) cell holds --min-count {args.min_count} tokens "
                                 f"(the most is {int(table['count'].max())}); lower --min-count or raise --bucket")
@@ -363,7 +373,13 @@ def _draw_quantiles(args: argparse.Namespace, out: Path) -> str:
                                         f"{min(have)}..{max(have)})")
         logprob_quantile_curves(table, out, steps, args.quantile, _title(args))
     write_table(table, out.with_suffix(".csv"))
-    return f"{pivot.shape[0]} steps x {pivot.shape[1]} positions"
+    rare = rare_token_positions(tokens, args.quantile)
+    write_table(rare, out.with_name(out.stem + "_rare.csv"))
+    first, last = rare.iloc[0], rare.iloc[-1]
+    return (f"{pivot.shape[0]} steps x {pivot.shape[1]} positions; the rarest {args.quantile:g} of tokens sit at median "
+            f"position {first['median_position']:g} (relative {first['mean_relative_position']:.2f}) at step "
+            f"{int(first['step'])} and {last['median_position']:g} ({last['mean_relative_position']:.2f}) at step "
+            f"{int(last['step'])}; per step in {out.stem}_rare.csv")
 
 
 def _draw_training(args: argparse.Namespace, out: Path) -> str:

@@ -122,8 +122,8 @@ def cmd_train_sft(args: argparse.Namespace) -> None:
     with output_dir(out):
         metrics = train_sft(model, tok, train, cfg, out, eval_ex, prompts or None, reward, out / "metrics.csv", progress=not args.quiet)
     last = metrics.iloc[-1].to_dict()
-    shown = ", ".join(f"{k} {last[k]:.4g}" for k in ("eval_loss", "eval_accuracy") if k in last)
-    print(f"trained {int(last['step'])} steps; {shown}; wrote {out / 'final'} and {out / 'metrics.csv'}")
+    shown = "".join(f"{k} {last[k]:.4g}; " for k in ("eval_loss", "eval_accuracy") if k in last)
+    print(f"trained {int(last['step'])} steps; {shown}wrote {out / 'final'} and {out / 'metrics.csv'}")
 
 
 def cmd_train_grpo(args: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from conftest import TRAIN, write_jsonl
 
-from sample_effect.analysis.quantiles import logprob_quantiles, read_replay
+from sample_effect.analysis.quantiles import logprob_quantiles, rare_token_positions, read_replay
 from sample_effect.cli.main import main
 from sample_effect.errors import SampleEffectError
 
@@ -114,6 +114,31 @@ def test_default_quantile_is_one_percent_and_min_count_five(tmp_path):
     assert table.loc[table["position"] == 0, "quantile"].item() == pytest.approx(np.quantile(col, 0.01), rel=1e-12)
     rows = hand_replay(tmp_path / "b", {3: [4] * 4})  # 4 tokens per position: below min_count 5
     assert logprob_quantiles(tmp_path / "b")[0]["quantile"].isna().all()
+
+
+@pytest.mark.parametrize("q", [0.01, 0.2, 1.0])
+def test_rare_token_positions_equal_a_loop_by_hand(tmp_path, q):
+    rows = hand_replay(tmp_path, {1: [7, 3, 9, 5, 9, 1, 6, 8], 4: [2, 4, 4, 10, 3, 7]}, seed=3)
+    got = rare_token_positions(read_replay(tmp_path), q=q).set_index("step")
+    assert list(got.index) == [1, 4]
+    for step, rs in rows.items():
+        flat = [v for r in rs for v in r]
+        thr = float(np.quantile(flat, q))
+        pos = [t for r in rs for t, v in enumerate(r) if v <= thr]
+        rel = [t / len(r) for r in rs for t, v in enumerate(r) if v <= thr]
+        assert got.loc[step, "tokens"] == len(flat)
+        assert got.loc[step, "threshold"] == pytest.approx(thr, rel=1e-12)
+        assert got.loc[step, "rare"] == len(pos) >= 1
+        assert got.loc[step, "median_position"] == pytest.approx(float(np.median(pos)), rel=1e-12)
+        assert got.loc[step, "mean_relative_position"] == pytest.approx(sum(rel) / len(rel), rel=1e-12)
+    # rare tokens placed at the start of every completion: relative position 0
+    (tmp_path / "c" / "replay").mkdir(parents=True)
+    write_jsonl(tmp_path / "c" / "replay" / "step-00001.jsonl",
+                [replay_line(1, k, [-9.0] + [-0.1] * 5) for k in range(4)])
+    one = rare_token_positions(read_replay(tmp_path / "c"), q=0.01)
+    assert one["median_position"].item() == 0 and one["mean_relative_position"].item() == 0
+    with pytest.raises(SampleEffectError, match="q"):
+        rare_token_positions(read_replay(tmp_path), q=1.5)
 
 
 @pytest.mark.parametrize(("content", "needle"), [
@@ -277,6 +302,9 @@ def test_every_kind_draws_png_and_svg(inputs, tmp_path, capsys, kind, ins, extra
     if kind.startswith("quantile"):
         table = pd.read_csv(tmp_path / "fig.csv")
         assert list(table.columns) == ["step", "position", "quantile", "count"]
+        rare = pd.read_csv(tmp_path / "fig_rare.csv")
+        assert list(rare.columns) == ["step", "tokens", "threshold", "rare", "median_position", "mean_relative_position"]
+        assert rare["step"].tolist() == sorted(set(table["step"])) and "the rarest 0.01 of tokens" in out
 
 
 # --------------------------------------------------------------------------------------------
