@@ -61,14 +61,34 @@ def block_rows(f: Factor, copies: int, budget: int | None) -> int:
 
 def sq_norms(fs: list[Factor], method: str, rows: int) -> torch.Tensor:
     """||g_e||^2 of one parameter for every example, by Gram forms or by forming `rows` gradients at a time."""
+    return sq_norms_and_dots(fs, method, rows, None)[0]
+
+
+def sq_norms_and_dots(
+    fs: list[Factor], method: str, rows: int, g: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(||g_e||^2, <g_e, g>) of one parameter for every example; the dots only when `g` is given.
+
+    On the Gram path the dots come from the factors (one GEMM per factor). Where the norms form
+    the gradients anyway (the 'materialise' path), the dots are read off those same blocks, which
+    saves the factor GEMM of N in out multiply-adds per Linear layer: that pass is what made
+    clipped effects cost a full weight-gradient pass more than unclipped ones.
+    """
     if method not in ("auto", "gram", "materialise"):
         raise SampleEffectError(f"unknown norm method '{method}'; choose auto, gram or materialise")
     chosen = norm_method(fs) if method == "auto" else method
     if chosen == "gram" and norm_method(fs, force_gram=True) == "gram":
-        return sq_norms_gram(fs)
+        dots = None if g is None else sum(factor_dot(f, g) for f in fs)
+        return sq_norms_gram(fs), dots  # type: ignore[return-value]
     n = int(fs[0].b.shape[0])
-    parts = [materialise_sum(fs, slice(r, min(n, r + rows))).flatten(1).pow(2).sum(1) for r in range(0, n, rows)]
-    return torch.cat(parts)
+    sq_parts, dot_parts = [], []
+    flat = None if g is None else g.reshape(-1)
+    for r in range(0, n, rows):
+        block = materialise_sum(fs, slice(r, min(n, r + rows))).flatten(1)
+        sq_parts.append(block.pow(2).sum(1))
+        if flat is not None:
+            dot_parts.append(block @ flat.to(block.dtype))
+    return torch.cat(sq_parts), (torch.cat(dot_parts) if flat is not None else None)
 
 
 def weight_decay_dot(
@@ -315,15 +335,22 @@ class GhostBackend(Backend[FactorBatch]):
         return iter_example_factors(self.model, self.params, examples, s.compute, objective=s.objective, plans=s.plans)
 
     def run(self, batch: FactorBatch) -> BatchEffects:
-        """Effects of one factor batch: dots with G for linear rules, formed row blocks otherwise."""
+        """Effects of one factor batch: dots with G for linear rules (from the norm pass when there is one), formed
+        row blocks otherwise."""
         update = self.settings.update
-        sq = None
-        if self.need_norm:
+        target = self.settings.target.vector
+        linear = update.rule.is_linear
+        sq = dots = None
+        if self.need_norm:  # a linear rule takes its dots from the same pass (formed blocks or factors)
             method = self.settings.compute.norm_method
-            sq = sum(sq_norms(fs, method, block_rows(fs[0], 1, self.budget)) for fs in batch.factors.values())
+            pairs = [sq_norms_and_dots(fs, method, block_rows(fs[0], 1, self.budget), target[name] if linear else None)
+                     for name, fs in batch.factors.items()]
+            sq = sum(s for s, _ in pairs)
+            dots = sum(d for _, d in pairs) if linear else None  # type: ignore[misc]
         coef = clip_coefficients(sq, update.clip) if update.clip is not None else None  # type: ignore[arg-type]
-        if update.rule.is_linear:
-            dots = sum(factor_dot(f, self.settings.target.vector[name]) for name, fs in batch.factors.items() for f in fs)
+        if linear:
+            if dots is None:
+                dots = sum(factor_dot(f, target[name]) for name, fs in batch.factors.items() for f in fs)
             eff = -(coef * dots if coef is not None else dots) - self.decay  # type: ignore[operator]
         else:
             eff, sq_mat = self._stepped(batch, coef)
