@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from sample_effect.cli.options import (
@@ -90,6 +91,8 @@ def _add_redistill(sub: SubParsers) -> None:
     r.add_argument("--keep-per-prompt", type=int, default=1, help="most accepted completions kept per prompt")
     r.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
     r.add_argument("--max-new-tokens", type=int, default=256, help="longest completion")
+    r.add_argument("--stats", metavar="FILE.json", help="also write the sample counts and the acceptance rate (the "
+                   "policy's mean reward over every sample) to this JSON file")
     r.add_argument("--finetune", metavar="BASE", help="then fine-tune this base model on the kept data (default: no fine-tuning)")
     r.add_argument("--finetune-out", metavar="DIR", help="run directory for --finetune")
     r.add_argument("--lr", type=float, default=1e-4, help="--finetune learning rate")
@@ -168,9 +171,20 @@ def cmd_redistill(args: argparse.Namespace) -> None:
     prompts = load_rl_prompts(args.prompts)
     model, tok = load_model_from_args(args)
     require_eos(tok, f"--model {args.model}")
+    if args.stats:
+        check_output_path(args.stats, args.overwrite)
+    stats: dict = {}
     recs = redistill(model, tok, prompts, reward, args.out, args.samples_per_prompt, args.keep_per_prompt,
-                     args.temperature, args.max_new_tokens, args.seed, progress=not args.quiet)
-    print(f"kept {len(recs)} correct completions from {len(prompts)} prompts; wrote {args.out}")
+                     args.temperature, args.max_new_tokens, args.seed, progress=not args.quiet, stats=stats)
+    wrote = args.out
+    if args.stats:
+        from sample_effect.io import atomic_open
+
+        with atomic_open(args.stats) as f:
+            json.dump({**stats, "model": args.model, "temperature": args.temperature, "seed": args.seed}, f, indent=1)
+        wrote += f" and {args.stats}"
+    print(f"kept {len(recs)} correct completions from {len(prompts)} prompts ({stats['accepted']} of "
+          f"{stats['samples']} samples accepted, {stats['accept_rate']:.3f}); wrote {wrote}")
     if args.finetune:
         if not recs:
             raise SampleEffectError("no completion was accepted by the reward; nothing to fine-tune on")

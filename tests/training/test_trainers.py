@@ -114,6 +114,14 @@ def test_redistill_keeps_only_accepted_completions(model_dirs, tmp_path):
     assert recs and all(first_token_long("", r["response"], "") == 1.0 for r in recs)
     assert len({r["id"] for r in recs}) == len(recs)  # at most one per prompt
     assert [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()] == recs
+    # the stats count every sample, kept or not; the same seed draws the same samples
+    stats: dict = {}
+    again = redistill(model, tok, prompts, first_token_long, tmp_path / "r2.jsonl", samples_per_prompt=6,
+                      keep_per_prompt=6, temperature=1.0, max_new_tokens=1, progress=False, stats=stats)
+    assert stats["prompts"] == len(prompts) and stats["samples"] == 6 * len(prompts)
+    assert stats["kept"] == len(again) <= stats["accepted"] and stats["accept_rate"] == stats["accepted"] / stats["samples"]
+    assert stats["prompts_solved"] == len({r["id"] for r in again}) == len({r["id"] for r in recs})
+    assert {r["id"] for r in recs} <= {r["id"] for r in again}
 
 
 def test_train_commands_end_to_end(model_dirs, tmp_path, capsys):
@@ -131,5 +139,11 @@ def test_train_commands_end_to_end(model_dirs, tmp_path, capsys):
     assert (tmp_path / "g" / "replay" / "step-00001.jsonl").exists()
     assert main(["redistill", "--model", m, "--prompts", str(rl), "--reward", "nope", "--out", str(tmp_path / "r.jsonl")]) == 2
     assert "unknown reward 'nope'" in capsys.readouterr().err
+    assert main(["redistill", "--model", m, "--prompts", str(rl), "--reward", "exact", "--out", str(tmp_path / "r.jsonl"),
+                 "--samples-per-prompt", "3", "--temperature", "1", "--max-new-tokens", "2",
+                 "--stats", str(tmp_path / "r.json"), "--quiet"]) == 0
+    st = json.loads((tmp_path / "r.json").read_text())
+    assert st["samples"] == 3 * len(TRAIN) and st["accepted"] == 0 and st["kept"] == 0  # answer "x": nothing matches
+    assert "(0 of " in capsys.readouterr().out
     assert main(["train-grpo", "--model", m, "--prompts", str(rl), "--out", str(tmp_path / "g2"), "--group-size", "1"]) == 2
     assert "--group-size must be >= 2" in capsys.readouterr().err
