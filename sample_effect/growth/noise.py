@@ -135,6 +135,20 @@ class SpilledRows(Sequence[dict[str, torch.Tensor]]):
         self._n = 0
 
 
+class CentredRows(Sequence[dict[str, torch.Tensor]]):
+    """a_i (u_i - ubar) for the i-th row of `ups`, formed when read, so one centred row is held at a time."""
+
+    def __init__(self, ups: Sequence[Mapping[str, torch.Tensor]], scale: list[float], dbar: Mapping[str, torch.Tensor]) -> None:
+        self.ups, self.scale, self.dbar = ups, scale, dbar
+
+    def __len__(self) -> int:
+        return len(self.ups)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        u = self.ups[i]
+        return {nm: self.scale[i] * (u[nm] - d) for nm, d in self.dbar.items()}
+
+
 def spill_space_note(need: int, directory: str | os.PathLike | None = None) -> str | None:
     """Why `need` bytes of spilled rows do not fit the free space of `directory` (None when they fit)."""
     where = str(directory or tempfile.gettempdir())

@@ -67,6 +67,7 @@ from sample_effect.engine.core import ComputeConfig
 from sample_effect.engine.effects import compute_effects
 from sample_effect.errors import ConfigError, FieldText, SampleEffectError, field_text
 from sample_effect.growth.noise import (
+    CentredRows,
     NoiseEffect,
     SpilledRows,
     finite_population,
@@ -490,7 +491,7 @@ def rl_noise_effect(
     c_x = (n_x / mean n)(d_x - dbar_w), dbar_w = sum n_x d_x / sum n_x; the trace is
     sum_x c_x^T H_T c_x / (m - 1) with one Hessian-vector product per informative group (m of them).
     Two passes over the kept updates, one read at a time: a running sum for dbar_w, then each c_x
-    formed when its Hessian-vector product needs it (`_Centred`), so one c_x is held at a time.
+    formed when its Hessian-vector product needs it (`noise.CentredRows`), so one c_x is held at a time.
     """
     if effects.updates is None:
         raise SampleEffectError("the noise effect needs the per-prompt updates (rl_prompt_effects(keep_updates=True))")
@@ -510,22 +511,8 @@ def rl_noise_effect(
         del u
     dbar = {nm: total[nm] / float(w.sum()) for nm in names}
     del total
-    centred = _Centred(ups, [float(wi) / wbar for wi in w], dbar)
+    centred = CentredRows(ups, [float(wi) / wbar for wi in w], dbar)
     return trace_from_centred(centred, target_loss_hvp(model, params, target_examples), sign=-1.0)  # H_T = -H_L
-
-
-class _Centred(Sequence[dict[str, torch.Tensor]]):
-    """a_x (d_x - dbar) for the x-th kept update, formed when read."""
-
-    def __init__(self, ups: Sequence[Mapping[str, torch.Tensor]], scale: list[float], dbar: Mapping[str, torch.Tensor]) -> None:
-        self.ups, self.scale, self.dbar = ups, scale, dbar
-
-    def __len__(self) -> int:
-        return len(self.ups)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        u = self.ups[i]
-        return {nm: self.scale[i] * (u[nm] - d) for nm, d in self.dbar.items()}
 
 
 @dataclass
