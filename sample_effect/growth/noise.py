@@ -225,8 +225,16 @@ def noise_effect_loss_target(
     target: Sequence[TokenizedExample],
     update: UpdateConfig,
     compute: ComputeConfig | None = None,
+    spill_dir: str | os.PathLike | None = None,
 ) -> NoiseEffect:
-    """tr(H_T Sigma) for T = -(mean target loss) and per-example SGD updates (clipping honoured)."""
+    """tr(H_T Sigma) for T = -(mean target loss) and per-example SGD updates (clipping honoured).
+
+    The per-example updates are spilled to a temporary file in `spill_dir` (`SpilledRows`) as
+    they are computed, summed for the mean on the way, and centred one at a time when their
+    Hessian-vector product needs them (`CentredRows`): resident memory is a few dense copies of
+    the parameters (the running sum, one update, its centred form and H c), whatever the number of
+    examples. Before, all n updates and their n centred copies were held at once.
+    """
     update.validate()
     if update.optimizer != "sgd":
         raise SampleEffectError("the Hessian noise-effect estimator covers SGD; Adam needs the Monte Carlo estimator")
@@ -234,16 +242,28 @@ def noise_effect_loss_target(
         raise SampleEffectError("the noise effect needs at least 2 examples")
     state = OptimizerState()
     hypers = {n: state.hyper(n, update) for n in params}
-    updates: list[dict[str, torch.Tensor]] = []
-    for batch in iter_example_gradients(model, params, examples, compute):
-        sq = sum((g.flatten(1) ** 2).sum(1) for g in batch.grads.values())
-        coef = clip_coefficients(sq, update.clip)
-        d = {
-            n: update_per_lr(g * coef.view(-1, *([1] * (g.dim() - 1))), params[n].detach().to(g.dtype), update, hypers[n])
-            for n, g in batch.grads.items()
-        }
-        updates += [{n: t[k] for n, t in d.items()} for k in range(len(batch.indices))]
-    n = len(updates)
-    mean = {k: sum(u[k] for u in updates) / n for k in params}
-    centred = [{k: u[k] - mean[k] for k in params} for u in updates]
-    return trace_from_centred(centred, target_loss_hvp(model, params, target), sign=-1.0)  # H_T = -H_L
+    names = list(params)
+    rows = SpilledRows(spill_dir)
+    try:
+        total: dict[str, torch.Tensor] = {}
+        for batch in iter_example_gradients(model, params, examples, compute):
+            sq = sum((g.flatten(1) ** 2).sum(1) for g in batch.grads.values())
+            coef = clip_coefficients(sq, update.clip)
+            d = {
+                n: update_per_lr(g * coef.view(-1, *([1] * (g.dim() - 1))), params[n].detach().to(g.dtype), update,
+                                 hypers[n])
+                for n, g in batch.grads.items()
+            }
+            for k in range(len(batch.indices)):
+                row = {n: d[n][k] for n in names}
+                rows.append(row)
+                for n in names:
+                    total[n] = total[n] + row[n] if n in total else row[n].clone()
+            del d, batch
+        n_rows = len(rows)
+        mean = {k: total[k] / n_rows for k in names}
+        del total
+        centred = CentredRows(rows, [1.0] * n_rows, mean)
+        return trace_from_centred(centred, target_loss_hvp(model, params, target), sign=-1.0)  # H_T = -H_L
+    finally:
+        rows.close()

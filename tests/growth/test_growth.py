@@ -158,3 +158,32 @@ def test_per_step_noise_is_the_exact_batch_expectation_on_a_quadratic(n, b):
     if b < n:
         assert exact < 0  # a concave target loses from noise
         assert est.per_step(lr, b) != pytest.approx(exact, rel=1e-3)  # without the factor it is off
+
+
+def test_noise_effect_spills_the_updates_and_deletes_them(model_dirs, tmp_path, monkeypatch):
+    """Every per-example update goes to the spill file (none is kept in a list); the file is gone after."""
+    from sample_effect.engine.core import ComputeConfig
+    from sample_effect.growth import noise
+
+    model, tok = load_model(model_dirs["qwen2"], "float64")
+    params = select_parameters(model, r"^model\.norm\.weight|layers\.0\.mlp\.down_proj")
+    exs, _ = tokenize_examples(examples_from_records(list(enumerate(TRAIN, 1))), tok)
+    tgt, _ = tokenize_examples(examples_from_records(list(enumerate(TARGET, 1))), tok)
+    dense = noise_effect_loss_target(model, params, exs, tgt, UpdateConfig("sgd", clip=0.05))
+    made = []
+
+    class Recording(noise.SpilledRows):
+        def __init__(self, directory=None):
+            super().__init__(directory)
+            self.written = 0
+            made.append(self)
+
+        def append(self, row):
+            super().append(row)
+            self.written += 1
+
+    monkeypatch.setattr(noise, "SpilledRows", Recording)
+    est = noise_effect_loss_target(model, params, exs, tgt, UpdateConfig("sgd", clip=0.05),
+                                   ComputeConfig(batch_size=1, progress=False), spill_dir=tmp_path)
+    assert len(made) == 1 and made[0].written == len(exs) and len(made[0]) == 0  # all spilled, then closed
+    assert est.n == dense.n and est.trace == pytest.approx(dense.trace, rel=1e-12)
