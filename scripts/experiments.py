@@ -573,11 +573,11 @@ def stage_sources(R: Runner):
     flags = [x for n, f in sources.items() for x in ("--source", f"{n}={f}")]
     if not R.done(f"{q}/compare.csv"):
         R.se("compare-sources", "--model", "tiny", *flags, "--target-data", target, "--optimizer", "adamw",
-             "--lr", a.src_lr, "--clip", 1.0, "--train-steps", a.src_train_steps, "--batch-size", a.batch_size,
+             "--lr", a.src_lr, "--max-grad-norm", 1.0, "--train-steps", a.src_train_steps, "--batch-size", a.batch_size,
              "--seed", a.seed, "--out", f"{q}/compare.csv", label="sources compare-sources")
     if not R.done(f"{q}/markers.csv"):
         R.se("markers", *sources.values(), "--model", "tiny", "--effects", "--target-data", target, "--lr", a.src_lr,
-             "--clip", 1.0, "--out", f"{q}/markers.csv", label="sources markers")
+             "--max-grad-norm", 1.0, "--out", f"{q}/markers.csv", label="sources markers")
     rows = read_csv(f"{q}/compare.csv")
     eff, gain = [float(r["effect_mean"]) for r in rows], [float(r["actual_gain"]) for r in rows]
     info = {"spearman_effect_vs_actual_gain": spearman(eff, gain), "n_sources": len(rows),

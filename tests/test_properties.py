@@ -93,6 +93,19 @@ def test_nonfinite_examples_are_flagged_and_ranked_last(model_dirs, tokenizer, c
         compute_effects(model, params, exs, nan_target, UpdateConfig("sgd"), compute=COMPUTE)
 
 
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 300), where=st.integers(0, 10**6), bad=st.sampled_from([float("nan"), float("inf"), -float("inf"), None]),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+def test_target_all_finite_equals_isfinite(n, where, bad, dtype):
+    """TargetVector.all_finite (one aminmax per tensor) says what torch.isfinite(v).all() says."""
+    v = torch.randn(n, dtype=torch.float64).to(dtype)
+    if bad is not None:
+        v[where % n] = bad
+    t = TargetVector({"a": torch.ones(3), "b": v, "empty": torch.empty(0)}, "t")
+    assert t.all_finite() == bool(torch.isfinite(v).all()) == (bad is None)
+    assert t.all_finite(["a", "empty"])
+
+
 @settings(max_examples=6, deadline=None)
 @given(c=st.floats(0.1, 10.0), method=st.sampled_from(["ghost", "vmap"]))
 def test_scaling_the_loss_scales_sgd_effects_and_leaves_fresh_adam_unchanged_up_to_eps(setup, c, method):

@@ -505,6 +505,19 @@ def _dense_factors(
     return factors, seq_losses.detach()
 
 
+def self_check_rtol(param_dtype: torch.dtype, acc: torch.dtype) -> float:
+    """Tolerance of the ghost self-check: the factor sums (accumulated in `acc`) against autograd's batch gradient.
+
+    1e3 eps of the accumulation dtype, and at least 2 eps of the parameters' dtype: autograd's
+    gradient of a bfloat16 model is itself rounded to bfloat16, so on SmolLM2-135M (bf16, B 4,
+    T 128) every parameter differed from the float32 factor sums by 0.8e-3 to 1.3e-3 and failed a
+    1.2e-4 test, which sent the whole model down the vmap path (2.6x the floor instead of about 1x).
+    A wrong layer rule (a missed use of a tied weight, say) is off by far more than 2 bf16 eps
+    (1.6e-2) unless the missed use carries under about 1.6% of the gradient's norm.
+    """
+    return max(1e3 * torch.finfo(acc).eps, 2 * torch.finfo(param_dtype).eps)
+
+
 def iter_example_factors(
     model: torch.nn.Module,
     params: Mapping[str, torch.Tensor],
@@ -533,7 +546,7 @@ def iter_example_factors(
     device = first_param.device
     cache = plans if plans is not None else ghost_plans(model)
     plan = cache.ghost_plan(model, params)
-    rtol = 1e3 * torch.finfo(acc).eps
+    rtol = self_check_rtol(first_param.dtype, acc)
     with tqdm(total=len(flat), desc=desc, unit="seq", disable=not compute.progress, leave=False) as bar:
         for i, j, part in _whole_example_chunks(examples, cap):
             ids, mask = _pad_part(part, device)

@@ -92,7 +92,7 @@ def compute_effects(
     compute = compute or ComputeConfig()
     state = state or OptimizerState()
     n = len(examples)
-    if not all(bool(torch.isfinite(v).all()) for v in target.vector.values()):
+    if not target.all_finite():
         raise SampleEffectError(f"the target direction '{target.kind}' contains NaN or Inf; nothing can be ranked against it")
     effect = np.full(n, np.nan)
     loss = np.full(n, np.nan)

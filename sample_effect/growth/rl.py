@@ -247,7 +247,7 @@ def rl_prompt_effects(
     missing = [n for n in names if n not in target.vector]
     if missing:
         raise SampleEffectError(f"the target has no entry for parameter '{missing[0]}'")
-    if not all(bool(torch.isfinite(target.vector[n]).all()) for n in names):
+    if not target.all_finite(names):
         raise SampleEffectError(f"the target direction '{target.kind}' contains NaN or Inf; nothing can be scored against it")
     if not (keep_updates or keep_grads):
         return _engine_prompt_effects(model, params, groups, target, update, state, rollout_effects, progress, compute)

@@ -14,6 +14,7 @@ from sample_effect import (
     score_examples_result,
 )
 from sample_effect.data.examples import tokenize_examples
+from sample_effect.engine.core import ghost_plans
 
 # Documented in docs/guide.md: relative to max |effect|.
 TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2}
@@ -32,6 +33,9 @@ def test_float32_and_bfloat16_track_float64(model_dirs, data_files, arch):
             )
             assert res.effect.dtype == np.float64 and np.all(np.isfinite(res.effect))
             effects[dtype, opt] = res.effect
+        # the ghost self-check passes at every precision: a bfloat16 model stays on the ghost path
+        checks = ghost_plans(model).results(model)
+        assert checks and all(not failed for failed in checks.values()), (dtype, checks)
     for dtype, tol in TOLERANCE.items():
         for opt in ("sgd", "adamw"):
             ref = effects["float64", opt]
@@ -42,7 +46,7 @@ def test_float32_and_bfloat16_track_float64(model_dirs, data_files, arch):
 @pytest.mark.parametrize("opt", ["sgd", "adamw"])
 def test_bfloat16_vmap_path_takes_a_bfloat16_target(model_dirs, opt):
     """The vmap path dots float32-accumulated updates with G; a G kept in the model's bfloat16 must
-    not break it (it raised a dtype mismatch in addmv), and it equals the ghost path on it."""
+    not break it (it raised a dtype mismatch in addmv), and it agrees with the ghost path on it."""
     import torch
 
     from sample_effect.data.examples import TokenizedExample
@@ -58,4 +62,8 @@ def test_bfloat16_vmap_path_takes_a_bfloat16_target(model_dirs, opt):
     tv = TargetVector({n: torch.randn(p.shape, generator=gen).to(torch.bfloat16) for n, p in params.items()}, "bf16")
     res = {m: compute_effects(model, params, exs, tv, UpdateConfig(opt, clip=1.0),
                               compute=ComputeConfig(method=m, progress=False)).effect for m in ("vmap", "auto")}
-    np.testing.assert_allclose(res["vmap"], res["auto"], rtol=1e-4, atol=1e-6 * np.abs(res["auto"]).max())
+    # `auto` is the ghost path here (its self-check passes in bfloat16); the two paths round differently
+    # (vmap: bfloat16 autograd gradients; ghost: float32 sums of bfloat16 factors), so they agree to the
+    # documented bfloat16 tolerance, not to float32 rounding
+    assert all(not failed for failed in ghost_plans(model).results(model).values())
+    np.testing.assert_allclose(res["vmap"], res["auto"], rtol=0, atol=TOLERANCE["bfloat16"] * np.abs(res["auto"]).max())
