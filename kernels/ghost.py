@@ -141,13 +141,16 @@ def capture_factors(
 
 
 def group_examples(
-    factors: Mapping[str, list[Factor]], owners: torch.Tensor, n_examples: int, dtype: torch.dtype
+    factors: Mapping[str, list[Factor]], owners: torch.Tensor, n_examples: int, dtype: torch.dtype,
+    low_precision_gemm: bool = False,
 ) -> dict[str, list[Factor]]:
     """Per-sequence factors -> per-example factors: an example's sequences become one row of slots.
 
     g(example) = sum of its (already weighted) sequences' gradients, so concatenating their token
     slots gives exactly that sum for every factor kind. Rows are zero-padded to the largest
-    example; padded slots have B = 0 and contribute nothing. Tensors are cast to `dtype`.
+    example; padded slots have B = 0 and contribute nothing. Tensors are cast to `dtype`, except,
+    with `low_precision_gemm`, the factors of a `narrow` rule captured in a narrower dtype (a
+    bfloat16 model's): they keep it, and it becomes their `gemm`.
     """
     counts = torch.bincount(owners, minlength=n_examples)
     r_max = int(counts.max())
@@ -170,13 +173,19 @@ def group_examples(
     for name, fs in factors.items():
         grouped[name] = []
         for f in fs:
-            a, b = _RULES[f.kind].flatten(f, dtype)
-            grouped[name].append(Factor(f.kind, None if a is None else regroup(a), regroup(b), f.shape))
+            rule = _RULES[f.kind]
+            narrow = low_precision_gemm and rule.narrow and f.b.dtype.itemsize < dtype.itemsize
+            gemm = f.b.dtype if narrow else None
+            a, b = rule.flatten(f, f.b.dtype if narrow else dtype)
+            grouped[name].append(Factor(f.kind, None if a is None else regroup(a), regroup(b), f.shape, gemm))
     return grouped
 
 
 def factor_dot(f: Factor, g: torch.Tensor) -> torch.Tensor:
-    """<g_e, G> for every example e of one factor, without forming g_e (one GEMM or gather)."""
+    """<g_e, G> for every example e of one factor, without forming g_e (one GEMM or gather).
+
+    G goes to the rule in B's dtype (a narrow factor's bfloat16; pass it in that dtype already to
+    save the cast on every call)."""
     return _RULES[f.kind].dot(f, g.to(f.b.dtype))
 
 

@@ -36,12 +36,18 @@ class Factor:
     'embed' g[v] = sum over slots with ids == v of B (a: ids [E, N]); 'sum' g = sum_n B (bias);
     'scale' g = sum_n B * a (norm weight); 'dense' b is the gradient itself [E, *shape]. The kind
     names the registered `LayerRule` that knows the factor's maths (`rule_for_kind`).
+
+    gemm: set for the factors of a bfloat16 / float16 model that a `narrow` rule keeps in that
+    dtype (A and B as the model computed them, no cast): the rule's GEMMs run in it, and its dots,
+    norms and formed gradients are accumulated and returned in float32. G is rounded to that dtype
+    for the dot; the GEMM outputs and the elementwise products are rounded to it too.
     """
 
     kind: str
     a: torch.Tensor | None
     b: torch.Tensor
     shape: torch.Size
+    gemm: torch.dtype | None = None
 
     def numel(self) -> int:
         """Number of elements of the parameter (of one example's gradient)."""
@@ -68,6 +74,9 @@ class LayerRule(ABC):
 
     kind: ClassVar[str]  # the Factor.kind this rule's factors carry; unique across rules
     returns_view: ClassVar[bool] = False  # materialise() may return a view of the factor's storage
+    # The rule's maths takes factors kept in a bfloat16 / float16 model's own dtype (`Factor.gemm`):
+    # its GEMMs run in it and its results come back in float32. Other rules get float32 factors.
+    narrow: ClassVar[bool] = False
 
     # -- coverage and capture -------------------------------------------------------------
 

@@ -61,8 +61,10 @@ class EmbeddingRule(LayerRule):
             f1, f2 = f2, f1
         if f1.kind == self.kind and f2.kind == LinearRule.kind:
             # tied lm_head: g_lin = B^T A [V, d]; <g_lin, g_emb> = sum_t sum_t' B[t', id_t] (A_t' . Be_t)
-            m = f2.a @ f1.b.transpose(1, 2)  # type: ignore[operator]  # [E, N', N]
-            bg = torch.gather(f2.b, 2, f1.a.unsqueeze(1).expand(-1, f2.b.shape[1], -1))  # type: ignore[union-attr]
+            # the Linear's factors may be narrow (a bfloat16 model's); this sum is taken in the embedding's dtype
+            a2, b2 = f2.a.to(f1.b.dtype), f2.b.to(f1.b.dtype)  # type: ignore[union-attr]
+            m = a2 @ f1.b.transpose(1, 2)  # [E, N', N]
+            bg = torch.gather(b2, 2, f1.a.unsqueeze(1).expand(-1, b2.shape[1], -1))  # type: ignore[union-attr]
             return (m * bg).sum((1, 2))
         return None
 

@@ -14,12 +14,31 @@ import torch
 from .base import Factor, LayerRule, register_layer_rule
 from .bias import BiasRule
 
+ACC = torch.float32  # what a narrow (bfloat16 / float16) factor's results accumulate in
+
+
+def _mm(f: Factor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x @ y in the factor's dtype (narrow factors: in `f.gemm`, the result left in it)."""
+    return x @ y.to(x.dtype)
+
+
+def _bmm_acc(f: Factor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """torch.bmm(x, y); for a narrow factor the product runs in `f.gemm` and comes back in float32."""
+    out = torch.bmm(x, y)
+    return out if f.gemm is None else out.to(ACC)
+
+
+def _sum_acc(f: Factor, t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """t.sum(dims), accumulated and returned in float32 for a narrow factor."""
+    return t.sum(dims) if f.gemm is None else t.sum(dims, dtype=ACC)
+
 
 @register_layer_rule(torch.nn.Linear)
 class LinearRule(LayerRule):
     """nn.Linear (and subclasses): weight 'outer', bias 'sum'."""
 
     kind = "outer"
+    narrow = True  # A and B feed GEMMs: a bfloat16 model's factors stay bfloat16 (half the memory)
 
     def param_kinds(self, module: torch.nn.Module) -> Mapping[str, str]:
         """Weight and bias."""
@@ -30,22 +49,24 @@ class LinearRule(LayerRule):
         return Factor(self.kind, x, gy, getattr(module, pname).shape)
 
     def dot(self, f: Factor, g: torch.Tensor) -> torch.Tensor:
-        """sum((A G^T) * B)."""
-        return ((f.a @ g.T) * f.b).sum((1, 2))  # type: ignore[operator]
+        """sum((A G^T) * B) (narrow factors: the GEMM and product in their dtype, the sum in float32)."""
+        return _sum_acc(f, _mm(f, f.a, g.T) * f.b, (1, 2))  # type: ignore[arg-type]
 
     def materialise(self, f: Factor, rows: slice) -> torch.Tensor:
-        """B^T A per example."""
-        return torch.bmm(f.b[rows].transpose(1, 2), f.a[rows])  # type: ignore[index]
+        """B^T A per example (float32 for narrow factors)."""
+        return _bmm_acc(f, f.b[rows].transpose(1, 2), f.a[rows])  # type: ignore[index]
 
     def total(self, f: Factor) -> torch.Tensor:
-        """B^T A over all examples' slots at once."""
-        return f.b.reshape(-1, f.b.shape[-1]).T @ f.a.reshape(-1, f.a.shape[-1])  # type: ignore[union-attr]
+        """B^T A over all examples' slots at once (float32 for narrow factors: the self-check's sum)."""
+        b, a = f.b.reshape(-1, f.b.shape[-1]), f.a.reshape(-1, f.a.shape[-1])  # type: ignore[union-attr]
+        return b.T @ a if f.gemm is None else b.to(ACC).T @ a.to(ACC)
 
     def gram(self, f1: Factor, f2: Factor) -> torch.Tensor | None:
         """sum((A1 A2^T) * (B1 B2^T)) for two uses of this kind; other pairs have no form here."""
         if f1.kind != self.kind or f2.kind != self.kind:
             return None
-        return ((f1.a @ f2.a.transpose(1, 2)) * (f1.b @ f2.b.transpose(1, 2))).sum((1, 2))  # type: ignore[union-attr]
+        aa = _bmm_acc(f1, f1.a, f2.a.transpose(1, 2))  # type: ignore[union-attr]
+        return (aa * _bmm_acc(f1, f1.b, f2.b.transpose(1, 2))).sum((1, 2))
 
     def gram_cost(self, f1: Factor, f2: Factor) -> float | None:
         """N1 N2 (in + out)."""
@@ -81,16 +102,17 @@ class Conv1DRule(LinearRule):
     kind = "outer_t"
 
     def dot(self, f: Factor, g: torch.Tensor) -> torch.Tensor:
-        """sum((A G) * B)."""
-        return ((f.a @ g) * f.b).sum((1, 2))  # type: ignore[operator]
+        """sum((A G) * B) (narrow factors: the sum in float32)."""
+        return _sum_acc(f, _mm(f, f.a, g) * f.b, (1, 2))  # type: ignore[arg-type]
 
     def materialise(self, f: Factor, rows: slice) -> torch.Tensor:
-        """A^T B per example."""
-        return torch.bmm(f.a[rows].transpose(1, 2), f.b[rows])  # type: ignore[index]
+        """A^T B per example (float32 for narrow factors)."""
+        return _bmm_acc(f, f.a[rows].transpose(1, 2), f.b[rows])  # type: ignore[index]
 
     def total(self, f: Factor) -> torch.Tensor:
-        """A^T B over all examples' slots at once."""
-        return f.a.reshape(-1, f.a.shape[-1]).T @ f.b.reshape(-1, f.b.shape[-1])  # type: ignore[union-attr]
+        """A^T B over all examples' slots at once (float32 for narrow factors)."""
+        a, b = f.a.reshape(-1, f.a.shape[-1]), f.b.reshape(-1, f.b.shape[-1])  # type: ignore[union-attr]
+        return a.T @ b if f.gemm is None else a.to(ACC).T @ b.to(ACC)
 
     def dims(self, w: torch.Tensor) -> tuple[int, int]:
         """(in, out) of a [in, out] weight."""

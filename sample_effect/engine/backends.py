@@ -55,7 +55,7 @@ def block_rows(f: Factor, copies: int, budget: int | None) -> int:
     """How many examples' gradients of one layer to form at once: `copies` buffers within min(64 MiB, budget / 4)."""
     n = int(f.b.shape[0])
     cap = BLOCK_BYTES if budget is None else min(BLOCK_BYTES, budget // 4)
-    per = copies * f.numel() * f.b.element_size()
+    per = copies * f.numel() * (torch.float32.itemsize if f.gemm is not None else f.b.element_size())  # narrow: formed in float32
     return max(1, min(n, cap // max(per, 1)))
 
 
@@ -67,19 +67,18 @@ def sq_norms(fs: list[Factor], method: str, rows: int) -> torch.Tensor:
 def sq_norms_and_dots(
     fs: list[Factor], method: str, rows: int, g: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(||g_e||^2, <g_e, g>) of one parameter for every example; the dots only when `g` is given.
+    """(||g_e||^2, <g_e, g>) of one parameter for every example; the dots only when `g` is given
+    and the norms form the gradients (None on the Gram path: take them from the factors then).
 
-    On the Gram path the dots come from the factors (one GEMM per factor). Where the norms form
-    the gradients anyway (the 'materialise' path), the dots are read off those same blocks, which
-    saves the factor GEMM of N in out multiply-adds per Linear layer: that pass is what made
-    clipped effects cost a full weight-gradient pass more than unclipped ones.
+    Where the norms form the gradients anyway (the 'materialise' path), the dots are read off
+    those same blocks, which saves the factor GEMM of N in out multiply-adds per Linear layer:
+    that pass is what made clipped effects cost a full weight-gradient pass more than unclipped ones.
     """
     if method not in ("auto", "gram", "materialise"):
         raise SampleEffectError(f"unknown norm method '{method}'; choose auto, gram or materialise")
     chosen = norm_method(fs) if method == "auto" else method
     if chosen == "gram" and norm_method(fs, force_gram=True) == "gram":
-        dots = None if g is None else sum(factor_dot(f, g) for f in fs)
-        return sq_norms_gram(fs), dots  # type: ignore[return-value]
+        return sq_norms_gram(fs), None
     n = int(fs[0].b.shape[0])
     sq_parts, dot_parts = [], []
     flat = None if g is None else g.reshape(-1)
@@ -286,6 +285,7 @@ class GhostBackend(Backend[FactorBatch]):
         self.need_norm = update.clip is not None or settings.compute.grad_norms
         self.decay = weight_decay_dot(params, settings.target, settings.hypers) if update.rule.is_linear else 0.0
         self.budget = free_budget(model, settings.compute)  # row blocks share what the weights leave
+        self._gemm_targets: dict[str, torch.Tensor] = {}  # G in a bfloat16 model's GEMM dtype, made on first use
 
     @classmethod
     def plan(
@@ -340,17 +340,21 @@ class GhostBackend(Backend[FactorBatch]):
         update = self.settings.update
         target = self.settings.target.vector
         linear = update.rule.is_linear
-        sq = dots = None
-        if self.need_norm:  # a linear rule takes its dots from the same pass (formed blocks or factors)
+        sq = None
+        formed: dict[str, torch.Tensor] = {}  # a linear rule's dots read off the norm pass's formed blocks
+        if self.need_norm:
             method = self.settings.compute.norm_method
-            pairs = [sq_norms_and_dots(fs, method, block_rows(fs[0], 1, self.budget), target[name] if linear else None)
-                     for name, fs in batch.factors.items()]
-            sq = sum(s for s, _ in pairs)
-            dots = sum(d for _, d in pairs) if linear else None  # type: ignore[misc]
+            parts = []
+            for name, fs in batch.factors.items():
+                s2, d = sq_norms_and_dots(fs, method, block_rows(fs[0], 1, self.budget), target[name] if linear else None)
+                parts.append(s2)
+                if d is not None:
+                    formed[name] = d
+            sq = sum(parts)
         coef = clip_coefficients(sq, update.clip) if update.clip is not None else None  # type: ignore[arg-type]
         if linear:
-            if dots is None:
-                dots = sum(factor_dot(f, target[name]) for name, fs in batch.factors.items() for f in fs)
+            dots = sum(formed[name] if name in formed else sum(factor_dot(f, self._gemm_target(name, f)) for f in fs)
+                       for name, fs in batch.factors.items())
             eff = -(coef * dots if coef is not None else dots) - self.decay  # type: ignore[operator]
         else:
             eff, sq_mat = self._stepped(batch, coef)
@@ -358,6 +362,16 @@ class GhostBackend(Backend[FactorBatch]):
                 sq = sq_mat
         gnorm = None if sq is None else _numpy(sq.sqrt())  # type: ignore[union-attr]
         return BatchEffects(batch.indices, _numpy(eff), _numpy(batch.losses), gnorm)  # type: ignore[arg-type]
+
+    def _gemm_target(self, name: str, f: Factor) -> torch.Tensor:
+        """G of `name` in the dtype `factor_dot` hands the factor's rule: a narrow factor's `gemm` dtype
+        (a bfloat16 copy of G, made once per run), else G as it is."""
+        g = self.settings.target.vector[name]
+        if f.gemm is None or g.dtype == f.gemm:
+            return g
+        if name not in self._gemm_targets:
+            self._gemm_targets[name] = g.to(f.gemm)
+        return self._gemm_targets[name]
 
     def _stepped(self, batch: FactorBatch, coef: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(effects, squared norms of the formed gradients) through the rule's per-layer `effect_rows`."""

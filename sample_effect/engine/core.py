@@ -68,6 +68,10 @@ class ComputeConfig:
     method: str = "auto"  # "auto" (= "ghost"), "ghost", "vmap" (reference) or "jvp" (SGD without clipping)
     grad_norms: bool = False  # ghost/jvp paths: also compute grad_norm when nothing needs it (SGD, no clip)
     norm_method: str = "auto"  # ghost path: "auto", "gram" or "materialise" (per layer; speed only)
+    # ghost path of a bfloat16 / float16 model: "model" runs the factor GEMMs in the model's dtype with
+    # float32 products and sums (what its own backward does); "accumulate" runs them in float32 (slower
+    # on hardware with fast bfloat16 matrix units, and rounds G and the GEMM outputs less)
+    gemm_dtype: str = "model"
 
     def budget_bytes(self) -> int | None:
         """`memory_budget` in bytes (see `parse_bytes`); None means no budget."""
@@ -547,6 +551,9 @@ def iter_example_factors(
     cache = plans if plans is not None else ghost_plans(model)
     plan = cache.ghost_plan(model, params)
     rtol = self_check_rtol(first_param.dtype, acc)
+    if compute.gemm_dtype not in ("model", "accumulate"):
+        raise ConfigError("ComputeConfig", f"<gemm_dtype> must be 'model' or 'accumulate', got {literal(repr(compute.gemm_dtype))}")
+    lowp_gemm = compute.gemm_dtype == "model"
     with tqdm(total=len(flat), desc=desc, unit="seq", disable=not compute.progress, leave=False) as bar:
         for i, j, part in _whole_example_chunks(examples, cap):
             ids, mask = _pad_part(part, device)
@@ -557,7 +564,7 @@ def iter_example_factors(
             if plan.coverage:
                 checking = plan.needs_check
                 cap_ = _capture(params, plan.coverage, checking, model, ids, mask, objective.sequence_loss, w)
-                factors = group_examples(cap_.factors, owners, j - i, acc)
+                factors = group_examples(cap_.factors, owners, j - i, acc, low_precision_gemm=lowp_gemm)
                 losses = cap_.losses
                 if checking:
                     plan = cache.record(model, plan, verify_factors(factors, cap_.batch_grads or {}, rtol))
