@@ -26,7 +26,7 @@ def test_shipped_tiny_model_loads_and_knows_kk():
 def test_demo_writes_report_figures_and_tables(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--out", str(out), "--n-pool", "4", "--n-target", "2", "--n-test", "2", "--top-k", "3",
-                 "--epochs", "1", "--max-new-tokens", "16", "--start-examples", "4", "--rl-prompts", "4", "--rl-eval", "2", "--rl-steps", "2",
+                 "--epochs", "1", "--max-new-tokens", "16", "--start-examples", "4", "--start-steps", "2", "--rl-prompts", "4", "--rl-eval", "2", "--rl-steps", "2",
                  "--rl-prompts-per-step", "2", "--group-size", "2", "--rl-max-new-tokens", "12", "--quiet"])
     assert code == 0, capsys.readouterr().err
     for f in ("report.md", "effects.csv", "top_k.jsonl", "selection.csv", "effects_by_style.png",
@@ -38,6 +38,7 @@ def test_demo_writes_report_figures_and_tables(tmp_path, capsys):
     assert len((out / "top_k.jsonl").read_text().splitlines()) == 3
     report = (out / "report.md").read_text()
     assert "effects_by_style.png" in report and "| top-3 |" in report and "predicted drop" in report
+    assert "run for 2 steps" in report
     sel = pd.read_csv(out / "selection.csv")
     assert {"predicted_drop", "actual_drop"} <= set(sel.columns) and sel["predicted_drop"].notna().all()
     # Part 4: two SFT starts, each with a prediction and a real GRPO run, and a verdict on their order.

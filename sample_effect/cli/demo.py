@@ -24,6 +24,8 @@ from typing import Any
 from sample_effect.cli.options import SubParsers, add_common_args
 from sample_effect.errors import SampleEffectError
 
+START_STEPS = 240  # SFT steps of an RL start (tests/models/test_sft_band.py measures this recipe)
+
 
 def add_parsers(sub: SubParsers) -> None:
     """Register `demo`."""
@@ -49,6 +51,8 @@ def add_parsers(sub: SubParsers) -> None:
                         "(default answer-only,short-cot)")
     g.add_argument("--start-examples", type=int, default=160,
                    help="SFT examples per RL start: fresh puzzles (2-3 people) in the start's style (default 160)")
+    g.add_argument("--start-steps", type=int, default=START_STEPS,
+                   help="SFT steps per RL start (AdamW, batch 4, --lr; default 240, 6 epochs over 160 examples)")
     g.add_argument("--rl-prompts", type=int, default=16, help="GRPO training puzzles (2-3 people; default 16)")
     g.add_argument("--rl-eval", type=int, default=12, help="held-out puzzles for the RL accuracy curve (default 12)")
     g.add_argument("--rl-steps", type=int, default=8, help="real GRPO steps per start (default 8)")
@@ -76,7 +80,8 @@ def _check_args(args: argparse.Namespace) -> Path:
     """Settings and --out checked before anything is loaded or written."""
     for flag, value in (("--n-pool", args.n_pool), ("--n-target", args.n_target), ("--n-test", args.n_test),
                         ("--top-k", args.top_k), ("--max-new-tokens", args.max_new_tokens), ("--random-draws", args.random_draws),
-                        ("--start-examples", args.start_examples), ("--rl-prompts", args.rl_prompts),
+                        ("--start-examples", args.start_examples), ("--start-steps", args.start_steps),
+                        ("--rl-prompts", args.rl_prompts),
                         ("--rl-eval", args.rl_eval), ("--rl-steps", args.rl_steps),
                         ("--rl-prompts-per-step", args.rl_prompts_per_step),
                         ("--rl-max-new-tokens", args.rl_max_new_tokens)):
@@ -252,15 +257,15 @@ def _tokenized(recs: list[dict], name: str, tok: Any) -> list:
 def start_examples(n: int, seed: int, style: str, tok: Any) -> list:
     """The SFT data of one RL start: n fresh puzzles (2-3 people, none from the pool) in `style`, tokenized.
 
-    An RL start is fine-tuned on more examples than a selection (160 against 24 by default): at
-    seeds 7-10 the shipped base's greedy 2-person accuracy after 120 answer-only steps was 0.31 on
-    average with 40 examples and 0.47 with these 160 (see tests/models/test_sft_band.py).
+    An RL start is fine-tuned on more examples, and for longer, than a selection (160 examples and
+    240 steps against 24 and 120 by default). At seeds 7-10, 120 answer-only steps gave a mean
+    greedy 2-person accuracy of 0.31 with 40 examples and 0.47 with these 160, and 3-person 0.094.
+    240 steps on the 160 gave 0.51 and 0.19 (see tests/models/test_sft_band.py).
     """
     return _tokenized(kk_records(n, 10_000 + 3 * seed + 2_000, [style], "start"), f"start-{style}.jsonl", tok)
 
 
-def _rl_stage(args: argparse.Namespace, out: Path, model_dir: Any, tok: Any, cfg: Any,
-              say: Any) -> dict[str, Any] | None:
+def _rl_stage(args: argparse.Namespace, out: Path, model_dir: Any, tok: Any, say: Any) -> dict[str, Any] | None:
     """Part 4: SFT one start per --rl-starts style, predict its RL growth, run real GRPO, compare the orderings."""
     from sample_effect.engine.core import ComputeConfig
     from sample_effect.io import atomic_open, write_table
@@ -277,6 +282,7 @@ def _rl_stage(args: argparse.Namespace, out: Path, model_dir: Any, tok: Any, cfg
     import torch
 
     ckpt = out / "checkpoints"
+    cfg = sft_recipe(args.lr, args.start_steps, args.seed, args.max_new_tokens)
     loaders = {}
     for style in styles:
         data = start_examples(args.start_examples, args.seed, style, tok)
@@ -301,7 +307,7 @@ def _rl_stage(args: argparse.Namespace, out: Path, model_dir: Any, tok: Any, cfg
     if verdict is not None:
         say(verdict_text(verdict))
     return {"summaries": summaries, "verdict": verdict, "grpo": grpo, "n_prompts": len(prompts), "n_held": len(held),
-            "n_start": args.start_examples}
+            "n_start": args.start_examples, "start_steps": args.start_steps}
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -343,7 +349,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         with atomic_open(out / "selection_verdict.json") as f:
             json.dump(verdict, f, indent=2)
         say(verdict.get("verdict", ""))
-    rl = _rl_stage(args, out, model_dir, tok, cfg, say)
+    rl = _rl_stage(args, out, model_dir, tok, say)
     per_style = table.groupby("style")["effect"].agg(["mean", "std", "count"]).sort_values("mean", ascending=False)
     elapsed = time.perf_counter() - t0
     write_report(out, args, table, per_style, summary, k, steps, elapsed, str(model_dir), rl, verdict)
@@ -372,7 +378,7 @@ def rl_report_lines(rl: dict[str, Any] | None) -> list[str]:
         "## 4. Which SFT start makes RL grow fastest?",
         "",
         f"Each start is the base model fine-tuned on {rl['n_start']} fresh puzzles in one response "
-        f"style, with the selections' recipe. Before any RL, "
+        f"style, with the selections' recipe run for {rl.get('start_steps', '?')} steps. Before any RL, "
         f"`predict-rl` predicted the growth of held-out accuracy ({rl['n_held']} puzzles, 4 samples each at "
         f"temperature 1) per GRPO step under the all-or-nothing `kk` reward: the positive effect plus the AdamW "
         f"batch-noise term, with a 95% interval, from {g.group_size} rollouts of each of {rl['n_prompts']} training "
