@@ -17,11 +17,6 @@ from .bias import BiasRule
 ACC = torch.float32  # what a narrow (bfloat16 / float16) factor's results accumulate in
 
 
-def _mm(f: Factor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x @ y in the factor's dtype (narrow factors: in `f.gemm`, the result left in it)."""
-    return x @ y.to(x.dtype)
-
-
 def _bmm_acc(f: Factor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """torch.bmm(x, y); for a narrow factor the product runs in `f.gemm` and comes back in float32."""
     out = torch.bmm(x, y)
@@ -50,7 +45,7 @@ class LinearRule(LayerRule):
 
     def dot(self, f: Factor, g: torch.Tensor) -> torch.Tensor:
         """sum((A G^T) * B) (narrow factors: the GEMM and product in their dtype, the sum in float32)."""
-        return _sum_acc(f, _mm(f, f.a, g.T) * f.b, (1, 2))  # type: ignore[arg-type]
+        return _sum_acc(f, (f.a @ g.T) * f.b, (1, 2))  # type: ignore[operator]
 
     def materialise(self, f: Factor, rows: slice) -> torch.Tensor:
         """B^T A per example (float32 for narrow factors)."""
@@ -103,7 +98,7 @@ class Conv1DRule(LinearRule):
 
     def dot(self, f: Factor, g: torch.Tensor) -> torch.Tensor:
         """sum((A G) * B) (narrow factors: the sum in float32)."""
-        return _sum_acc(f, _mm(f, f.a, g) * f.b, (1, 2))  # type: ignore[arg-type]
+        return _sum_acc(f, (f.a @ g) * f.b, (1, 2))  # type: ignore[operator]
 
     def materialise(self, f: Factor, rows: slice) -> torch.Tensor:
         """A^T B per example (float32 for narrow factors)."""

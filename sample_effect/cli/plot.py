@@ -354,7 +354,7 @@ def _draw_quantiles(args: argparse.Namespace, out: Path) -> str:
     from sample_effect.io import write_table
     from sample_effect.plots.figures import logprob_quantile_curves, logprob_quantile_heatmap
 
-    check_settings(args.quantile, args.min_count, args.bucket)
+    check_settings(args.quantile, args.min_count, args.bucket)  # bad settings fail before the replay is read
     tokens = read_replay(args.inputs[0])
     table = quantile_table(tokens, args.quantile, args.min_count, args.bucket)
     pivot = quantile_pivot(table, args.bucket)

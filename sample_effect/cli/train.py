@@ -158,6 +158,8 @@ def cmd_redistill(args: argparse.Namespace) -> None:
     from sample_effect.training import load_rl_prompts, redistill
 
     check_output_path(args.out, args.overwrite)
+    if args.stats:
+        check_output_path(args.stats, args.overwrite)
     if args.finetune and not args.finetune_out:
         raise SampleEffectError("--finetune needs --finetune-out DIR")
     for flag, value in (("--samples-per-prompt", args.samples_per_prompt), ("--keep-per-prompt", args.keep_per_prompt),
@@ -171,8 +173,6 @@ def cmd_redistill(args: argparse.Namespace) -> None:
     prompts = load_rl_prompts(args.prompts)
     model, tok = load_model_from_args(args)
     require_eos(tok, f"--model {args.model}")
-    if args.stats:
-        check_output_path(args.stats, args.overwrite)
     stats: dict = {}
     recs = redistill(model, tok, prompts, reward, args.out, args.samples_per_prompt, args.keep_per_prompt,
                      args.temperature, args.max_new_tokens, args.seed, progress=not args.quiet, stats=stats)

@@ -59,11 +59,6 @@ def block_rows(f: Factor, copies: int, budget: int | None) -> int:
     return max(1, min(n, cap // max(per, 1)))
 
 
-def sq_norms(fs: list[Factor], method: str, rows: int) -> torch.Tensor:
-    """||g_e||^2 of one parameter for every example, by Gram forms or by forming `rows` gradients at a time."""
-    return sq_norms_and_dots(fs, method, rows, None)[0]
-
-
 def sq_norms_and_dots(
     fs: list[Factor], method: str, rows: int, g: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -68,9 +68,10 @@ class ComputeConfig:
     method: str = "auto"  # "auto" (= "ghost"), "ghost", "vmap" (reference) or "jvp" (SGD without clipping)
     grad_norms: bool = False  # ghost/jvp paths: also compute grad_norm when nothing needs it (SGD, no clip)
     norm_method: str = "auto"  # ghost path: "auto", "gram" or "materialise" (per layer; speed only)
-    # ghost path of a bfloat16 / float16 model: "model" runs the factor GEMMs in the model's dtype with
-    # float32 products and sums (what its own backward does); "accumulate" runs them in float32 (slower
-    # on hardware with fast bfloat16 matrix units, and rounds G and the GEMM outputs less)
+    # ghost path of a bfloat16 / float16 model: "model" keeps the Linear factors in the model's dtype and
+    # runs their GEMMs and elementwise products in it, with float32 sums (as its own backward does);
+    # "accumulate" does it all in float32 (slower where bf16 matrix units are fast; rounds G and the GEMM
+    # outputs less)
     gemm_dtype: str = "model"
 
     def budget_bytes(self) -> int | None:
