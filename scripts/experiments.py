@@ -76,6 +76,8 @@ def parse_args(argv=None):
     p.add_argument("--q2c-runs", type=int, default=24, help="q2c: real first GRPO steps per start and lr")
     p.add_argument("--q2d-seeds", default="0,1,2", help="q2d: demo seeds (each: its own puzzles, SFT starts and GRPO)")
     p.add_argument("--q2d-starts", default="answer-only,short-cot,long-cot", help="q2d: SFT starts compared")
+    p.add_argument("--q2d-redistill-samples", type=int, default=8,
+                   help="q2d: samples per start puzzle for the re-distilled start from q5's policy (0 = no such start)")
     p.add_argument("--q5-start-examples", type=int, default=160, help="q5: answer-only SFT puzzles of the RL start")
     p.add_argument("--q5-rl-prompts", type=int, default=64, help="q5: GRPO training puzzles (2-3 people)")
     p.add_argument("--q5-eval", type=int, default=96, help="q5: held-out puzzles for the greedy accuracy r")
@@ -331,13 +333,50 @@ def stage_q2c(R: Runner):
 
 def stage_q2d(R: Runner):
     """The paper's RL ordering on the four-stage tiny base: per seed, the demo's RL part from each SFT start (160
-    fresh puzzles of one style, 120 AdamW steps), `predict-rl` of held-out accuracy growth under the all-or-nothing
-    `kk` reward, one real 8-step GRPO run, and the ordering verdict. The demo's selection part runs too."""
+    fresh puzzles of one style, 240 AdamW steps), `predict-rl` of held-out accuracy growth under the all-or-nothing
+    `kk` reward, one real 8-step GRPO run, and the ordering verdict. The demo's selection part runs too.
+
+    With --q2d-redistill-samples > 0 a fourth start joins: the same 160 start puzzles answered by stage q5's GRPO
+    policy (an RL-trained model, the paper's re-distillation, arXiv 2505.17988): --q2d-redistill-samples samples per
+    puzzle at temperature 0.7, one correct completion kept per puzzle, fine-tuned with the same recipe."""
     a = R.args
     for seed in (int(x) for x in a.q2d_seeds.split(",") if x.strip()):
         out = R.p("q2d", f"seed{seed}")
+        extra = []
+        if a.q2d_redistill_samples > 0:
+            extra = ["--rl-start-data", f"redistilled={redistilled_start(R, seed)}"]
         if not R.done(f"{out}/rl_summary.json"):
-            R.se("demo", "--out", out, "--seed", seed, "--rl-starts", a.q2d_starts, label=f"q2d demo seed {seed}")
+            R.se("demo", "--out", out, "--seed", seed, "--rl-starts", a.q2d_starts, *extra, label=f"q2d demo seed {seed}")
+
+
+def redistilled_start(R: Runner, seed: int, n: int = 160) -> str:
+    """q2d/data-seedS/redistilled.jsonl: stage q5's RL policy re-distils the demo's start puzzles of seed S.
+
+    The puzzles are the ones `demo --seed S` fine-tunes its style starts on (`demo.start_examples`: n puzzles,
+    half 2-person and half 3-person, puzzle seed 10000 + 3 S + 2000), so the starts differ only in who wrote
+    the responses.
+    """
+    a = R.args
+    policy = R.p("q5", "grpo", "final")
+    if not Path(policy).exists():
+        raise SystemExit(f"q2d's re-distilled start needs stage q5's GRPO policy ({policy}); run --stages q5 first "
+                         "or pass --q2d-redistill-samples 0")
+    q = R.p("q2d", f"data-seed{seed}")
+    os.makedirs(q, exist_ok=True)
+    parts = []
+    for people, count in ((2, n // 2), (3, n - n // 2)):
+        f = f"{q}/start-{people}p.jsonl"
+        if not R.done(f):
+            R.se("kk", "--people", people, "--n", count, "--seed", 10_000 + 3 * seed + 2_000, "--style", "answer-only",
+                 "--id-prefix", "redistilled", "--out", f, label="kk")
+        parts.append(f)
+    cat(parts, f"{q}/start.jsonl")
+    data, stats = f"{q}/redistilled.jsonl", f"{q}/redistilled.json"
+    if not R.done(data, stats):
+        R.se("redistill", "--model", policy, "--prompts", f"{q}/start.jsonl", "--reward", "kk", "--out", data,
+             "--stats", stats, "--samples-per-prompt", a.q2d_redistill_samples, "--keep-per-prompt", 1,
+             "--temperature", 0.7, "--max-new-tokens", 200, "--seed", seed, label=f"q2d redistill seed {seed}")
+    return data
 
 
 def kk_mixed(R: Runner, name: str, n: int, seed: int, style: str = "answer-only") -> str:

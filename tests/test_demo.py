@@ -25,7 +25,12 @@ def test_shipped_tiny_model_loads_and_knows_kk():
 @pytest.mark.slow
 def test_demo_writes_report_figures_and_tables(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--n-pool", "4", "--n-target", "2", "--n-test", "2", "--top-k", "3",
+    # A start from a data file, as a re-distilled set would be (`redistill` writes this format).
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("".join(json.dumps({"id": f"m{i}", "prompt": "Who is a knight?\n",
+                                        "response": "The final answer is: \\boxed{Ann is a knight}."}) + "\n"
+                            for i in range(3)))
+    code = main(["demo", "--out", str(out), "--rl-start-data", f"mine={mine}", "--n-pool", "4", "--n-target", "2", "--n-test", "2", "--top-k", "3",
                  "--epochs", "1", "--max-new-tokens", "16", "--start-examples", "4", "--start-steps", "2", "--rl-prompts", "4", "--rl-eval", "2", "--rl-steps", "2",
                  "--rl-prompts-per-step", "2", "--group-size", "2", "--rl-max-new-tokens", "12", "--quiet"])
     assert code == 0, capsys.readouterr().err
@@ -43,11 +48,13 @@ def test_demo_writes_report_figures_and_tables(tmp_path, capsys):
     assert {"predicted_drop", "actual_drop"} <= set(sel.columns) and sel["predicted_drop"].notna().all()
     # Part 4: two SFT starts, each with a prediction and a real GRPO run, and a verdict on their order.
     rl = json.loads((out / "rl_summary.json").read_text())
-    assert [s["name"] for s in rl["starts"]] == ["sft-answer-only", "sft-short-cot"]
+    assert [s["name"] for s in rl["starts"]] == ["sft-answer-only", "sft-short-cot", "sft-mine"]
+    assert [s["sft_examples"] for s in rl["starts"]] == [4, 4, 3]
+    assert f"sft-mine is fine-tuned on the examples of `{mine}`" in report and "| sft-mine | 3 |" in report
     assert rl["verdict"]["predicted_order"] and "## 4. Which SFT start" in report and "**Verdict.**" in report
     curves = pd.read_csv(out / "rl_curves.csv")
     assert set(curves["step"]) == {0, 1, 2} and curves[["actual", "predicted"]].notna().all().all()
     # The demo keeps what it fine-tunes, loadable as a model directory.
-    for d in ("sft-top-3", "start-short-cot", "grpo/sft-answer-only/run-0"):
+    for d in ("sft-top-3", "start-short-cot", "start-mine", "grpo/sft-answer-only/run-0", "grpo/sft-mine/run-0"):
         assert (out / "checkpoints" / d / "final" / "config.json").exists(), d
         assert (out / "checkpoints" / d / "final" / "tokenizer.json").exists(), d

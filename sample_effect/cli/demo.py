@@ -49,6 +49,10 @@ def add_parsers(sub: SubParsers) -> None:
                    help="comma-separated response styles; each is one SFT start (--start-examples fresh puzzles in that style) "
                         "from which RL growth is predicted and a real GRPO run made; '' skips the RL part "
                         "(default answer-only,short-cot)")
+    g.add_argument("--rl-start-data", action="append", default=[], metavar="NAME=FILE",
+                   help="one more SFT start, sft-NAME, fine-tuned on the SFT data in FILE (JSONL, Parquet or a datasets "
+                        "directory, the `rank --data` format) with the same recipe; repeat for several "
+                        "(e.g. redistilled=redistilled.jsonl from `redistill`)")
     g.add_argument("--start-examples", type=int, default=160,
                    help="SFT examples per RL start: fresh puzzles (2-3 people) in the start's style (default 160)")
     g.add_argument("--start-steps", type=int, default=START_STEPS,
@@ -99,6 +103,8 @@ def _check_args(args: argparse.Namespace) -> Path:
     bad = [s for s in rl_starts(args) if s not in STYLES]
     if bad:
         raise SampleEffectError(f"unknown --rl-starts style {bad[0]!r}; choose from {', '.join(STYLES)}")
+    for path in rl_start_files(args).values():
+        _read_start_file(path)  # a bad file fails here, before the model loads or anything is written
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SampleEffectError(f"--out must be a directory, but {out} is a file")
@@ -120,6 +126,36 @@ def sft_recipe(lr: float = 2e-4, steps: int = 120, seed: int = 0, max_new_tokens
 def rl_starts(args: argparse.Namespace) -> list[str]:
     """The response styles named by --rl-starts, in order, without blanks or repeats."""
     return list(dict.fromkeys(x.strip() for x in args.rl_starts.split(",") if x.strip()))
+
+
+def rl_start_files(args: argparse.Namespace) -> dict[str, Path]:
+    """The starts named by --rl-start-data, {NAME: FILE} in order; SampleEffectError on a malformed or clashing entry.
+
+    NAME becomes a directory (checkpoints/start-NAME) and the start's label sft-NAME, so it is
+    limited to letters, digits, '.', '_' and '-', and may not repeat or be one of --rl-starts.
+    """
+    files: dict[str, Path] = {}
+    taken = set(rl_starts(args))
+    for item in args.rl_start_data:
+        name, sep, path = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not path:
+            raise SampleEffectError(f"--rl-start-data takes NAME=FILE, got {item!r}")
+        if not all(c.isalnum() or c in "._-" for c in name) or name.startswith("."):
+            raise SampleEffectError(f"--rl-start-data name {name!r} must be letters, digits, '.', '_' or '-'")
+        if name in files or name in taken:
+            raise SampleEffectError(f"--rl-start-data name {name!r} is used twice (--rl-starts and --rl-start-data share names)")
+        files[name] = Path(path)
+    return files
+
+
+def _read_start_file(path: Path) -> list:
+    """The examples of one --rl-start-data FILE (SampleEffectError if missing, malformed or empty)."""
+    from sample_effect.data.examples import load_examples
+
+    if not path.exists():
+        raise SampleEffectError(f"--rl-start-data file not found: {path}")
+    return load_examples(path)  # raises on an empty file too
 
 
 def _slug(label: str) -> str:
@@ -266,7 +302,9 @@ def start_examples(n: int, seed: int, style: str, tok: Any) -> list:
 
 
 def _rl_stage(args: argparse.Namespace, out: Path, model_dir: Any, tok: Any, say: Any) -> dict[str, Any] | None:
-    """Part 4: SFT one start per --rl-starts style, predict its RL growth, run real GRPO, compare the orderings."""
+    """Part 4: SFT one start per --rl-starts style and --rl-start-data file, predict its RL growth, run real GRPO,
+    compare the orderings."""
+    from sample_effect.data.examples import tokenize_examples
     from sample_effect.engine.core import ComputeConfig
     from sample_effect.io import atomic_open, write_table
     from sample_effect.models.loading import load_model
@@ -276,21 +314,24 @@ def _rl_stage(args: argparse.Namespace, out: Path, model_dir: Any, tok: Any, say
     from sample_effect.validation.rl_accuracy import AccuracyCurveConfig
     from sample_effect.validation.rl_starts import compare_rl_starts, ordering_verdict, verdict_text
 
-    styles = rl_starts(args)
-    if not styles:
+    datasets = {style: (lambda s=style: start_examples(args.start_examples, args.seed, s, tok)) for style in rl_starts(args)}
+    for name, path in rl_start_files(args).items():
+        datasets[name] = lambda p=path: tokenize_examples(_read_start_file(p), tok)[0]
+    if not datasets:
         return None
     import torch
 
     ckpt = out / "checkpoints"
     cfg = sft_recipe(args.lr, args.start_steps, args.seed, args.max_new_tokens)
-    loaders = {}
-    for style in styles:
-        data = start_examples(args.start_examples, args.seed, style, tok)
-        say(f"SFT start '{style}': {len(data)} examples, {cfg.max_steps} steps -> {ckpt / f'start-{style}'}")
+    loaders, sizes = {}, {}
+    for name, make in datasets.items():
+        data = make()
+        sizes[f"sft-{name}"] = len(data)
+        say(f"SFT start '{name}': {len(data)} examples, {cfg.max_steps} steps -> {ckpt / f'start-{name}'}")
         fresh, _ = load_model(model_dir, "float32")
         torch.manual_seed(args.seed)
-        train_sft(fresh, tok, data, cfg, out_dir=ckpt / f"start-{style}", progress=not args.quiet)
-        loaders[f"sft-{style}"] = (lambda d=ckpt / f"start-{style}" / "final": load_model(d, "float32"))
+        train_sft(fresh, tok, data, cfg, out_dir=ckpt / f"start-{name}", progress=not args.quiet)
+        loaders[f"sft-{name}"] = (lambda d=ckpt / f"start-{name}" / "final": load_model(d, "float32"))
     prompts, held = _rl_prompts(args)
     grpo = GRPOConfig(lr=args.rl_lr, steps=args.rl_steps, prompts_per_step=args.rl_prompts_per_step,
                       group_size=args.group_size, temperature=1.0, max_new_tokens=args.rl_max_new_tokens,
@@ -302,12 +343,14 @@ def _rl_stage(args: argparse.Namespace, out: Path, model_dir: Any, tok: Any, say
     verdict = ordering_verdict(summaries) if len(summaries) > 1 else None
     rl_start_curves(df, summaries, out / "rl_growth.png")
     with atomic_open(out / "rl_summary.json") as f:
-        json.dump({"starts": [{k: v for k, v in s.items() if k != "prediction"} for s in summaries], "verdict": verdict,
+        json.dump({"starts": [{k: v for k, v in s.items() if k != "prediction"} | {"sft_examples": sizes[s["name"]]}
+                              for s in summaries], "verdict": verdict,
                    "grpo": vars(grpo)}, f, indent=2, default=str)
     if verdict is not None:
         say(verdict_text(verdict))
     return {"summaries": summaries, "verdict": verdict, "grpo": grpo, "n_prompts": len(prompts), "n_held": len(held),
-            "n_start": args.start_examples, "start_steps": args.start_steps}
+            "n_start": args.start_examples, "start_steps": args.start_steps, "sft_examples": sizes,
+            "files": {f"sft-{n}": str(p) for n, p in rl_start_files(args).items()}}
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -370,31 +413,35 @@ def rl_report_lines(rl: dict[str, Any] | None) -> list[str]:
     for s in rl["summaries"]:
         lo, hi = s["predicted_total_change_ci95"]
         train_zv = s.get("train_zero_variance_fraction")
-        rows.append(f"| {s['name']} | {s['start_accuracy']:.3f} | {s['predicted_growth_per_step']:+.4f} | "
+        n_sft = rl.get("sft_examples", {}).get(s["name"], "?")
+        rows.append(f"| {s['name']} | {n_sft} | {s['start_accuracy']:.3f} | {s['predicted_growth_per_step']:+.4f} | "
                     f"{s['predicted_total_change']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {s['actual_total_change']:+.3f} | "
                     f"{s['predicted_zero_variance_fraction']:.0%} | {'-' if train_zv is None else f'{train_zv:.0%}'} |")
     verdict = rl["verdict"]
+    files = rl.get("files") or {}
+    from_files = (" " + "; ".join(f"{name} is fine-tuned on the examples of `{path}`" for name, path in files.items())
+                  + ", with the same recipe." if files else "")
     return [
         "## 4. Which SFT start makes RL grow fastest?",
         "",
-        f"Each start is the base model fine-tuned on {rl['n_start']} fresh puzzles in one response "
-        f"style, with the selections' recipe run for {rl.get('start_steps', '?')} steps. Before any RL, "
+        f"A style start is the base model fine-tuned on {rl['n_start']} fresh puzzles in one response "
+        f"style, with the selections' recipe run for {rl.get('start_steps', '?')} steps.{from_files} Before any RL, "
         f"`predict-rl` predicted the growth of held-out accuracy ({rl['n_held']} puzzles, 4 samples each at "
         f"temperature 1) per GRPO step under the all-or-nothing `kk` reward: the positive effect plus the AdamW "
         f"batch-noise term, with a 95% interval, from {g.group_size} rollouts of each of {rl['n_prompts']} training "
         f"puzzles. Then a real GRPO run ({g.steps} steps, {g.prompts_per_step} prompts x {g.group_size} rollouts, "
         f"lr {g.lr}, clip 1.0) started from the same weights.",
         "",
-        "| start | accuracy at step 0 | predicted growth / step | predicted change [95%] | actual change | "
+        "| start | SFT examples | accuracy at step 0 | predicted growth / step | predicted change [95%] | actual change | "
         "zero-variance groups (start) | (during GRPO) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         f"**Verdict.** {verdict_text(verdict)}" if verdict is not None else "One start only: no ordering to check.",
         "",
         "One GRPO run per start and a few held-out puzzles: the actual change carries sampling noise of the "
-        "order of 1/sqrt(puzzles x samples). Checkpoints: checkpoints/start-STYLE/final (SFT) and "
-        "checkpoints/grpo/sft-STYLE/run-0/final (GRPO); the rows are in rl_curves.csv and rl_summary.json.",
+        "order of 1/sqrt(puzzles x samples). Checkpoints: checkpoints/start-NAME/final (SFT) and "
+        "checkpoints/grpo/sft-NAME/run-0/final (GRPO); the rows are in rl_curves.csv and rl_summary.json.",
         "",
         "![RL growth](rl_growth.png)",
         "",

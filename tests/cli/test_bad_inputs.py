@@ -559,11 +559,26 @@ def test_finished_run_directory_is_refused_then_replaced_with_overwrite(gpt2: Pa
     (["--n-pool", "0"], "--n-pool must be >= 1, got 0"),
     (["--top-k", "0"], "--top-k must be >= 1, got 0"),
     (["--lr", "0"], "--lr must be a positive number, got 0.0"),
-], ids=["missing-model", "n-pool", "top-k", "lr"])
+    (["--rl-start-data", "redistilled.jsonl"], "--rl-start-data takes NAME=FILE, got 'redistilled.jsonl'"),
+    (["--rl-start-data", "a/b={missing}"], "--rl-start-data name 'a/b' must be letters, digits, '.', '_' or '-'"),
+    (["--rl-start-data", "short-cot={missing}"], "--rl-start-data name 'short-cot' is used twice"),
+    (["--rl-start-data", "mine={missing}"], "--rl-start-data file not found: {missing}"),
+], ids=["missing-model", "n-pool", "top-k", "lr", "start-data-form", "start-data-name", "start-data-clash",
+        "start-data-missing"])
 def test_bad_demo_setting_writes_nothing(extra: list[str], needle: str, tmp_path: Path, capsys) -> None:
     out, missing = tmp_path / "demo", tmp_path / "no-such-model"
     argv = ["demo", "--out", out, "--quiet", *(e.format(missing=missing) for e in extra)]
     assert_error(argv, capsys, needle.format(missing=missing), outputs=[out])
+
+
+def test_malformed_rl_start_file_fails_before_the_model_loads(tmp_path: Path, capsys) -> None:
+    bad, out = tmp_path / "start.jsonl", tmp_path / "demo"
+    bad.write_text('{"id": "a", "prompt": "p"}\n')
+    assert_error(["demo", "--out", out, "--quiet", "--rl-start-data", f"mine={bad}"], capsys,
+                 f"{bad}:1: missing field 'response'", outputs=[out])
+    bad.write_text("")
+    assert_error(["demo", "--out", out, "--quiet", "--rl-start-data", f"mine={bad}"], capsys,
+                 f"{bad}: no examples (the file is empty)", outputs=[out])
 
 
 def test_debug_lets_the_exception_through(gpt2: Path, tmp_path: Path, capsys) -> None:
