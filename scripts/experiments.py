@@ -87,6 +87,8 @@ def parse_args(argv=None):
     p.add_argument("--q5-lr", type=float, default=2e-4, help="q5: SFT lr of the RL start (the demo's)")
     p.add_argument("--q5-grpo-lr", type=float, default=1e-4, help="q5: GRPO lr")
     p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads per command (default 1)")
+    p.add_argument("--tag", default="", help="suffix of this invocation's timings file, so that parallel runs of one "
+                   "stage (e.g. q2d with different --q2d-seeds) keep separate files")
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
 
@@ -97,7 +99,7 @@ class Runner:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         # one timings file per invocation's stage list, so stages may run in parallel processes
-        self.tpath = self.out / f"timings-{args.stages.replace(',', '_')}.json"
+        self.tpath = self.out / f"timings-{args.stages.replace(',', '_')}{'-' + args.tag if args.tag else ''}.json"
         self.timings = json.loads(self.tpath.read_text()) if self.tpath.exists() else []
 
     def p(self, *parts) -> str:
