@@ -78,6 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--q2d-starts", default="answer-only,short-cot,long-cot", help="q2d: SFT starts compared")
     p.add_argument("--q2d-redistill-samples", type=int, default=8,
                    help="q2d: samples per start puzzle for the re-distilled start from q5's policy (0 = no such start)")
+    p.add_argument("--q2e-seed", type=int, default=0, help="q2e: the q2d seed whose SFT starts are examined")
+    p.add_argument("--q2e-starts", default="answer-only,short-cot,long-cot,redistilled", help="q2e: starts examined")
+    p.add_argument("--q2e-eval-samples", type=int, default=8, help="q2e: completions per held-out puzzle per evaluation")
     p.add_argument("--q5-start-examples", type=int, default=160, help="q5: answer-only SFT puzzles of the RL start")
     p.add_argument("--q5-rl-prompts", type=int, default=64, help="q5: GRPO training puzzles (2-3 people)")
     p.add_argument("--q5-eval", type=int, default=96, help="q5: held-out puzzles for the greedy accuracy r")
@@ -379,6 +382,72 @@ def redistilled_start(R: Runner, seed: int, n: int = 160) -> str:
              "--stats", stats, "--samples-per-prompt", a.q2d_redistill_samples, "--keep-per-prompt", 1,
              "--temperature", 0.7, "--max-new-tokens", 200, "--seed", seed, label=f"q2d redistill seed {seed}")
     return data
+
+
+def stage_q2e(R: Runner):
+    """Why q2d's predicted RL changes overshoot: per start of q2d seed --q2e-seed, the demo's GRPO run again
+    (same prompts, settings and seeds) with `grpo_step_decomposition`: every step's first-order change
+    <theta_k - theta_{k-1}, G_0> against the measured held-out accuracy (--q2e-eval-samples per puzzle), and the
+    accuracy along the first step's line theta_0 + t d_1. See sample_effect/validation/rl_steps.py."""
+    import torch
+
+    from sample_effect.engine.core import ComputeConfig
+    from sample_effect.models.loading import load_model
+    from sample_effect.plots.rl import step_decomposition_plot
+    from sample_effect.training.grpo import GRPOConfig, load_rl_prompts
+    from sample_effect.validation.rl_accuracy import AccuracyCurveConfig
+    from sample_effect.validation.rl_steps import grpo_step_decomposition
+
+    a = R.args
+    seed, q = a.q2e_seed, R.p("q2e")
+    os.makedirs(q, exist_ok=True)
+    src = Path(R.p("q2d", f"seed{seed}", "checkpoints"))
+    starts = [d.name.removeprefix("start-") for d in sorted(src.glob("start-*")) if (d / "final").exists()]
+    if not starts:
+        raise SystemExit(f"stage q2e needs q2d's SFT starts under {src}; run --stages q2d --q2d-seeds {seed} first")
+    # The demo's RL puzzles of this seed (`demo._rl_prompts`): 16 training and 12 held-out, half 2-, half 3-person.
+    sets = {}
+    for name, prefix, n, s0 in (("rl", "rl-answer-only", 16, 10_000 + 3 * seed + 1_000),
+                                ("rl-eval", "rl-eval-answer-only", 12, 10_000 + 3 * seed + 1_001)):
+        parts = []
+        for people, count in ((2, n // 2), (3, n - n // 2)):
+            f = f"{q}/{name}-seed{seed}-{people}p.jsonl"
+            if not R.done(f):
+                R.se("kk", "--people", people, "--n", count, "--seed", s0, "--style", "answer-only", "--id-prefix", prefix,
+                     "--out", f, label="kk")
+            parts.append(f)
+        cat(parts, f"{q}/{name}-seed{seed}.jsonl")
+        sets[name] = load_rl_prompts(f"{q}/{name}-seed{seed}.jsonl")
+    cfg = GRPOConfig(lr=2e-4, steps=8, prompts_per_step=4, group_size=8, temperature=1.0, max_new_tokens=200,
+                     max_grad_norm=1.0, eval_every=2, seed=seed)  # the demo's defaults
+    curve = AccuracyCurveConfig(eval_samples=a.q2e_eval_samples, target_samples=4, runs=1, noise_draws=64)
+    torch.set_num_threads(a.threads)
+    frames, summaries = [], []
+    for name in [x for x in a.q2e_starts.split(",") if x in starts]:
+        out = Path(q, f"seed{seed}-{name}.json")
+        if R.done(out):
+            doc = json.loads(out.read_text())
+        else:
+            t0 = time.time()
+            df, summary = grpo_step_decomposition(f"sft-{name}", lambda d=src / f"start-{name}" / "final": load_model(d, "float32"),
+                                                  sets["rl"], sets["rl-eval"], "kk", cfg, curve, ComputeConfig(progress=False))
+            summary["seconds"] = round(time.time() - t0, 1)
+            doc = {"summary": summary, "rows": df.to_dict(orient="records")}
+            out.write_text(json.dumps(doc, indent=1, default=float) + "\n")
+        s = doc["summary"]
+        summaries.append(s)
+        frames.append(doc["rows"])
+        line = ", ".join(f"t={p['t']:g}: {p['actual_change']:+.3f} vs {p['first_order']:+.3f}" for p in s["line"])
+        print(f"{s['name']}: predicted {s['predicted_total_change']:+.3f}, steps' first order {s['path_first_order']:+.3f}, "
+              f"measured {s['actual_total_change']:+.3f}; first step {s['first_step_first_order']:+.4f} "
+              f"(predicted {s['predicted_growth_per_step']:+.4f}); line {line}; |G0| rel. s.e. "
+              f"{s['target_gradient_rel_stderr']:.2f}; {s.get('seconds', 0):.0f} s", flush=True)
+    import pandas as pd
+
+    rows = pd.DataFrame([r for f in frames for r in f])
+    step_decomposition_plot(rows, f"{q}/steps-seed{seed}.png",
+                            title=f"Where the RL prediction goes wrong (q2d seed {seed}, the demo's GRPO settings)")
+    Path(q, f"summary-seed{seed}.json").write_text(json.dumps(summaries, indent=1) + "\n")
 
 
 def kk_mixed(R: Runner, name: str, n: int, seed: int, style: str = "answer-only") -> str:
@@ -792,7 +861,7 @@ def stage_summary(R: Runner):
 def main(argv=None):
     a = parse_args(argv)
     R = Runner(a)
-    stages = {"data": stage_data, "q1": stage_q1, "q2": stage_q2, "q2b": stage_q2b, "q2c": stage_q2c, "q2d": stage_q2d, "q3": stage_q3, "q5": stage_q5,
+    stages = {"data": stage_data, "q1": stage_q1, "q2": stage_q2, "q2b": stage_q2b, "q2c": stage_q2c, "q2d": stage_q2d, "q2e": stage_q2e, "q3": stage_q3, "q5": stage_q5,
               "sources": stage_sources,
               "summary": stage_summary}
     t0 = time.time()

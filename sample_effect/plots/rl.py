@@ -60,3 +60,42 @@ def rl_start_curves(df: pd.DataFrame, summaries: Sequence[Mapping[str, Any]], pa
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def step_decomposition_plot(df: pd.DataFrame, path: str | os.PathLike,
+                            title: str = "Where the RL prediction goes wrong") -> None:
+    """The rows of `validation.rl_steps.grpo_step_decomposition`, one colour per start.
+
+    Left: the held-out accuracy change along the real run (points), the running sum of the steps'
+    first-order changes <theta_k - theta_{k-1}, G_0> (dashes) and the prediction, k steps of the
+    growth rate (dots). Right: along the first step's line theta_0 + t d_1, the measured change
+    (points) against t times the first step's first-order change (dashes).
+    """
+    import numpy as np
+
+    plt = pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, part) in enumerate(df.groupby("model", sort=False)):
+        c = colors[i % len(colors)]
+        run, line = part[part["kind"] == "run"], part[part["kind"] == "line"]
+        j0 = float(run["accuracy"].iloc[0])
+        ax.plot(run["x"], run["accuracy"] - j0, "o-", color=c, label=f"{name}: measured")
+        ax.plot(run["x"], np.cumsum(run["first_order"]), "--", color=c, label=f"{name}: sum of steps' first order")
+        ax.plot(run["x"], run["predicted_change"], ":", color=c, lw=2, label=f"{name}: predicted")
+        if len(line):
+            bx.plot(line["x"], line["accuracy"] - j0, "o-", color=c, label=f"{name}: measured")
+            bx.plot(line["x"], line["first_order"], "--", color=c, label=f"{name}: t x first step's first order")
+    for a in (ax, bx):
+        a.axhline(0.0, color="0.5", lw=0.8, ls=":")
+        a.set_ylabel("held-out accuracy change")
+    ax.set_xlabel("GRPO step")
+    ax.set_title("along the real run", fontsize=9)
+    bx.set_xscale("log", base=2)
+    bx.set_xlabel("t (multiples of the first real step)")
+    bx.set_title("along the first step's line theta_0 + t d_1", fontsize=9)
+    ax.legend(fontsize=7)
+    bx.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)

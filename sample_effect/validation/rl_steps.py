@@ -1,0 +1,155 @@
+"""Where a multi-step RL prediction goes wrong: each real GRPO step's first-order change against the measured one.
+
+`rl_accuracy_curve` predicts the held-out accuracy after K GRPO steps as J_0 + p * sum_t(lr_t / lr),
+p being `predict_rl`'s growth rate: the expected first-order change of one step from the start
+(fresh AdamW state, clipping). Along a real run theta_0 .. theta_K this module records, per step k,
+
+    a_k = < theta_k - theta_{k-1}, G_0 >   the first-order change of the step actually taken,
+                                           with the start's accuracy gradient G_0;
+    J_k = J(theta_k)                       the held-out accuracy, sampled with common random numbers;
+
+and, along the first step's line theta_0 + t d_1 (d_1 = theta_1 - theta_0), J at several t against
+t a_1. Three gaps split the error of the prediction K p - (J_K - J_0):
+
+    K p     vs  sum_k a_k            extrapolation: the Adam state after the first step, the batches
+                                     drawn, the direction turning;
+    sum a_k vs  J_K - J_0            linearisation along the path: curvature, G_0 going stale;
+    t a_1   vs  J(theta_0 + t d_1) - J_0
+                                     curvature along one step's line alone.
+
+Every J is a sampled estimate (`sampled_accuracy`): its noise is about sqrt(J (1 - J) / (prompts x
+samples)) per point, less for differences thanks to the common random numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sample_effect.engine.core import ComputeConfig
+from sample_effect.errors import SampleEffectError
+from sample_effect.growth.rl import RLPredictConfig, predict_rl
+from sample_effect.models.loading import select_parameters
+from sample_effect.rollouts.rewards import get_reward
+from sample_effect.targets.core import AccuracyTarget
+from sample_effect.training.grpo import GRPOConfig, RLPrompt, train_grpo
+from sample_effect.validation.rl_accuracy import AccuracyCurveConfig, Loader, sampled_accuracy
+from sample_effect.validation.rl_curves import grpo_lrs, trainer_update
+
+LINE = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def _dot(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """<a, b> over the names of `a`, in float64."""
+    return float(sum((a[n].double() * b[n].double()).sum() for n in a))
+
+
+def grpo_step_decomposition(
+    name: str,
+    load: Loader,
+    prompts: Sequence[RLPrompt],
+    eval_prompts: Sequence[RLPrompt],
+    reward: Callable[..., float] | str,
+    cfg: GRPOConfig,
+    curve: AccuracyCurveConfig | None = None,
+    compute: ComputeConfig | None = None,
+    line: Sequence[float] = LINE,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One start: (rows of the run and of the first step's line; summary with the three gaps of the module docstring).
+
+    The prediction and the accuracy target are made as `rl_accuracy_curve` makes them (same seeds),
+    so the summary's `predicted_total_change` is the one the demo reports for these settings.
+    Rows have kind "run" (step k: a_k, the step's norm, J_k, the predicted change J_k - J_0) or "line"
+    (t: t a_1, J(theta_0 + t d_1)).
+    """
+    compute = compute or ComputeConfig()
+    cfg, curve = cfg.validate(), (curve or AccuracyCurveConfig()).validate()
+    if not eval_prompts:
+        raise SampleEffectError("no held-out prompts for the accuracy")
+    if any(not (np.isfinite(t) and t > 0) for t in line):
+        raise SampleEffectError(f"line points must be positive numbers, got {list(line)}")
+    reward = get_reward(reward) if isinstance(reward, str) else reward
+    model, tok = load()
+    chosen = select_parameters(model)
+    target = AccuracyTarget(eval_prompts, reward, tok, n_samples=curve.target_samples, temperature=cfg.temperature,
+                            seed=curve.predict_seed + 1, max_new_tokens=cfg.max_new_tokens)
+    g0 = target.resolve(model, chosen, [], compute)
+    settings = RLPredictConfig(group_size=cfg.group_size, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                               seed=curve.predict_seed, prompts_per_step=cfg.prompts_per_step, clip_eps=cfg.clip_eps,
+                               noise_draws=curve.noise_draws, curvature_draws=0)
+    pred = predict_rl(model, tok, prompts, reward, g0, trainer_update(cfg), settings, compute=compute).record
+    G = {n: g0.vector[n] for n in chosen}
+
+    def accuracy(m: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return sampled_accuracy(m, tok, eval_prompts, reward, curve.eval_samples, cfg.temperature,
+                                    cfg.max_new_tokens, curve.eval_seed)
+
+    fresh, ftok = load()
+    live = select_parameters(fresh)
+    prev = {n: p.detach().clone() for n, p in live.items()}
+    rows: list[dict[str, Any]] = []
+    first: dict[str, torch.Tensor] = {}
+
+    def on_eval(step: int, m: torch.nn.Module) -> dict[str, float]:
+        a = norm = 0.0
+        if step > 0:
+            d = {n: p.detach() - prev[n] for n, p in live.items()}
+            a, norm = _dot(d, G), _dot(d, d) ** 0.5
+            if step == 1:
+                first.update(d)
+            for n, p in live.items():
+                prev[n].copy_(p.detach())
+        acc = accuracy(m)
+        rows.append({"model": name, "kind": "run", "x": step, "first_order": a, "step_norm": norm, "accuracy": acc})
+        return {"heldout_accuracy": acc}
+
+    train_grpo(fresh, ftok, prompts, reward, replace(cfg, eval_every=1), on_eval=on_eval, progress=compute.progress)
+    # <theta_K - theta_0, G_0>: the steps' a_k must add up to it (the rows' bookkeeping, checked by the tests).
+    endpoint = _dot({n: p.detach() - chosen[n].detach() for n, p in live.items()}, G)
+    del fresh
+    live.clear()  # the trained copy is not needed past here
+    j0 = rows[0]["accuracy"]
+    a1 = rows[1]["first_order"] if len(rows) > 1 else 0.0
+    if first:
+        base = {n: p.detach().clone() for n, p in chosen.items()}
+        try:
+            for t in line:
+                with torch.no_grad():
+                    for n, p in chosen.items():
+                        p.copy_(base[n] + t * first[n].to(p.dtype))
+                rows.append({"model": name, "kind": "line", "x": float(t), "first_order": t * a1,
+                             "step_norm": t * rows[1]["step_norm"], "accuracy": accuracy(model)})
+        finally:
+            with torch.no_grad():
+                for n, p in chosen.items():
+                    p.copy_(base[n])
+    df = pd.DataFrame(rows)
+    growth = float(pred["growth_rate"])
+    scale = np.concatenate([[0.0], np.cumsum(np.asarray(grpo_lrs(cfg)) / cfg.lr)])  # steps weighted by lr_t / lr
+    is_run = df["kind"] == "run"
+    df.loc[is_run, "predicted_change"] = growth * scale[df.loc[is_run, "x"].astype(int).to_numpy()]
+    run = df[is_run]
+    weight = float(scale[-1])
+    summary = {
+        "name": name, "steps": cfg.steps, "start_accuracy": j0,
+        "predicted_growth_per_step": growth, "predicted_growth_ci95": list(pred["growth_rate_ci95"]),
+        "predicted_positive_effect": pred["positive_effect"], "predicted_noise_effect": pred["noise_effect"],
+        "predicted_total_change": growth * weight,
+        "first_step_first_order": a1,
+        "path_first_order": float(run["first_order"].sum()),
+        "endpoint_first_order": endpoint,
+        "actual_total_change": float(run["accuracy"].iloc[-1] - j0),
+        "mean_step_norm": float(run["step_norm"].iloc[1:].mean()) if len(run) > 1 else 0.0,
+        "line": [{"t": r.x, "first_order": r.first_order, "actual_change": r.accuracy - j0}
+                 for r in df[df["kind"] == "line"].itertuples()],
+        "target_accuracy": g0.stats.get("accuracy"),
+        # The bootstrap interval resamples the training prompts only; G_0's own sampling error is this share of |G_0|.
+        "target_gradient_rel_stderr": g0.stats.get("gradient_rel_stderr"),
+    }
+    return df, summary
