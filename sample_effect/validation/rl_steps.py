@@ -49,6 +49,47 @@ def _dot(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return float(sum((a[n].double() * b[n].double()).sum() for n in a))
 
 
+def _line_rows(name: str, model: torch.nn.Module, chosen: dict[str, torch.Tensor], first: dict[str, torch.Tensor],
+               line: Sequence[float], step1: dict[str, Any], accuracy: Callable[[torch.nn.Module], float]) -> list[dict]:
+    """J(theta_0 + t d_1) for every t of `line`, the weights restored afterwards (also on an error)."""
+    rows = []
+    base = {n: p.detach().clone() for n, p in chosen.items()}
+    try:
+        for t in line:
+            with torch.no_grad():
+                for n, p in chosen.items():
+                    p.copy_(base[n] + t * first[n].to(p.dtype))
+            rows.append({"model": name, "kind": "line", "x": float(t), "first_order": t * step1["first_order"],
+                         "step_norm": t * step1["step_norm"], "accuracy": accuracy(model)})
+    finally:
+        with torch.no_grad():
+            for n, p in chosen.items():
+                p.copy_(base[n])
+    return rows
+
+
+def _summary(name: str, df: pd.DataFrame, pred: dict[str, Any], weight: float, steps: int, endpoint: float,
+             stats: dict[str, float]) -> dict[str, Any]:
+    """The three gaps of the module docstring, and what the prediction and the target were."""
+    run, line = df[df["kind"] == "run"], df[df["kind"] == "line"]
+    j0, growth = float(run["accuracy"].iloc[0]), float(pred["growth_rate"])
+    return {
+        "name": name, "steps": steps, "start_accuracy": j0,
+        "predicted_growth_per_step": growth, "predicted_growth_ci95": list(pred["growth_rate_ci95"]),
+        "predicted_positive_effect": pred["positive_effect"], "predicted_noise_effect": pred["noise_effect"],
+        "predicted_total_change": growth * weight,
+        "first_step_first_order": float(run["first_order"].iloc[1]) if len(run) > 1 else 0.0,
+        "path_first_order": float(run["first_order"].sum()),
+        "endpoint_first_order": endpoint,
+        "actual_total_change": float(run["accuracy"].iloc[-1] - j0),
+        "mean_step_norm": float(run["step_norm"].iloc[1:].mean()) if len(run) > 1 else 0.0,
+        "line": [{"t": r.x, "first_order": r.first_order, "actual_change": r.accuracy - j0} for r in line.itertuples()],
+        "target_accuracy": stats.get("accuracy"),
+        # The bootstrap interval resamples the training prompts only; G_0's own sampling error is this share of |G_0|.
+        "target_gradient_rel_stderr": stats.get("gradient_rel_stderr"),
+    }
+
+
 def grpo_step_decomposition(
     name: str,
     load: Loader,
@@ -114,42 +155,11 @@ def grpo_step_decomposition(
     endpoint = _dot({n: p.detach() - chosen[n].detach() for n, p in live.items()}, G)
     del fresh
     live.clear()  # the trained copy is not needed past here
-    j0 = rows[0]["accuracy"]
-    a1 = rows[1]["first_order"] if len(rows) > 1 else 0.0
     if first:
-        base = {n: p.detach().clone() for n, p in chosen.items()}
-        try:
-            for t in line:
-                with torch.no_grad():
-                    for n, p in chosen.items():
-                        p.copy_(base[n] + t * first[n].to(p.dtype))
-                rows.append({"model": name, "kind": "line", "x": float(t), "first_order": t * a1,
-                             "step_norm": t * rows[1]["step_norm"], "accuracy": accuracy(model)})
-        finally:
-            with torch.no_grad():
-                for n, p in chosen.items():
-                    p.copy_(base[n])
+        rows += _line_rows(name, model, chosen, first, line, rows[1], accuracy)
     df = pd.DataFrame(rows)
-    growth = float(pred["growth_rate"])
     scale = np.concatenate([[0.0], np.cumsum(np.asarray(grpo_lrs(cfg)) / cfg.lr)])  # steps weighted by lr_t / lr
     is_run = df["kind"] == "run"
-    df.loc[is_run, "predicted_change"] = growth * scale[df.loc[is_run, "x"].astype(int).to_numpy()]
-    run = df[is_run]
-    weight = float(scale[-1])
-    summary = {
-        "name": name, "steps": cfg.steps, "start_accuracy": j0,
-        "predicted_growth_per_step": growth, "predicted_growth_ci95": list(pred["growth_rate_ci95"]),
-        "predicted_positive_effect": pred["positive_effect"], "predicted_noise_effect": pred["noise_effect"],
-        "predicted_total_change": growth * weight,
-        "first_step_first_order": a1,
-        "path_first_order": float(run["first_order"].sum()),
-        "endpoint_first_order": endpoint,
-        "actual_total_change": float(run["accuracy"].iloc[-1] - j0),
-        "mean_step_norm": float(run["step_norm"].iloc[1:].mean()) if len(run) > 1 else 0.0,
-        "line": [{"t": r.x, "first_order": r.first_order, "actual_change": r.accuracy - j0}
-                 for r in df[df["kind"] == "line"].itertuples()],
-        "target_accuracy": g0.stats.get("accuracy"),
-        # The bootstrap interval resamples the training prompts only; G_0's own sampling error is this share of |G_0|.
-        "target_gradient_rel_stderr": g0.stats.get("gradient_rel_stderr"),
-    }
+    df.loc[is_run, "predicted_change"] = float(pred["growth_rate"]) * scale[df.loc[is_run, "x"].astype(int).to_numpy()]
+    summary = _summary(name, df, pred, float(scale[-1]), cfg.steps, endpoint, g0.stats)
     return df, summary
