@@ -437,9 +437,10 @@ def stage_q2e(R: Runner):
         s = doc["summary"]
         summaries.append(s)
         frames.append(doc["rows"])
-        line = ", ".join(f"t={p['t']:g}: {p['actual_change']:+.3f} vs {p['first_order']:+.3f}" for p in s["line"])
+        line = ", ".join(f"t={p['t']:g}: {p['actual_change']:+.3f} (IS {p['is_change']:+.3f}, ess {p['ess']:.2f}) vs "
+                         f"{p['first_order']:+.3f}" for p in s["line"])
         print(f"{s['name']}: predicted {s['predicted_total_change']:+.3f}, steps' first order {s['path_first_order']:+.3f}, "
-              f"measured {s['actual_total_change']:+.3f}; first step {s['first_step_first_order']:+.4f} "
+              f"measured {s['actual_total_change']:+.3f} (IS {s['actual_total_change_is']:+.3f}); first step {s['first_step_first_order']:+.4f} "
               f"(predicted {s['predicted_growth_per_step']:+.4f}); line {line}; |G0| rel. s.e. "
               f"{s['target_gradient_rel_stderr']:.2f}; {s.get('seconds', 0):.0f} s", flush=True)
     import pandas as pd

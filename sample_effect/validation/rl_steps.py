@@ -19,6 +19,12 @@ t a_1. Three gaps split the error of the prediction K p - (J_K - J_0):
 
 Every J is a sampled estimate (`sampled_accuracy`): its noise is about sqrt(J (1 - J) / (prompts x
 samples)) per point, less for differences thanks to the common random numbers.
+
+Each row also carries `accuracy_is`, J at that point estimated without sampling anew: the
+completions sampled at theta_0 for J_0, reweighted by pi_theta(y|x) / pi_theta_0(y|x) and
+self-normalised per prompt (`importance_accuracy`), with the effective sample share `ess`. Where
+it follows the measured J, the change of accuracy along a step can be had from forward passes on
+the start's own samples, curvature included.
 """
 
 from __future__ import annotations
@@ -35,10 +41,12 @@ from sample_effect.engine.core import ComputeConfig
 from sample_effect.errors import SampleEffectError
 from sample_effect.growth.rl import RLPredictConfig, predict_rl
 from sample_effect.models.loading import select_parameters
+from sample_effect.objectives.reinforce import sequence_logprobs
+from sample_effect.rollouts.groups import sample_groups
 from sample_effect.rollouts.rewards import get_reward
 from sample_effect.targets.core import AccuracyTarget
-from sample_effect.training.grpo import GRPOConfig, RLPrompt, train_grpo
-from sample_effect.validation.rl_accuracy import AccuracyCurveConfig, Loader, sampled_accuracy
+from sample_effect.training.grpo import GRPOConfig, RLPrompt, Rollout, train_grpo
+from sample_effect.validation.rl_accuracy import AccuracyCurveConfig, Loader
 from sample_effect.validation.rl_curves import grpo_lrs, trainer_update
 
 LINE = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -49,8 +57,34 @@ def _dot(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return float(sum((a[n].double() * b[n].double()).sum() for n in a))
 
 
+def group_logprobs(model: torch.nn.Module, groups: Sequence[Sequence[Rollout]], temperature: float) -> list[torch.Tensor]:
+    """log pi_T(y|x) of every completion, per group, in float64 (no gradient)."""
+    with torch.no_grad():
+        return [sequence_logprobs(model, g, temperature).double().cpu() for g in groups]
+
+
+def importance_accuracy(model: torch.nn.Module, groups: Sequence[Sequence[Rollout]], base: Sequence[torch.Tensor],
+                        temperature: float) -> tuple[float, float]:
+    """(mean reward under `model`, mean effective sample share) from completions sampled under other weights.
+
+    `base` holds their log-probs under the weights they were sampled from (`group_logprobs`).
+    Per prompt the rewards are averaged with self-normalised weights w_i ~ pi(y_i|x) / pi_base(y_i|x),
+    so the estimate stays in [0, 1] and equals the plain mean at the base weights; the effective
+    share (sum w)^2 / (n sum w^2) says how many of the samples still count (1: all).
+    """
+    if not groups:
+        raise SampleEffectError("no groups to reweight")
+    means, shares = [], []
+    for g, lp0, lp in zip(groups, base, group_logprobs(model, groups, temperature)):
+        w = torch.softmax(lp - lp0, 0)
+        r = torch.tensor([x.reward for x in g], dtype=torch.float64)
+        means.append(float((w * r).sum()))
+        shares.append(float(1.0 / (w.square().sum() * len(g))))
+    return float(np.mean(means)), float(np.mean(shares))
+
+
 def _line_rows(name: str, model: torch.nn.Module, chosen: dict[str, torch.Tensor], first: dict[str, torch.Tensor],
-               line: Sequence[float], step1: dict[str, Any], accuracy: Callable[[torch.nn.Module], float]) -> list[dict]:
+               line: Sequence[float], step1: dict[str, Any], accuracy: Callable[[torch.nn.Module], dict[str, float]]) -> list[dict]:
     """J(theta_0 + t d_1) for every t of `line`, the weights restored afterwards (also on an error)."""
     rows = []
     base = {n: p.detach().clone() for n, p in chosen.items()}
@@ -60,7 +94,7 @@ def _line_rows(name: str, model: torch.nn.Module, chosen: dict[str, torch.Tensor
                 for n, p in chosen.items():
                     p.copy_(base[n] + t * first[n].to(p.dtype))
             rows.append({"model": name, "kind": "line", "x": float(t), "first_order": t * step1["first_order"],
-                         "step_norm": t * step1["step_norm"], "accuracy": accuracy(model)})
+                         "step_norm": t * step1["step_norm"], **accuracy(model)})
     finally:
         with torch.no_grad():
             for n, p in chosen.items():
@@ -83,7 +117,9 @@ def _summary(name: str, df: pd.DataFrame, pred: dict[str, Any], weight: float, s
         "endpoint_first_order": endpoint,
         "actual_total_change": float(run["accuracy"].iloc[-1] - j0),
         "mean_step_norm": float(run["step_norm"].iloc[1:].mean()) if len(run) > 1 else 0.0,
-        "line": [{"t": r.x, "first_order": r.first_order, "actual_change": r.accuracy - j0} for r in line.itertuples()],
+        "actual_total_change_is": float(run["accuracy_is"].iloc[-1] - j0),
+        "line": [{"t": r.x, "first_order": r.first_order, "actual_change": r.accuracy - j0,
+                  "is_change": r.accuracy_is - j0, "ess": r.ess} for r in line.itertuples()],
         "target_accuracy": stats.get("accuracy"),
         # The bootstrap interval resamples the training prompts only; G_0's own sampling error is this share of |G_0|.
         "target_gradient_rel_stderr": stats.get("gradient_rel_stderr"),
@@ -126,10 +162,18 @@ def grpo_step_decomposition(
     pred = predict_rl(model, tok, prompts, reward, g0, trainer_update(cfg), settings, compute=compute).record
     G = {n: g0.vector[n] for n in chosen}
 
-    def accuracy(m: torch.nn.Module) -> float:
+    # J by sampling (common random numbers: `sampled_accuracy`'s call), and by reweighting theta_0's samples.
+    with torch.no_grad():
+        start = sample_groups(model, tok, eval_prompts, reward, curve.eval_samples, cfg.temperature, cfg.max_new_tokens,
+                              curve.eval_seed, progress=False, desc="accuracy")
+    start_lp = group_logprobs(model, start, cfg.temperature)
+
+    def accuracy(m: torch.nn.Module) -> dict[str, float]:
         with torch.no_grad():
-            return sampled_accuracy(m, tok, eval_prompts, reward, curve.eval_samples, cfg.temperature,
-                                    cfg.max_new_tokens, curve.eval_seed)
+            groups = sample_groups(m, tok, eval_prompts, reward, curve.eval_samples, cfg.temperature, cfg.max_new_tokens,
+                                   curve.eval_seed, progress=False, desc="accuracy")
+        acc_is, ess = importance_accuracy(m, start, start_lp, cfg.temperature)
+        return {"accuracy": float(np.mean([r.reward for g in groups for r in g])), "accuracy_is": acc_is, "ess": ess}
 
     fresh, ftok = load()
     live = select_parameters(fresh)
@@ -147,8 +191,8 @@ def grpo_step_decomposition(
             for n, p in live.items():
                 prev[n].copy_(p.detach())
         acc = accuracy(m)
-        rows.append({"model": name, "kind": "run", "x": step, "first_order": a, "step_norm": norm, "accuracy": acc})
-        return {"heldout_accuracy": acc}
+        rows.append({"model": name, "kind": "run", "x": step, "first_order": a, "step_norm": norm, **acc})
+        return {"heldout_accuracy": acc["accuracy"]}
 
     train_grpo(fresh, ftok, prompts, reward, replace(cfg, eval_every=1), on_eval=on_eval, progress=compute.progress)
     # <theta_K - theta_0, G_0>: the steps' a_k must add up to it (the rows' bookkeeping, checked by the tests).
