@@ -352,6 +352,33 @@ def stage_q2d(R: Runner):
             extra = ["--rl-start-data", f"redistilled={redistilled_start(R, seed)}"]
         if not R.done(f"{out}/rl_summary.json"):
             R.se("demo", "--out", out, "--seed", seed, "--rl-starts", a.q2d_starts, *extra, label=f"q2d demo seed {seed}")
+    q2d_table(Path(R.p("q2d")))
+
+
+def q2d_table(q: Path) -> None:
+    """Every finished q2d seed as markdown rows (seed, start, SFT examples, step-0 accuracy, zero-variance share,
+    predicted change [95%], actual change) and its ordering verdict; also q2d/summary.json."""
+    rows, verdicts = [], {}
+    for f in sorted(q.glob("seed*/rl_summary.json")):
+        seed = f.parent.name.removeprefix("seed")
+        doc = json.loads(f.read_text())
+        for st in doc["starts"]:
+            lo, hi = st["predicted_total_change_ci95"]
+            rows.append(f"| {seed} | {st['name'].removeprefix('sft-')} | {st.get('sft_examples', '?')} | "
+                        f"{st['start_accuracy']:.3f} | {st['predicted_zero_variance_fraction']:.0%} | "
+                        f"{st['predicted_total_change']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {st['actual_total_change']:+.3f} |")
+        v = doc["verdict"]
+        if v:
+            verdicts[seed] = {"matched": v["matched"], "pairs_agreeing": v["pairs_agreeing"], "pairs": len(v["pairs"]),
+                              "ties": v.get("ties", 0), "predicted_order": v["predicted_order"],
+                              "actual_order": v["actual_order"]}
+    (q / "summary.json").write_text(json.dumps({"rows": rows, "verdicts": verdicts}, indent=1) + "\n")
+    print("| seed | start | SFT examples | accuracy at step 0 | zero-variance groups | predicted change [95%] | actual change |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    for seed, v in verdicts.items():
+        print(f"seed {seed}: {v['pairs_agreeing']}/{v['pairs']} pairs agree ({v['ties']} ties); predicted "
+              f"{' > '.join(v['predicted_order'])}; actual {' > '.join(v['actual_order'])}")
 
 
 def redistilled_start(R: Runner, seed: int, n: int = 160) -> str:
