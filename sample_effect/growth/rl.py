@@ -447,6 +447,64 @@ def batch_step_effects(
     return out
 
 
+def replay_path(
+    effects: RLEffects,
+    params: Mapping[str, torch.Tensor],
+    update: UpdateConfig,
+    state: OptimizerState | None,
+    lrs: Sequence[float],
+    batch: int,
+    runs: int,
+    seed: int = 0,
+) -> np.ndarray:
+    """[runs, steps] first-order target change lr_t <d_t, G> of simulated GRPO runs on the frozen prompt gradients.
+
+    Each run draws its batches as `train_grpo` does (seeded permutations of the prompts, `batch`
+    per step, a new permutation when one runs out), forms the batch's token-weighted mean gradient
+    over its informative groups (`batch_updates`), clips it by its norm and takes the optimiser's
+    step from the state the previous steps left (AdamW's moments and step count carried, as the
+    trainer carries them); a batch with no informative group takes no step. Gradients, weights and
+    G stay those of the start, so what this adds to `lr * growth` per step is the optimiser's own
+    dynamics (for AdamW, steps shrink as the moments average the batches' noise), not curvature.
+    """
+    if effects.grads is None:
+        raise SampleEffectError("the replay needs the per-prompt gradients (rl_prompt_effects(keep_grads=True))")
+    state = state or OptimizerState()
+    names = list(params)
+    informative = np.flatnonzero(~effects.zero_variance)
+    slot = {int(x): j for j, x in enumerate(informative)}
+    hypers = {n: state.hyper(n, update) for n in names}
+    n, b = len(effects.effect), min(batch, len(effects.effect))
+    out = np.zeros((runs, len(lrs)))
+    for r in range(runs):
+        rng = np.random.default_rng([seed, r])
+        states = {nm: state.param_state(nm) for nm in names}
+        order: list[int] = []
+        for t, lr in enumerate(lrs):
+            while len(order) < b:
+                order += rng.permutation(n).tolist()
+            picked, order = [x for x in order[:b] if x in slot], order[b:]
+            if not picked:
+                continue
+            w = effects.n_tokens[picked].astype(np.float64)
+            w = w / w.sum()
+            g: dict[str, Any] = dict.fromkeys(names, 0)
+            for wi, x in zip(w, picked):
+                row = effects.grads[slot[x]]
+                for nm in names:
+                    g[nm] = g[nm] + float(wi) * row[nm]
+                del row
+            sq = sum((v.double() ** 2).sum() for v in g.values())
+            coef = float(clip_coefficients(sq.reshape(1), update.clip)[0]) if update.clip is not None else 1.0
+            dot = 0.0
+            for nm in names:
+                d, states[nm] = update.rule.step_with_state(g[nm] * coef, params[nm].detach().to(g[nm].dtype), hypers[nm],
+                                                           states[nm])
+                dot += float(torch.dot(d.flatten(), effects.target.vector[nm].to(d.dtype).flatten()))
+            out[r, t] = lr * dot
+    return out
+
+
 def second_order_effects(
     model: torch.nn.Module,
     params: Mapping[str, torch.Tensor],
@@ -605,7 +663,9 @@ class RLPredictConfig:
     on the first on-policy step); `noise` turns the noise terms on; `n_boot` bootstrap draws of the
     positive effect; `noise_draws` batch draws of the first-order batch term; `curvature_draws`
     Hessian-vector products of the second-order term (0: off); `spill_dir` where the noise terms'
-    per-prompt gradients go on disk (None: the system's temporary directory).
+    per-prompt gradients go on disk (None: the system's temporary directory). `horizon_lrs`, the lr
+    of every step of a planned run (empty: off), asks for `replay_runs` replays of that run on the
+    frozen per-prompt gradients with the optimiser state carried (`replay_path`).
     """
 
     group_size: int = 8
@@ -619,14 +679,19 @@ class RLPredictConfig:
     noise_draws: int = 256
     curvature_draws: int = 16
     spill_dir: str | None = None
+    horizon_lrs: tuple[float, ...] = ()
+    replay_runs: int = 16
 
     def validate(self, sampling: bool = True) -> RLPredictConfig:
         """Raise SampleEffectError on an out-of-range setting; return self."""
         if self.group_size < 2 and sampling:
             raise ConfigError("RLPredictConfig", f"<group_size> must be >= 2 (advantages need a group), got {self.group_size}")
-        for name, low in (("prompts_per_step", 1), ("n_boot", 1), ("noise_draws", 1), ("curvature_draws", 0)):
+        for name, low in (("prompts_per_step", 1), ("n_boot", 1), ("noise_draws", 1), ("curvature_draws", 0),
+                          ("replay_runs", 1)):
             if getattr(self, name) < low:
                 raise ConfigError("RLPredictConfig", f"<{name}> must be >= {low}, got {getattr(self, name)}")
+        if any(not (math.isfinite(x) and x >= 0) for x in self.horizon_lrs):
+            raise ConfigError("RLPredictConfig", f"<horizon_lrs> must be finite and >= 0, got {list(self.horizon_lrs)}")
         return self
 
 
@@ -641,9 +706,11 @@ class _NoisePlan:
     nonlinear: bool
     memory_note: str | None
 
+    replay: bool = False
+
     @property
     def keep_grads(self) -> bool:
-        return self.batch or self.second
+        return self.batch or self.second or self.replay
 
 
 def _noise_plan(target, update: UpdateConfig, cfg: RLPredictConfig, chosen, n_prompts: int,  # type: ignore[no-untyped-def]
@@ -652,12 +719,12 @@ def _noise_plan(target, update: UpdateConfig, cfg: RLPredictConfig, chosen, n_pr
     loss_target = isinstance(target, LossTarget)
     nonlinear = not update.rule.is_linear or update.clip is not None
     plan = _NoisePlan(cfg.noise, cfg.noise and loss_target and update.rule.is_linear, cfg.noise and nonlinear,
-                      cfg.noise and loss_target and cfg.curvature_draws > 0, nonlinear, None)
+                      cfg.noise and loss_target and cfg.curvature_draws > 0, nonlinear, None, bool(cfg.horizon_lrs))
     if plan.hessian or plan.keep_grads:
         note = _noise_memory_note(chosen, n_prompts, compute, cfg.spill_dir)
         if note is not None:  # the positive effect needs none of it: report it, and say why the rest is missing
             log.warning("predict-rl: noise and second-order terms %s", note)
-            plan = _NoisePlan(False, False, False, False, nonlinear, note)
+            plan = _NoisePlan(False, False, False, False, nonlinear, note, False)
     return plan
 
 
@@ -783,6 +850,7 @@ def _growth_record(model, chosen, eff: RLEffects, groups, target, g: TargetVecto
     ses = [t["stderr"] for t in terms if t["stderr"] is not None and math.isfinite(t["stderr"])]
     second = _second_order(model, chosen, eff, target, update, state, plan.second, lr, cfg.prompts_per_step,
                            cfg.curvature_draws, cfg.seed, plan.memory_note)
+    replay = _replay(chosen, eff, update, state, plan, cfg)
     if second["effect"] is not None:  # first order (exact expectation over batches) + all of the second order
         second["growth"] = positive + (bat["effect"] or 0.0) + second["effect"]
     if bat.get("growth_stderr") is not None:  # non-linear update: the interval of the whole batch-step mean
@@ -817,6 +885,27 @@ def _growth_record(model, chosen, eff: RLEffects, groups, target, g: TargetVecto
         "second_order_note": second["note"],
         "growth_rate": positive + (noise_effect or 0.0), "growth_rate_ci95": growth_ci,
         "growth_rate_ci_method": ci_method, "n_bootstrap": cfg.n_boot, "seed": cfg.seed,
+        "replay": replay,
+    }
+
+
+def _replay(chosen, eff: RLEffects, update: UpdateConfig, state, plan: _NoisePlan, cfg: RLPredictConfig) -> dict | None:  # type: ignore[no-untyped-def]
+    """`replay_path` summarised: mean per-step change, the total with its standard error, and the runs' spread."""
+    if not cfg.horizon_lrs:
+        return None
+    if not plan.replay:
+        return {"note": f"not computed: {plan.memory_note}", "per_step": None, "total": None}
+    steps = len(cfg.horizon_lrs)
+    if not (~eff.zero_variance).any():
+        paths = np.zeros((cfg.replay_runs, steps))
+    else:
+        paths = replay_path(eff, chosen, update, state, cfg.horizon_lrs, cfg.prompts_per_step, cfg.replay_runs, cfg.seed)
+    totals = paths.sum(1)
+    return {
+        "per_step": paths.mean(0).tolist(), "total": float(totals.mean()),
+        "total_stderr": float(totals.std(ddof=1) / math.sqrt(len(totals))) if len(totals) > 1 else None,
+        "total_runs_95": [float(x) for x in np.percentile(totals, [2.5, 97.5])], "runs": cfg.replay_runs,
+        "note": "frozen start gradients and weights, optimiser state carried; the spread is over batch orders only",
     }
 
 

@@ -29,7 +29,7 @@ from sample_effect.errors import SampleEffectError
 from sample_effect.growth.rl import RLPredictConfig, predict_rl
 from sample_effect.rollouts.groups import sample_groups
 from sample_effect.rollouts.rewards import get_reward
-from sample_effect.targets.core import AccuracyTarget
+from sample_effect.targets.core import AccuracyTarget, TargetVector
 from sample_effect.training.grpo import GRPOConfig, RLPrompt, train_grpo
 from sample_effect.validation.rl_curves import grpo_lrs, slope, trainer_update
 
@@ -46,10 +46,11 @@ class AccuracyCurveConfig:
     predict_seed: int = 1000
     runs: int = 1
     noise_draws: int = 64
+    replay_runs: int = 16  # simulated runs of the whole schedule on the frozen gradients (`growth.rl.replay_path`)
 
     def validate(self) -> AccuracyCurveConfig:
         """Raise SampleEffectError on an out-of-range setting; return self."""
-        for name in ("eval_samples", "runs", "noise_draws"):
+        for name in ("eval_samples", "runs", "noise_draws", "replay_runs"):
             if getattr(self, name) < 1:
                 raise SampleEffectError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.target_samples < 2:
@@ -65,6 +66,35 @@ def sampled_accuracy(
     groups = sample_groups(model, tokenizer, prompts, reward, n, temperature, max_new_tokens, seed, progress=False,
                            desc="accuracy")
     return float(np.mean([r.reward for g in groups for r in g]))
+
+
+def accuracy_target(eval_prompts: Sequence[RLPrompt], reward: Callable[..., float], tokenizer: Any, cfg: GRPOConfig,
+                    curve: AccuracyCurveConfig) -> AccuracyTarget:
+    """The held-out accuracy target of the curves: `curve.target_samples` completions per prompt at the trainer's
+    temperature and length, seeded by `curve.predict_seed + 1`."""
+    return AccuracyTarget(eval_prompts, reward, tokenizer, n_samples=curve.target_samples, temperature=cfg.temperature,
+                          seed=curve.predict_seed + 1, max_new_tokens=cfg.max_new_tokens)
+
+
+def predict_accuracy_growth(
+    model: torch.nn.Module, tokenizer: Any, prompts: Sequence[RLPrompt], eval_prompts: Sequence[RLPrompt],
+    reward: Callable[..., float], cfg: GRPOConfig, curve: AccuracyCurveConfig, compute: ComputeConfig,
+    target: TargetVector | None = None,
+) -> dict[str, Any]:
+    """`predict_rl`'s record for held-out accuracy growth under `train_grpo` with `cfg`, as the curves predict it.
+
+    The accuracy target samples `curve.target_samples` completions per held-out prompt (seed
+    `curve.predict_seed + 1`), the rollouts are seeded by `curve.predict_seed`, the update is the
+    trainer's (`trainer_update`), and the record's `replay` replays `cfg`'s whole lr schedule on the
+    frozen gradients (`growth.rl.replay_path`, `curve.replay_runs` batch orders). `target`, if
+    given, is that target already resolved at these weights.
+    """
+    goal = target if target is not None else accuracy_target(eval_prompts, reward, tokenizer, cfg, curve)
+    settings = RLPredictConfig(group_size=cfg.group_size, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                               seed=curve.predict_seed, prompts_per_step=cfg.prompts_per_step, clip_eps=cfg.clip_eps,
+                               noise_draws=curve.noise_draws, curvature_draws=0, horizon_lrs=tuple(grpo_lrs(cfg)),
+                               replay_runs=curve.replay_runs)
+    return predict_rl(model, tokenizer, prompts, reward, goal, trainer_update(cfg), settings, compute=compute).record
 
 
 def rl_accuracy_curve(
@@ -90,16 +120,12 @@ def rl_accuracy_curve(
     if not eval_prompts:
         raise SampleEffectError("no held-out prompts for the accuracy curve")
     model, tok = load()
-    target = AccuracyTarget(eval_prompts, reward, tok, n_samples=curve.target_samples, temperature=cfg.temperature,
-                            seed=curve.predict_seed + 1, max_new_tokens=cfg.max_new_tokens)
-    settings = RLPredictConfig(group_size=cfg.group_size, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                               seed=curve.predict_seed, prompts_per_step=cfg.prompts_per_step, clip_eps=cfg.clip_eps,
-                               noise_draws=curve.noise_draws, curvature_draws=0)
-    pred = predict_rl(model, tok, prompts, reward, target, trainer_update(cfg), settings, compute=compute).record
+    pred = predict_accuracy_growth(model, tok, prompts, eval_prompts, reward, cfg, curve, compute)
     del model
     scale = np.concatenate([[0.0], np.cumsum(np.asarray(grpo_lrs(cfg)) / cfg.lr)])  # steps weighted by lr_t / lr
     growth = float(pred["growth_rate"])
     lo, hi = (float(v) for v in pred["growth_rate_ci95"])
+    replay = np.concatenate([[0.0], np.cumsum(pred["replay"]["per_step"])]) if pred["replay"]["per_step"] else None
 
     def evaluate(step: int, m: torch.nn.Module) -> dict[str, float]:
         with torch.no_grad():
@@ -122,6 +148,8 @@ def rl_accuracy_curve(
     df["predicted"] = start + growth * scale[steps]
     df["predicted_lo"] = start + lo * scale[steps]
     df["predicted_hi"] = start + hi * scale[steps]
+    if replay is not None:
+        df["predicted_replay"] = start + replay[steps]
     df.insert(0, "model", name)
     summary = _summary(name, df, pred, growth, (lo, hi), float(scale[int(df["step"].max())]), curve.runs)
     zv = df["zero_variance_groups"].dropna()
@@ -144,6 +172,8 @@ def _summary(name: str, df: pd.DataFrame, pred: dict[str, Any], growth: float, c
         "predicted_zero_variance_fraction": pred["zero_variance_fraction"],
         "predicted_total_change": growth * weight,
         "predicted_total_change_ci95": [ci[0] * weight, ci[1] * weight],
+        "predicted_total_change_replay": (pred.get("replay") or {}).get("total"),
+        "predicted_replay_runs_95": (pred.get("replay") or {}).get("total_runs_95"),
         "actual_total_change": float(changes.mean()),
         "actual_total_change_se": float(changes.std(ddof=1) / math.sqrt(runs)) if runs > 1 else None,
         "actual_growth_per_step": slope(df["step"], df["actual"]),

@@ -39,15 +39,18 @@ import torch
 
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.errors import SampleEffectError
-from sample_effect.growth.rl import RLPredictConfig, predict_rl
 from sample_effect.models.loading import select_parameters
 from sample_effect.objectives.reinforce import sequence_logprobs
 from sample_effect.rollouts.groups import sample_groups
 from sample_effect.rollouts.rewards import get_reward
-from sample_effect.targets.core import AccuracyTarget
 from sample_effect.training.grpo import GRPOConfig, RLPrompt, Rollout, train_grpo
-from sample_effect.validation.rl_accuracy import AccuracyCurveConfig, Loader
-from sample_effect.validation.rl_curves import grpo_lrs, trainer_update
+from sample_effect.validation.rl_accuracy import (
+    AccuracyCurveConfig,
+    Loader,
+    accuracy_target,
+    predict_accuracy_growth,
+)
+from sample_effect.validation.rl_curves import grpo_lrs
 
 LINE = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -112,6 +115,7 @@ def _summary(name: str, df: pd.DataFrame, pred: dict[str, Any], weight: float, s
         "predicted_growth_per_step": growth, "predicted_growth_ci95": list(pred["growth_rate_ci95"]),
         "predicted_positive_effect": pred["positive_effect"], "predicted_noise_effect": pred["noise_effect"],
         "predicted_total_change": growth * weight,
+        "predicted_total_change_replay": (pred.get("replay") or {}).get("total"),
         "first_step_first_order": float(run["first_order"].iloc[1]) if len(run) > 1 else 0.0,
         "path_first_order": float(run["first_order"].sum()),
         "endpoint_first_order": endpoint,
@@ -153,13 +157,8 @@ def grpo_step_decomposition(
     reward = get_reward(reward) if isinstance(reward, str) else reward
     model, tok = load()
     chosen = select_parameters(model)
-    target = AccuracyTarget(eval_prompts, reward, tok, n_samples=curve.target_samples, temperature=cfg.temperature,
-                            seed=curve.predict_seed + 1, max_new_tokens=cfg.max_new_tokens)
-    g0 = target.resolve(model, chosen, [], compute)
-    settings = RLPredictConfig(group_size=cfg.group_size, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                               seed=curve.predict_seed, prompts_per_step=cfg.prompts_per_step, clip_eps=cfg.clip_eps,
-                               noise_draws=curve.noise_draws, curvature_draws=0)
-    pred = predict_rl(model, tok, prompts, reward, g0, trainer_update(cfg), settings, compute=compute).record
+    g0 = accuracy_target(eval_prompts, reward, tok, cfg, curve).resolve(model, chosen, [], compute)
+    pred = predict_accuracy_growth(model, tok, prompts, eval_prompts, reward, cfg, curve, compute, target=g0)
     G = {n: g0.vector[n] for n in chosen}
 
     # J by sampling (common random numbers: `sampled_accuracy`'s call), and by reweighting theta_0's samples.
@@ -204,6 +203,9 @@ def grpo_step_decomposition(
     df = pd.DataFrame(rows)
     scale = np.concatenate([[0.0], np.cumsum(np.asarray(grpo_lrs(cfg)) / cfg.lr)])  # steps weighted by lr_t / lr
     is_run = df["kind"] == "run"
-    df.loc[is_run, "predicted_change"] = float(pred["growth_rate"]) * scale[df.loc[is_run, "x"].astype(int).to_numpy()]
+    ks = df.loc[is_run, "x"].astype(int).to_numpy()
+    df.loc[is_run, "predicted_change"] = float(pred["growth_rate"]) * scale[ks]
+    if pred["replay"]["per_step"]:
+        df.loc[is_run, "predicted_replay_change"] = np.concatenate([[0.0], np.cumsum(pred["replay"]["per_step"])])[ks]
     summary = _summary(name, df, pred, float(scale[-1]), cfg.steps, endpoint, g0.stats)
     return df, summary

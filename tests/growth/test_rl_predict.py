@@ -612,3 +612,65 @@ def test_noise_terms_fit_a_budget_smaller_than_one_gradient_per_prompt(model_dir
     assert full["noise_effect"] is not None and full["second_order_effect"] is not None
     assert small["noise_effect"] == full["noise_effect"] and small["second_order_effect"] == full["second_order_effect"]
     assert "memory budget" not in caplog.text
+
+
+def test_replay_equals_torch_adamw_runs_on_the_frozen_batch_gradients(model_dirs):
+    """`replay_path` (RLPredictConfig.horizon_lrs): per simulated run, the trainer's batch order, the batch's own
+    gradient at theta_0 (the trainer's loss on its informative rollouts), clip_grad_norm_, and torch's AdamW with
+    its moments carried over the steps and the lr of each step; the first-order change <delta theta_t, G> per step,
+    averaged over the runs, to 1e-7. The state matters: the replay is not lr_t times the first step's growth."""
+    model, tok = load_model(model_dirs["qwen2"], "float64")
+    params = select_parameters(model)
+    for seed in range(3, 40):
+        groups = sample_groups(model, tok, rl_prompts(5), long_completion, 4, 1.0, 3, seed=seed, progress=False)
+        if 2 <= sum(len(informative([g])) > 0 for g in groups) < len(groups):
+            break
+    else:
+        raise AssertionError("no seed gave both informative and zero-variance groups")
+    G = random_target(params, seed=5)
+    lrs, B, runs, clip = (1e-3, 5e-4, 1e-3, 2e-4), 2, 3, 1.0
+    upd = UpdateConfig("adamw", lr=1e-3, clip=clip, weight_decay=0.0)
+    rec = predict_rl(model, tok, [], long_completion, G, upd, groups=groups, prompts_per_step=B, compute=QUIET,
+                     n_boot=10, noise_draws=8, horizon_lrs=lrs, replay_runs=runs, seed=11).record
+    expected = np.zeros((runs, len(lrs)))
+    for r in range(runs):
+        rng = np.random.default_rng([11, r])
+        stepped = copy.deepcopy(model)
+        opt = torch.optim.AdamW(stepped.parameters(), lr=lrs[0], weight_decay=0.0)
+        order: list[int] = []
+        for t, lr in enumerate(lrs):
+            while len(order) < B:
+                order += rng.permutation(len(groups)).tolist()
+            batch, order = order[:B], order[B:]
+            rollouts = informative([groups[i] for i in batch])
+            if not rollouts:
+                continue
+            model.zero_grad()
+            grpo_batch_loss(model, rollouts).backward()  # at theta_0: the frozen gradient
+            torch.nn.utils.clip_grad_norm_(list(model.parameters()), clip)
+            for p, q in zip(stepped.parameters(), model.parameters()):
+                p.grad = q.grad.detach().clone()
+            before = {n: p.detach().clone() for n, p in stepped.named_parameters()}
+            opt.param_groups[0]["lr"] = lr
+            opt.step()
+            named = dict(stepped.named_parameters())
+            expected[r, t] = dot({n: named[n].detach() - before[n] for n in params}, G.vector)
+    model.zero_grad()
+    rep = rec["replay"]
+    assert rep["runs"] == runs and len(rep["per_step"]) == len(lrs)
+    assert rep["per_step"] == pytest.approx(expected.mean(0).tolist(), rel=1e-7, abs=1e-15)
+    assert rep["total"] == pytest.approx(expected.sum(1).mean(), rel=1e-7)
+    assert rep["total_runs_95"][0] <= rep["total"] <= rep["total_runs_95"][1]
+    # Adam's moments carried: the replay's later steps differ from lr_t x the fresh step's expected effect.
+    fresh = rec["growth_rate"] / rec["lr"]
+    assert rep["total"] != pytest.approx(fresh * sum(lrs), rel=1e-2)
+
+
+def test_replay_settings_are_checked():
+    from sample_effect.errors import ConfigError
+    from sample_effect.growth.rl import RLPredictConfig
+
+    with pytest.raises(ConfigError, match="replay_runs"):
+        RLPredictConfig(replay_runs=0).validate()
+    with pytest.raises(ConfigError, match="horizon_lrs"):
+        RLPredictConfig(horizon_lrs=(1e-3, float("nan"))).validate()

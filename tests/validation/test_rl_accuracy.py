@@ -37,6 +37,11 @@ def test_accuracy_curve_rows_and_summary(model_dirs):
     two = df[df["step"] == 2]["predicted"].iloc[0]
     assert two == pytest.approx(start + 2 * s["predicted_growth_per_step"])
     assert s["predicted_growth_ci95"][0] <= s["predicted_growth_per_step"] <= s["predicted_growth_ci95"][1]
+    # The replay of the whole schedule (frozen gradients, AdamW state carried) gives its own curve, ending at its total.
+    assert df[df["step"] == 0]["predicted_replay"].tolist() == pytest.approx([start] * 2)
+    assert df[df["step"] == 2]["predicted_replay"].iloc[0] == pytest.approx(start + s["predicted_total_change_replay"])
+    lo, hi = s["predicted_replay_runs_95"]
+    assert lo <= s["predicted_total_change_replay"] <= hi
     assert 0.0 <= s["start_accuracy"] <= 1.0 and s["actual_total_change_se"] is not None
     # The measurement is reproducible: the same weights and seed give the same accuracy.
     m, tok = load()

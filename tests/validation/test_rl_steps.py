@@ -44,12 +44,15 @@ def test_steps_add_up_and_the_prediction_is_the_curves(model_dirs, tmp_path):
     assert line["step_norm"].tolist() == pytest.approx([t * run["step_norm"].iloc[1] for t in (0.5, 1.0, 2.0)])
     assert s["actual_total_change"] == pytest.approx(run["accuracy"].iloc[-1] - run["accuracy"].iloc[0])
     assert run["predicted_change"].tolist() == pytest.approx([k * s["predicted_growth_per_step"] for k in range(4)])
+    assert run["predicted_replay_change"].iloc[0] == 0.0
+    assert run["predicted_replay_change"].iloc[-1] == pytest.approx(s["predicted_total_change_replay"])
     step_decomposition_plot(df, tmp_path / "steps.png")
     assert (tmp_path / "steps.png").stat().st_size > 0
     # Same seeds as the accuracy curve: the growth rate it predicts is the curve's, and so is the step-0 accuracy.
     _, c = rl_accuracy_curve("gpt2", load, PROMPTS, HELD, long_completion, CFG, CURVE, ComputeConfig(progress=False))
     assert s["predicted_growth_per_step"] == pytest.approx(c["predicted_growth_per_step"], rel=1e-6, abs=1e-12)
     assert s["predicted_total_change"] == pytest.approx(c["predicted_total_change"], rel=1e-6, abs=1e-12)
+    assert s["predicted_total_change_replay"] == pytest.approx(c["predicted_total_change_replay"], rel=1e-6, abs=1e-12)
     assert s["start_accuracy"] == pytest.approx(c["start_accuracy"])
     assert s["actual_total_change"] == pytest.approx(c["actual_total_change"])
 
