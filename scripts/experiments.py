@@ -411,28 +411,11 @@ def redistilled_start(R: Runner, seed: int, n: int = 160) -> str:
     return data
 
 
-def stage_q2e(R: Runner):
-    """Why q2d's predicted RL changes overshoot: per start of q2d seed --q2e-seed, the demo's GRPO run again
-    (same prompts, settings and seeds) with `grpo_step_decomposition`: every step's first-order change
-    <theta_k - theta_{k-1}, G_0> against the measured held-out accuracy (--q2e-eval-samples per puzzle), and the
-    accuracy along the first step's line theta_0 + t d_1. See sample_effect/validation/rl_steps.py."""
-    import torch
+def demo_rl_prompts(R: Runner, seed: int, q: str) -> dict:
+    """The demo's RL puzzles of `seed` (`demo._rl_prompts`: 16 training and 12 held-out, half 2-, half 3-person),
+    written under q as rl-seedS.jsonl and rl-eval-seedS.jsonl; {"rl": prompts, "rl-eval": prompts}."""
+    from sample_effect.training.grpo import load_rl_prompts
 
-    from sample_effect.engine.core import ComputeConfig
-    from sample_effect.models.loading import load_model
-    from sample_effect.plots.rl import step_decomposition_plot
-    from sample_effect.training.grpo import GRPOConfig, load_rl_prompts
-    from sample_effect.validation.rl_accuracy import AccuracyCurveConfig
-    from sample_effect.validation.rl_steps import grpo_step_decomposition
-
-    a = R.args
-    seed, q = a.q2e_seed, R.p("q2e")
-    os.makedirs(q, exist_ok=True)
-    src = Path(R.p("q2d", f"seed{seed}", "checkpoints"))
-    starts = [d.name.removeprefix("start-") for d in sorted(src.glob("start-*")) if (d / "final").exists()]
-    if not starts:
-        raise SystemExit(f"stage q2e needs q2d's SFT starts under {src}; run --stages q2d --q2d-seeds {seed} first")
-    # The demo's RL puzzles of this seed (`demo._rl_prompts`): 16 training and 12 held-out, half 2-, half 3-person.
     sets = {}
     for name, prefix, n, s0 in (("rl", "rl-answer-only", 16, 10_000 + 3 * seed + 1_000),
                                 ("rl-eval", "rl-eval-answer-only", 12, 10_000 + 3 * seed + 1_001)):
@@ -445,6 +428,31 @@ def stage_q2e(R: Runner):
             parts.append(f)
         cat(parts, f"{q}/{name}-seed{seed}.jsonl")
         sets[name] = load_rl_prompts(f"{q}/{name}-seed{seed}.jsonl")
+    return sets
+
+
+def stage_q2e(R: Runner):
+    """Why q2d's predicted RL changes overshoot: per start of q2d seed --q2e-seed, the demo's GRPO run again
+    (same prompts, settings and seeds) with `grpo_step_decomposition`: every step's first-order change
+    <theta_k - theta_{k-1}, G_0> against the measured held-out accuracy (--q2e-eval-samples per puzzle), and the
+    accuracy along the first step's line theta_0 + t d_1. See sample_effect/validation/rl_steps.py."""
+    import torch
+
+    from sample_effect.engine.core import ComputeConfig
+    from sample_effect.models.loading import load_model
+    from sample_effect.plots.rl import step_decomposition_plot
+    from sample_effect.training.grpo import GRPOConfig
+    from sample_effect.validation.rl_accuracy import AccuracyCurveConfig
+    from sample_effect.validation.rl_steps import grpo_step_decomposition
+
+    a = R.args
+    seed, q = a.q2e_seed, R.p("q2e")
+    os.makedirs(q, exist_ok=True)
+    src = Path(R.p("q2d", f"seed{seed}", "checkpoints"))
+    starts = [d.name.removeprefix("start-") for d in sorted(src.glob("start-*")) if (d / "final").exists()]
+    if not starts:
+        raise SystemExit(f"stage q2e needs q2d's SFT starts under {src}; run --stages q2d --q2d-seeds {seed} first")
+    sets = demo_rl_prompts(R, seed, q)
     cfg = GRPOConfig(lr=2e-4, steps=8, prompts_per_step=4, group_size=8, temperature=1.0, max_new_tokens=200,
                      max_grad_norm=1.0, eval_every=2, seed=seed)  # the demo's defaults
     curve = AccuracyCurveConfig(eval_samples=a.q2e_eval_samples, target_samples=4, runs=1, noise_draws=64)
@@ -476,6 +484,70 @@ def stage_q2e(R: Runner):
     step_decomposition_plot(rows, f"{q}/steps-seed{seed}.png",
                             title=f"Where the RL prediction goes wrong (q2d seed {seed}, the demo's GRPO settings)")
     Path(q, f"summary-seed{seed}.json").write_text(json.dumps(summaries, indent=1) + "\n")
+
+
+def stage_q2f(R: Runner):
+    """The replayed prediction on q2d's starts: per seed of --q2d-seeds and start, `predict_accuracy_growth` with the
+    demo's settings (the same prediction as the demo's, plus `replay_path` over the whole 8-step schedule on the
+    frozen gradients), set against the real GRPO run q2d made from that start."""
+    import torch
+
+    from sample_effect.engine.core import ComputeConfig
+    from sample_effect.models.loading import load_model
+    from sample_effect.training.grpo import GRPOConfig
+    from sample_effect.validation.rl_accuracy import AccuracyCurveConfig, predict_accuracy_growth
+    from sample_effect.validation.rl_curves import grpo_lrs
+    from sample_effect.validation.rl_starts import ordering_verdict
+
+    a = R.args
+    q = R.p("q2f")
+    os.makedirs(q, exist_ok=True)
+    torch.set_num_threads(a.threads)
+    curve = AccuracyCurveConfig(eval_samples=4, target_samples=4, runs=1, noise_draws=64)
+    from sample_effect.rollouts.rewards import get_reward
+
+    reward = get_reward("kk")
+    report = {}
+    for seed in (int(x) for x in a.q2d_seeds.split(",") if x.strip()):
+        src = Path(R.p("q2d", f"seed{seed}"))
+        if not (src / "rl_summary.json").exists():
+            print(f"q2f: seed {seed} skipped (no finished q2d run)")
+            continue
+        sets = demo_rl_prompts(R, seed, q)
+        prompts, held = sets["rl"], sets["rl-eval"]
+        cfg = GRPOConfig(lr=2e-4, steps=8, prompts_per_step=4, group_size=8, temperature=1.0, max_new_tokens=200,
+                         max_grad_norm=1.0, eval_every=2, seed=seed)  # the demo's defaults
+        starts = json.loads((src / "rl_summary.json").read_text())["starts"]
+        rows = []
+        for st in starts:
+            out = Path(q, f"seed{seed}-{st['name']}.json")
+            if R.done(out):
+                rec = json.loads(out.read_text())
+            else:
+                t0 = time.time()
+                model, tok = load_model(src / "checkpoints" / f"start-{st['name'].removeprefix('sft-')}" / "final", "float32")
+                full = predict_accuracy_growth(model, tok, prompts, held, reward, cfg, curve, ComputeConfig(progress=False))
+                weight = sum(grpo_lrs(cfg)) / cfg.lr
+                rec = {"name": st["name"], "growth_rate": full["growth_rate"], "extrapolated": full["growth_rate"] * weight,
+                       "replay": full["replay"], "seconds": round(time.time() - t0, 1)}
+                out.write_text(json.dumps(rec, indent=1) + "\n")
+            rows.append({"name": st["name"], "actual_total_change": st["actual_total_change"],
+                         "demo_predicted_total_change": st["predicted_total_change"], "extrapolated": rec["extrapolated"],
+                         "replay": rec["replay"]["total"], "replay_runs_95": rec["replay"]["total_runs_95"],
+                         "seconds": rec["seconds"]})
+            r = rows[-1]
+            print(f"seed {seed} {r['name']}: actual {r['actual_total_change']:+.3f}; first step x 8 {r['extrapolated']:+.3f} "
+                  f"(demo {r['demo_predicted_total_change']:+.3f}); replay {r['replay']:+.3f} "
+                  f"[{r['replay_runs_95'][0]:+.3f}, {r['replay_runs_95'][1]:+.3f}]; {r['seconds']:.0f} s", flush=True)
+        verdicts = {}
+        for key in ("extrapolated", "replay"):
+            fake = [{"name": r["name"], "predicted_total_change": r[key], "actual_total_change": r["actual_total_change"],
+                     "predicted_total_change_ci95": [r[key], r[key]]} for r in rows]
+            v = ordering_verdict(fake) if len(fake) > 1 else None
+            verdicts[key] = v and {"pairs_agreeing": v["pairs_agreeing"], "pairs": len(v["pairs"]), "ties": v["ties"]}
+        report[seed] = {"rows": rows, "verdicts": verdicts}
+        print(f"seed {seed}: pairs agreeing in sign: first step x 8 {verdicts['extrapolated']}, replay {verdicts['replay']}")
+    Path(q, "summary.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
 def kk_mixed(R: Runner, name: str, n: int, seed: int, style: str = "answer-only") -> str:
@@ -889,7 +961,7 @@ def stage_summary(R: Runner):
 def main(argv=None):
     a = parse_args(argv)
     R = Runner(a)
-    stages = {"data": stage_data, "q1": stage_q1, "q2": stage_q2, "q2b": stage_q2b, "q2c": stage_q2c, "q2d": stage_q2d, "q2e": stage_q2e, "q3": stage_q3, "q5": stage_q5,
+    stages = {"data": stage_data, "q1": stage_q1, "q2": stage_q2, "q2b": stage_q2b, "q2c": stage_q2c, "q2d": stage_q2d, "q2e": stage_q2e, "q2f": stage_q2f, "q3": stage_q3, "q5": stage_q5,
               "sources": stage_sources,
               "summary": stage_summary}
     t0 = time.time()
