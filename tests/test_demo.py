@@ -9,6 +9,7 @@ import pytest
 
 from sample_effect.cli.main import main
 from sample_effect.models.registry import TINY, resolve_model
+from sample_effect.training.grpo import load_rl_prompts
 
 
 def test_shipped_tiny_model_loads_and_knows_kk():
@@ -36,7 +37,7 @@ def test_demo_writes_report_figures_and_tables(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     for f in ("report.md", "effects.csv", "top_k.jsonl", "selection.csv", "effects_by_style.png",
               "selection_loss.png", "selection_accuracy.png", "predicted_vs_actual.png", "rl_growth.png",
-              "rl_curves.csv", "rl_summary.json"):
+              "rl_curves.csv", "rl_summary.json", "rl_prompts.jsonl", "rl_eval.jsonl"):
         assert (out / f).stat().st_size > 0, f
     table = pd.read_csv(out / "effects.csv")
     assert len(table) == 12 and set(table["style"]) == {"answer-only", "short-cot", "long-cot"}
@@ -52,8 +53,10 @@ def test_demo_writes_report_figures_and_tables(tmp_path, capsys):
     assert [s["sft_examples"] for s in rl["starts"]] == [4, 4, 3]
     assert f"sft-mine is fine-tuned on the examples of `{mine}`" in report and "| sft-mine | 3 |" in report
     assert rl["verdict"]["predicted_order"] and "## 4. Which SFT start" in report and "**Verdict.**" in report
+    assert len(load_rl_prompts(out / "rl_prompts.jsonl")) == 4 and len(load_rl_prompts(out / "rl_eval.jsonl")) == 2
     curves = pd.read_csv(out / "rl_curves.csv")
-    assert set(curves["step"]) == {0, 1, 2} and curves[["actual", "predicted"]].notna().all().all()
+    assert set(curves["step"]) == {0, 1, 2} and curves[["actual", "predicted", "predicted_replay"]].notna().all().all()
+    assert "replayed change [95% of runs]" in report
     # The demo keeps what it fine-tunes, loadable as a model directory.
     for d in ("sft-top-3", "start-short-cot", "start-mine", "grpo/sft-answer-only/run-0", "grpo/sft-mine/run-0"):
         assert (out / "checkpoints" / d / "final" / "config.json").exists(), d

@@ -273,13 +273,21 @@ def _summary(out: Path, model: Any, tok_pool: list, result: Any, table: Any, sel
     return summary
 
 
-def _rl_prompts(args: argparse.Namespace) -> tuple[list, list]:
-    """Fresh GRPO training and held-out puzzles (2-3 people), as RL prompts in the SFT prompt format."""
+def _rl_prompts(args: argparse.Namespace, out: Path) -> tuple[list, list]:
+    """Fresh GRPO training and held-out puzzles (2-3 people), as RL prompts in the SFT prompt format.
+
+    Written to --out as rl_prompts.jsonl and rl_eval.jsonl, so `train-grpo` or `predict-rl` can go
+    on from the demo's checkpoints with the same puzzles.
+    """
+    from sample_effect.io import atomic_open
     from sample_effect.training.grpo import RLPrompt
 
     base_seed = 10_000 + 3 * args.seed + 1_000
     train = kk_records(args.rl_prompts, base_seed, ["answer-only"], "rl")
     held = kk_records(args.rl_eval, base_seed + 1, ["answer-only"], "rl-eval")
+    for name, recs in (("rl_prompts.jsonl", train), ("rl_eval.jsonl", held)):
+        with atomic_open(out / name) as f:
+            f.writelines(json.dumps({k: r[k] for k in ("id", "prompt", "answer")}) + "\n" for r in recs)
     return [[RLPrompt(r["id"], r["prompt"], r["answer"]) for r in recs] for recs in (train, held)]
 
 
@@ -332,7 +340,7 @@ def _rl_stage(args: argparse.Namespace, out: Path, model_dir: Any, tok: Any, say
         torch.manual_seed(args.seed)
         train_sft(fresh, tok, data, cfg, out_dir=ckpt / f"start-{name}", progress=not args.quiet)
         loaders[f"sft-{name}"] = (lambda d=ckpt / f"start-{name}" / "final": load_model(d, "float32"))
-    prompts, held = _rl_prompts(args)
+    prompts, held = _rl_prompts(args, out)
     grpo = GRPOConfig(lr=args.rl_lr, steps=args.rl_steps, prompts_per_step=args.rl_prompts_per_step,
                       group_size=args.group_size, temperature=1.0, max_new_tokens=args.rl_max_new_tokens,
                       max_grad_norm=1.0, eval_every=max(1, args.rl_steps // 4), seed=args.seed)
@@ -414,8 +422,10 @@ def rl_report_lines(rl: dict[str, Any] | None) -> list[str]:
         lo, hi = s["predicted_total_change_ci95"]
         train_zv = s.get("train_zero_variance_fraction")
         n_sft = rl.get("sft_examples", {}).get(s["name"], "?")
+        rep, (rlo, rhi) = s.get("predicted_total_change_replay"), s.get("predicted_replay_runs_95") or (None, None)
+        replayed = "-" if rep is None else f"{rep:+.3f} [{rlo:+.3f}, {rhi:+.3f}]"
         rows.append(f"| {s['name']} | {n_sft} | {s['start_accuracy']:.3f} | {s['predicted_growth_per_step']:+.4f} | "
-                    f"{s['predicted_total_change']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {s['actual_total_change']:+.3f} | "
+                    f"{s['predicted_total_change']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {replayed} | {s['actual_total_change']:+.3f} | "
                     f"{s['predicted_zero_variance_fraction']:.0%} | {'-' if train_zv is None else f'{train_zv:.0%}'} |")
     verdict = rl["verdict"]
     files = rl.get("files") or {}
@@ -432,16 +442,21 @@ def rl_report_lines(rl: dict[str, Any] | None) -> list[str]:
         f"puzzles. Then a real GRPO run ({g.steps} steps, {g.prompts_per_step} prompts x {g.group_size} rollouts, "
         f"lr {g.lr}, clip 1.0) started from the same weights.",
         "",
-        "| start | SFT examples | accuracy at step 0 | predicted growth / step | predicted change [95%] | actual change | "
-        "zero-variance groups (start) | (during GRPO) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| start | SFT examples | accuracy at step 0 | predicted growth / step | predicted change [95%] | "
+        "replayed change [95% of runs] | actual change | zero-variance groups (start) | (during GRPO) |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
+        "",
+        "The predicted change is the first step's expected change times the lr-weighted step count. The replayed "
+        "change runs the whole schedule on the start's frozen gradients with AdamW's moments carried, over 16 "
+        "batch orders; its interval is the spread of those runs, not a confidence interval.",
         "",
         f"**Verdict.** {verdict_text(verdict)}" if verdict is not None else "One start only: no ordering to check.",
         "",
         "One GRPO run per start and a few held-out puzzles: the actual change carries sampling noise of the "
         "order of 1/sqrt(puzzles x samples). Checkpoints: checkpoints/start-NAME/final (SFT) and "
-        "checkpoints/grpo/sft-NAME/run-0/final (GRPO); the rows are in rl_curves.csv and rl_summary.json.",
+        "checkpoints/grpo/sft-NAME/run-0/final (GRPO); the rows are in rl_curves.csv and rl_summary.json, the "
+        "puzzles in rl_prompts.jsonl (training) and rl_eval.jsonl (held out).",
         "",
         "![RL growth](rl_growth.png)",
         "",

@@ -30,6 +30,9 @@ def rl_start_curves(df: pd.DataFrame, summaries: Sequence[Mapping[str, Any]], pa
         pred = part.groupby("step")[["predicted", "predicted_lo", "predicted_hi"]].first().reset_index()
         ax.plot(pred["step"], pred["predicted"], "--", color=c, label=f"{name}: predicted")
         ax.fill_between(pred["step"], pred["predicted_lo"], pred["predicted_hi"], color=c, alpha=0.15)
+        if "predicted_replay" in part and part["predicted_replay"].notna().any():
+            rep = part.groupby("step")["predicted_replay"].first()
+            ax.plot(rep.index, rep.to_numpy(), "-.", color=c, lw=1.2, label=f"{name}: replayed")
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("held-out accuracy (mean K&K reward)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -44,7 +47,7 @@ def rl_start_curves(df: pd.DataFrame, summaries: Sequence[Mapping[str, Any]], pa
         ax.text(0.01, 0.02, "below 0: outside what accuracy can reach (first-order prediction only)",
                 transform=ax.transAxes, fontsize=7, color="0.35")
     ax.legend(fontsize=8)
-    ax.set_title("accuracy: points measured, dashes predicted (95% band)", fontsize=9)
+    ax.set_title("accuracy: points measured, dashes predicted (95% band), dash-dots replayed", fontsize=9)
     names = [s["name"] for s in summaries]
     x = range(len(names))
     pz = [float(s["predicted_zero_variance_fraction"]) for s in summaries]
