@@ -81,6 +81,8 @@ def parse_args(argv=None):
     p.add_argument("--q2e-seed", type=int, default=0, help="q2e: the q2d seed whose SFT starts are examined")
     p.add_argument("--q2e-starts", default="answer-only,short-cot,long-cot,redistilled", help="q2e: starts examined")
     p.add_argument("--q2e-eval-samples", type=int, default=8, help="q2e: completions per held-out puzzle per evaluation")
+    p.add_argument("--q2f-rollout-seeds", type=int, default=1,
+                   help="q2f: independent rollout draws per start's prediction (the target fixed); 1 = the demo's only")
     p.add_argument("--q5-start-examples", type=int, default=160, help="q5: answer-only SFT puzzles of the RL start")
     p.add_argument("--q5-rl-prompts", type=int, default=64, help="q5: GRPO training puzzles (2-3 people)")
     p.add_argument("--q5-eval", type=int, default=96, help="q5: held-out puzzles for the greedy accuracy r")
@@ -486,6 +488,35 @@ def stage_q2e(R: Runner):
     Path(q, f"summary-seed{seed}.json").write_text(json.dumps(summaries, indent=1) + "\n")
 
 
+def rollout_seed_spread(R: Runner, src: Path, name: str, prompts, held, reward, cfg, curve, out: Path, rec: dict) -> dict:
+    """The same start's prediction from --q2f-rollout-seeds independent rollout draws (predict seeds 1000, 1010, ...),
+    the accuracy target fixed at the demo's draw: how much of the prediction is the luck of its rollouts."""
+    import dataclasses
+
+    from sample_effect.engine.core import ComputeConfig
+    from sample_effect.models.loading import load_model, select_parameters
+    from sample_effect.validation.rl_accuracy import accuracy_target, predict_accuracy_growth
+    from sample_effect.validation.rl_curves import grpo_lrs
+
+    want = R.args.q2f_rollout_seeds
+    if len(rec.get("by_rollout_seed") or []) >= want:
+        return rec
+    model, tok = load_model(src / "checkpoints" / f"start-{name.removeprefix('sft-')}" / "final", "float32")
+    g0 = accuracy_target(held, reward, tok, cfg, curve).resolve(model, select_parameters(model), [], ComputeConfig(progress=False))
+    weight = sum(grpo_lrs(cfg)) / cfg.lr
+    spread = []
+    for k in range(want):
+        full = predict_accuracy_growth(model, tok, prompts, held, reward, cfg,
+                                       dataclasses.replace(curve, predict_seed=curve.predict_seed + 10 * k),
+                                       ComputeConfig(progress=False), target=g0)
+        spread.append({"predict_seed": curve.predict_seed + 10 * k, "extrapolated": full["growth_rate"] * weight,
+                       "ci95": [x * weight for x in full["growth_rate_ci95"]], "replay": full["replay"]["total"],
+                       "zero_variance_fraction": full["zero_variance_fraction"]})
+    rec = {**rec, "by_rollout_seed": spread}
+    out.write_text(json.dumps(rec, indent=1) + "\n")
+    return rec
+
+
 def stage_q2f(R: Runner):
     """The replayed prediction on q2d's starts: per seed of --q2d-seeds and start, `predict_accuracy_growth` with the
     demo's settings (the same prediction as the demo's, plus `replay_path` over the whole 8-step schedule on the
@@ -531,14 +562,20 @@ def stage_q2f(R: Runner):
                 rec = {"name": st["name"], "growth_rate": full["growth_rate"], "extrapolated": full["growth_rate"] * weight,
                        "replay": full["replay"], "seconds": round(time.time() - t0, 1)}
                 out.write_text(json.dumps(rec, indent=1) + "\n")
+            if a.q2f_rollout_seeds > 1:
+                rec = rollout_seed_spread(R, src, st["name"], prompts, held, reward, cfg, curve, out, rec)
             rows.append({"name": st["name"], "actual_total_change": st["actual_total_change"],
                          "demo_predicted_total_change": st["predicted_total_change"], "extrapolated": rec["extrapolated"],
                          "replay": rec["replay"]["total"], "replay_runs_95": rec["replay"]["total_runs_95"],
-                         "seconds": rec["seconds"]})
+                         "seconds": rec["seconds"], "by_rollout_seed": rec.get("by_rollout_seed")})
             r = rows[-1]
             print(f"seed {seed} {r['name']}: actual {r['actual_total_change']:+.3f}; first step x 8 {r['extrapolated']:+.3f} "
                   f"(demo {r['demo_predicted_total_change']:+.3f}); replay {r['replay']:+.3f} "
                   f"[{r['replay_runs_95'][0]:+.3f}, {r['replay_runs_95'][1]:+.3f}]; {r['seconds']:.0f} s", flush=True)
+            if r["by_rollout_seed"]:
+                print("   first step x 8 by rollout seed (target fixed): "
+                      + ", ".join(f"{x['extrapolated']:+.3f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]"
+                                  for x in r["by_rollout_seed"]), flush=True)
         verdicts = {}
         for key in ("extrapolated", "replay"):
             fake = [{"name": r["name"], "predicted_total_change": r[key], "actual_total_change": r["actual_total_change"],
