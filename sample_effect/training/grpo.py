@@ -240,12 +240,14 @@ def train_grpo(
     reference: torch.nn.Module | None = None,
     progress: bool = True,
     on_eval: Callable[[int, torch.nn.Module], dict[str, float]] | None = None,
+    on_batch: Callable[[int, list[list[Rollout]]], None] | None = None,
 ) -> pd.DataFrame:
     """Run GRPO in place on `model`; returns one metrics row per step (eval columns every eval_every).
 
     `on_eval(step, model)` adds its columns to the rows where the trainer evaluates: step 0 (before
     any update), every `eval_every` steps and the last step (e.g. a target loss to compare with a
-    prediction).
+    prediction). `on_batch(step, groups)` sees each step's rollout groups, with their advantages,
+    right after the update they fed (e.g. to score the very batch a step took).
     """
     cfg = config.validate()
     if not prompts:
@@ -287,6 +289,8 @@ def train_grpo(
             groups = [rollout_group(model, tokenizer, prompts[i], reward, cfg, gen) for i in picked]
             everything = [r for g in groups for r in g]
             zero_var, losses, old_lp, mask = _grpo_update(model, opt, params, groups, cfg, reference)
+            if on_batch is not None:
+                on_batch(step, groups)
             with warnings.catch_warnings():  # a step whose groups all had zero variance took no optimiser step
                 warnings.simplefilter("ignore", UserWarning)
                 sched.step()

@@ -12,7 +12,8 @@ and, along the first step's line theta_0 + t d_1 (d_1 = theta_1 - theta_0), J at
 t a_1. Three gaps split the error of the prediction K p - (J_K - J_0):
 
     K p     vs  sum_k a_k            extrapolation: the Adam state after the first step, the batches
-                                     drawn, the direction turning;
+                                     drawn, the direction turning (`first_batch_predicted`, the
+                                     predictor on the trainer's own first batch, equals a_1);
     sum a_k vs  J_K - J_0            linearisation along the path: curvature, G_0 going stale;
     t a_1   vs  J(theta_0 + t d_1) - J_0
                                      curvature along one step's line alone.
@@ -39,6 +40,7 @@ import torch
 
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.errors import SampleEffectError
+from sample_effect.growth.rl import RLPredictConfig, predict_rl
 from sample_effect.models.loading import select_parameters
 from sample_effect.objectives.reinforce import sequence_logprobs
 from sample_effect.rollouts.groups import sample_groups
@@ -50,7 +52,7 @@ from sample_effect.validation.rl_accuracy import (
     accuracy_target,
     predict_accuracy_growth,
 )
-from sample_effect.validation.rl_curves import grpo_lrs
+from sample_effect.validation.rl_curves import grpo_lrs, trainer_update
 
 LINE = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -193,7 +195,9 @@ def grpo_step_decomposition(
         rows.append({"model": name, "kind": "run", "x": step, "first_order": a, "step_norm": norm, **acc})
         return {"heldout_accuracy": acc["accuracy"]}
 
-    train_grpo(fresh, ftok, prompts, reward, replace(cfg, eval_every=1), on_eval=on_eval, progress=compute.progress)
+    batches: dict[int, list[list[Rollout]]] = {}
+    train_grpo(fresh, ftok, prompts, reward, replace(cfg, eval_every=1), on_eval=on_eval, progress=compute.progress,
+               on_batch=lambda step, groups: batches.setdefault(step, groups) if step == 1 else None)
     # <theta_K - theta_0, G_0>: the steps' a_k must add up to it (the rows' bookkeeping, checked by the tests).
     endpoint = _dot({n: p.detach() - chosen[n].detach() for n, p in live.items()}, G)
     del fresh
@@ -208,4 +212,10 @@ def grpo_step_decomposition(
     if pred["replay"]["per_step"]:
         df.loc[is_run, "predicted_replay_change"] = np.concatenate([[0.0], np.cumsum(pred["replay"]["per_step"])])[ks]
     summary = _summary(name, df, pred, float(scale[-1]), cfg.steps, endpoint, g0.stats)
+    # The predictor on the very batch of the trainer's first step: equal to that step's a_1 (no sampling left).
+    own = predict_rl(model, tok, [], reward, g0, trainer_update(cfg),
+                     RLPredictConfig(prompts_per_step=len(batches[1]), n_boot=10, noise_draws=1, curvature_draws=0,
+                                     clip_eps=cfg.clip_eps), groups=batches[1], compute=replace(compute, progress=False))
+    summary["first_batch_predicted"] = float(own.record["growth_rate"])
+    summary["first_batch_zero_variance"] = int(own.record["zero_variance_groups"])
     return df, summary

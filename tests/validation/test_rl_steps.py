@@ -40,6 +40,8 @@ def test_steps_add_up_and_the_prediction_is_the_curves(model_dirs, tmp_path):
     assert s["endpoint_first_order"] != 0.0
     assert s["path_first_order"] == pytest.approx(s["endpoint_first_order"], rel=1e-5, abs=1e-9)
     a1 = run["first_order"].iloc[1]
+    # The predictor on the trainer's own first batch is that step's first-order change (the oracle on real weights).
+    assert a1 != 0.0 and s["first_batch_predicted"] == pytest.approx(a1, rel=1e-5, abs=1e-12)
     assert line["first_order"].tolist() == pytest.approx([0.5 * a1, a1, 2 * a1])
     assert line["step_norm"].tolist() == pytest.approx([t * run["step_norm"].iloc[1] for t in (0.5, 1.0, 2.0)])
     assert s["actual_total_change"] == pytest.approx(run["accuracy"].iloc[-1] - run["accuracy"].iloc[0])
