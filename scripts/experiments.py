@@ -476,7 +476,8 @@ def stage_q2e(R: Runner):
         frames.append(doc["rows"])
         line = ", ".join(f"t={p['t']:g}: {p['actual_change']:+.3f} (IS {p['is_change']:+.3f}, ess {p['ess']:.2f}) vs "
                          f"{p['first_order']:+.3f}" for p in s["line"])
-        print(f"{s['name']}: predicted {s['predicted_total_change']:+.3f}, steps' first order {s['path_first_order']:+.3f}, "
+        print(f"{s['name']}: predicted {s['predicted_total_change']:+.3f} (replayed {s['predicted_total_change_replay']:+.3f}; "
+              f"on the trainer's first batch {s['first_batch_predicted']:+.4f}), steps' first order {s['path_first_order']:+.3f}, "
               f"measured {s['actual_total_change']:+.3f} (IS {s['actual_total_change_is']:+.3f}); first step {s['first_step_first_order']:+.4f} "
               f"(predicted {s['predicted_growth_per_step']:+.4f}); line {line}; |G0| rel. s.e. "
               f"{s['target_gradient_rel_stderr']:.2f}; {s.get('seconds', 0):.0f} s", flush=True)
@@ -584,7 +585,7 @@ def stage_q2f(R: Runner):
             verdicts[key] = v and {"pairs_agreeing": v["pairs_agreeing"], "pairs": len(v["pairs"]), "ties": v["ties"]}
         report[seed] = {"rows": rows, "verdicts": verdicts}
         print(f"seed {seed}: pairs agreeing in sign: first step x 8 {verdicts['extrapolated']}, replay {verdicts['replay']}")
-    Path(q, "summary.json").write_text(json.dumps(report, indent=1) + "\n")
+    Path(q, f"summary-seeds{'_'.join(str(k) for k in report)}.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
 def kk_mixed(R: Runner, name: str, n: int, seed: int, style: str = "answer-only") -> str:
