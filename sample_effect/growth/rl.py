@@ -402,29 +402,42 @@ def batch_updates(
     simulated optimiser step from `state`. A generator: one update is held at a time, and gbar_S
     is a running sum over the batch's gradients read one at a time from `effects.grads`.
     """
-    if effects.grads is None:
-        raise SampleEffectError("the batch terms need the per-prompt gradients (rl_prompt_effects(keep_grads=True))")
+    slot = _gradient_slots(effects, "the batch terms")
     state = state or OptimizerState()
     names = list(params)
-    informative = np.flatnonzero(~effects.zero_variance)
-    slot = {int(x): j for j, x in enumerate(informative)}
-    if len(effects.grads) != len(informative):
-        raise SampleEffectError("the kept gradients do not match the informative groups")
     hypers = {n: state.hyper(n, update) for n in names}
     for idx in batches:
-        chosen = [int(x) for x in idx if int(x) in slot]
-        if not chosen:
-            yield None
-            continue
-        w = effects.n_tokens[chosen].astype(np.float64)
-        w = w / w.sum()
-        g: dict[str, Any] = dict.fromkeys(names, 0)  # sum(...) per parameter, in the same order
-        for wi, x in zip(w, chosen):
-            row = effects.grads[slot[x]]
-            for nm in names:
-                g[nm] = g[nm] + float(wi) * row[nm]
-            del row
-        yield simulated_step(g, params, update, hypers, state)[0]
+        g = _batch_gradient(effects, slot, names, idx)
+        yield None if g is None else simulated_step(g, params, update, hypers, state)[0]
+
+
+def _gradient_slots(effects: RLEffects, what: str) -> dict[int, int]:
+    """Prompt index -> row of `effects.grads` for every informative group (SampleEffectError if none were kept)."""
+    if effects.grads is None:
+        raise SampleEffectError(f"{what} need the per-prompt gradients (rl_prompt_effects(keep_grads=True))")
+    informative = np.flatnonzero(~effects.zero_variance)
+    if len(effects.grads) != len(informative):
+        raise SampleEffectError("the kept gradients do not match the informative groups")
+    return {int(x): j for j, x in enumerate(informative)}
+
+
+def _batch_gradient(effects: RLEffects, slot: Mapping[int, int], names: Sequence[str], idx: Sequence[int]) -> dict | None:
+    """gbar_S = sum n_x g_x / sum n_x over the informative groups of batch `idx` (None: it has none).
+
+    A running sum: the batch's rows are read from `effects.grads` one at a time.
+    """
+    chosen = [int(x) for x in idx if int(x) in slot]
+    if not chosen:
+        return None
+    w = effects.n_tokens[chosen].astype(np.float64)
+    w = w / w.sum()
+    g: dict[str, Any] = dict.fromkeys(names, 0)  # sum(...) per parameter, in the same order
+    for wi, x in zip(w, chosen):
+        row = effects.grads[slot[x]]
+        for nm in names:
+            g[nm] = g[nm] + float(wi) * row[nm]
+        del row
+    return g
 
 
 def batch_step_effects(
@@ -467,12 +480,9 @@ def replay_path(
     G stay those of the start, so what this adds to `lr * growth` per step is the optimiser's own
     dynamics (for AdamW, steps shrink as the moments average the batches' noise), not curvature.
     """
-    if effects.grads is None:
-        raise SampleEffectError("the replay needs the per-prompt gradients (rl_prompt_effects(keep_grads=True))")
+    slot = _gradient_slots(effects, "the replay")
     state = state or OptimizerState()
     names = list(params)
-    informative = np.flatnonzero(~effects.zero_variance)
-    slot = {int(x): j for j, x in enumerate(informative)}
     hypers = {n: state.hyper(n, update) for n in names}
     n, b = len(effects.effect), min(batch, len(effects.effect))
     out = np.zeros((runs, len(lrs)))
@@ -483,17 +493,9 @@ def replay_path(
         for t, lr in enumerate(lrs):
             while len(order) < b:
                 order += rng.permutation(n).tolist()
-            picked, order = [x for x in order[:b] if x in slot], order[b:]
-            if not picked:
+            g, order = _batch_gradient(effects, slot, names, order[:b]), order[b:]
+            if g is None:  # no informative group: the trainer takes no step
                 continue
-            w = effects.n_tokens[picked].astype(np.float64)
-            w = w / w.sum()
-            g: dict[str, Any] = dict.fromkeys(names, 0)
-            for wi, x in zip(w, picked):
-                row = effects.grads[slot[x]]
-                for nm in names:
-                    g[nm] = g[nm] + float(wi) * row[nm]
-                del row
             sq = sum((v.double() ** 2).sum() for v in g.values())
             coef = float(clip_coefficients(sq.reshape(1), update.clip)[0]) if update.clip is not None else 1.0
             dot = 0.0

@@ -75,6 +75,20 @@ def informative(groups):
     return [r for g in groups if any(r.reward != g[0].reward for r in g) for r in g]
 
 
+def mixed_groups(model, tok, uneven=False):
+    """Rollout groups of 5 prompts from the first seed with >= 2 informative groups and >= 1 zero-variance group;
+    `uneven` cuts the completions to unequal token counts per group first."""
+    for seed in range(3, 40):
+        groups = sample_groups(model, tok, rl_prompts(5), long_completion, 4, 1.0, 3, seed=seed, progress=False)
+        if uneven:
+            for k, g in enumerate(groups):
+                for i, r in enumerate(g):
+                    r.ids = r.ids[: r.start + 1 + (i + 2 * k) % 3]
+        if 2 <= sum(len(informative([g])) > 0 for g in groups) < len(groups):
+            return groups
+    raise AssertionError("no seed gave both informative and zero-variance groups")
+
+
 def naive_advantages(rewards):
     r = torch.tensor(rewards, dtype=torch.float64)
     return (r - r.mean()) / (r.std(unbiased=True) + 1e-6)
@@ -163,15 +177,7 @@ def test_growth_with_a_nonlinear_update_equals_the_mean_real_step_over_every_bat
 
     model, tok = load_model(model_dirs["qwen2"], "float64")
     params = select_parameters(model)
-    for seed in range(3, 40):  # the first seed with >= 2 informative groups and >= 1 zero-variance group
-        groups = sample_groups(model, tok, rl_prompts(5), long_completion, 4, 1.0, 3, seed=seed, progress=False)
-        for k, g in enumerate(groups):  # unequal token counts per group
-            for i, r in enumerate(g):
-                r.ids = r.ids[: r.start + 1 + (i + 2 * k) % 3]
-        if 2 <= sum(len(informative([g])) > 0 for g in groups) < len(groups):
-            break
-    else:
-        raise AssertionError("no seed gave both informative and zero-variance groups")
+    groups = mixed_groups(model, tok, uneven=True)
     G = random_target(params, seed=5)
     lr, B = 1e-3, 2
     upd = UpdateConfig(optimizer, lr=lr, clip=clip, weight_decay=0.0)
@@ -621,12 +627,7 @@ def test_replay_equals_torch_adamw_runs_on_the_frozen_batch_gradients(model_dirs
     averaged over the runs, to 1e-7. The state matters: the replay is not lr_t times the first step's growth."""
     model, tok = load_model(model_dirs["qwen2"], "float64")
     params = select_parameters(model)
-    for seed in range(3, 40):
-        groups = sample_groups(model, tok, rl_prompts(5), long_completion, 4, 1.0, 3, seed=seed, progress=False)
-        if 2 <= sum(len(informative([g])) > 0 for g in groups) < len(groups):
-            break
-    else:
-        raise AssertionError("no seed gave both informative and zero-variance groups")
+    groups = mixed_groups(model, tok)
     G = random_target(params, seed=5)
     lrs, B, runs, clip = (1e-3, 5e-4, 1e-3, 2e-4), 2, 3, 1.0
     upd = UpdateConfig("adamw", lr=1e-3, clip=clip, weight_decay=0.0)
