@@ -577,14 +577,27 @@ def stage_q2f(R: Runner):
                 print("   first step x 8 by rollout seed (target fixed): "
                       + ", ".join(f"{x['extrapolated']:+.3f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]"
                                   for x in r["by_rollout_seed"]), flush=True)
+        if all(r["by_rollout_seed"] for r in rows):
+            for r in rows:  # the mean over the independent rollout draws, and how often draw 0's interval holds the others
+                draws = r["by_rollout_seed"]
+                r["pooled"] = sum(x["extrapolated"] for x in draws) / len(draws)
+                lo, hi = draws[0]["ci95"]
+                r["others_in_first_ci"] = sum(lo <= x["extrapolated"] <= hi for x in draws[1:])
+                r["sign_flips"] = len({x["extrapolated"] > 0 for x in draws}) > 1
         verdicts = {}
-        for key in ("extrapolated", "replay"):
+        for key in ("extrapolated", "replay", "pooled"):
+            if key not in rows[0]:
+                continue
             fake = [{"name": r["name"], "predicted_total_change": r[key], "actual_total_change": r["actual_total_change"],
                      "predicted_total_change_ci95": [r[key], r[key]]} for r in rows]
             v = ordering_verdict(fake) if len(fake) > 1 else None
             verdicts[key] = v and {"pairs_agreeing": v["pairs_agreeing"], "pairs": len(v["pairs"]), "ties": v["ties"]}
         report[seed] = {"rows": rows, "verdicts": verdicts}
-        print(f"seed {seed}: pairs agreeing in sign: first step x 8 {verdicts['extrapolated']}, replay {verdicts['replay']}")
+        print(f"seed {seed}: pairs agreeing in sign: first step x 8 {verdicts['extrapolated']}, replay {verdicts['replay']}"
+              + (f", mean of the rollout draws {verdicts['pooled']}; draw 0's interval holds "
+                 f"{sum(r['others_in_first_ci'] for r in rows)} of {sum(len(r['by_rollout_seed']) - 1 for r in rows)} "
+                 f"other draws; the sign flips across draws for {sum(r['sign_flips'] for r in rows)} of {len(rows)} starts"
+                 if "pooled" in verdicts else ""))
     Path(q, f"summary-seeds{'_'.join(str(k) for k in report)}.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
