@@ -80,6 +80,7 @@ def parse_args(argv=None):
                    help="q2d: samples per start puzzle for the re-distilled start from q5's policy (0 = no such start)")
     p.add_argument("--q2e-seed", type=int, default=0, help="q2e: the q2d seed whose SFT starts are examined")
     p.add_argument("--q2e-starts", default="answer-only,short-cot,long-cot,redistilled", help="q2e: starts examined")
+    p.add_argument("--q2e-lr", type=float, default=2e-4, help="q2e: GRPO lr (default the demo's 2e-4)")
     p.add_argument("--q2e-eval-samples", type=int, default=8, help="q2e: completions per held-out puzzle per evaluation")
     p.add_argument("--q2f-rollout-seeds", type=int, default=1,
                    help="q2f: independent rollout draws per start's prediction (the target fixed); 1 = the demo's only")
@@ -455,13 +456,14 @@ def stage_q2e(R: Runner):
     if not starts:
         raise SystemExit(f"stage q2e needs q2d's SFT starts under {src}; run --stages q2d --q2d-seeds {seed} first")
     sets = demo_rl_prompts(R, seed, q)
-    cfg = GRPOConfig(lr=2e-4, steps=8, prompts_per_step=4, group_size=8, temperature=1.0, max_new_tokens=200,
-                     max_grad_norm=1.0, eval_every=2, seed=seed)  # the demo's defaults
+    cfg = GRPOConfig(lr=a.q2e_lr, steps=8, prompts_per_step=4, group_size=8, temperature=1.0, max_new_tokens=200,
+                     max_grad_norm=1.0, eval_every=2, seed=seed)  # the demo's defaults but for --q2e-lr
+    tag = f"seed{seed}" + ("" if a.q2e_lr == 2e-4 else f"-lr{a.q2e_lr:g}")
     curve = AccuracyCurveConfig(eval_samples=a.q2e_eval_samples, target_samples=4, runs=1, noise_draws=64)
     torch.set_num_threads(a.threads)
     frames, summaries = [], []
     for name in [x for x in a.q2e_starts.split(",") if x in starts]:
-        out = Path(q, f"seed{seed}-{name}.json")
+        out = Path(q, f"{tag}-{name}.json")
         if R.done(out):
             doc = json.loads(out.read_text())
         else:
@@ -484,9 +486,9 @@ def stage_q2e(R: Runner):
     import pandas as pd
 
     rows = pd.DataFrame([r for f in frames for r in f])
-    step_decomposition_plot(rows, f"{q}/steps-seed{seed}.png",
-                            title=f"Where the RL prediction goes wrong (q2d seed {seed}, the demo's GRPO settings)")
-    Path(q, f"summary-seed{seed}.json").write_text(json.dumps(summaries, indent=1) + "\n")
+    step_decomposition_plot(rows, f"{q}/steps-{tag}.png",
+                            title=f"Where the RL prediction goes wrong (q2d seed {seed}, the demo's GRPO settings, lr {cfg.lr:g})")
+    Path(q, f"summary-{tag}.json").write_text(json.dumps(summaries, indent=1) + "\n")
 
 
 def rollout_seed_spread(R: Runner, src: Path, name: str, prompts, held, reward, cfg, curve, out: Path, rec: dict) -> dict:
