@@ -75,6 +75,9 @@ OVERRIDES: dict[str, str] = {
     "compare-sources": "--bootstrap 20",
     "markers": "--max-new-tokens 8",
     "init-tiny": "",
+    "demo": "--n-pool 4 --n-target 2 --n-test 2 --top-k 3 --epochs 1 --random-draws 2 --max-new-tokens 16 "
+            "--start-examples 4 --start-steps 2 --rl-prompts 4 --rl-eval 2 --rl-steps 2 --rl-prompts-per-step 2 "
+            "--group-size 2 --rl-max-new-tokens 12",
 }
 # Size overrides that replace a flag's value only where the documented command gives the flag.
 IF_GIVEN: dict[str, str] = {
@@ -109,6 +112,7 @@ SEED_DATA: dict[str, str] = {
     "long_cot.jsonl": "--n 4 --seed 23 --style long-cot",
     "a.jsonl": "--n 3 --seed 24 --style long-cot",
     "b.jsonl": "--n 3 --seed 25 --style short-cot",
+    "my_sft.jsonl": "--n 3 --seed 26 --style short-cot",
 }
 # Placeholder model names in the docs: each is the shipped tiny model.
 MODEL_NAMES = ("MODEL_DIR", "path/to/model", "MODEL", "ckpt", "base", "big", "small")

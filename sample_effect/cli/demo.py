@@ -49,10 +49,10 @@ def add_parsers(sub: SubParsers) -> None:
                    help="comma-separated response styles; each is one SFT start (--start-examples fresh puzzles in that style) "
                         "from which RL growth is predicted and a real GRPO run made; '' skips the RL part "
                         "(default answer-only,short-cot)")
-    g.add_argument("--rl-start-data", action="append", default=[], metavar="NAME=FILE",
+    g.add_argument("--rl-start-data", action="append", default=None, metavar="NAME=FILE",
                    help="one more SFT start, sft-NAME, fine-tuned on the SFT data in FILE (JSONL, Parquet or a datasets "
                         "directory, the `rank --data` format) with the same recipe; repeat for several "
-                        "(e.g. redistilled=redistilled.jsonl from `redistill`)")
+                        "(e.g. redistilled=redistilled.jsonl from `redistill`; default: none)")
     g.add_argument("--start-examples", type=int, default=160,
                    help="SFT examples per RL start: fresh puzzles (2-3 people) in the start's style (default 160)")
     g.add_argument("--start-steps", type=int, default=START_STEPS,
@@ -136,7 +136,7 @@ def rl_start_files(args: argparse.Namespace) -> dict[str, Path]:
     """
     files: dict[str, Path] = {}
     taken = set(rl_starts(args))
-    for item in args.rl_start_data:
+    for item in args.rl_start_data or []:
         name, sep, path = item.partition("=")
         name = name.strip()
         if not sep or not name or not path:
