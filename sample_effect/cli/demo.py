@@ -424,8 +424,9 @@ def rl_report_lines(rl: dict[str, Any] | None) -> list[str]:
         n_sft = rl.get("sft_examples", {}).get(s["name"], "?")
         rep, (rlo, rhi) = s.get("predicted_total_change_replay"), s.get("predicted_replay_runs_95") or (None, None)
         replayed = "-" if rep is None else f"{rep:+.3f} [{rlo:+.3f}, {rhi:+.3f}]"
+        mark = " (leaves [0, 1])" if s.get("predicted_leaves_range") else ""
         rows.append(f"| {s['name']} | {n_sft} | {s['start_accuracy']:.3f} | {s['predicted_growth_per_step']:+.4f} | "
-                    f"{s['predicted_total_change']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {replayed} | {s['actual_total_change']:+.3f} | "
+                    f"{s['predicted_total_change']:+.3f} [{lo:+.3f}, {hi:+.3f}]{mark} | {replayed} | {s['actual_total_change']:+.3f} | "
                     f"{s['predicted_zero_variance_fraction']:.0%} | {'-' if train_zv is None else f'{train_zv:.0%}'} |")
     verdict = rl["verdict"]
     files = rl.get("files") or {}
@@ -449,7 +450,10 @@ def rl_report_lines(rl: dict[str, Any] | None) -> list[str]:
         "",
         "The predicted change is the first step's expected change times the lr-weighted step count. The replayed "
         "change runs the whole schedule on the start's frozen gradients with AdamW's moments carried, over 16 "
-        "batch orders; its interval is the spread of those runs, not a confidence interval.",
+        "batch orders; its interval is the spread of those runs, not a confidence interval. Both are first order. "
+        "At this lr an AdamW step already reaches the curvature of held-out accuracy, so read them as the start's "
+        "first-step growth, not as the change of the run (docs/experiments.md, Q2e). A prediction marked "
+        "'leaves [0, 1]' moves accuracy further than it can go.",
         "",
         f"**Verdict.** {verdict_text(verdict)}" if verdict is not None else "One start only: no ordering to check.",
         "",

@@ -174,6 +174,9 @@ def _summary(name: str, df: pd.DataFrame, pred: dict[str, Any], growth: float, c
         "predicted_total_change_ci95": [ci[0] * weight, ci[1] * weight],
         "predicted_total_change_replay": (pred.get("replay") or {}).get("total"),
         "predicted_replay_runs_95": (pred.get("replay") or {}).get("total_runs_95"),
+        # Accuracy lives in [0, 1]: a predicted end outside it is more than the run can move, so the
+        # first-order picture cannot hold over the whole run (docs/experiments.md, Q2e).
+        "predicted_leaves_range": not 0.0 <= float(first.mean()) + growth * weight <= 1.0,
         "actual_total_change": float(changes.mean()),
         "actual_total_change_se": float(changes.std(ddof=1) / math.sqrt(runs)) if runs > 1 else None,
         "actual_growth_per_step": slope(df["step"], df["actual"]),

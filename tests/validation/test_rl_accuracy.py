@@ -42,6 +42,7 @@ def test_accuracy_curve_rows_and_summary(model_dirs):
     assert df[df["step"] == 2]["predicted_replay"].iloc[0] == pytest.approx(start + s["predicted_total_change_replay"])
     lo, hi = s["predicted_replay_runs_95"]
     assert lo <= s["predicted_total_change_replay"] <= hi
+    assert s["predicted_leaves_range"] == (not 0 <= s["start_accuracy"] + s["predicted_total_change"] <= 1)
     assert 0.0 <= s["start_accuracy"] <= 1.0 and s["actual_total_change_se"] is not None
     # The measurement is reproducible: the same weights and seed give the same accuracy.
     m, tok = load()
