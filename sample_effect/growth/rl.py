@@ -99,6 +99,7 @@ from sample_effect.update.optim import (
     UpdateConfig,
     clip_coefficients,
 )
+from sample_effect.update.rules import ParamState
 
 log = logging.getLogger("sample_effect")
 
@@ -177,16 +178,32 @@ def simulated_step(
     Clipping is by the gradient's own norm over all its parameters, as `clip_grad_norm_` clips
     a batch: used for one prompt group (the sample effect) and for a batch's mean gradient.
     """
+    step, norm, _ = stepped_with_state(g, params, update, hypers, {nm: state.param_state(nm) for nm in g})
+    return step, norm
+
+
+def stepped_with_state(
+    g: Mapping[str, torch.Tensor],
+    params: Mapping[str, torch.Tensor],
+    update: UpdateConfig,
+    hypers: Mapping[str, Any],
+    states: Mapping[str, ParamState],
+) -> tuple[dict[str, torch.Tensor], float, dict[str, ParamState]]:
+    """`simulated_step` from explicit per-parameter states, also returning the states after the step.
+
+    (U(clip(g)) per unit lr, ||g||, the new states): what a run of several simulated steps
+    carries from one step to the next (`replay_path`), as the trainer's optimiser does.
+    """
     sq = sum((t.double() ** 2).sum() for t in g.values())
     coef = float(clip_coefficients(sq.reshape(1), update.clip)[0])
-    step = {
-        nm: update.rule.step(
-            (t * coef if update.clip is not None else t).unsqueeze(0), params[nm].detach().to(t.dtype),
-            hypers[nm], state.param_state(nm),
-        )[0]
-        for nm, t in g.items()
-    }
-    return step, float(sq.sqrt())
+    step, after = {}, {}
+    for nm, t in g.items():
+        d, after[nm] = update.rule.step_with_state(
+            (t * coef if update.clip is not None else t).unsqueeze(0), params[nm].detach().to(t.dtype), hypers[nm],
+            states[nm],
+        )
+        step[nm] = d[0]
+    return step, float(sq.sqrt()), after
 
 
 class SimulatedSteps(Sequence[dict[str, torch.Tensor]]):
@@ -496,14 +513,8 @@ def replay_path(
             g, order = _batch_gradient(effects, slot, names, order[:b]), order[b:]
             if g is None:  # no informative group: the trainer takes no step
                 continue
-            sq = sum((v.double() ** 2).sum() for v in g.values())
-            coef = float(clip_coefficients(sq.reshape(1), update.clip)[0]) if update.clip is not None else 1.0
-            dot = 0.0
-            for nm in names:
-                d, states[nm] = update.rule.step_with_state(g[nm] * coef, params[nm].detach().to(g[nm].dtype), hypers[nm],
-                                                           states[nm])
-                dot += float(torch.dot(d.flatten(), effects.target.vector[nm].to(d.dtype).flatten()))
-            out[r, t] = lr * dot
+            d, _, states = stepped_with_state(g, params, update, hypers, states)
+            out[r, t] = lr * _dot(d, effects.target.vector)
     return out
 
 
