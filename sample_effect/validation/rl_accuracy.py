@@ -30,7 +30,7 @@ from sample_effect.growth.rl import RLPredictConfig, predict_rl
 from sample_effect.rollouts.groups import sample_groups
 from sample_effect.rollouts.rewards import get_reward
 from sample_effect.targets.core import AccuracyTarget, TargetVector
-from sample_effect.training.grpo import GRPOConfig, RLPrompt, train_grpo
+from sample_effect.training.grpo import GRPOConfig, RLPrompt, Rollout, train_grpo
 from sample_effect.validation.rl_curves import grpo_lrs, slope, trainer_update
 
 Loader = Callable[[], tuple[torch.nn.Module, Any]]
@@ -63,9 +63,29 @@ def sampled_accuracy(
     n: int, temperature: float, max_new_tokens: int, seed: int,
 ) -> float:
     """Mean reward of `n` completions per prompt sampled at `temperature` (per-prompt generators seeded by `seed`)."""
-    groups = sample_groups(model, tokenizer, prompts, reward, n, temperature, max_new_tokens, seed, progress=False,
-                           desc="accuracy")
-    return float(np.mean([r.reward for g in groups for r in g]))
+    return sampled_accuracy_groups(model, tokenizer, prompts, reward, n, temperature, max_new_tokens, seed)[0]
+
+
+def sampled_accuracy_groups(
+    model: torch.nn.Module, tokenizer: Any, prompts: Sequence[RLPrompt], reward: Callable[..., float] | str,
+    n: int, temperature: float, max_new_tokens: int, seed: int,
+) -> tuple[float, list[list[Rollout]]]:
+    """`sampled_accuracy` and the completions behind it (e.g. to reweight them at other weights later)."""
+    with torch.no_grad():
+        groups = sample_groups(model, tokenizer, prompts, reward, n, temperature, max_new_tokens, seed, progress=False,
+                               desc="accuracy")
+    return float(np.mean([r.reward for g in groups for r in g])), groups
+
+
+def curve_scales(cfg: GRPOConfig, pred: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per step k = 0..steps: (sum of lr_t / lr over the first k steps, the replay's cumulative change or None).
+
+    The first times the growth rate is the predicted change after k steps; the second is the
+    replayed prediction's (`predict_accuracy_growth`'s `replay`), when it was computed.
+    """
+    scale = np.concatenate([[0.0], np.cumsum(np.asarray(grpo_lrs(cfg)) / cfg.lr)])
+    per_step = (pred.get("replay") or {}).get("per_step")
+    return scale, (np.concatenate([[0.0], np.cumsum(per_step)]) if per_step else None)
 
 
 def accuracy_target(eval_prompts: Sequence[RLPrompt], reward: Callable[..., float], tokenizer: Any, cfg: GRPOConfig,
@@ -122,15 +142,13 @@ def rl_accuracy_curve(
     model, tok = load()
     pred = predict_accuracy_growth(model, tok, prompts, eval_prompts, reward, cfg, curve, compute)
     del model
-    scale = np.concatenate([[0.0], np.cumsum(np.asarray(grpo_lrs(cfg)) / cfg.lr)])  # steps weighted by lr_t / lr
+    scale, replay = curve_scales(cfg, pred)
     growth = float(pred["growth_rate"])
     lo, hi = (float(v) for v in pred["growth_rate_ci95"])
-    replay = np.concatenate([[0.0], np.cumsum(pred["replay"]["per_step"])]) if pred["replay"]["per_step"] else None
 
     def evaluate(step: int, m: torch.nn.Module) -> dict[str, float]:
-        with torch.no_grad():
-            acc = sampled_accuracy(m, tok, eval_prompts, reward, curve.eval_samples, cfg.temperature,
-                                   cfg.max_new_tokens, curve.eval_seed)
+        acc = sampled_accuracy(m, tok, eval_prompts, reward, curve.eval_samples, cfg.temperature, cfg.max_new_tokens,
+                               curve.eval_seed)
         return {"heldout_accuracy": acc}
 
     frames = []

@@ -43,16 +43,17 @@ from sample_effect.errors import SampleEffectError
 from sample_effect.growth.rl import RLPredictConfig, predict_rl
 from sample_effect.models.loading import select_parameters
 from sample_effect.objectives.reinforce import sequence_logprobs
-from sample_effect.rollouts.groups import sample_groups
 from sample_effect.rollouts.rewards import get_reward
 from sample_effect.training.grpo import GRPOConfig, RLPrompt, Rollout, train_grpo
 from sample_effect.validation.rl_accuracy import (
     AccuracyCurveConfig,
     Loader,
     accuracy_target,
+    curve_scales,
     predict_accuracy_growth,
+    sampled_accuracy_groups,
 )
-from sample_effect.validation.rl_curves import grpo_lrs, trainer_update
+from sample_effect.validation.rl_curves import trainer_update
 
 LINE = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -163,18 +164,17 @@ def grpo_step_decomposition(
     pred = predict_accuracy_growth(model, tok, prompts, eval_prompts, reward, cfg, curve, compute, target=g0)
     G = {n: g0.vector[n] for n in chosen}
 
-    # J by sampling (common random numbers: `sampled_accuracy`'s call), and by reweighting theta_0's samples.
-    with torch.no_grad():
-        start = sample_groups(model, tok, eval_prompts, reward, curve.eval_samples, cfg.temperature, cfg.max_new_tokens,
-                              curve.eval_seed, progress=False, desc="accuracy")
-    start_lp = group_logprobs(model, start, cfg.temperature)
+    # J by sampling (common random numbers), and by reweighting the samples of the first measurement, which is
+    # the run's step 0 at theta_0.
+    base: dict[str, Any] = {}
 
     def accuracy(m: torch.nn.Module) -> dict[str, float]:
-        with torch.no_grad():
-            groups = sample_groups(m, tok, eval_prompts, reward, curve.eval_samples, cfg.temperature, cfg.max_new_tokens,
-                                   curve.eval_seed, progress=False, desc="accuracy")
-        acc_is, ess = importance_accuracy(m, start, start_lp, cfg.temperature)
-        return {"accuracy": float(np.mean([r.reward for g in groups for r in g])), "accuracy_is": acc_is, "ess": ess}
+        acc, groups = sampled_accuracy_groups(m, tok, eval_prompts, reward, curve.eval_samples, cfg.temperature,
+                                              cfg.max_new_tokens, curve.eval_seed)
+        if not base:
+            base.update(groups=groups, lp=group_logprobs(m, groups, cfg.temperature))
+        acc_is, ess = importance_accuracy(m, base["groups"], base["lp"], cfg.temperature)
+        return {"accuracy": acc, "accuracy_is": acc_is, "ess": ess}
 
     fresh, ftok = load()
     live = select_parameters(fresh)
@@ -205,12 +205,12 @@ def grpo_step_decomposition(
     if first:
         rows += _line_rows(name, model, chosen, first, line, rows[1], accuracy)
     df = pd.DataFrame(rows)
-    scale = np.concatenate([[0.0], np.cumsum(np.asarray(grpo_lrs(cfg)) / cfg.lr)])  # steps weighted by lr_t / lr
+    scale, replay = curve_scales(cfg, pred)
     is_run = df["kind"] == "run"
     ks = df.loc[is_run, "x"].astype(int).to_numpy()
     df.loc[is_run, "predicted_change"] = float(pred["growth_rate"]) * scale[ks]
-    if pred["replay"]["per_step"]:
-        df.loc[is_run, "predicted_replay_change"] = np.concatenate([[0.0], np.cumsum(pred["replay"]["per_step"])])[ks]
+    if replay is not None:
+        df.loc[is_run, "predicted_replay_change"] = replay[ks]
     summary = _summary(name, df, pred, float(scale[-1]), cfg.steps, endpoint, g0.stats)
     # The predictor on the very batch of the trainer's first step: equal to that step's a_1 (no sampling left).
     own = predict_rl(model, tok, [], reward, g0, trainer_update(cfg),
