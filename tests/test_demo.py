@@ -56,7 +56,7 @@ def test_demo_writes_report_figures_and_tables(tmp_path, capsys):
     assert len(load_rl_prompts(out / "rl_prompts.jsonl")) == 4 and len(load_rl_prompts(out / "rl_eval.jsonl")) == 2
     curves = pd.read_csv(out / "rl_curves.csv")
     assert set(curves["step"]) == {0, 1, 2} and curves[["actual", "predicted", "predicted_replay"]].notna().all().all()
-    assert "replayed change [95% of runs]" in report
+    assert "replayed change [95% of runs]" in report and "over 16 batch orders" in report
     # The demo keeps what it fine-tunes, loadable as a model directory.
     for d in ("sft-top-3", "start-short-cot", "start-mine", "grpo/sft-answer-only/run-0", "grpo/sft-mine/run-0"):
         assert (out / "checkpoints" / d / "final" / "config.json").exists(), d

@@ -80,8 +80,9 @@ def kk_records(n: int, seed: int, styles: list[str], prefix: str) -> list[dict]:
     return recs
 
 
-def _check_args(args: argparse.Namespace) -> Path:
-    """Settings and --out checked before anything is loaded or written."""
+def _check_args(args: argparse.Namespace) -> tuple[Path, dict[str, tuple[Path, list]]]:
+    """Settings and --out checked before anything is loaded or written; (--out, {NAME: (FILE, its examples)}
+    of --rl-start-data), the files read here once, so a bad one fails before the model loads."""
     for flag, value in (("--n-pool", args.n_pool), ("--n-target", args.n_target), ("--n-test", args.n_test),
                         ("--top-k", args.top_k), ("--max-new-tokens", args.max_new_tokens), ("--random-draws", args.random_draws),
                         ("--start-examples", args.start_examples), ("--start-steps", args.start_steps),
@@ -103,12 +104,11 @@ def _check_args(args: argparse.Namespace) -> Path:
     bad = [s for s in rl_starts(args) if s not in STYLES]
     if bad:
         raise SampleEffectError(f"unknown --rl-starts style {bad[0]!r}; choose from {', '.join(STYLES)}")
-    for path in rl_start_files(args).values():
-        _read_start_file(path)  # a bad file fails here, before the model loads or anything is written
+    start_data = {name: (path, _read_start_file(path)) for name, path in rl_start_files(args).items()}
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SampleEffectError(f"--out must be a directory, but {out} is a file")
-    return out
+    return out, start_data
 
 
 def sft_recipe(lr: float = 2e-4, steps: int = 120, seed: int = 0, max_new_tokens: int = 320) -> Any:
@@ -309,7 +309,8 @@ def start_examples(n: int, seed: int, style: str, tok: Any) -> list:
     return _tokenized(kk_records(n, 10_000 + 3 * seed + 2_000, [style], "start"), f"start-{style}.jsonl", tok)
 
 
-def _rl_stage(args: argparse.Namespace, out: Path, model_dir: Any, tok: Any, say: Any) -> dict[str, Any] | None:
+def _rl_stage(args: argparse.Namespace, out: Path, model_dir: Any, tok: Any, say: Any,
+              start_data: dict[str, tuple[Path, list]]) -> dict[str, Any] | None:
     """Part 4: SFT one start per --rl-starts style and --rl-start-data file, predict its RL growth, run real GRPO,
     compare the orderings."""
     from sample_effect.data.examples import tokenize_examples
@@ -323,8 +324,8 @@ def _rl_stage(args: argparse.Namespace, out: Path, model_dir: Any, tok: Any, say
     from sample_effect.validation.rl_starts import compare_rl_starts, ordering_verdict, verdict_text
 
     datasets = {style: (lambda s=style: start_examples(args.start_examples, args.seed, s, tok)) for style in rl_starts(args)}
-    for name, path in rl_start_files(args).items():
-        datasets[name] = lambda p=path: tokenize_examples(_read_start_file(p), tok)[0]
+    for name, (_, examples) in start_data.items():
+        datasets[name] = lambda e=examples: tokenize_examples(e, tok)[0]
     if not datasets:
         return None
     import torch
@@ -358,7 +359,7 @@ def _rl_stage(args: argparse.Namespace, out: Path, model_dir: Any, tok: Any, say
         say(verdict_text(verdict))
     return {"summaries": summaries, "verdict": verdict, "grpo": grpo, "n_prompts": len(prompts), "n_held": len(held),
             "n_start": args.start_examples, "start_steps": args.start_steps, "sft_examples": sizes,
-            "files": {f"sft-{n}": str(p) for n, p in rl_start_files(args).items()}}
+            "files": {f"sft-{n}": str(p) for n, (p, _) in start_data.items()}, "replay_runs": curve.replay_runs}
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -369,7 +370,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from sample_effect.models.registry import resolve_model
     from sample_effect.validation.selection import selection_sets, selection_verdict
 
-    out = _check_args(args)
+    out, start_data = _check_args(args)
     t0 = time.perf_counter()
     # The model loads before anything is written, so a bad --model leaves no output behind.
     model_dir = resolve_model(args.model)
@@ -400,7 +401,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         with atomic_open(out / "selection_verdict.json") as f:
             json.dump(verdict, f, indent=2)
         say(verdict.get("verdict", ""))
-    rl = _rl_stage(args, out, model_dir, tok, say)
+    rl = _rl_stage(args, out, model_dir, tok, say, start_data)
     per_style = table.groupby("style")["effect"].agg(["mean", "std", "count"]).sort_values("mean", ascending=False)
     elapsed = time.perf_counter() - t0
     write_report(out, args, table, per_style, summary, k, steps, elapsed, str(model_dir), rl, verdict)
@@ -449,8 +450,8 @@ def rl_report_lines(rl: dict[str, Any] | None) -> list[str]:
         *rows,
         "",
         "The predicted change is the first step's expected change times the lr-weighted step count. The replayed "
-        "change runs the whole schedule on the start's frozen gradients with AdamW's moments carried, over 16 "
-        "batch orders; its interval is the spread of those runs, not a confidence interval. Both are first order. "
+        f"change runs the whole schedule on the start's frozen gradients with AdamW's moments carried, over "
+        f"{rl.get('replay_runs', '?')} batch orders; its interval is the spread of those runs, not a confidence interval. Both are first order. "
         "At this lr an AdamW step already reaches the curvature of held-out accuracy, so read them as the start's "
         "first-step growth, not as the change of the run (docs/experiments.md, Q2e). A prediction marked "
         "'leaves [0, 1]' moves accuracy further than it can go.",
