@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -80,7 +81,7 @@ def parse_args(argv=None):
                    help="q2d: samples per start puzzle for the re-distilled start from q5's policy (0 = no such start)")
     p.add_argument("--q2e-seed", type=int, default=0, help="q2e: the q2d seed whose SFT starts are examined")
     p.add_argument("--q2e-starts", default="answer-only,short-cot,long-cot,redistilled", help="q2e: starts examined")
-    p.add_argument("--q2e-lr", type=float, default=2e-4, help="q2e: GRPO lr (default the demo's 2e-4)")
+    p.add_argument("--q2e-lr", type=float, default=None, help="q2e: GRPO lr (default: the q2d run's, 2e-4)")
     p.add_argument("--q2e-eval-samples", type=int, default=8, help="q2e: completions per held-out puzzle per evaluation")
     p.add_argument("--q2f-rollout-seeds", type=int, default=1,
                    help="q2f: independent rollout draws per start's prediction (the target fixed); 1 = the demo's only")
@@ -388,9 +389,11 @@ def redistilled_start(R: Runner, seed: int, n: int = 160) -> str:
     """q2d/data-seedS/redistilled.jsonl: stage q5's RL policy re-distils the demo's start puzzles of seed S.
 
     The puzzles are the ones `demo --seed S` fine-tunes its style starts on (`demo.start_examples`: n puzzles,
-    half 2-person and half 3-person, puzzle seed 10000 + 3 S + 2000), so the starts differ only in who wrote
-    the responses.
+    half 2-person and half 3-person, `demo.start_puzzle_seed`), so the starts differ only in who wrote the
+    responses.
     """
+    from sample_effect.cli.demo import start_puzzle_seed
+
     a = R.args
     policy = R.p("q5", "grpo", "final")
     if not Path(policy).exists():
@@ -402,7 +405,7 @@ def redistilled_start(R: Runner, seed: int, n: int = 160) -> str:
     for people, count in ((2, n // 2), (3, n - n // 2)):
         f = f"{q}/start-{people}p.jsonl"
         if not R.done(f):
-            R.se("kk", "--people", people, "--n", count, "--seed", 10_000 + 3 * seed + 2_000, "--style", "answer-only",
+            R.se("kk", "--people", people, "--n", count, "--seed", start_puzzle_seed(seed), "--style", "answer-only",
                  "--id-prefix", "redistilled", "--out", f, label="kk")
         parts.append(f)
     cat(parts, f"{q}/start.jsonl")
@@ -414,24 +417,18 @@ def redistilled_start(R: Runner, seed: int, n: int = 160) -> str:
     return data
 
 
-def demo_rl_prompts(R: Runner, seed: int, q: str) -> dict:
-    """The demo's RL puzzles of `seed` (`demo._rl_prompts`: 16 training and 12 held-out, half 2-, half 3-person),
-    written under q as rl-seedS.jsonl and rl-eval-seedS.jsonl; {"rl": prompts, "rl-eval": prompts}."""
-    from sample_effect.training.grpo import load_rl_prompts
+def demo_run(R: Runner, seed: int) -> tuple[list, list, object, dict]:
+    """What q2d's demo run of `seed` used for RL: (training puzzles, held-out puzzles, its GRPOConfig, rl_summary.json),
+    read from the files it wrote (rl_prompts.jsonl, rl_eval.jsonl, rl_summary.json's "grpo")."""
+    from sample_effect.training.grpo import GRPOConfig, load_rl_prompts
 
-    sets = {}
-    for name, prefix, n, s0 in (("rl", "rl-answer-only", 16, 10_000 + 3 * seed + 1_000),
-                                ("rl-eval", "rl-eval-answer-only", 12, 10_000 + 3 * seed + 1_001)):
-        parts = []
-        for people, count in ((2, n // 2), (3, n - n // 2)):
-            f = f"{q}/{name}-seed{seed}-{people}p.jsonl"
-            if not R.done(f):
-                R.se("kk", "--people", people, "--n", count, "--seed", s0, "--style", "answer-only", "--id-prefix", prefix,
-                     "--out", f, label="kk")
-            parts.append(f)
-        cat(parts, f"{q}/{name}-seed{seed}.jsonl")
-        sets[name] = load_rl_prompts(f"{q}/{name}-seed{seed}.jsonl")
-    return sets
+    src = Path(R.p("q2d", f"seed{seed}"))
+    need = [src / f for f in ("rl_prompts.jsonl", "rl_eval.jsonl", "rl_summary.json")]
+    if not all(f.exists() for f in need):
+        raise SystemExit(f"needs q2d's finished demo run of seed {seed} ({', '.join(map(str, need))}); "
+                         f"run --stages q2d --q2d-seeds {seed} first")
+    doc = json.loads(need[2].read_text())
+    return load_rl_prompts(need[0]), load_rl_prompts(need[1]), GRPOConfig(**doc["grpo"]).validate(), doc
 
 
 def stage_q2e(R: Runner):
@@ -444,7 +441,6 @@ def stage_q2e(R: Runner):
     from sample_effect.engine.core import ComputeConfig
     from sample_effect.models.loading import load_model
     from sample_effect.plots.rl import step_decomposition_plot
-    from sample_effect.training.grpo import GRPOConfig
     from sample_effect.validation.rl_accuracy import AccuracyCurveConfig
     from sample_effect.validation.rl_steps import grpo_step_decomposition
 
@@ -455,10 +451,10 @@ def stage_q2e(R: Runner):
     starts = [d.name.removeprefix("start-") for d in sorted(src.glob("start-*")) if (d / "final").exists()]
     if not starts:
         raise SystemExit(f"stage q2e needs q2d's SFT starts under {src}; run --stages q2d --q2d-seeds {seed} first")
-    sets = demo_rl_prompts(R, seed, q)
-    cfg = GRPOConfig(lr=a.q2e_lr, steps=8, prompts_per_step=4, group_size=8, temperature=1.0, max_new_tokens=200,
-                     max_grad_norm=1.0, eval_every=2, seed=seed)  # the demo's defaults but for --q2e-lr
-    tag = f"seed{seed}" + ("" if a.q2e_lr == 2e-4 else f"-lr{a.q2e_lr:g}")
+    prompts, held, cfg, _ = demo_run(R, seed)
+    tag = f"seed{seed}"
+    if a.q2e_lr is not None and a.q2e_lr != cfg.lr:
+        cfg, tag = dataclasses.replace(cfg, lr=a.q2e_lr), f"seed{seed}-lr{a.q2e_lr:g}"
     curve = AccuracyCurveConfig(eval_samples=a.q2e_eval_samples, target_samples=4, runs=1, noise_draws=64)
     torch.set_num_threads(a.threads)
     frames, summaries = [], []
@@ -469,7 +465,7 @@ def stage_q2e(R: Runner):
         else:
             t0 = time.time()
             df, summary = grpo_step_decomposition(f"sft-{name}", lambda d=src / f"start-{name}" / "final": load_model(d, "float32"),
-                                                  sets["rl"], sets["rl-eval"], "kk", cfg, curve, ComputeConfig(progress=False))
+                                                  prompts, held, "kk", cfg, curve, ComputeConfig(progress=False))
             summary["seconds"] = round(time.time() - t0, 1)
             doc = {"summary": summary, "rows": df.to_dict(orient="records")}
             out.write_text(json.dumps(doc, indent=1, default=float) + "\n")
@@ -494,8 +490,6 @@ def stage_q2e(R: Runner):
 def rollout_seed_spread(R: Runner, src: Path, name: str, prompts, held, reward, cfg, curve, out: Path, rec: dict) -> dict:
     """The same start's prediction from --q2f-rollout-seeds independent rollout draws (predict seeds 1000, 1010, ...),
     the accuracy target fixed at the demo's draw: how much of the prediction is the luck of its rollouts."""
-    import dataclasses
-
     from sample_effect.engine.core import ComputeConfig
     from sample_effect.models.loading import load_model, select_parameters
     from sample_effect.validation.rl_accuracy import accuracy_target, predict_accuracy_growth
@@ -528,7 +522,6 @@ def stage_q2f(R: Runner):
 
     from sample_effect.engine.core import ComputeConfig
     from sample_effect.models.loading import load_model
-    from sample_effect.training.grpo import GRPOConfig
     from sample_effect.validation.rl_accuracy import AccuracyCurveConfig, predict_accuracy_growth
     from sample_effect.validation.rl_curves import grpo_lrs
     from sample_effect.validation.rl_starts import ordering_verdict
@@ -537,21 +530,15 @@ def stage_q2f(R: Runner):
     q = R.p("q2f")
     os.makedirs(q, exist_ok=True)
     torch.set_num_threads(a.threads)
-    curve = AccuracyCurveConfig(eval_samples=4, target_samples=4, runs=1, noise_draws=64)
+    curve = AccuracyCurveConfig(eval_samples=4, target_samples=4, runs=1, noise_draws=64)  # the demo's (`_rl_stage`)
     from sample_effect.rollouts.rewards import get_reward
 
     reward = get_reward("kk")
     report = {}
     for seed in (int(x) for x in a.q2d_seeds.split(",") if x.strip()):
         src = Path(R.p("q2d", f"seed{seed}"))
-        if not (src / "rl_summary.json").exists():
-            print(f"q2f: seed {seed} skipped (no finished q2d run)")
-            continue
-        sets = demo_rl_prompts(R, seed, q)
-        prompts, held = sets["rl"], sets["rl-eval"]
-        cfg = GRPOConfig(lr=2e-4, steps=8, prompts_per_step=4, group_size=8, temperature=1.0, max_new_tokens=200,
-                         max_grad_norm=1.0, eval_every=2, seed=seed)  # the demo's defaults
-        starts = json.loads((src / "rl_summary.json").read_text())["starts"]
+        prompts, held, cfg, doc = demo_run(R, seed)
+        starts = doc["starts"]
         rows = []
         for st in starts:
             out = Path(q, f"seed{seed}-{st['name']}.json")

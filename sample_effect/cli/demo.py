@@ -306,7 +306,12 @@ def start_examples(n: int, seed: int, style: str, tok: Any) -> list:
     greedy 2-person accuracy of 0.31 with 40 examples and 0.47 with these 160, and 3-person 0.094.
     240 steps on the 160 gave 0.51 and 0.19 (see tests/models/test_sft_band.py).
     """
-    return _tokenized(kk_records(n, 10_000 + 3 * seed + 2_000, [style], "start"), f"start-{style}.jsonl", tok)
+    return _tokenized(kk_records(n, start_puzzle_seed(seed), [style], "start"), f"start-{style}.jsonl", tok)
+
+
+def start_puzzle_seed(seed: int) -> int:
+    """The puzzle seed of `demo --seed SEED`'s RL-start data (`kk_records` draws half 2-, half 3-person puzzles)."""
+    return 10_000 + 3 * seed + 2_000
 
 
 def _rl_stage(args: argparse.Namespace, out: Path, model_dir: Any, tok: Any, say: Any,
