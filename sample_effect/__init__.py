@@ -10,9 +10,45 @@ The names below are imported on first use (PEP 562), so `import sample_effect` a
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+
+class _CheckoutKernels(importlib.abc.MetaPathFinder):
+    """Finds `sample_effect.kernels` in the top-level `kernels/` folder of a source checkout.
+
+    pyproject.toml maps that folder to `sample_effect.kernels` in a built wheel. When this package
+    is imported straight from a checkout (the repository root on sys.path: `python -m pytest`, a
+    regular install run from the root, another clone), the mapping is made here instead, so the
+    checkout's own kernels load, never another install's.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != __name__ + ".kernels":
+            return None
+        return importlib.util.spec_from_file_location(
+            fullname, os.path.join(self.folder, "__init__.py"), submodule_search_locations=[self.folder])
+
+
+def _map_checkout_kernels() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    folder = os.path.join(os.path.dirname(here), "kernels")
+    if os.path.isdir(os.path.join(here, "kernels")) or not os.path.isfile(os.path.join(folder, "__init__.py")):
+        return  # an installed wheel (kernels inside the package), or not a checkout
+    if not any(getattr(f, "folder", None) == folder for f in sys.meta_path):
+        sys.meta_path.insert(0, _CheckoutKernels(folder))
+
+
+_map_checkout_kernels()
 
 # Public name -> the module that defines it.
 _EXPORTS = {
