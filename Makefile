@@ -20,7 +20,9 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) $(CONSTRAIN)
-	$(PY) -m pip install --quiet -e '.[dev]' $(CONSTRAIN)
+	# PYTHONWARNINGS: setuptools' notice that a folder named like the package may shadow it (this
+	# checkout maps kernels/ itself, see sample_effect/__init__.py) is not for the user
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[dev]' $(CONSTRAIN)
 	touch $@
 
 demo: $(VENV)/.installed
