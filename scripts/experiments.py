@@ -392,7 +392,7 @@ def redistilled_start(R: Runner, seed: int, n: int = 160) -> str:
     half 2-person and half 3-person, `demo.start_puzzle_seed`), so the starts differ only in who wrote the
     responses.
     """
-    from sample_effect.cli.demo import start_puzzle_seed
+    from sample_effect.recipes.kk_demo import start_puzzle_seed
 
     a = R.args
     policy = R.p("q5", "grpo", "final")
