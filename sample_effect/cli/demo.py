@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from sample_effect.cli.options import SubParsers, add_common_args
-from sample_effect.recipes.kk_demo import START_STEPS
+from sample_effect.errors import SampleEffectError
+from sample_effect.recipes.kk_demo_config import START_STEPS, DemoConfig
 
 
 def add_parsers(sub: SubParsers) -> None:
@@ -49,8 +51,41 @@ def add_parsers(sub: SubParsers) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def config_from_args(args: argparse.Namespace) -> DemoConfig:
+    """The DemoConfig of `demo`'s flags (not yet validated: `run_demo` does that first)."""
+    return DemoConfig(
+        out=Path(args.out), model=args.model, n_pool=args.n_pool, n_target=args.n_target, n_test=args.n_test,
+        top_k=args.top_k, epochs=args.epochs, random_draws=args.random_draws, lr=args.lr,
+        max_new_tokens=args.max_new_tokens, seed=args.seed, rl_starts=rl_starts(args.rl_starts),
+        rl_start_data=rl_start_files(args.rl_start_data or []), start_examples=args.start_examples,
+        start_steps=args.start_steps, rl_prompts=args.rl_prompts, rl_eval=args.rl_eval, rl_steps=args.rl_steps,
+        rl_lr=args.rl_lr, group_size=args.group_size, rl_prompts_per_step=args.rl_prompts_per_step,
+        rl_max_new_tokens=args.rl_max_new_tokens, progress=not args.quiet,
+    )
+
+
+def rl_starts(text: str) -> list[str]:
+    """The response styles named by --rl-starts, in order, without blanks or repeats."""
+    return list(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+
+
+def rl_start_files(items: list[str]) -> dict[str, Path]:
+    """The starts named by --rl-start-data, {NAME: FILE} in order; SampleEffectError on an entry that is not
+    NAME=FILE or a NAME given twice (`DemoConfig.validate` checks the names themselves)."""
+    files: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not path:
+            raise SampleEffectError(f"--rl-start-data takes NAME=FILE, got {item!r}")
+        if name in files:
+            raise SampleEffectError(f"--rl-start-data name {name!r} is used twice (--rl-starts and --rl-start-data share names)")
+        files[name] = Path(path)
+    return files
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """`sample-effect demo`: run the demo recipe with the parsed flags."""
     from sample_effect.recipes.kk_demo import run_demo
 
-    run_demo(args)
+    run_demo(config_from_args(args))

@@ -9,21 +9,50 @@ offline, in a few minutes on CPU.
    measure held-out target loss and greedy test accuracy.
 4. Write effects.csv, top_k.jsonl, figures (PNG) and report.md.
 
-The default model is the tiny Qwen2-style base model shipped in the package (built by
-scripts/build_tiny_base.py); `--model PATH|smollm2` uses another.
+`run_demo(DemoConfig(...))` runs it all; each stage is a function of its own. The default model
+is the tiny Qwen2-style base model shipped in the package (built by scripts/build_tiny_base.py);
+`DemoConfig.model` ('smollm2' or a directory) picks another.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError, literal
+from sample_effect.recipes.kk_demo_config import DemoConfig, DemoResult
+from sample_effect.recipes.kk_demo_report import write_report
 
-START_STEPS = 240  # SFT steps of an RL start (tests/models/test_sft_band.py measures this recipe)
+
+@dataclass
+class DemoRun:
+    """What the stages of one demo run share: its settings, the base model's directory and tokenizer, and `say`."""
+
+    config: DemoConfig
+    model_dir: Any  # the resolved base model directory; each fine-tuning run loads a fresh copy from it
+    tok: Any
+    say: Callable[..., None]  # progress lines (`demo: ...`), silent without `config.progress`
+
+
+@dataclass
+class DemoData:
+    """The demo's puzzles: the pool, target and test records, the pool as examples, pool and target tokenized."""
+
+    pool: list[dict]
+    target: list[dict]
+    test: list[dict]
+    examples: list  # the pool as Examples (what top_k.jsonl exports)
+    tok_pool: list
+    tok_target: list
+
+    @property
+    def test_items(self) -> list[tuple[str, str]]:
+        """The test puzzles as (prompt, answer) pairs for greedy accuracy."""
+        return [(r["prompt"], r["answer"]) for r in self.test]
 
 
 def kk_records(n: int, seed: int, styles: list[str], prefix: str) -> list[dict]:
@@ -38,37 +67,6 @@ def kk_records(n: int, seed: int, styles: list[str], prefix: str) -> list[dict]:
     return recs
 
 
-def _check_args(args: Any) -> tuple[Path, dict[str, tuple[Path, list]]]:
-    """Settings and --out checked before anything is loaded or written; (--out, {NAME: (FILE, its examples)}
-    of --rl-start-data), the files read here once, so a bad one fails before the model loads."""
-    for flag, value in (("--n-pool", args.n_pool), ("--n-target", args.n_target), ("--n-test", args.n_test),
-                        ("--top-k", args.top_k), ("--max-new-tokens", args.max_new_tokens), ("--random-draws", args.random_draws),
-                        ("--start-examples", args.start_examples), ("--start-steps", args.start_steps),
-                        ("--rl-prompts", args.rl_prompts),
-                        ("--rl-eval", args.rl_eval), ("--rl-steps", args.rl_steps),
-                        ("--rl-prompts-per-step", args.rl_prompts_per_step),
-                        ("--rl-max-new-tokens", args.rl_max_new_tokens)):
-        if value < 1:
-            raise SampleEffectError(f"{flag} must be >= 1, got {value}")
-    for flag, x in (("--epochs", args.epochs), ("--lr", args.lr), ("--rl-lr", args.rl_lr)):
-        if not (math.isfinite(x) and x > 0):
-            raise SampleEffectError(f"{flag} must be a positive number, got {x}")
-    if args.group_size < 2:
-        raise SampleEffectError(f"--group-size must be >= 2 (GRPO advantages need a group), got {args.group_size}")
-    if args.rl_prompts_per_step > args.rl_prompts:
-        raise SampleEffectError(f"--rl-prompts-per-step ({args.rl_prompts_per_step}) exceeds --rl-prompts ({args.rl_prompts})")
-    from sample_effect.data.kk import STYLES
-
-    bad = [s for s in rl_starts(args) if s not in STYLES]
-    if bad:
-        raise SampleEffectError(f"unknown --rl-starts style {bad[0]!r}; choose from {', '.join(STYLES)}")
-    start_data = {name: (path, _read_start_file(path)) for name, path in rl_start_files(args).items()}
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise SampleEffectError(f"--out must be a directory, but {out} is a file")
-    return out, start_data
-
-
 def sft_recipe(lr: float = 2e-4, steps: int = 120, seed: int = 0, max_new_tokens: int = 320) -> Any:
     """The demo's SFT: AdamW, batch 4, clip 1.0, constant lr, the target loss evaluated 4 times.
 
@@ -81,39 +79,17 @@ def sft_recipe(lr: float = 2e-4, steps: int = 120, seed: int = 0, max_new_tokens
                      seed=seed, eval_max_new_tokens=max_new_tokens)
 
 
-def rl_starts(args: Any) -> list[str]:
-    """The response styles named by --rl-starts, in order, without blanks or repeats."""
-    return list(dict.fromkeys(x.strip() for x in args.rl_starts.split(",") if x.strip()))
-
-
-def rl_start_files(args: Any) -> dict[str, Path]:
-    """The starts named by --rl-start-data, {NAME: FILE} in order; SampleEffectError on a malformed or clashing entry.
-
-    NAME becomes a directory (checkpoints/start-NAME) and the start's label sft-NAME, so it is
-    limited to letters, digits, '.', '_' and '-', and may not repeat or be one of --rl-starts.
-    """
-    files: dict[str, Path] = {}
-    taken = set(rl_starts(args))
-    for item in args.rl_start_data or []:
-        name, sep, path = item.partition("=")
-        name = name.strip()
-        if not sep or not name or not path:
-            raise SampleEffectError(f"--rl-start-data takes NAME=FILE, got {item!r}")
-        if not all(c.isalnum() or c in "._-" for c in name) or name.startswith("."):
-            raise SampleEffectError(f"--rl-start-data name {name!r} must be letters, digits, '.', '_' or '-'")
-        if name in files or name in taken:
-            raise SampleEffectError(f"--rl-start-data name {name!r} is used twice (--rl-starts and --rl-start-data share names)")
-        files[name] = Path(path)
-    return files
-
-
-def _read_start_file(path: Path) -> list:
-    """The examples of one --rl-start-data FILE (SampleEffectError if missing, malformed or empty)."""
+def read_start_files(config: DemoConfig) -> dict[str, tuple[Path, list]]:
+    """{NAME: (FILE, its examples)} of `config.rl_start_data`, read once here so that a bad file fails before the
+    model loads (missing, malformed or empty: an error naming the file)."""
     from sample_effect.data.examples import load_examples
 
-    if not path.exists():
-        raise SampleEffectError(f"--rl-start-data file not found: {path}")
-    return load_examples(path)  # raises on an empty file too
+    data = {}
+    for name, path in config.rl_start_data.items():
+        if not path.exists():
+            raise ConfigError("DemoConfig", f"<rl_start_data> file not found: {literal(path)}")
+        data[name] = (path, load_examples(path))  # raises on an empty file too
+    return data
 
 
 def _slug(label: str) -> str:
@@ -121,25 +97,28 @@ def _slug(label: str) -> str:
     return "-".join("".join(c if c.isalnum() else " " for c in label).split())
 
 
-def _write_data(args: Any, out: Path) -> tuple[list[dict], list[dict], list[dict]]:
-    """Generate the pool, target and test puzzles and write them as JSONL into --out."""
+def write_data(config: DemoConfig, tok: Any) -> DemoData:
+    """Stage 1: generate the pool, target and test puzzles, write them as JSONL into `config.out`, tokenize."""
+    from sample_effect.data.examples import examples_from_records, tokenize_examples
     from sample_effect.data.kk import STYLES
     from sample_effect.io import atomic_open
 
     # Seeds 10_000+ keep the demo's puzzles apart from the base model's pre-training corpus (seed 100).
-    base_seed = 10_000 + 3 * args.seed
-    pool = kk_records(args.n_pool, base_seed, list(STYLES), "pool")
-    target = kk_records(args.n_target, base_seed + 1, ["answer-only"], "target")
-    test = kk_records(args.n_test, base_seed + 2, ["answer-only"], "test")
+    base_seed = 10_000 + 3 * config.seed
+    pool = kk_records(config.n_pool, base_seed, list(STYLES), "pool")
+    target = kk_records(config.n_target, base_seed + 1, ["answer-only"], "target")
+    test = kk_records(config.n_test, base_seed + 2, ["answer-only"], "test")
     for name, recs in (("pool.jsonl", pool), ("target.jsonl", target), ("test.jsonl", test)):
-        with atomic_open(out / name) as f:
+        with atomic_open(config.out / name) as f:
             f.writelines(json.dumps(r) + "\n" for r in recs)
-    return pool, target, test
+    examples = examples_from_records(list(enumerate(pool, 1)), "pool.jsonl")
+    tok_pool, _ = tokenize_examples(examples, tok)
+    return DemoData(pool, target, test, examples, tok_pool, _tokenized(target, "target.jsonl", tok))
 
 
-def _rank_pool(args: Any, out: Path, model: Any, tok: Any, tok_pool: list, tok_target: list,
-               examples: list) -> tuple[Any, Any, int]:
-    """Score the pool toward the target (one AdamW step, clip 1.0); write effects.csv, top_k.jsonl, the figure."""
+def rank_pool(config: DemoConfig, model: Any, tok: Any, data: DemoData) -> tuple[Any, Any, int]:
+    """Stage 2: score the pool toward the target (one AdamW step, clip 1.0); write effects.csv, top_k.jsonl and the
+    figure. Returns (the EffectResult, the ranked table with a `style` column, k)."""
     from sample_effect.data.examples import export_examples
     from sample_effect.engine.core import ComputeConfig
     from sample_effect.engine.effects import score_examples_result
@@ -148,22 +127,24 @@ def _rank_pool(args: Any, out: Path, model: Any, tok: Any, tok_pool: list, tok_t
     from sample_effect.targets.core import LossTarget
     from sample_effect.update.optim import UpdateConfig
 
-    update = UpdateConfig("adamw", lr=args.lr, clip=1.0, weight_decay=0.0)
-    result = score_examples_result(model, tok, tok_pool, LossTarget(tok_target), update,
-                                   compute=ComputeConfig(batch_size=8, progress=not args.quiet))
+    out = config.out
+    update = UpdateConfig("adamw", lr=config.lr, clip=1.0, weight_decay=0.0)
+    result = score_examples_result(model, tok, data.tok_pool, LossTarget(data.tok_target), update,
+                                   compute=ComputeConfig(batch_size=8, progress=config.progress))
     table = result.table()
     table["style"] = table["id"].str.extract(r"^pool-(answer-only|short-cot|long-cot)-")[0]
     write_table(table, out / "effects.csv")
-    k = min(args.top_k, len(table))
-    by_id = {ex.id: ex for ex in examples}
+    k = min(config.top_k, len(table))
+    by_id = {ex.id: ex for ex in data.examples}
     export_examples([by_id[i] for i in table["id"].head(k)], out / "top_k.jsonl")
     effects_by_group(table, "style", out / "effects_by_style.png", "Sample effect of K&K SFT examples by response style")
     return result, table, k
 
 
-def _train_selections(args: Any, model_dir: Any, base: Any, tok: Any, tok_pool: list, tok_target: list,
-                      test_items: list, selections: dict[str, list[str]], cfg: Any, say: Any) -> dict[str, Any]:
-    """Fine-tune a fresh copy of the base model on each selection; target loss every eval, greedy accuracy at the start and end.
+def train_selections(run: DemoRun, base: Any, data: DemoData, selections: dict[str, list[str]],
+                     cfg: Any) -> dict[str, Any]:
+    """Stage 3: fine-tune a fresh copy of the base model on each selection; target loss every eval, greedy
+    accuracy at the start and end.
 
     `base` is the already loaded base model (only evaluated here, never trained).
 
@@ -177,18 +158,20 @@ def _train_selections(args: Any, model_dir: Any, base: Any, tok: Any, tok_pool: 
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.training import train_sft
 
-    index = {ex.id: i for i, ex in enumerate(tok_pool)}
+    config, tok, say = run.config, run.tok, run.say
+    test_items = data.test_items
+    index = {ex.id: i for i, ex in enumerate(data.tok_pool)}
     reward = get_reward("kk")
     say(f"greedy accuracy of the base model on {len(test_items)} test puzzles")
-    start_acc, _ = greedy_accuracy(base.eval(), tok, test_items, reward, args.max_new_tokens)
+    start_acc, _ = greedy_accuracy(base.eval(), tok, test_items, reward, config.max_new_tokens)
     runs = {}
     for n, (label, ids) in enumerate(selections.items(), 1):
-        fresh, _ = load_model(model_dir, "float32")
-        torch.manual_seed(args.seed)
+        fresh, _ = load_model(run.model_dir, "float32")
+        torch.manual_seed(config.seed)
         say(f"[{n}/{len(selections)}] fine-tuning on {label}")
-        df = train_sft(fresh, tok, [tok_pool[index[i]] for i in ids], cfg, eval_examples=tok_target,
-                       progress=not args.quiet, out_dir=Path(args.out) / "checkpoints" / f"sft-{_slug(label)}")
-        end_acc, _ = greedy_accuracy(fresh.eval(), tok, test_items, reward, args.max_new_tokens)
+        df = train_sft(fresh, tok, [data.tok_pool[index[i]] for i in ids], cfg, eval_examples=data.tok_target,
+                       progress=config.progress, out_dir=config.out / "checkpoints" / f"sft-{_slug(label)}")
+        end_acc, _ = greedy_accuracy(fresh.eval(), tok, test_items, reward, config.max_new_tokens)
         df["eval_accuracy"] = float("nan")
         df.loc[df.index[0], "eval_accuracy"], df.loc[df.index[-1], "eval_accuracy"] = start_acc, end_acc
         runs[label] = df
@@ -196,9 +179,10 @@ def _train_selections(args: Any, model_dir: Any, base: Any, tok: Any, tok_pool: 
     return runs
 
 
-def _summary(out: Path, model: Any, tok_pool: list, result: Any, table: Any, selections: dict[str, list[str]],
-             runs: dict[str, Any], cfg: Any, k: int, progress: bool = False) -> Any:
-    """Predict each selection's curve (predict-sft) against its real run; write the figures and selection.csv."""
+def predict_selections(config: DemoConfig, model: Any, data: DemoData, ranking: tuple[Any, Any, int],
+                       selections: dict[str, list[str]], runs: dict[str, Any], cfg: Any) -> Any:
+    """Stage 3b: predict each selection's curve (predict-sft) against its real run; write the figures and
+    selection.csv. `ranking` is `rank_pool`'s (result, table, k); returns the selection table."""
     import pandas as pd
 
     from sample_effect.engine.core import ComputeConfig
@@ -207,11 +191,13 @@ def _summary(out: Path, model: Any, tok_pool: list, result: Any, table: Any, sel
     from sample_effect.models.loading import select_parameters
     from sample_effect.plots.figures import curves, predicted_vs_actual_bars
 
+    out, tok_pool = config.out, data.tok_pool
+    result, table, k = ranking
     index = {ex.id: i for i, ex in enumerate(tok_pool)}
     predicted = {
         label: predict_sft_curve(model, select_parameters(model), [tok_pool[index[i]] for i in ids], result.target,
                                  cfg, label, replicates=4, compute=ComputeConfig(batch_size=8, progress=False),
-                                 progress=progress)
+                                 progress=config.progress)
         for label, ids in selections.items()
     }
     curves(runs, "step", "eval_loss", out / "selection_loss.png", f"Held-out target loss while fine-tuning on {k} examples",
@@ -231,20 +217,20 @@ def _summary(out: Path, model: Any, tok_pool: list, result: Any, table: Any, sel
     return summary
 
 
-def _rl_prompts(args: Any, out: Path) -> tuple[list, list]:
+def _rl_prompts(config: DemoConfig) -> tuple[list, list]:
     """Fresh GRPO training and held-out puzzles (2-3 people), as RL prompts in the SFT prompt format.
 
-    Written to --out as rl_prompts.jsonl and rl_eval.jsonl, so `train-grpo` or `predict-rl` can go
+    Written to `config.out` as rl_prompts.jsonl and rl_eval.jsonl, so `train-grpo` or `predict-rl` can go
     on from the demo's checkpoints with the same puzzles.
     """
     from sample_effect.io import atomic_open
     from sample_effect.training.grpo import RLPrompt
 
-    base_seed = 10_000 + 3 * args.seed + 1_000
-    train = kk_records(args.rl_prompts, base_seed, ["answer-only"], "rl")
-    held = kk_records(args.rl_eval, base_seed + 1, ["answer-only"], "rl-eval")
+    base_seed = 10_000 + 3 * config.seed + 1_000
+    train = kk_records(config.rl_prompts, base_seed, ["answer-only"], "rl")
+    held = kk_records(config.rl_eval, base_seed + 1, ["answer-only"], "rl-eval")
     for name, recs in (("rl_prompts.jsonl", train), ("rl_eval.jsonl", held)):
-        with atomic_open(out / name) as f:
+        with atomic_open(config.out / name) as f:
             f.writelines(json.dumps({k: r[k] for k in ("id", "prompt", "answer")}) + "\n" for r in recs)
     return [[RLPrompt(r["id"], r["prompt"], r["answer"]) for r in recs] for recs in (train, held)]
 
@@ -272,10 +258,9 @@ def start_puzzle_seed(seed: int) -> int:
     return 10_000 + 3 * seed + 2_000
 
 
-def _rl_stage(args: Any, out: Path, model_dir: Any, tok: Any, say: Any,
-              start_data: dict[str, tuple[Path, list]]) -> dict[str, Any] | None:
-    """Part 4: SFT one start per --rl-starts style and --rl-start-data file, predict its RL growth, run real GRPO,
-    compare the orderings."""
+def rl_stage(run: DemoRun, start_data: dict[str, tuple[Path, list]]) -> dict[str, Any] | None:
+    """Stage 4: SFT one start per `rl_starts` style and `rl_start_data` file, predict its RL growth, run real GRPO,
+    compare the orderings; None when there is no start."""
     from sample_effect.data.examples import tokenize_examples
     from sample_effect.engine.core import ComputeConfig
     from sample_effect.io import atomic_open, write_table
@@ -286,7 +271,8 @@ def _rl_stage(args: Any, out: Path, model_dir: Any, tok: Any, say: Any,
     from sample_effect.validation.rl_accuracy import AccuracyCurveConfig
     from sample_effect.validation.rl_starts import compare_rl_starts, ordering_verdict, verdict_text
 
-    datasets = {style: (lambda s=style: start_examples(args.start_examples, args.seed, s, tok)) for style in rl_starts(args)}
+    config, tok, say, out = run.config, run.tok, run.say, run.config.out
+    datasets = {style: (lambda s=style: start_examples(config.start_examples, config.seed, s, tok)) for style in config.rl_starts}
     for name, (_, examples) in start_data.items():
         datasets[name] = lambda e=examples: tokenize_examples(e, tok)[0]
     if not datasets:
@@ -294,22 +280,22 @@ def _rl_stage(args: Any, out: Path, model_dir: Any, tok: Any, say: Any,
     import torch
 
     ckpt = out / "checkpoints"
-    cfg = sft_recipe(args.lr, args.start_steps, args.seed, args.max_new_tokens)
+    cfg = sft_recipe(config.lr, config.start_steps, config.seed, config.max_new_tokens)
     loaders, sizes = {}, {}
     for name, make in datasets.items():
         data = make()
         sizes[f"sft-{name}"] = len(data)
         say(f"SFT start '{name}': {len(data)} examples, {cfg.max_steps} steps -> {ckpt / f'start-{name}'}")
-        fresh, _ = load_model(model_dir, "float32")
-        torch.manual_seed(args.seed)
-        train_sft(fresh, tok, data, cfg, out_dir=ckpt / f"start-{name}", progress=not args.quiet)
+        fresh, _ = load_model(run.model_dir, "float32")
+        torch.manual_seed(config.seed)
+        train_sft(fresh, tok, data, cfg, out_dir=ckpt / f"start-{name}", progress=config.progress)
         loaders[f"sft-{name}"] = (lambda d=ckpt / f"start-{name}" / "final": load_model(d, "float32"))
-    prompts, held = _rl_prompts(args, out)
-    grpo = GRPOConfig(lr=args.rl_lr, steps=args.rl_steps, prompts_per_step=args.rl_prompts_per_step,
-                      group_size=args.group_size, temperature=1.0, max_new_tokens=args.rl_max_new_tokens,
-                      max_grad_norm=1.0, eval_every=max(1, args.rl_steps // 4), seed=args.seed)
+    prompts, held = _rl_prompts(config)
+    grpo = GRPOConfig(lr=config.rl_lr, steps=config.rl_steps, prompts_per_step=config.rl_prompts_per_step,
+                      group_size=config.group_size, temperature=1.0, max_new_tokens=config.rl_max_new_tokens,
+                      max_grad_norm=1.0, eval_every=max(1, config.rl_steps // 4), seed=config.seed)
     curve = AccuracyCurveConfig(eval_samples=4, target_samples=4, runs=1, noise_draws=64)
-    df, summaries = compare_rl_starts(loaders, prompts, held, "kk", grpo, curve, ComputeConfig(progress=not args.quiet),
+    df, summaries = compare_rl_starts(loaders, prompts, held, "kk", grpo, curve, ComputeConfig(progress=config.progress),
                                       out_dir=ckpt / "grpo", say=say)
     write_table(df, out / "rl_curves.csv")
     verdict = ordering_verdict(summaries) if len(summaries) > 1 else None
@@ -321,215 +307,69 @@ def _rl_stage(args: Any, out: Path, model_dir: Any, tok: Any, say: Any,
     if verdict is not None:
         say(verdict_text(verdict))
     return {"summaries": summaries, "verdict": verdict, "grpo": grpo, "n_prompts": len(prompts), "n_held": len(held),
-            "n_start": args.start_examples, "start_steps": args.start_steps, "sft_examples": sizes,
+            "n_start": config.start_examples, "start_steps": config.start_steps, "sft_examples": sizes,
             "files": {f"sft-{n}": str(p) for n, (p, _) in start_data.items()}, "replay_runs": curve.replay_runs}
 
 
-def run_demo(args: Any) -> None:
-    """`sample-effect demo`: generate, rank, fine-tune on selections, predict, report."""
-    from sample_effect.data.examples import examples_from_records, tokenize_examples
-    from sample_effect.io import atomic_open
+def run_demo(config: DemoConfig) -> DemoResult:
+    """`sample-effect demo`: check, generate, rank, fine-tune on selections, predict, RL from SFT starts, report.
+
+    The settings, the start files and `config.out` are checked and the model is loaded before
+    anything is written. Prints the report's path and the selection table; returns the result.
+    """
     from sample_effect.models.loading import load_model
     from sample_effect.models.registry import resolve_model
-    from sample_effect.validation.selection import selection_sets, selection_verdict
+    from sample_effect.validation.selection import selection_sets
 
-    out, start_data = _check_args(args)
+    config.validate()
+    start_data = read_start_files(config)
+    out = config.out
+    if out.exists() and not out.is_dir():
+        raise ConfigError("DemoConfig", f"<out> must be a directory, but {literal(out)} is a file")
     t0 = time.perf_counter()
-    # The model loads before anything is written, so a bad --model leaves no output behind.
-    model_dir = resolve_model(args.model)
+    # The model loads before anything is written, so a bad model leaves no output behind.
+    model_dir = resolve_model(config.model)
     model, tok = load_model(model_dir, "float32")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SampleEffectError(f"cannot create --out directory {out}: {exc.strerror}") from None
-    say = (lambda *a: None) if args.quiet else (lambda *a: print("demo:", *a, flush=True))
-    pool, target, test = _write_data(args, out)
-    examples = examples_from_records(list(enumerate(pool, 1)), "pool.jsonl")
-    tok_pool, _ = tokenize_examples(examples, tok)
-    tok_target = _tokenized(target, "target.jsonl", tok)
-    test_items = [(r["prompt"], r["answer"]) for r in test]
-    say(f"{len(examples)} pool examples, {len(tok_target)} target, {len(test_items)} test puzzles; model {args.model}")
+        raise ConfigError("DemoConfig", f"cannot create <out> directory {literal(out)}: {exc.strerror}") from None
+    say = (lambda *a: print("demo:", *a, flush=True)) if config.progress else (lambda *a: None)
+    data = write_data(config, tok)
+    say(f"{len(data.examples)} pool examples, {len(data.tok_target)} target, {len(data.test)} test puzzles; "
+        f"model {config.model}")
 
-    result, table, k = _rank_pool(args, out, model, tok, tok_pool, tok_target, examples)
+    result, table, k = rank_pool(config, model, tok, data)
     say(f"ranked in {time.perf_counter() - t0:.0f}s; fine-tuning on top-{k} vs random-{k}")
-    selections = selection_sets(table, k, args.random_draws, seed=args.seed)
-    steps = max(1, round(args.epochs * k / 4))
-    cfg = sft_recipe(args.lr, steps, args.seed, args.max_new_tokens)
-    runs = _train_selections(args, model_dir, model, tok, tok_pool, tok_target, test_items, selections, cfg, say)
+    selections = selection_sets(table, k, config.random_draws, seed=config.seed)
+    steps = max(1, round(config.epochs * k / 4))
+    cfg = sft_recipe(config.lr, steps, config.seed, config.max_new_tokens)
+    run = DemoRun(config, model_dir, tok, say)
+    runs = train_selections(run, model, data, selections, cfg)
     # What the growth predictor said about each selection before training (same schedule, frozen gradients).
     say("predicting each selection's curve (predict-sft) to set against the real runs")
-    summary = _summary(out, model, tok_pool, result, table, selections, runs, cfg, k, progress=not args.quiet)
-    verdict = selection_verdict(summary) if args.random_draws >= 2 else None
-    if verdict is not None:
-        with atomic_open(out / "selection_verdict.json") as f:
-            json.dump(verdict, f, indent=2)
-        say(verdict.get("verdict", ""))
-    rl = _rl_stage(args, out, model_dir, tok, say, start_data)
+    summary = predict_selections(config, model, data, (result, table, k), selections, runs, cfg)
+    verdict = write_selection_verdict(config, summary, say)
+    rl = rl_stage(run, start_data)
     per_style = table.groupby("style")["effect"].agg(["mean", "std", "count"]).sort_values("mean", ascending=False)
-    elapsed = time.perf_counter() - t0
-    write_report(out, args, table, per_style, summary, k, steps, elapsed, str(model_dir), rl, verdict)
+    demo = DemoResult(str(model_dir), table, per_style, summary, k, steps, time.perf_counter() - t0, rl, verdict)
+    write_report(config, demo)
     if per_style.empty:
         raise SampleEffectError("demo produced no effects")
-    print(f"demo: done in {elapsed:.0f}s; report: {out / 'report.md'}")
+    print(f"demo: done in {demo.elapsed:.0f}s; report: {out / 'report.md'}")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return demo
 
 
-def rl_report_lines(rl: dict[str, Any] | None) -> list[str]:
-    """Part 4 of the report: the RL prediction per start, the real GRPO result and the ordering verdict."""
-    from sample_effect.validation.rl_starts import verdict_text
-
-    if rl is None:
-        return []
-    g = rl["grpo"]
-    rows = []
-    for s in rl["summaries"]:
-        lo, hi = s["predicted_total_change_ci95"]
-        train_zv = s.get("train_zero_variance_fraction")
-        n_sft = rl.get("sft_examples", {}).get(s["name"], "?")
-        rep, (rlo, rhi) = s.get("predicted_total_change_replay"), s.get("predicted_replay_runs_95") or (None, None)
-        replayed = "-" if rep is None else f"{rep:+.3f} [{rlo:+.3f}, {rhi:+.3f}]"
-        mark = " (leaves [0, 1])" if s.get("predicted_leaves_range") else ""
-        rows.append(f"| {s['name']} | {n_sft} | {s['start_accuracy']:.3f} | {s['predicted_growth_per_step']:+.4f} | "
-                    f"{s['predicted_total_change']:+.3f} [{lo:+.3f}, {hi:+.3f}]{mark} | {replayed} | {s['actual_total_change']:+.3f} | "
-                    f"{s['predicted_zero_variance_fraction']:.0%} | {'-' if train_zv is None else f'{train_zv:.0%}'} |")
-    verdict = rl["verdict"]
-    files = rl.get("files") or {}
-    from_files = (" " + "; ".join(f"{name} is fine-tuned on the examples of `{path}`" for name, path in files.items())
-                  + ", with the same recipe." if files else "")
-    return [
-        "## 4. Which SFT start makes RL grow fastest?",
-        "",
-        f"A style start is the base model fine-tuned on {rl['n_start']} fresh puzzles in one response "
-        f"style, with the selections' recipe run for {rl.get('start_steps', '?')} steps.{from_files} Before any RL, "
-        f"`predict-rl` predicted the growth of held-out accuracy ({rl['n_held']} puzzles, 4 samples each at "
-        f"temperature 1) per GRPO step under the all-or-nothing `kk` reward: the positive effect plus the AdamW "
-        f"batch-noise term, with a 95% interval, from {g.group_size} rollouts of each of {rl['n_prompts']} training "
-        f"puzzles. Then a real GRPO run ({g.steps} steps, {g.prompts_per_step} prompts x {g.group_size} rollouts, "
-        f"lr {g.lr}, clip 1.0) started from the same weights.",
-        "",
-        "| start | SFT examples | accuracy at step 0 | predicted growth / step | predicted change [95%] | "
-        "replayed change [95% of runs] | actual change | zero-variance groups (start) | (during GRPO) |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-        "The predicted change is the first step's expected change times the lr-weighted step count. The replayed "
-        f"change runs the whole schedule on the start's frozen gradients with AdamW's moments carried, over "
-        f"{rl.get('replay_runs', '?')} batch orders; its interval is the spread of those runs, not a confidence interval. Both are first order. "
-        "At this lr an AdamW step already reaches the curvature of held-out accuracy, so read them as the start's "
-        "first-step growth, not as the change of the run (docs/experiments.md, Q2e). A prediction marked "
-        "'leaves [0, 1]' moves accuracy further than it can go.",
-        "",
-        f"**Verdict.** {verdict_text(verdict)}" if verdict is not None else "One start only: no ordering to check.",
-        "",
-        "One GRPO run per start and a few held-out puzzles: the actual change carries sampling noise of the "
-        "order of 1/sqrt(puzzles x samples). Checkpoints: checkpoints/start-NAME/final (SFT) and "
-        "checkpoints/grpo/sft-NAME/run-0/final (GRPO); the rows are in rl_curves.csv and rl_summary.json, the "
-        "puzzles in rl_prompts.jsonl (training) and rl_eval.jsonl (held out).",
-        "",
-        "![RL growth](rl_growth.png)",
-        "",
-    ]
-
-
-def selection_verdict_lines(verdict: dict[str, Any] | None) -> list[str]:
-    """The selection check in numbers: top-k and bottom-k against the random runs' mean and 95% intervals."""
-    if verdict is None:
-        return []
-    lines = [f"Against {verdict['n_random']} random selections (mean, 95% interval of the mean, 95% prediction "
-             "interval of one more random run):", "",
-             "| metric | top-k | random mean [95% CI] | random prediction interval | bottom-k |", "|---|---|---|---|---|"]
-    for metric, name in (("target_loss_end", "target loss at the end"), ("accuracy_end", "test accuracy at the end")):
-        m = verdict.get(metric)
-        if m is None:
-            continue
-        (clo, chi), (plo, phi) = m["random_mean_ci95"], m["random_prediction_interval95"]
-        lines.append(f"| {name} | {m['top']:.3f} | {m['random_mean']:.3f} [{clo:.3f}, {chi:.3f}] | "
-                     f"[{plo:.3f}, {phi:.3f}] | {m['bottom']:.3f} |")
-    return [*lines, "", f"**Verdict.** {verdict.get('verdict', 'no loss metric')}.", ""]
-
-
-def _versions() -> str:
-    """Python and the numerical packages the numbers came from (two installs can differ in the last digits)."""
-    import platform
-
-    import numpy
-    import torch
-    import transformers
-
-    return (f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"transformers {transformers.__version__}, numpy {numpy.__version__}")
-
-
-def write_report(out: Path, args, table, per_style, summary, k, steps, elapsed, model_desc, rl=None, verdict=None) -> None:  # type: ignore[no-untyped-def]
+def write_selection_verdict(config: DemoConfig, summary: Any, say: Callable[..., None]) -> dict[str, Any] | None:
+    """Top-k and bottom-k against the random draws, written to selection_verdict.json; None with under 2 draws."""
     from sample_effect.io import atomic_open
+    from sample_effect.validation.selection import selection_verdict
 
-    lines = [
-        "# sample-effect demo: which Knights-and-Knaves examples move the model?",
-        "",
-        f"Model: `{model_desc}`. SFT pool: {len(table)} examples ({args.n_pool} puzzles with 2-3 people, each "
-        "written in three response styles). Target: the loss of the correct `\\boxed{...}` answers on "
-        f"{args.n_target} held-out puzzles; the sample effect of an example is the first-order drop of that "
-        "loss per unit learning rate after one AdamW step (fresh state, clip 1.0) on the example alone.",
-        "",
-        "## 1. Dataset effect per response style",
-        "",
-        "| style | mean effect | std | n |",
-        "|---|---|---|---|",
-        *[f"| {s} | {r['mean']:.4g} | {r['std']:.3g} | {int(r['count'])} |" for s, r in per_style.iterrows()],
-        "",
-        "![effects by style](effects_by_style.png)",
-        "",
-        "## 2. Does the ranking pick data that helps?",
-        "",
-        f"Fine-tuning the base model for {steps} AdamW steps (batch 4, lr {args.lr}) on {k} examples chosen by "
-        "effect (top / bottom) or at random. Target loss is the held-out answer loss above; accuracy is greedy "
-        f"decoding on {args.n_test} other held-out puzzles under the K&K reward (finished, and the boxed roles "
-        "match).",
-        "",
-        "| selection | mean effect | target loss start -> end | accuracy start -> end |",
-        "|---|---|---|---|",
-        *[
-            f"| {r['selection']} | {r['mean_effect']:.4g} | {r['target_loss_start']:.3f} -> {r['target_loss_end']:.3f} | "
-            f"{r['accuracy_start']:.3f} -> {r['accuracy_end']:.3f} |"
-            for _, r in summary.iterrows()
-        ],
-        "",
-        *selection_verdict_lines(verdict),
-        "![target loss](selection_loss.png)",
-        "",
-        "### Predicted before training vs what happened",
-        "",
-        "`predict-sft` replayed the same schedule on gradients frozen at the base weights (positive effect plus the "
-        "AdamW batch-noise term, 4 Monte Carlo batch orders). It is a first-order prediction: at this lr it "
-        "overshoots the size of the drop by a wide margin (the loss is curved), so read it for the order of the "
-        "selections, not the magnitude; the first step alone is where it should be close.",
-        "",
-        "| selection | predicted drop (all steps) | actual drop | predicted drop, step 1 |",
-        "|---|---|---|---|",
-        *[
-            f"| {r['selection']} | {r['predicted_drop']:.4g} | {r['actual_drop']:.4g} | {r['predicted_drop_step1']:.4g} |"
-            for _, r in summary.iterrows()
-        ],
-        "",
-        "![predicted vs actual](predicted_vs_actual.png)",
-        "",
-        "![accuracy](selection_accuracy.png)",
-        "",
-        f"## 3. Top {min(10, len(table))} examples",
-        "",
-        "| rank | id | style | effect | loss | response tokens |",
-        "|---|---|---|---|---|---|",
-        *[
-            f"| {int(r['rank'])} | {r['id']} | {r['style']} | {r['effect']:.4g} | {r['loss']:.3f} | {int(r['n_tokens'])} |"
-            for _, r in table.head(10).iterrows()
-        ],
-        "",
-        *rl_report_lines(rl),
-        f"Files: effects.csv (every example, ranked), top_k.jsonl (the top {k} in input format), selection.csv, "
-        "pool.jsonl, target.jsonl, test.jsonl, the fine-tuned checkpoints under checkpoints/ (model, tokenizer, "
-        "optimizer state), and the figures above.",
-        "",
-        f"Run time: {elapsed:.0f} s. {_versions()}.",
-    ]
-    with atomic_open(out / "report.md") as f:
-        f.write("\n".join(lines) + "\n")
+    if config.random_draws < 2:
+        return None
+    verdict = selection_verdict(summary)
+    with atomic_open(config.out / "selection_verdict.json") as f:
+        json.dump(verdict, f, indent=2)
+    say(verdict.get("verdict", ""))
+    return verdict
