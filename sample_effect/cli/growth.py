@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sample_effect.cli.options import (
     SubParsers,
@@ -23,9 +21,6 @@ from sample_effect.cli.options import (
     target_from_args,
 )
 from sample_effect.errors import SampleEffectError
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 
 def _dataset_arg(text: str) -> tuple[str, str]:
@@ -235,31 +230,6 @@ def _add_validate_selection(checks: SubParsers) -> None:
     p.set_defaults(func=cmd_validate_selection)
 
 
-def selection_runs(
-    load: Callable[[], tuple[Any, Any]], tok: Any, pool: list, table: pd.DataFrame, k: int, seeds: int, cfg: Any,
-    target_ex: list, prompts: list | None, reward: Any, progress: bool, rng_seed: int = 0,
-) -> tuple[dict[str, pd.DataFrame], dict[str, list[str]]]:
-    """Fine-tune a fresh model on top-k, random-k (per seed) and bottom-k of a ranked table; metrics per run."""
-    index = {ex.id: i for i, ex in enumerate(pool)}
-    rng = random.Random(rng_seed)
-    ids = list(table["id"])
-    selections = {f"top-{k}": ids[:k]}
-    for s in range(seeds):
-        selections[f"random-{k} (seed {s})"] = rng.sample(ids, k)
-    selections[f"bottom-{k}"] = ids[-k:]
-    runs = {}
-    for label, chosen in selections.items():
-        import torch
-
-        from sample_effect.training import train_sft
-
-        fresh, _ = load()
-        torch.manual_seed(cfg.seed)
-        runs[label] = train_sft(fresh, tok, [pool[index[i]] for i in chosen], cfg, eval_examples=target_ex,
-                                eval_prompts=prompts, reward=reward, progress=progress)
-    return runs, selections
-
-
 def cmd_validate_selection(args: argparse.Namespace) -> None:
     """Rank, select, train, compare."""
     from sample_effect.data.examples import load_examples, tokenize_examples
@@ -269,7 +239,7 @@ def cmd_validate_selection(args: argparse.Namespace) -> None:
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.targets.core import LossTarget
     from sample_effect.update.optim import UpdateConfig
-    from sample_effect.validation.selection import selection_summary
+    from sample_effect.validation.selection import selection_runs, selection_sets, selection_summary
 
     if args.k < 1 or args.random_seeds < 0:
         raise SampleEffectError("--k must be >= 1 and --random-seeds >= 0")
@@ -292,8 +262,8 @@ def cmd_validate_selection(args: argparse.Namespace) -> None:
                           beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps)
     table = score_examples_result(model, tok, pool, LossTarget(target_ex), update, compute=compute).table()
     run_cfg = cfg.__class__(**{**cfg.__dict__, "eval_max_new_tokens": args.eval_max_new_tokens})
-    runs, selections = selection_runs(lambda: load(args), tok, pool, table, args.k, args.random_seeds, run_cfg,
-                                      target_ex, prompts, reward, not args.quiet, args.seed)
+    selections = selection_sets(table, args.k, args.random_seeds, seed=args.seed)
+    runs = selection_runs(lambda: load(args), tok, pool, selections, run_cfg, target_ex, prompts, reward, not args.quiet)
     summary = selection_summary(runs, selections, table)
     groups = summary.groupby("group", sort=False).agg(
         target_loss_end_mean=("target_loss_end", "mean"), target_loss_end_std=("target_loss_end", "std"),
