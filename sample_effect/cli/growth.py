@@ -14,10 +14,12 @@ from sample_effect.cli.options import (
     add_data_format_args,
     add_model_args,
     add_sft_schedule_args,
+    add_target_args,
     check_json_outputs,
     data_format_from_args,
     load_model_from_args,
     sft_config_from_args,
+    target_examples_from_args,
     target_from_args,
 )
 from sample_effect.errors import SampleEffectError
@@ -40,10 +42,9 @@ def _growth_args(p: argparse.ArgumentParser, several: bool = True) -> None:
                        help="an SFT JSONL dataset; repeat to compare several side by side")
     else:
         p.add_argument("--data", required=True, help="SFT JSONL pool to select from")
-    tg = p.add_mutually_exclusive_group(required=True)
-    tg.add_argument("--target-data", metavar="FILE", help="target: the mean loss over this SFT JSONL (it should fall)")
-    if several:
-        tg.add_argument("--direction", nargs=2, metavar=("BASE", "FINAL"), help="target: <theta, FINAL - BASE> (should rise)")
+    add_target_args(p, ("data", "direction") if several else ("data",), exclusive=True, normalize=False,
+                    helps={"data": "target: the mean loss over this SFT JSONL (it should fall)",
+                           "direction": "target: <theta, FINAL - BASE> (should rise)"})
     add_sft_schedule_args(p)
     p.add_argument("--max-length", type=int, default=None, help="truncate sequences to this many tokens (default: no truncation)")
     p.add_argument("--memory-budget", default="4GB", help="memory budget for gradient chunks (default 4GB)")
@@ -93,8 +94,7 @@ def _predict(args: argparse.Namespace, model: Any, tok: Any, cfg: Any, compute: 
     if len(set(names)) != len(names):
         raise SampleEffectError(f"two --data share the name '{next(n for n in names if names.count(n) > 1)}'; use NAME=FILE")
     params = select_parameters(model)
-    target = target_from_args(args, tok, load_examples(args.target_data, data_format=fmt) if args.target_data else None,
-                              accuracy_prefix=None)
+    target = target_from_args(args, tok, target_examples_from_args(args), accuracy_prefix=None)
     target_ex = target.examples if isinstance(target, LossTarget) else None
     tokenized = [(n, tokenize_examples(exs, tok, args.max_length)[0]) for n, exs in datasets]
     from sample_effect.runtime import distributed as dist
