@@ -388,11 +388,11 @@ def q2d_table(q: Path) -> None:
 def redistilled_start(R: Runner, seed: int, n: int = 160) -> str:
     """q2d/data-seedS/redistilled.jsonl: stage q5's RL policy re-distils the demo's start puzzles of seed S.
 
-    The puzzles are the ones `demo --seed S` fine-tunes its style starts on (`demo.start_examples`: n puzzles,
-    half 2-person and half 3-person, `demo.start_puzzle_seed`), so the starts differ only in who wrote the
+    The puzzles are the ones `demo --seed S` fine-tunes its style starts on (`kk_demo.start_examples`: n puzzles,
+    half 2-person and half 3-person, `kk_demo.start_puzzle_seed`), so the starts differ only in who wrote the
     responses.
     """
-    from sample_effect.cli.demo import start_puzzle_seed
+    from sample_effect.recipes.kk_demo import start_puzzle_seed
 
     a = R.args
     policy = R.p("q5", "grpo", "final")
@@ -530,7 +530,7 @@ def stage_q2f(R: Runner):
     q = R.p("q2f")
     os.makedirs(q, exist_ok=True)
     torch.set_num_threads(a.threads)
-    curve = AccuracyCurveConfig(eval_samples=4, target_samples=4, runs=1, noise_draws=64)  # the demo's (`_rl_stage`)
+    curve = AccuracyCurveConfig(eval_samples=4, target_samples=4, runs=1, noise_draws=64)  # the demo's (`kk_demo.rl_stage`)
     from sample_effect.rollouts.rewards import get_reward
 
     reward = get_reward("kk")

@@ -61,3 +61,12 @@ def test_demo_writes_report_figures_and_tables(tmp_path, capsys):
     for d in ("sft-top-3", "start-short-cot", "start-mine", "grpo/sft-answer-only/run-0", "grpo/sft-mine/run-0"):
         assert (out / "checkpoints" / d / "final" / "config.json").exists(), d
         assert (out / "checkpoints" / d / "final" / "tokenizer.json").exists(), d
+
+
+def test_demo_flags_default_to_the_recipe_config():
+    """`demo` with no flags runs `DemoConfig()`: the command's defaults and the recipe's are the same."""
+    from sample_effect.cli.demo import config_from_args
+    from sample_effect.cli.main import build_parser
+    from sample_effect.recipes.kk_demo_config import DemoConfig
+
+    assert config_from_args(build_parser().parse_args(["demo"])) == DemoConfig()

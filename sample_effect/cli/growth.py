@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sample_effect.cli.options import (
     SubParsers,
@@ -16,16 +14,15 @@ from sample_effect.cli.options import (
     add_data_format_args,
     add_model_args,
     add_sft_schedule_args,
+    add_target_args,
     check_json_outputs,
     data_format_from_args,
     load_model_from_args,
     sft_config_from_args,
+    target_examples_from_args,
     target_from_args,
 )
 from sample_effect.errors import SampleEffectError
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 
 def _dataset_arg(text: str) -> tuple[str, str]:
@@ -45,10 +42,9 @@ def _growth_args(p: argparse.ArgumentParser, several: bool = True) -> None:
                        help="an SFT JSONL dataset; repeat to compare several side by side")
     else:
         p.add_argument("--data", required=True, help="SFT JSONL pool to select from")
-    tg = p.add_mutually_exclusive_group(required=True)
-    tg.add_argument("--target-data", metavar="FILE", help="target: the mean loss over this SFT JSONL (it should fall)")
-    if several:
-        tg.add_argument("--direction", nargs=2, metavar=("BASE", "FINAL"), help="target: <theta, FINAL - BASE> (should rise)")
+    add_target_args(p, ("data", "direction") if several else ("data",), exclusive=True, normalize=False,
+                    helps={"data": "target: the mean loss over this SFT JSONL (it should fall)",
+                           "direction": "target: <theta, FINAL - BASE> (should rise)"})
     add_sft_schedule_args(p)
     p.add_argument("--max-length", type=int, default=None, help="truncate sequences to this many tokens (default: no truncation)")
     p.add_argument("--memory-budget", default="4GB", help="memory budget for gradient chunks (default 4GB)")
@@ -98,8 +94,7 @@ def _predict(args: argparse.Namespace, model: Any, tok: Any, cfg: Any, compute: 
     if len(set(names)) != len(names):
         raise SampleEffectError(f"two --data share the name '{next(n for n in names if names.count(n) > 1)}'; use NAME=FILE")
     params = select_parameters(model)
-    target = target_from_args(args, tok, load_examples(args.target_data, data_format=fmt) if args.target_data else None,
-                              accuracy_prefix=None)
+    target = target_from_args(args, tok, target_examples_from_args(args), accuracy_prefix=None)
     target_ex = target.examples if isinstance(target, LossTarget) else None
     tokenized = [(n, tokenize_examples(exs, tok, args.max_length)[0]) for n, exs in datasets]
     from sample_effect.runtime import distributed as dist
@@ -235,31 +230,6 @@ def _add_validate_selection(checks: SubParsers) -> None:
     p.set_defaults(func=cmd_validate_selection)
 
 
-def selection_runs(
-    load: Callable[[], tuple[Any, Any]], tok: Any, pool: list, table: pd.DataFrame, k: int, seeds: int, cfg: Any,
-    target_ex: list, prompts: list | None, reward: Any, progress: bool, rng_seed: int = 0,
-) -> tuple[dict[str, pd.DataFrame], dict[str, list[str]]]:
-    """Fine-tune a fresh model on top-k, random-k (per seed) and bottom-k of a ranked table; metrics per run."""
-    index = {ex.id: i for i, ex in enumerate(pool)}
-    rng = random.Random(rng_seed)
-    ids = list(table["id"])
-    selections = {f"top-{k}": ids[:k]}
-    for s in range(seeds):
-        selections[f"random-{k} (seed {s})"] = rng.sample(ids, k)
-    selections[f"bottom-{k}"] = ids[-k:]
-    runs = {}
-    for label, chosen in selections.items():
-        import torch
-
-        from sample_effect.training import train_sft
-
-        fresh, _ = load()
-        torch.manual_seed(cfg.seed)
-        runs[label] = train_sft(fresh, tok, [pool[index[i]] for i in chosen], cfg, eval_examples=target_ex,
-                                eval_prompts=prompts, reward=reward, progress=progress)
-    return runs, selections
-
-
 def cmd_validate_selection(args: argparse.Namespace) -> None:
     """Rank, select, train, compare."""
     from sample_effect.data.examples import load_examples, tokenize_examples
@@ -269,7 +239,7 @@ def cmd_validate_selection(args: argparse.Namespace) -> None:
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.targets.core import LossTarget
     from sample_effect.update.optim import UpdateConfig
-    from sample_effect.validation.selection import selection_summary
+    from sample_effect.validation.selection import selection_runs, selection_sets, selection_summary
 
     if args.k < 1 or args.random_seeds < 0:
         raise SampleEffectError("--k must be >= 1 and --random-seeds >= 0")
@@ -292,8 +262,8 @@ def cmd_validate_selection(args: argparse.Namespace) -> None:
                           beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps)
     table = score_examples_result(model, tok, pool, LossTarget(target_ex), update, compute=compute).table()
     run_cfg = cfg.__class__(**{**cfg.__dict__, "eval_max_new_tokens": args.eval_max_new_tokens})
-    runs, selections = selection_runs(lambda: load(args), tok, pool, table, args.k, args.random_seeds, run_cfg,
-                                      target_ex, prompts, reward, not args.quiet, args.seed)
+    selections = selection_sets(table, args.k, args.random_seeds, seed=args.seed)
+    runs = selection_runs(lambda: load(args), tok, pool, selections, run_cfg, target_ex, prompts, reward, not args.quiet)
     summary = selection_summary(runs, selections, table)
     groups = summary.groupby("group", sort=False).agg(
         target_loss_end_mean=("target_loss_end", "mean"), target_loss_end_std=("target_loss_end", "std"),

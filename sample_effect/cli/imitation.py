@@ -13,6 +13,7 @@ from sample_effect.cli.options import (
     add_max_grad_norm_arg,
     add_model_args,
     add_sft_schedule_args,
+    add_target_args,
     clip_from_args,
     data_format_from_args,
     load_model_from_args,
@@ -107,7 +108,7 @@ def _add_compare_sources(sub: SubParsers) -> None:
     c.add_argument("--model", required=True, help="'tiny', 'smollm2' or a local model directory")
     c.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16")
     c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of --train-steps")
-    c.add_argument("--target-data", required=True, help="SFT JSONL whose mean loss is the target")
+    add_target_args(c, metavar=None, helps={"data": "SFT JSONL whose mean loss is the target"})
     c.add_argument("--out", required=True, help="table .csv or .parquet; the figure goes next to it as .png")
     c.add_argument("--optimizer", default="adamw", help="simulated optimiser: sgd, adam or adamw")
     c.add_argument("--lr", type=float, default=1e-5, help="simulated (and --train-steps) learning rate")
@@ -135,7 +136,7 @@ def _add_markers(sub: SubParsers) -> None:
     m.add_argument("--reward", default="kk", help="--ban-eval reward: kk, exact, boxed or module:function")
     m.add_argument("--max-new-tokens", type=int, default=64, help="--ban-eval greedy generation limit")
     m.add_argument("--effects", action="store_true", help="mean sample effect with vs without markers (toward --target-data)")
-    m.add_argument("--target-data", help="SFT JSONL target for --effects")
+    add_target_args(m, required=False, metavar=None, helps={"data": "SFT JSONL target for --effects"})
     m.add_argument("--lr", type=float, default=1e-5, help="--effects: simulated AdamW learning rate")
     add_max_grad_norm_arg(m, 1.0, "--effects: per-example gradient clipping to this norm")
     add_common_args(m)

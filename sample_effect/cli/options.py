@@ -318,6 +318,50 @@ def add_grpo_schedule_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-steps", type=nonneg_int, default=0, help="linear warmup steps")
 
 
+# The target flags: what G is. A command accepts some of these kinds (`add_target_args`).
+TARGET_FLAGS = {"data": "--target-data", "self": "--target", "direction": "--direction", "prompts": "--target-prompts"}
+TARGET_HELP = {
+    "data": "G = -grad of the mean loss over this SFT data (same formats as --data)",
+    "self": "'self': G = -grad of the mean loss over --data itself",
+    "direction": "G = theta_FINAL - theta_BASE (checkpoint dirs)",
+    "prompts": "G = grad of test accuracy on these RL prompts (REINFORCE)",
+    "normalize": "with --direction: scale G to unit norm",
+}
+
+
+def add_target_args(p: argparse.ArgumentParser, kinds: Sequence[str] = ("data",), *, required: bool = True,
+                    exclusive: bool | None = None, normalize: bool | None = None, accuracy_prefix: str | None = None,
+                    metavar: str | None = "FILE", helps: dict[str, str] | None = None) -> None:
+    """The flags that choose the target G, declared once for every command: one flag per kind in `kinds`
+    (TARGET_FLAGS), --normalize with --direction, and the accuracy target's options with --target-prompts.
+
+    Commands differ in which kinds they take, whether one is `required`, whether the kinds form a
+    mutually exclusive group (`exclusive`, default: when there are several), whether --direction comes
+    with --normalize (default: yes), the accuracy options' prefix (see `add_accuracy_target_args`),
+    the metavar of --target-data and `helps` (per kind, replacing TARGET_HELP's). Read them back with
+    `target_examples_from_args`, `check_target_args` and `target_from_args`.
+    """
+    unknown = [k for k in kinds if k not in TARGET_FLAGS]
+    if unknown:
+        raise ValueError(f"unknown target kind {unknown[0]!r}; choose from {', '.join(TARGET_FLAGS)}")
+    text = {**TARGET_HELP, **(helps or {})}
+    group = len(kinds) > 1 if exclusive is None else exclusive
+    g: Any = p.add_mutually_exclusive_group(required=required) if group else p
+    req = {} if group else {"required": required}
+    if "data" in kinds:
+        g.add_argument("--target-data", metavar=metavar, help=text["data"], **req)
+    if "self" in kinds:
+        g.add_argument("--target", choices=["self"], help=text["self"], **req)
+    if "direction" in kinds:
+        g.add_argument("--direction", nargs=2, metavar=("BASE", "FINAL"), help=text["direction"], **req)
+    if "prompts" in kinds:
+        g.add_argument("--target-prompts", metavar="FILE", help=text["prompts"], **req)
+    if "direction" in kinds and normalize is not False:
+        p.add_argument("--normalize", action="store_true", help=text["normalize"])
+    if "prompts" in kinds:
+        add_accuracy_target_args(p, prefix=accuracy_prefix or "")
+
+
 def add_accuracy_target_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     """Options of the accuracy target (besides --target-prompts): samples, baseline, temperature, seed, length.
 
@@ -478,12 +522,28 @@ def accuracy_target_from_args(args: argparse.Namespace, tokenizer: Any, prefix: 
     )
 
 
-def target_from_args(args: argparse.Namespace, tokenizer: Any, target_raw: Any, accuracy_prefix: str | None = "") -> Any:
-    """The target a command's flags name: --target-data (already loaded as `target_raw`), --direction,
-    or --target-prompts (when `accuracy_prefix` is not None); None if none of them is given."""
-    from sample_effect.data.examples import tokenize_examples
-    from sample_effect.targets.core import DirectionTarget, LossTarget
+def target_examples_from_args(args: argparse.Namespace) -> list | None:
+    """The examples of --target-data in the command's data format, or None without it."""
+    from sample_effect.data.examples import load_examples
 
+    path = getattr(args, "target_data", None)
+    return load_examples(path, data_format=data_format_from_args(args)) if path else None
+
+
+def check_target_args(args: argparse.Namespace) -> None:
+    """The target flags' own consistency, checked before any compute: --normalize needs --direction."""
+    if getattr(args, "normalize", False) and not getattr(args, "direction", None):
+        raise SampleEffectError("--normalize only applies to --direction")
+
+
+def target_from_args(args: argparse.Namespace, tokenizer: Any, target_raw: Any, accuracy_prefix: str | None = "") -> Any:
+    """The target a command's flags (`add_target_args`) name: --target-data (already loaded as `target_raw`),
+    --target self, --direction, or --target-prompts (when `accuracy_prefix` is not None); None if none is given."""
+    from sample_effect.data.examples import tokenize_examples
+    from sample_effect.targets.core import DirectionTarget, LossTarget, SelfTarget
+
+    if getattr(args, "target", None) == "self":
+        return SelfTarget()
     if target_raw is not None:
         tokenized, report = tokenize_examples(target_raw, tokenizer, args.max_length)
         if report.n_truncated:

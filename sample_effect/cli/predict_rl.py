@@ -18,14 +18,15 @@ from typing import Any
 
 from sample_effect.cli.options import (
     SubParsers,
-    add_accuracy_target_args,
     add_chunk_size_arg,
     add_common_args,
     add_max_grad_norm_arg,
-    data_format_from_args,
+    add_target_args,
+    check_target_args,
     flag_for,
     memory_budget_from_args,
     require_parquet,
+    target_examples_from_args,
     target_from_args,
     update_config_from_args,
 )
@@ -54,12 +55,8 @@ def add_parsers(sub: SubParsers) -> None:
     p.add_argument("--prompts-per-step", type=int, default=20,
                    help="prompts per GRPO step B, for the per-step prediction (default 20; train-grpo's default is 8)")
     p.add_argument("--clip-eps", type=float, default=0.2, help="GRPO ratio clip (inactive on the first, on-policy step)")
-    tg = p.add_mutually_exclusive_group(required=True)
-    tg.add_argument("--target-data", metavar="FILE", help="G = -grad of the mean SFT loss over this JSONL")
-    tg.add_argument("--direction", nargs=2, metavar=("BASE", "FINAL"), help="G = theta_FINAL - theta_BASE (checkpoint dirs)")
-    tg.add_argument("--target-prompts", metavar="FILE", help="G = grad of test accuracy on these RL prompts (REINFORCE)")
-    p.add_argument("--normalize", action="store_true", help="with --direction: scale G to unit norm")
-    add_accuracy_target_args(p, prefix="target-")
+    add_target_args(p, ("data", "direction", "prompts"), accuracy_prefix="target-",
+                    helps={"data": "G = -grad of the mean SFT loss over this JSONL"})
     p.add_argument("--out", required=True, help="output JSON: a list with one record per --model")
     p.add_argument("--ranking", metavar="FILE", help="prompts ranked by RL effect per model (.csv or .parquet)")
     p.add_argument("--rollouts", metavar="FILE.jsonl", help="every rollout: reward, advantage, its share of the effect, text")
@@ -123,8 +120,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise SampleEffectError(f"--max-length must be >= 1, got {args.max_length}")
     if not (args.temperature > 0 and math.isfinite(args.temperature)):
         raise SampleEffectError(f"--temperature must be positive for GRPO rollouts, got {args.temperature}")
-    if args.normalize and not args.direction:
-        raise SampleEffectError("--normalize only applies to --direction")
+    check_target_args(args)
     if args.target_prompts and args.baseline == "loo" and args.target_samples < 2:
         raise SampleEffectError("--baseline loo needs --target-samples >= 2")
     if args.optimizer_state:
@@ -164,7 +160,6 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
     """`sample-effect predict-rl`: check inputs, then per model sample, score and predict; write atomically."""
     import pandas as pd
 
-    from sample_effect.data.examples import load_examples
     from sample_effect.engine.core import ComputeConfig
     from sample_effect.engine.effects import resolve_state
     from sample_effect.growth.rl import RLPredictionWarning, predict_rl, prompts_per_step_warning
@@ -182,7 +177,7 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
     prompts = load_rl_prompts(args.prompts)
     if not prompts:
         raise SampleEffectError(f"{args.prompts} holds no prompts")
-    target_raw = load_examples(args.target_data, data_format=data_format_from_args(args)) if args.target_data else None
+    target_raw = target_examples_from_args(args)
     if args.target_prompts and not load_rl_prompts(args.target_prompts):
         raise SampleEffectError(f"{args.target_prompts} holds no prompts")
 

@@ -11,18 +11,20 @@ from typing import Any
 from sample_effect.cli.options import (
     TABLE_SUFFIXES,
     SubParsers,
-    add_accuracy_target_args,
     add_cache_args,
     add_common_args,
     add_data_format_args,
     add_engine_args,
     add_lora_args,
+    add_target_args,
+    check_target_args,
     data_format_from_args,
     engine_configs_from_args,
     load_model_from_args,
     nonneg_int,
     positive_int,
     require_parquet,
+    target_examples_from_args,
     target_from_args,
 )
 from sample_effect.errors import SampleEffectError
@@ -41,13 +43,7 @@ def add_parsers(sub: SubParsers) -> None:
     p.add_argument("--model", required=True, help="local model directory (config, weights, tokenizer)")
     p.add_argument("--data", required=True, help="SFT data to score ({id, prompt, response} or {id, messages}): "
                    "JSONL, .parquet, or a `datasets` directory saved with save_to_disk")
-    tg = p.add_mutually_exclusive_group(required=True)
-    tg.add_argument("--target-data", metavar="FILE", help="G = -grad of the mean loss over this SFT data (same formats as --data)")
-    tg.add_argument("--target", choices=["self"], help="'self': G = -grad of the mean loss over --data itself")
-    tg.add_argument("--direction", nargs=2, metavar=("BASE", "FINAL"), help="G = theta_FINAL - theta_BASE (checkpoint dirs)")
-    tg.add_argument("--target-prompts", metavar="FILE", help="G = grad of test accuracy on these RL prompts (REINFORCE)")
-    p.add_argument("--normalize", action="store_true", help="with --direction: scale G to unit norm")
-    add_accuracy_target_args(p)
+    add_target_args(p, ("data", "self", "direction", "prompts"))
     p.add_argument("--out", default=None, help="output table, .csv or .parquet (required unless --explain)")
     add_engine_args(p)
     p.add_argument("--projection", metavar="DIR",
@@ -155,8 +151,7 @@ def _check_outputs(args: argparse.Namespace) -> Path | None:
         require_parquet()
     if (args.export is None) != (args.top_k is None):
         raise SampleEffectError("--top-k and --export go together")
-    if args.normalize and not args.direction:
-        raise SampleEffectError("--normalize only applies to --direction")
+    check_target_args(args)
     if args.explain or out is None:
         return None
     check_output_path(out, args.overwrite)
@@ -170,7 +165,6 @@ def _check_outputs(args: argparse.Namespace) -> Path | None:
 def cmd_rank(args: argparse.Namespace) -> None:
     """`sample-effect rank`: load, score, rank, write."""
     from sample_effect.data.examples import load_examples, tokenize_examples
-    from sample_effect.targets.core import SelfTarget
 
     fmt = data_format_from_args(args)
     out = _check_outputs(args)
@@ -179,12 +173,12 @@ def cmd_rank(args: argparse.Namespace) -> None:
 
     t0 = time.perf_counter()
     examples = load_examples(args.data, data_format=fmt)
-    target_examples = load_examples(args.target_data, data_format=fmt) if args.target_data else None
+    target_examples = target_examples_from_args(args)
     model, tokenizer = load_model_from_args(args)
     tokenized, report = tokenize_examples(examples, tokenizer, args.max_length)
     if report.n_truncated:
         log.warning("%d sequence(s) of --data truncated to --max-length %d", report.n_truncated, args.max_length)
-    target = target_from_args(args, tokenizer, target_examples) or SelfTarget()
+    target = target_from_args(args, tokenizer, target_examples)
     if args.explain:
         from sample_effect.engine.planner import make_plan
         from sample_effect.models.loading import select_parameters

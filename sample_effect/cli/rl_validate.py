@@ -10,9 +10,10 @@ from sample_effect.cli.options import (
     SubParsers,
     add_common_args,
     add_grpo_schedule_args,
+    add_target_args,
     check_json_outputs,
-    data_format_from_args,
     grpo_config_from_args,
+    target_examples_from_args,
 )
 from sample_effect.errors import SampleEffectError
 
@@ -30,7 +31,7 @@ def add_validate_parsers(checks: SubParsers) -> None:
                    help="starting checkpoint (or 'tiny'); repeat to compare initialisations")
     p.add_argument("--prompts", required=True, help='RL JSONL: {"id", "prompt", "answer"}')
     p.add_argument("--reward", default="kk", help="kk, kk-partial, exact, boxed or module:function (default kk)")
-    p.add_argument("--target-data", required=True, metavar="FILE", help="target: the mean loss over this SFT JSONL")
+    add_target_args(p, helps={"data": "target: the mean loss over this SFT JSONL"})
     add_grpo_schedule_args(p)
     p.add_argument("--eval-every", type=int, default=1, help="evaluate the target loss every k steps (default 1)")
     p.add_argument("--runs", type=int, default=1, help="real GRPO runs per checkpoint, seeds --seed, --seed+1, ... (default 1)")
@@ -48,7 +49,7 @@ def cmd_validate_rl_curves(args: argparse.Namespace) -> None:
     """Predict, train, compare; write JSON + CSV + PNG."""
     import pandas as pd
 
-    from sample_effect.data.examples import load_examples, tokenize_examples
+    from sample_effect.data.examples import tokenize_examples
     from sample_effect.engine.core import ComputeConfig
     from sample_effect.io import atomic_open, write_table
     from sample_effect.models.loading import load_model
@@ -69,7 +70,7 @@ def cmd_validate_rl_curves(args: argparse.Namespace) -> None:
     prompts = load_rl_prompts(args.prompts)
     if not prompts:
         raise SampleEffectError(f"{args.prompts} holds no prompts")
-    target_raw = load_examples(args.target_data, data_format=data_format_from_args(args))
+    target_raw = target_examples_from_args(args)
     compute = ComputeConfig(progress=not args.quiet)
     t0 = time.perf_counter()
     frames, summaries = [], []

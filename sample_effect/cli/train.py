@@ -14,6 +14,7 @@ from sample_effect.cli.options import (
     add_max_grad_norm_arg,
     add_model_args,
     add_sft_schedule_args,
+    add_target_args,
     clip_from_args,
     data_format_from_args,
     grpo_config_from_args,
@@ -207,7 +208,7 @@ def add_validate_parsers(checks: SubParsers) -> None:
                           "drop of the target loss against lr * e(s); Pearson / Spearman per lr, CSV, JSON, PNG.")
     add_model_args(v, lora=False)
     v.add_argument("--data", required=True, help="SFT JSONL of examples to step on")
-    v.add_argument("--target-data", required=True, help="SFT JSONL whose mean loss is the target")
+    add_target_args(v, metavar=None, helps={"data": "SFT JSONL whose mean loss is the target"})
     v.add_argument("--out", required=True, help="output directory")
     v.add_argument("--lrs", default="1e-6,1e-5,1e-4,1e-3", help="comma-separated learning rates")
     v.add_argument("--optimizer", default="sgd", help="optimiser of the real and simulated step: sgd, adam or adamw")

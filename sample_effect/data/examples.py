@@ -1,7 +1,7 @@
 """Training data: JSONL records -> examples -> token sequences with a response-only loss mask.
 
 An *example* is everything that shares one `id`: one or several responses to one prompt. Its
-direction in the engine is the mean of its responses' gradients (DESIGN.md section 1).
+direction in the engine is the mean of its responses' gradients (docs/theory.md, The sample effect).
 
 Tokenisation follows what a trainer does: the prompt's tokens (with the tokenizer's usual
 special tokens, e.g. BOS), then the response's tokens, then the EOS token if the tokenizer has
@@ -166,7 +166,7 @@ def load_examples(
     prompt_field: str | None = None, response_field: str | None = None, messages_field: str | None = None,
     data_format: DataFormat | None = None,
 ) -> list[Example]:
-    """Read SFT data (DESIGN.md section 4) into examples, grouping records by id.
+    """Read SFT data (the formats of docs/guide.md, section 1) into examples, grouping records by id.
 
     `path` is a JSONL file, a Parquet file (.parquet) or a directory saved by `datasets`
     (`split` picks a DatasetDict's split). The *_field options name the columns holding each

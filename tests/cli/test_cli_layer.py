@@ -255,3 +255,37 @@ def test_cli_modules_import_only_options_and_the_library() -> None:
         text = f.read_text()
         others = set(re.findall(r"sample_effect\.cli\.(\w+)", text)) | set(re.findall(r"from sample_effect\.cli import (\w+)", text))
         assert others <= {"options"}, (f.name, others)
+
+
+# The target flags each command accepts (what G can be); `add_target_args` declares them all.
+TARGET_FLAGS_OF = {
+    "rank": {"--target-data", "--target", "--direction", "--target-prompts", "--normalize"},
+    "predict-rl": {"--target-data", "--direction", "--target-prompts", "--normalize"},
+    "predict-sft": {"--target-data", "--direction"},
+    "validate curves": {"--target-data", "--direction"},
+    "validate selection": {"--target-data"},
+    "validate rl-curves": {"--target-data"},
+    "validate linearization": {"--target-data"},
+    "compare-sources": {"--target-data"},
+    "markers": {"--target-data"},
+}
+
+
+def test_every_command_declares_its_target_flags_through_add_target_args() -> None:
+    """The target flags are declared once (cli/options.add_target_args): no command module spells them in an
+    add_argument call, and each command accepts exactly its kinds of target."""
+    import ast
+
+    from sample_effect.cli.options import TARGET_FLAGS
+
+    flags = {*TARGET_FLAGS.values(), "--normalize"}
+    for f in (ROOT / "sample_effect" / "cli").glob("*.py"):
+        if f.name == "options.py":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
+                spelled = {a.value for a in node.args if isinstance(a, ast.Constant)} & flags
+                assert not spelled, f"{f.name}:{node.lineno} declares {sorted(spelled)} by hand; use add_target_args"
+    found = {name.removeprefix("sample-effect "): {s for a in parser._actions for s in a.option_strings} & flags
+             for name, parser in PARSERS}
+    assert {name: fl for name, fl in found.items() if fl} == TARGET_FLAGS_OF

@@ -17,10 +17,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sample_effect.cli.demo import START_STEPS, sft_recipe, start_examples
 from sample_effect.data.kk import generate_puzzles, puzzle_record
 from sample_effect.models.loading import load_model
 from sample_effect.models.registry import resolve_model
+from sample_effect.recipes.kk_demo import sft_recipe, start_examples
+from sample_effect.recipes.kk_demo_config import START_STEPS
 from sample_effect.rollouts.generation import greedy_accuracy
 from sample_effect.rollouts.rewards import get_reward
 from sample_effect.training import train_sft
