@@ -280,7 +280,7 @@ def _rl_prompts(args: argparse.Namespace, out: Path) -> tuple[list, list]:
     on from the demo's checkpoints with the same puzzles.
     """
     from sample_effect.io import atomic_open
-    from sample_effect.training.grpo import RLPrompt
+    from sample_effect.rollouts.prompts import RLPrompt
 
     base_seed = 10_000 + 3 * args.seed + 1_000
     train = kk_records(args.rl_prompts, base_seed, ["answer-only"], "rl")

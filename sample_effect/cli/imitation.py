@@ -167,8 +167,8 @@ def _save_final(model, tok, out: Path) -> None:  # type: ignore[no-untyped-def]
 
 def cmd_rft(args: argparse.Namespace) -> None:
     from sample_effect.io import output_dir
+    from sample_effect.rollouts.prompts import load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
-    from sample_effect.training import load_rl_prompts
     from sample_effect.training.imitation import RFTConfig, run_rft
 
     cfg = RFTConfig(rounds=args.rounds, samples_per_prompt=args.samples_per_prompt, temperature=args.temperature,
@@ -192,8 +192,9 @@ def cmd_rft(args: argparse.Namespace) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> None:
     from sample_effect.io import output_dir
+    from sample_effect.rollouts.prompts import load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
-    from sample_effect.training import load_rl_prompts, train_sft
+    from sample_effect.training import train_sft
     from sample_effect.training.imitation import (
         OnPolicyConfig,
         chat_prompts,
@@ -350,8 +351,8 @@ def cmd_markers(args: argparse.Namespace) -> None:
     words = [w for ws in sets.values() for w in ws]
     if args.ban_eval:
         from sample_effect.analysis.markers import ban_accuracy, banned_token_ids
+        from sample_effect.rollouts.prompts import load_rl_prompts
         from sample_effect.rollouts.rewards import get_reward
-        from sample_effect.training import load_rl_prompts
 
         reward = get_reward(args.reward)
         items = [(p.prompt, p.answer) for p in load_rl_prompts(args.prompts)]

@@ -457,9 +457,9 @@ def load_model_from_args(args: argparse.Namespace, spec: str | None = None) -> t
 
 def accuracy_target_from_args(args: argparse.Namespace, tokenizer: Any, prefix: str = "") -> AccuracyTarget:
     """Build the AccuracyTarget of --target-prompts from parsed options (see `add_accuracy_target_args`)."""
+    from sample_effect.rollouts.prompts import load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.targets.core import AccuracyTarget
-    from sample_effect.training.grpo import load_rl_prompts
 
     def opt(name: str, fallback: Any) -> Any:
         v = getattr(args, f"{prefix}{name}".replace("-", "_"))

@@ -171,8 +171,8 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
     from sample_effect.io import atomic_open, write_table
     from sample_effect.models.loading import load_model, select_parameters
     from sample_effect.models.registry import resolve_model
+    from sample_effect.rollouts.prompts import load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
-    from sample_effect.training.grpo import load_rl_prompts
 
     _check_args(args)
     _check_outputs(args)

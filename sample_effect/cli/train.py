@@ -132,8 +132,9 @@ def cmd_train_sft(args: argparse.Namespace) -> None:
 def cmd_train_grpo(args: argparse.Namespace) -> None:
     """`sample-effect train-grpo`: load, run GRPO, write the run directory."""
     from sample_effect.io import output_dir
+    from sample_effect.rollouts.prompts import load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
-    from sample_effect.training import load_rl_prompts, train_grpo
+    from sample_effect.training import train_grpo
 
     cfg = grpo_config_from_args(args, inner_epochs=args.inner_epochs, kl_coef=args.kl_coef,
                                 eval_max_new_tokens=args.eval_max_new_tokens, save_every=args.save_every)
@@ -154,8 +155,9 @@ def cmd_train_grpo(args: argparse.Namespace) -> None:
 def cmd_redistill(args: argparse.Namespace) -> None:
     """`sample-effect redistill`: sample, keep what the reward accepts, optionally fine-tune on it."""
     from sample_effect.io import check_output_path, output_dir
+    from sample_effect.rollouts.prompts import load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
-    from sample_effect.training import load_rl_prompts, redistill
+    from sample_effect.training import redistill
 
     check_output_path(args.out, args.overwrite)
     if args.stats:
