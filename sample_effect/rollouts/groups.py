@@ -94,11 +94,13 @@ def sample_groups(
     temperature: float = 1.0,
     max_new_tokens: int = 256,
     seed: int = 0,
-    progress: bool = True,
-    desc: str = "rollouts",
+    progress: bool | str = True,
     first_index: int = 0,
 ) -> list[list[Rollout]]:
     """`group_size` rollouts per prompt, sampled as `train_grpo` samples them, with rewards and GRPO advantages.
+
+    `progress` False hides the progress bar, True shows one labelled "rollouts", a string shows
+    one with that label.
 
     Prompt k (counted from `first_index`) has its own CPU generator seeded by (seed, k)
     (`prompt_generator`), so the same seed on two checkpoints gives common random numbers (a
@@ -119,6 +121,7 @@ def sample_groups(
     limit = position_limit(model)
     cfg = GroupSampling(group_size=group_size, temperature=temperature, max_new_tokens=max_new_tokens)
     groups = []
+    desc = progress if isinstance(progress, str) else "rollouts"
     for k, p in enumerate(tqdm(prompts, desc=desc, unit="prompt", disable=not progress, leave=False)):
         if limit and len(prompt_ids(tokenizer, p.prompt)) >= limit:
             raise SampleEffectError(f"prompt '{p.id}' fills the model's {limit} positions; no room to sample a completion")

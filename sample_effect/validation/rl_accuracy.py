@@ -73,8 +73,7 @@ def sampled_accuracy_groups(
 ) -> tuple[float, list[list[Rollout]]]:
     """`sampled_accuracy` and the completions behind it (e.g. to reweight them at other weights later)."""
     with torch.no_grad():
-        groups = sample_groups(model, tokenizer, prompts, reward, n, temperature, max_new_tokens, seed, progress=False,
-                               desc="accuracy")
+        groups = sample_groups(model, tokenizer, prompts, reward, n, temperature, max_new_tokens, seed, progress=False)
     return float(np.mean([r.reward for g in groups for r in g])), groups
 
 
