@@ -16,6 +16,7 @@ from sample_effect.cli.options import (
     clip_from_args,
     data_format_from_args,
     load_model_from_args,
+    optimizer_names,
     require_eos,
     sft_config_from_args,
 )
@@ -109,7 +110,7 @@ def _add_compare_sources(sub: SubParsers) -> None:
     c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of --train-steps")
     c.add_argument("--target-data", required=True, help="SFT JSONL whose mean loss is the target")
     c.add_argument("--out", required=True, help="table .csv or .parquet; the figure goes next to it as .png")
-    c.add_argument("--optimizer", default="adamw", help="simulated optimiser: sgd, adam or adamw")
+    c.add_argument("--optimizer", default="adamw", help=f"simulated optimiser: {optimizer_names()}")
     c.add_argument("--lr", type=float, default=1e-5, help="simulated (and --train-steps) learning rate")
     add_max_grad_norm_arg(c, 1.0, "per-example gradient clipping to this norm (as clip_grad_norm_)")
     c.add_argument("--max-length", type=int, default=None, help="truncate sequences to this many tokens (default: no truncation)")

@@ -19,6 +19,7 @@ from sample_effect.cli.options import (
     grpo_config_from_args,
     load_model_from_args,
     nonneg_int,
+    optimizer_names,
     require_eos,
     sft_config_from_args,
 )
@@ -212,7 +213,7 @@ def add_validate_parsers(checks: SubParsers) -> None:
     v.add_argument("--target-data", required=True, help="SFT JSONL whose mean loss is the target")
     v.add_argument("--out", required=True, help="output directory")
     v.add_argument("--lrs", default="1e-6,1e-5,1e-4,1e-3", help="comma-separated learning rates")
-    v.add_argument("--optimizer", default="sgd", help="optimiser of the real and simulated step: sgd, adam or adamw")
+    v.add_argument("--optimizer", default="sgd", help=f"optimiser of the real and simulated step: {optimizer_names()}")
     add_max_grad_norm_arg(v, None, "per-example gradient clipping to this norm (as clip_grad_norm_)")
     v.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: torch's for --optimizer)")
     v.add_argument("--params", default=None, metavar="REGEX", help="step only parameters whose name matches (default: all)")
