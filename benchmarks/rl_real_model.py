@@ -53,8 +53,8 @@ def main() -> None:
     from sample_effect.models.loading import load_model
     from sample_effect.models.registry import resolve_model
     from sample_effect.rollouts.groups import sample_groups
+    from sample_effect.rollouts.prompts import RLPrompt
     from sample_effect.targets.core import LossTarget
-    from sample_effect.training.grpo import RLPrompt
     from sample_effect.update.optim import UpdateConfig
 
     t0 = time.perf_counter()

@@ -420,7 +420,8 @@ def redistilled_start(R: Runner, seed: int, n: int = 160) -> str:
 def demo_run(R: Runner, seed: int) -> tuple[list, list, object, dict]:
     """What q2d's demo run of `seed` used for RL: (training puzzles, held-out puzzles, its GRPOConfig, rl_summary.json),
     read from the files it wrote (rl_prompts.jsonl, rl_eval.jsonl, rl_summary.json's "grpo")."""
-    from sample_effect.training.grpo import GRPOConfig, load_rl_prompts
+    from sample_effect.rollouts.prompts import load_rl_prompts
+    from sample_effect.training.grpo import GRPOConfig
 
     src = Path(R.p("q2d", f"seed{seed}"))
     need = [src / f for f in ("rl_prompts.jsonl", "rl_eval.jsonl", "rl_summary.json")]

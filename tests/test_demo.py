@@ -9,7 +9,7 @@ import pytest
 
 from sample_effect.cli.main import main
 from sample_effect.models.registry import TINY, resolve_model
-from sample_effect.training.grpo import load_rl_prompts
+from sample_effect.rollouts.prompts import load_rl_prompts
 
 
 def test_shipped_tiny_model_loads_and_knows_kk():

@@ -18,7 +18,7 @@ from sample_effect.data.examples import (
     tokenize_examples,
 )
 from sample_effect.errors import SampleEffectError
-from sample_effect.training import load_rl_prompts
+from sample_effect.rollouts.prompts import load_rl_prompts
 
 FIELDS = ["id", "prompt", "response", "messages", "role", "content", "answer"]
 # Characters that trip line splitting, decoding or JSON: separators str.splitlines() knows, BOM, controls.

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sample_effect.cli.options import (
+    OPTIMIZERS,
     SubParsers,
     add_common_args,
     add_data_format_args,
@@ -18,6 +19,7 @@ from sample_effect.cli.options import (
     check_json_outputs,
     data_format_from_args,
     load_model_from_args,
+    optimizer_names,
     sft_config_from_args,
     target_examples_from_args,
     target_from_args,
@@ -61,7 +63,8 @@ def add_parsers(sub: SubParsers) -> None:
         "--max-grad-norm 1.0 by default; --max-grad-norm 0 turns clipping off.",
     )
     _growth_args(p)
-    p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"], help="adamw (the trainer's, default) or sgd")
+    p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS,
+                   help=f"simulated optimiser: {optimizer_names()} (default adamw, the trainer's)")
     p.add_argument("--replicates", type=int, default=8, help="Monte Carlo batch orders for the AdamW noise effect (default 8)")
     p.add_argument("--out", required=True, help="output JSON (summary per dataset); curves go to OUT.csv, figure to OUT.png")
     add_common_args(p)

@@ -17,6 +17,7 @@ from sample_effect.cli.options import (
     clip_from_args,
     data_format_from_args,
     load_model_from_args,
+    optimizer_names,
     require_eos,
     sft_config_from_args,
 )
@@ -110,7 +111,7 @@ def _add_compare_sources(sub: SubParsers) -> None:
     c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of --train-steps")
     add_target_args(c, metavar=None, helps={"data": "SFT JSONL whose mean loss is the target"})
     c.add_argument("--out", required=True, help="table .csv or .parquet; the figure goes next to it as .png")
-    c.add_argument("--optimizer", default="adamw", help="simulated optimiser: sgd, adam or adamw")
+    c.add_argument("--optimizer", default="adamw", help=f"simulated optimiser: {optimizer_names()}")
     c.add_argument("--lr", type=float, default=1e-5, help="simulated (and --train-steps) learning rate")
     add_max_grad_norm_arg(c, 1.0, "per-example gradient clipping to this norm (as clip_grad_norm_)")
     c.add_argument("--max-length", type=int, default=None, help="truncate sequences to this many tokens (default: no truncation)")
@@ -168,8 +169,8 @@ def _save_final(model, tok, out: Path) -> None:  # type: ignore[no-untyped-def]
 
 def cmd_rft(args: argparse.Namespace) -> None:
     from sample_effect.io import output_dir
+    from sample_effect.rollouts.prompts import load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
-    from sample_effect.training import load_rl_prompts
     from sample_effect.training.imitation import RFTConfig, run_rft
 
     cfg = RFTConfig(rounds=args.rounds, samples_per_prompt=args.samples_per_prompt, temperature=args.temperature,
@@ -193,8 +194,9 @@ def cmd_rft(args: argparse.Namespace) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> None:
     from sample_effect.io import output_dir
+    from sample_effect.rollouts.prompts import load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
-    from sample_effect.training import load_rl_prompts, train_sft
+    from sample_effect.training import train_sft
     from sample_effect.training.imitation import (
         OnPolicyConfig,
         chat_prompts,
@@ -351,8 +353,8 @@ def cmd_markers(args: argparse.Namespace) -> None:
     words = [w for ws in sets.values() for w in ws]
     if args.ban_eval:
         from sample_effect.analysis.markers import ban_accuracy, banned_token_ids
+        from sample_effect.rollouts.prompts import load_rl_prompts
         from sample_effect.rollouts.rewards import get_reward
-        from sample_effect.training import load_rl_prompts
 
         reward = get_reward(args.reward)
         items = [(p.prompt, p.answer) for p in load_rl_prompts(args.prompts)]

@@ -43,6 +43,10 @@ TABLE_SUFFIXES = (".csv", ".parquet")
 PROJECTION_KINDS = ("rademacher", "gaussian", "countsketch")
 # The same as sample_effect.data.kk.STYLES (a test checks).
 KK_STYLES = ("answer-only", "short-cot", "long-cot")
+# The names of sample_effect.update's registered rules, update_rules(), in its order (a test checks):
+# spelled here so that building the parser for --help does not import torch. Code asks the rule
+# (`is_linear`, `needs_state`), never compares these names.
+OPTIMIZERS = ("adam", "adamw", "lion", "sgd")
 
 SubParsers = argparse._SubParsersAction  # the object `add_subparsers` returns (argparse has no public name)
 
@@ -241,9 +245,14 @@ def add_max_grad_norm_arg(p: argparse.ArgumentParser, default: float | None, hel
                    help=f"{help_}; 0 = no clipping (default: {shown}); --clip is its deprecated spelling")
 
 
+def optimizer_names() -> str:
+    """The registered optimisers as help-text prose: 'adam, adamw, lion or sgd'."""
+    return ", ".join(OPTIMIZERS[:-1]) + " or " + OPTIMIZERS[-1]
+
+
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     """Arguments shared by every command that simulates optimiser steps on examples (rank, project)."""
-    p.add_argument("--optimizer", default="sgd", help="simulated optimiser: sgd, adam or adamw")
+    p.add_argument("--optimizer", default="sgd", help=f"simulated optimiser: {optimizer_names()}")
     p.add_argument("--lr", type=float, default=1e-5, help="learning rate (effects are per unit lr)")
     p.add_argument("--beta1", type=float, default=None, help="Adam beta1 (default: state file's, else 0.9)")
     p.add_argument("--beta2", type=float, default=None, help="Adam beta2 (default: state file's, else 0.999)")
@@ -434,7 +443,7 @@ def update_config_from_args(args: argparse.Namespace) -> UpdateConfig:
         optimizer=args.optimizer.lower(), lr=args.lr, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
         weight_decay=args.weight_decay, clip=clip_from_args(args),
     ).validate()
-    if args.optimizer_state and update.optimizer == "sgd":
+    if args.optimizer_state and not update.rule.needs_state:
         raise SampleEffectError("--optimizer-state holds Adam moments; use --optimizer adam or adamw with it")
     return update
 
@@ -457,7 +466,7 @@ def engine_configs_from_args(args: argparse.Namespace) -> tuple[UpdateConfig, Co
     budget = memory_budget_from_args(args)
     compute = ComputeConfig(batch_size=args.chunk_size, memory_budget=budget, progress=not args.quiet, method=args.method,
                             grad_norms=args.grad_norms)
-    if args.method == "jvp" and (update.optimizer != "sgd" or update.clip is not None):
+    if args.method == "jvp" and (not update.rule.is_linear or update.clip is not None):
         raise SampleEffectError("--method jvp computes SGD effects without clipping (--max-grad-norm) only")
     return update, compute
 
@@ -501,9 +510,9 @@ def load_model_from_args(args: argparse.Namespace, spec: str | None = None) -> t
 
 def accuracy_target_from_args(args: argparse.Namespace, tokenizer: Any, prefix: str = "") -> AccuracyTarget:
     """Build the AccuracyTarget of --target-prompts from parsed options (see `add_accuracy_target_args`)."""
+    from sample_effect.rollouts.prompts import load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.targets.core import AccuracyTarget
-    from sample_effect.training.grpo import load_rl_prompts
 
     def opt(name: str, fallback: Any) -> Any:
         v = getattr(args, f"{prefix}{name}".replace("-", "_"))

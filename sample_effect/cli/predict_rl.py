@@ -25,6 +25,7 @@ from sample_effect.cli.options import (
     check_target_args,
     flag_for,
     memory_budget_from_args,
+    optimizer_names,
     require_parquet,
     target_examples_from_args,
     target_from_args,
@@ -60,7 +61,7 @@ def add_parsers(sub: SubParsers) -> None:
     p.add_argument("--out", required=True, help="output JSON: a list with one record per --model")
     p.add_argument("--ranking", metavar="FILE", help="prompts ranked by RL effect per model (.csv or .parquet)")
     p.add_argument("--rollouts", metavar="FILE.jsonl", help="every rollout: reward, advantage, its share of the effect, text")
-    p.add_argument("--optimizer", default="sgd", help="simulated optimiser: sgd, adam or adamw (default sgd)")
+    p.add_argument("--optimizer", default="sgd", help=f"simulated optimiser: {optimizer_names()} (default sgd)")
     p.add_argument("--lr", type=float, default=1e-5, help="learning rate (default 1e-5)")
     p.add_argument("--beta1", type=float, default=None, help="Adam beta1 (default: state file's, else 0.9)")
     p.add_argument("--beta2", type=float, default=None, help="Adam beta2 (default: state file's, else 0.999)")
@@ -124,7 +125,9 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.target_prompts and args.baseline == "loo" and args.target_samples < 2:
         raise SampleEffectError("--baseline loo needs --target-samples >= 2")
     if args.optimizer_state:
-        if args.optimizer.lower() == "sgd":
+        from sample_effect.update.rules import get_update_rule
+
+        if not get_update_rule(args.optimizer.lower()).needs_state:
             raise SampleEffectError("--optimizer-state holds Adam moments; use --optimizer adam or adamw with it")
         if len(args.optimizer_state) != len(args.model):
             raise SampleEffectError(
@@ -166,8 +169,8 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
     from sample_effect.io import atomic_open, write_table
     from sample_effect.models.loading import load_model, select_parameters
     from sample_effect.models.registry import resolve_model
+    from sample_effect.rollouts.prompts import load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
-    from sample_effect.training.grpo import load_rl_prompts
 
     _check_args(args)
     _check_outputs(args)

@@ -55,8 +55,8 @@ def cmd_validate_rl_curves(args: argparse.Namespace) -> None:
     from sample_effect.models.loading import load_model
     from sample_effect.models.registry import resolve_model
     from sample_effect.plots.figures import predicted_vs_actual
+    from sample_effect.rollouts.prompts import load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
-    from sample_effect.training.grpo import load_rl_prompts
     from sample_effect.validation.rl_curves import agreement, rl_curve
 
     for flag, value in (("--runs", args.runs), ("--eval-every", args.eval_every), ("--noise-draws", args.noise_draws)):

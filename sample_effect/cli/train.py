@@ -20,6 +20,7 @@ from sample_effect.cli.options import (
     grpo_config_from_args,
     load_model_from_args,
     nonneg_int,
+    optimizer_names,
     require_eos,
     sft_config_from_args,
 )
@@ -133,8 +134,9 @@ def cmd_train_sft(args: argparse.Namespace) -> None:
 def cmd_train_grpo(args: argparse.Namespace) -> None:
     """`sample-effect train-grpo`: load, run GRPO, write the run directory."""
     from sample_effect.io import output_dir
+    from sample_effect.rollouts.prompts import load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
-    from sample_effect.training import load_rl_prompts, train_grpo
+    from sample_effect.training import train_grpo
 
     cfg = grpo_config_from_args(args, inner_epochs=args.inner_epochs, kl_coef=args.kl_coef,
                                 eval_max_new_tokens=args.eval_max_new_tokens, save_every=args.save_every)
@@ -155,8 +157,9 @@ def cmd_train_grpo(args: argparse.Namespace) -> None:
 def cmd_redistill(args: argparse.Namespace) -> None:
     """`sample-effect redistill`: sample, keep what the reward accepts, optionally fine-tune on it."""
     from sample_effect.io import check_output_path, output_dir
+    from sample_effect.rollouts.prompts import load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
-    from sample_effect.training import load_rl_prompts, redistill
+    from sample_effect.training import redistill
 
     check_output_path(args.out, args.overwrite)
     if args.stats:
@@ -211,7 +214,7 @@ def add_validate_parsers(checks: SubParsers) -> None:
     add_target_args(v, metavar=None, helps={"data": "SFT JSONL whose mean loss is the target"})
     v.add_argument("--out", required=True, help="output directory")
     v.add_argument("--lrs", default="1e-6,1e-5,1e-4,1e-3", help="comma-separated learning rates")
-    v.add_argument("--optimizer", default="sgd", help="optimiser of the real and simulated step: sgd, adam or adamw")
+    v.add_argument("--optimizer", default="sgd", help=f"optimiser of the real and simulated step: {optimizer_names()}")
     add_max_grad_norm_arg(v, None, "per-example gradient clipping to this norm (as clip_grad_norm_)")
     v.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: torch's for --optimizer)")
     v.add_argument("--params", default=None, metavar="REGEX", help="step only parameters whose name matches (default: all)")

@@ -299,7 +299,8 @@ class GhostBackend(Backend[FactorBatch]):
         uncovered = ghost.uncovered
         rows = max(1, min(chunk, sum(ex.n_responses for ex in examples)))  # examples per chunk
         slots = max_len * max_resp
-        need_norm = update.clip is not None or compute.grad_norms or update.optimizer != "sgd"
+        linear = update.rule.is_linear
+        need_norm = update.clip is not None or compute.grad_norms or not linear
         layers: list[LayerPlan] = []
         block_peak = 0
         for name, p in params.items():
@@ -311,9 +312,9 @@ class GhostBackend(Backend[FactorBatch]):
             norm = "-"
             if need_norm:
                 norm = norm_method(fs) if compute.norm_method == "auto" else compute.norm_method
-            copies = 2 if update.optimizer != "sgd" else 1
+            copies = 1 if linear else 2
             block = block_rows(Factor(fs[0].kind, None, torch.empty(rows, 1, device="meta", dtype=acc), p.shape), copies, budget)
-            if update.optimizer != "sgd" or norm == "materialise":
+            if not linear or norm == "materialise":
                 block_peak = max(block_peak, block * p.numel() * acc_size * copies)
             if norm == "gram":
                 block_peak = max(block_peak, rows * slots * slots * acc_size * 2)

@@ -157,9 +157,10 @@ def resolve_state(
     if os.path.isdir(optimizer_state):  # a transformers Trainer checkpoint: optimizer.pt without names
         from sample_effect.update.hf_checkpoint import load_trainer_optimizer_state
 
-        return load_trainer_optimizer_state(optimizer_state, model, chosen, accumulation_dtype(dtype))
+        return load_trainer_optimizer_state(optimizer_state, model, chosen, accumulation_dtype(dtype), update.rule)
     return load_optimizer_state(
-        optimizer_state, chosen, accumulation_dtype(dtype), model_names={n for n, _ in model.named_parameters()}
+        optimizer_state, chosen, accumulation_dtype(dtype), model_names={n for n, _ in model.named_parameters()},
+        rule=update.rule,
     )
 
 

@@ -36,7 +36,6 @@ from sample_effect.update.optim import (
     OptimizerState,
     UpdateConfig,
     clip_coefficients,
-    update_per_lr,
 )
 
 KINDS = ("rademacher", "gaussian", "countsketch")
@@ -188,8 +187,7 @@ def project_examples(
             if coef is not None:
                 g = g * coef.view(-1, *([1] * (g.dim() - 1)))
             p = params[name].detach().to(acc)
-            d = update_per_lr(g, p, update, hypers[name], state.exp_avg.get(name), state.exp_avg_sq.get(name),
-                              state.step.get(name, 0.0))
+            d = update.rule.step(g, p, hypers[name], state.param_state(name))
             proj += project_rows(d, index[name], cfg)
         fname = f"shard-{original[0]:08d}.safetensors"
         ids = [examples[i].id for i in original]

@@ -236,7 +236,7 @@ def noise_effect_loss_target(
     examples. Before, all n updates and their n centred copies were held at once.
     """
     update.validate()
-    if update.optimizer != "sgd":
+    if not update.rule.is_linear:
         raise SampleEffectError("the Hessian noise-effect estimator covers SGD; Adam needs the Monte Carlo estimator")
     if len(examples) < 2:
         raise SampleEffectError("the noise effect needs at least 2 examples")

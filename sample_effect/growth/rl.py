@@ -77,7 +77,8 @@ from sample_effect.growth.noise import (
 )
 from sample_effect.models.loading import accumulation_dtype, select_parameters
 from sample_effect.objectives.base import GRPOObjective, grpo_example, rollout_example
-from sample_effect.rollouts.groups import completion_tokens, sample_groups
+from sample_effect.rollouts.groups import Rollout, completion_tokens, sample_groups, set_advantages
+from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.targets.core import (
     AccuracyTarget,
     DirectionTarget,
@@ -88,12 +89,7 @@ from sample_effect.targets.core import (
     resolve_target,
     resolve_target_distributed,
 )
-from sample_effect.training.grpo import (
-    RLPrompt,
-    Rollout,
-    grpo_batch_loss,
-    set_advantages,
-)
+from sample_effect.training.grpo import grpo_batch_loss
 from sample_effect.update.optim import (
     OptimizerState,
     UpdateConfig,

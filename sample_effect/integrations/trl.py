@@ -6,7 +6,7 @@ including TRL's `SFTTrainer` and `GRPOTrainer`. At every optimiser step (every `
 1. in `on_pre_optimizer_step` (the gradients are accumulated over `gradient_accumulation_steps`
    and already clipped to `max_grad_norm` there) computes G = -grad of the mean SFT loss over the
    target examples at the current weights, and simulates the step the optimiser is about to take
-   from its own state (Adam/AdamW moments and step count, SGD without momentum), with each
+   from its own state (the tensors its update rule keeps, e.g. Adam's moments, and the step count), with each
    parameter group's hyper-parameters and its current lr (the scheduler has already set it):
    predicted_change = sum over groups lr_g * <d_g, G_g>, d = delta_theta / lr
    (the registered update rule's `step`, `sample_effect.update.rules`);
@@ -119,14 +119,9 @@ def predicted_change(
                 )
             acc = accumulation_dtype(p.dtype)
             st = opt.state.get(p, {})
-            exp_avg, exp_avg_sq = st.get("exp_avg"), st.get("exp_avg_sq")
+            tensors = {k: st[k].detach().to(acc) for k in rule.state_keys if st.get(k) is not None}
             d = rule.step(
-                p.grad.detach().to(acc), p.detach().to(acc), hyper,
-                ParamState(
-                    _float(st.get("step", 0.0)),
-                    None if exp_avg is None else exp_avg.detach().to(acc),
-                    None if exp_avg_sq is None else exp_avg_sq.detach().to(acc),
-                ),
+                p.grad.detach().to(acc), p.detach().to(acc), hyper, ParamState(_float(st.get("step", 0.0)), tensors)
             )
             dot += float((d * target[name].to(device=d.device, dtype=acc)).sum().double())
             del d

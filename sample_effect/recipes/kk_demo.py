@@ -224,7 +224,7 @@ def _rl_prompts(config: DemoConfig) -> tuple[list, list]:
     on from the demo's checkpoints with the same puzzles.
     """
     from sample_effect.io import atomic_open
-    from sample_effect.training.grpo import RLPrompt
+    from sample_effect.rollouts.prompts import RLPrompt
 
     base_seed = 10_000 + 3 * config.seed + 1_000
     train = kk_records(config.rl_prompts, base_seed, ["answer-only"], "rl")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -17,9 +18,65 @@ from tqdm.auto import tqdm
 
 from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.models.loading import position_limit
-from sample_effect.rollouts.generation import prompt_ids
+from sample_effect.objectives.losses import grpo_advantages
+from sample_effect.rollouts.generation import prompt_ids, sample
+from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.rollouts.rewards import checked_reward, get_reward
-from sample_effect.training.grpo import GRPOConfig, RLPrompt, Rollout, rollout_group, set_advantages
+
+
+class SamplingSettings(Protocol):
+    """How a group is sampled: completions per prompt, temperature and length (a `GRPOConfig` is one)."""
+
+    group_size: int
+    temperature: float
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class GroupSampling:
+    """The `SamplingSettings` of `sample_groups`: G completions per prompt at a temperature, up to a length."""
+
+    group_size: int
+    temperature: float
+    max_new_tokens: int
+
+
+@dataclass
+class Rollout:
+    """One sampled completion of a prompt: its tokens, text, reward and (once set) group-normalised advantage."""
+
+    prompt_id: str
+    prompt: str
+    ids: torch.Tensor  # prompt + completion tokens
+    start: int  # first completion token
+    completion: str
+    finished: bool
+    reward: float
+    advantage: float = 0.0
+
+
+def rollout_group(
+    model: torch.nn.Module, tokenizer: Any, p: RLPrompt, reward: Callable[..., float], cfg: SamplingSettings, gen: torch.Generator
+) -> list[Rollout]:
+    """G sampled completions of one prompt with their rewards."""
+    pids = prompt_ids(tokenizer, p.prompt)
+    comps = sample(model, tokenizer, p.prompt, cfg.group_size, cfg.max_new_tokens, cfg.temperature, gen)
+    out = []
+    for c in comps:
+        r = reward(p.prompt, c.text, p.answer, finished=c.finished)
+        out.append(Rollout(p.id, p.prompt, torch.tensor(pids + c.token_ids), len(pids), c.text, c.finished, r))
+    return out
+
+
+def set_advantages(group: Sequence[Rollout]) -> bool:
+    """Set each rollout's group-normalised advantage (`grpo_advantages`); True if the group has zero variance.
+
+    A zero-variance group (all rewards equal) has zero advantages; `train_grpo` leaves it out of the batch.
+    """
+    adv = grpo_advantages(torch.tensor([[r.reward for r in group]], dtype=torch.float64))[0]
+    for r, a in zip(group, adv.tolist()):
+        r.advantage = a
+    return all(r.reward == group[0].reward for r in group)
 
 
 def prompt_generator(seed: int, index: int) -> torch.Generator:
@@ -37,11 +94,13 @@ def sample_groups(
     temperature: float = 1.0,
     max_new_tokens: int = 256,
     seed: int = 0,
-    progress: bool = True,
-    desc: str = "rollouts",
+    progress: bool | str = True,
     first_index: int = 0,
 ) -> list[list[Rollout]]:
     """`group_size` rollouts per prompt, sampled as `train_grpo` samples them, with rewards and GRPO advantages.
+
+    `progress` False hides the progress bar, True shows one labelled "rollouts", a string shows
+    one with that label.
 
     Prompt k (counted from `first_index`) has its own CPU generator seeded by (seed, k)
     (`prompt_generator`), so the same seed on two checkpoints gives common random numbers (a
@@ -60,8 +119,9 @@ def sample_groups(
         raise SampleEffectError("the tokenizer has no EOS token, so no sampled completion can finish; use one that defines eos_token")
     fn = get_reward(reward) if isinstance(reward, str) else checked_reward(reward, getattr(reward, "__name__", "reward"))
     limit = position_limit(model)
-    cfg = GRPOConfig(group_size=group_size, temperature=temperature, max_new_tokens=max_new_tokens)
+    cfg = GroupSampling(group_size=group_size, temperature=temperature, max_new_tokens=max_new_tokens)
     groups = []
+    desc = progress if isinstance(progress, str) else "rollouts"
     for k, p in enumerate(tqdm(prompts, desc=desc, unit="prompt", disable=not progress, leave=False)):
         if limit and len(prompt_ids(tokenizer, p.prompt)) >= limit:
             raise SampleEffectError(f"prompt '{p.id}' fills the model's {limit} positions; no room to sample a completion")

@@ -82,11 +82,12 @@ def settings_key(
     _hash_examples(h, examples)
     h.update(json.dumps([asdict(update), compute.method, compute.grad_norms], sort_keys=True).encode())
     if state is not None:
-        h.update(json.dumps([state.step, state.groups], sort_keys=True, default=str).encode())
-        for moments in (state.exp_avg, state.exp_avg_sq):
-            for n in sorted(moments):
+        h.update(json.dumps([state.steps, state.groups], sort_keys=True, default=str).encode())
+        for key in sorted({k for st in state.params.values() for k in st.tensors}):
+            tensors = state.tensors(key)
+            for n in sorted(tensors):
                 h.update(n.encode())
-                _hash_tensor(h, moments[n])
+                _hash_tensor(h, tensors[n])
     h.update(target_part)
     return h.hexdigest()[:32]
 

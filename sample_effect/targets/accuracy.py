@@ -37,7 +37,7 @@ def accuracy_gradient(
     prompts = list(target.prompts)
     groups = sample_groups(
         model, target.tokenizer, prompts, target.reward, target.n_samples, target.temperature,
-        target.max_new_tokens, target.seed, compute.progress, desc="accuracy samples",
+        target.max_new_tokens, target.seed, "accuracy samples" if compute.progress else False,
     )
     vec, stats = reinforce_gradient(model, params, groups, target.baseline, target.temperature, compute.batch_size, compute.progress)
     return vec, stats

@@ -6,16 +6,14 @@
 """
 
 from sample_effect.training.common import load_optimizer_into, save_checkpoint
-from sample_effect.training.grpo import GRPOConfig, RLPrompt, load_rl_prompts, train_grpo
+from sample_effect.training.grpo import GRPOConfig, train_grpo
 from sample_effect.training.redistill import redistill
 from sample_effect.training.sft import SFTConfig, train_sft
 
 __all__ = [
     "GRPOConfig",
-    "RLPrompt",
     "SFTConfig",
     "load_optimizer_into",
-    "load_rl_prompts",
     "redistill",
     "save_checkpoint",
     "train_grpo",

@@ -28,11 +28,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from sample_effect.data.examples import pad_sequences, read_jsonl
+from sample_effect.data.examples import pad_sequences
 from sample_effect.errors import ConfigError, SampleEffectError, literal
 from sample_effect.io import atomic_open
-from sample_effect.objectives.losses import grpo_advantages, grpo_loss, token_logprobs
-from sample_effect.rollouts.generation import greedy_accuracy, prompt_ids, sample
+from sample_effect.objectives.losses import grpo_loss, token_logprobs
+from sample_effect.rollouts.generation import greedy_accuracy
+from sample_effect.rollouts.groups import Rollout, rollout_group, set_advantages
+from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.training.common import (
     SCHEDULES,
     MetricsWriter,
@@ -40,33 +42,6 @@ from sample_effect.training.common import (
     make_schedule,
     save_checkpoint,
 )
-
-
-@dataclass
-class RLPrompt:
-    """An RL prompt: id, text and the answer the reward compares against."""
-
-    id: str
-    prompt: str
-    answer: str
-
-
-def load_rl_prompts(path: str | os.PathLike) -> list[RLPrompt]:
-    """Read `{"id", "prompt", "answer"}` JSONL (extra fields, e.g. a K&K response, are ignored)."""
-    out, seen = [], set()
-    for lineno, obj in read_jsonl(path):
-        for key in ("id", "prompt", "answer"):
-            if key not in obj:
-                raise SampleEffectError(f"{path}:{lineno}: missing field '{key}'")
-            if not isinstance(obj[key], (str, int)) or isinstance(obj[key], bool):
-                raise SampleEffectError(f"{path}:{lineno}: field '{key}' must be a string")
-        if obj["prompt"] == "":
-            raise SampleEffectError(f"{path}:{lineno}: field 'prompt' is empty; sampling needs a prompt to continue")
-        if str(obj["id"]) in seen:
-            raise SampleEffectError(f"{path}:{lineno}: duplicate prompt id '{obj['id']}'")
-        seen.add(str(obj["id"]))
-        out.append(RLPrompt(str(obj["id"]), str(obj["prompt"]), str(obj["answer"])))
-    return out
 
 
 @dataclass
@@ -110,48 +85,12 @@ class GRPOConfig:
         return self
 
 
-@dataclass
-class Rollout:
-    prompt_id: str
-    prompt: str
-    ids: torch.Tensor  # prompt + completion tokens
-    start: int  # first completion token
-    completion: str
-    finished: bool
-    reward: float
-    advantage: float = 0.0
-
-
-def rollout_group(
-    model: torch.nn.Module, tokenizer: Any, p: RLPrompt, reward: Callable[..., float], cfg: GRPOConfig, gen: torch.Generator
-) -> list[Rollout]:
-    """G sampled completions of one prompt with their rewards."""
-    pids = prompt_ids(tokenizer, p.prompt)
-    comps = sample(model, tokenizer, p.prompt, cfg.group_size, cfg.max_new_tokens, cfg.temperature, gen)
-    out = []
-    for c in comps:
-        r = reward(p.prompt, c.text, p.answer, finished=c.finished)
-        out.append(Rollout(p.id, p.prompt, torch.tensor(pids + c.token_ids), len(pids), c.text, c.finished, r))
-    return out
-
-
 def policy_logprobs(model: torch.nn.Module, rollouts: Sequence[Rollout]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs [B, T-1] of the rollouts' tokens under `model`, and the completion mask."""
     device = next(model.parameters()).device
     ids, mask = pad_sequences([r.ids for r in rollouts], [r.start for r in rollouts])
     ids, mask = ids.to(device), mask.to(device)
     return token_logprobs(model(input_ids=ids, use_cache=False).logits, ids), mask
-
-
-def set_advantages(group: Sequence[Rollout]) -> bool:
-    """Set each rollout's group-normalised advantage (`grpo_advantages`); True if the group has zero variance.
-
-    A zero-variance group (all rewards equal) has zero advantages; `train_grpo` leaves it out of the batch.
-    """
-    adv = grpo_advantages(torch.tensor([[r.reward for r in group]], dtype=torch.float64))[0]
-    for r, a in zip(group, adv.tolist()):
-        r.advantage = a
-    return all(r.reward == group[0].reward for r in group)
 
 
 def grpo_batch_loss(

@@ -40,8 +40,8 @@ from sample_effect.data.examples import (
 from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.io import atomic_open
 from sample_effect.rollouts.generation import Completion, greedy_accuracy, prompt_ids, sample
+from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.training.common import MetricsWriter
-from sample_effect.training.grpo import RLPrompt
 from sample_effect.training.sft import SFTConfig, train_sft
 
 Reward = Callable[..., float]

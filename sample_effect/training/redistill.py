@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from sample_effect.io import atomic_open
 from sample_effect.rollouts.generation import sample
-from sample_effect.training.grpo import RLPrompt
+from sample_effect.rollouts.prompts import RLPrompt
 
 
 def redistill(

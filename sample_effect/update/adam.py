@@ -33,8 +33,9 @@ class Adam(UpdateRule, name="adam"):
         if not self.decoupled and wd:
             grad = grad + wd * param
         b1, b2 = hyper.beta1, hyper.beta2
-        m0 = torch.zeros_like(param) if st.exp_avg is None else st.exp_avg
-        v0 = torch.zeros_like(param) if st.exp_avg_sq is None else st.exp_avg_sq
+        m0, v0 = st.get("exp_avg"), st.get("exp_avg_sq")
+        m0 = torch.zeros_like(param) if m0 is None else m0
+        v0 = torch.zeros_like(param) if v0 is None else v0
         m = torch.lerp(m0, grad, 1 - b1)  # torch: exp_avg.lerp_(grad, 1 - beta1)
         v = torch.addcmul(v0 * b2, grad, grad, value=1 - b2)  # torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         t = st.step + 1
@@ -44,7 +45,7 @@ class Adam(UpdateRule, name="adam"):
         d = -(m / denom) / bias_correction1
         if self.decoupled and wd:
             d = d - wd * param  # torch: param.mul_(1 - lr * weight_decay) before the Adam step
-        return d, ParamState(step=t, exp_avg=m, exp_avg_sq=v)
+        return d, ParamState(step=t, tensors={"exp_avg": m, "exp_avg_sq": v})
 
     def effect_rows(
         self,
@@ -59,7 +60,7 @@ class Adam(UpdateRule, name="adam"):
         st = state or ParamState()
         return adam_effect_rows(
             grad, param, target, self.decoupled, hyper.beta1, hyper.beta2, hyper.eps, hyper.weight_decay,
-            st.exp_avg, st.exp_avg_sq, st.step, want_sq_norms=want_sq_norms,
+            st.get("exp_avg"), st.get("exp_avg_sq"), st.step, want_sq_norms=want_sq_norms,
         )
 
     def recognises(self, optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> bool:

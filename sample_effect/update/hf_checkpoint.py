@@ -1,4 +1,4 @@
-"""Adam moments from a `transformers.Trainer` checkpoint directory (`--optimizer-state checkpoint-500/`).
+"""Optimiser state from a `transformers.Trainer` checkpoint directory (`--optimizer-state checkpoint-500/`).
 
 Such a directory holds `optimizer.pt`: a plain `optimizer.state_dict()` whose parameters are
 integer indices, with no names. Trainer builds its optimizer from the model's trainable
@@ -11,7 +11,7 @@ decay-names + no-decay-names.
 Which parameters get decay changed between transformers versions (newer ones also exempt
 `...norm.weight` parameters of RMSNorm layers), so the groupings of both rules are tried, plus one
 group of all trainable parameters (a custom optimizer); the first whose group sizes and every
-moment's shape fit the model is used. None fitting is an error that says what differs.
+state tensor's shape fit the model is used. None fitting is an error that says what differs.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 
 from sample_effect.errors import ConfigError, SampleEffectError, literal
 from sample_effect.update.optim import OptimizerState, state_from_state_dict
+from sample_effect.update.rules import UpdateRule, update_rules
 
 OPTIMIZER_FILE = "optimizer.pt"
 # transformers >= 4.5x: Trainer.get_decay_parameter_names
@@ -61,16 +62,17 @@ def trainer_groupings(model: torch.nn.Module) -> list[tuple[str, list[list[str]]
 
 
 def _fits(sd: dict, groups: list[list[str]], shapes: Mapping[str, torch.Size]) -> str | None:
-    """None if the state_dict's groups and moment shapes fit this grouping, else why not."""
+    """None if the state_dict's groups and state tensors' shapes fit this grouping, else why not."""
+    kept = {k for r in update_rules().values() for k in r.state_keys}  # a registered optimizer's state tensors
     sizes = [len(g["params"]) for g in sd["param_groups"]]
     if sizes != [len(g) for g in groups]:
         return f"group sizes {sizes} vs {[len(g) for g in groups]}"
     for g, names in zip(sd["param_groups"], groups):
         for idx, name in zip(g["params"], names):
             entry = sd["state"].get(idx, sd["state"].get(str(idx))) or {}
-            t = entry.get("exp_avg")
-            if isinstance(t, torch.Tensor) and tuple(t.shape) != tuple(shapes[name]):
-                return f"state {idx} has shape {tuple(t.shape)} but '{name}' has {tuple(shapes[name])}"
+            for key, t in entry.items():
+                if key in kept and isinstance(t, torch.Tensor) and tuple(t.shape) != tuple(shapes[name]):
+                    return f"state {idx} has shape {tuple(t.shape)} but '{name}' has {tuple(shapes[name])}"
     return None
 
 
@@ -79,8 +81,12 @@ def load_trainer_optimizer_state(
     model: torch.nn.Module,
     params: Mapping[str, torch.Tensor],
     dtype: torch.dtype = torch.float32,
+    rule: UpdateRule | None = None,
 ) -> OptimizerState:
-    """Read `path/optimizer.pt` (a Trainer checkpoint) and name its entries from `model`'s parameters."""
+    """Read `path/optimizer.pt` (a Trainer checkpoint) and name its entries from `model`'s parameters.
+
+    The state tensors read are `rule`'s `state_keys` (`state_from_state_dict`).
+    """
     d = Path(path)
     f = d / OPTIMIZER_FILE
     if not f.is_file():
@@ -98,7 +104,7 @@ def load_trainer_optimizer_state(
     if isinstance(sd, dict) and "param_names" in sd and "optimizer" in sd:  # this project's own trainers' checkpoints
         from sample_effect.update.optim import load_optimizer_state
 
-        return load_optimizer_state(f, params, dtype, model_names={n for n, _ in model.named_parameters()})
+        return load_optimizer_state(f, params, dtype, model_names={n for n, _ in model.named_parameters()}, rule=rule)
     if not isinstance(sd, dict) or "state" not in sd or "param_groups" not in sd:
         raise SampleEffectError(f"{f}: not an optimizer state_dict (no 'state'/'param_groups')")
     shapes = {n: p.shape for n, p in model.named_parameters()}
@@ -107,7 +113,7 @@ def load_trainer_optimizer_state(
         problem = _fits(sd, groups, shapes)
         if problem is None:
             names = [n for g in groups for n in g]
-            return state_from_state_dict(sd, names, params, dtype, model_names=set(shapes), p=f)
+            return state_from_state_dict(sd, names, params, dtype, model_names=set(shapes), p=f, rule=rule)
         why.append(f"{label}: {problem}")
     raise SampleEffectError(
         f"{f} does not match the model's trainable parameters as transformers' Trainer groups them ("

@@ -29,11 +29,12 @@ class Lion(UpdateRule, name="lion"):
         """(d, the moment and step count after it); rows of grad [E, *shape] each step from `state`."""
         st = state or ParamState()
         b1, b2, wd = hyper.beta1, hyper.beta2, hyper.weight_decay
-        m0 = torch.zeros_like(param) if st.exp_avg is None else st.exp_avg
+        m0 = st.get("exp_avg")
+        m0 = torch.zeros_like(param) if m0 is None else m0
         d = -torch.sign(b1 * m0 + (1 - b1) * grad)
         if wd:
             d = d - wd * param
-        return d, ParamState(step=st.step + 1, exp_avg=b2 * m0 + (1 - b2) * grad)
+        return d, ParamState(step=st.step + 1, tensors={"exp_avg": b2 * m0 + (1 - b2) * grad})
 
     def recognises(self, optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> bool:
         """`LionOptimizer`."""
@@ -72,8 +73,9 @@ class LionOptimizer(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 st = self.state[p]
-                prev = ParamState(float(st.get("step", 0.0)), st.get("exp_avg"))
+                prev = ParamState(float(st.get("step", 0.0)), {k: st[k] for k in rule.state_keys if k in st})
                 d, new = rule.step_with_state(p.grad, p, hyper, prev)
                 p.add_(d, alpha=group["lr"])
-                st["step"], st["exp_avg"] = torch.tensor(new.step), new.exp_avg
+                st["step"] = torch.tensor(new.step)
+                st.update(new.tensors)
         return loss

@@ -26,6 +26,7 @@ from sample_effect.update.rules import (
     UpdateRule,
     clip_coefficients,
     get_update_rule,
+    update_rules,
 )
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "clip_coefficients",
     "load_optimizer_state",
     "state_from_state_dict",
+    "state_keys_of",
     "update_per_lr",
 ]
 
@@ -82,12 +84,23 @@ class UpdateConfig:
 
 @dataclass
 class OptimizerState:
-    """Optimiser moments and step count per parameter name; empty means a fresh optimiser."""
+    """Per parameter name, the optimiser state a step starts from (`ParamState`); empty means a fresh optimiser.
 
-    step: dict[str, float] = field(default_factory=dict)
-    exp_avg: dict[str, torch.Tensor] = field(default_factory=dict)
-    exp_avg_sq: dict[str, torch.Tensor] = field(default_factory=dict)
+    A parameter without an entry starts fresh (step 0, zero tensors), as torch starts one it has
+    never stepped. `groups` holds each parameter's group settings (betas, eps, weight decay).
+    """
+
+    params: dict[str, ParamState] = field(default_factory=dict)
     groups: dict[str, dict] = field(default_factory=dict)  # name -> its param group's settings
+
+    @property
+    def steps(self) -> dict[str, float]:
+        """The step count of every parameter that has a state."""
+        return {n: st.step for n, st in self.params.items()}
+
+    def tensors(self, key: str) -> dict[str, torch.Tensor]:
+        """The state tensor named `key` (e.g. 'exp_avg') of every parameter whose state has one."""
+        return {n: st.tensors[key] for n, st in self.params.items() if key in st.tensors}
 
     def hyper(self, name: str, cfg: UpdateConfig) -> ParamHyper:
         """Hyper-parameters for one parameter: explicit config, else its group, else the rule's torch defaults."""
@@ -104,8 +117,9 @@ class OptimizerState:
         )
 
     def param_state(self, name: str) -> ParamState:
-        """The state one parameter steps from (step 0 and no moments when it has none)."""
-        return ParamState(self.step.get(name, 0.0), self.exp_avg.get(name), self.exp_avg_sq.get(name))
+        """The state one parameter steps from (step 0 and no tensors when it has none); a copy callers may keep."""
+        st = self.params.get(name)
+        return ParamState() if st is None else ParamState(st.step, dict(st.tensors))
 
 
 def load_optimizer_state(
@@ -113,13 +127,15 @@ def load_optimizer_state(
     params: Mapping[str, torch.Tensor],
     dtype: torch.dtype = torch.float32,
     model_names: Collection[str] | None = None,
+    rule: UpdateRule | None = None,
 ) -> OptimizerState:
     """Read `{"optimizer": opt.state_dict(), "param_names": [...]}` and match its entries to `params` by name.
 
     `param_names[k]` names the k-th parameter in the optimiser's order (its param groups
     concatenated). Every chosen parameter must be named; a name the model does not have, a
     duplicate, or a shape mismatch is an error. A named parameter without state (never stepped)
-    starts fresh, as torch would.
+    starts fresh, as torch would. The tensors read are `rule`'s `state_keys` (see
+    `state_from_state_dict`).
     """
     p = Path(path)
     if not p.exists():
@@ -142,7 +158,7 @@ def load_optimizer_state(
         ) from None
     if not isinstance(blob, dict) or "optimizer" not in blob or "param_names" not in blob:
         raise SampleEffectError(f"{p}: expected a dict with keys 'optimizer' (a state_dict) and 'param_names'")
-    return state_from_state_dict(blob["optimizer"], list(blob["param_names"]), params, dtype, model_names, p)
+    return state_from_state_dict(blob["optimizer"], list(blob["param_names"]), params, dtype, model_names, p, rule)
 
 
 def state_from_state_dict(
@@ -152,11 +168,14 @@ def state_from_state_dict(
     dtype: torch.dtype = torch.float32,
     model_names: Collection[str] | None = None,
     p: str | os.PathLike = "<optimizer state>",
+    rule: UpdateRule | None = None,
 ) -> OptimizerState:
     """Match an optimizer state_dict to `params`, given the name of each of its parameters in order.
 
     `names[k]` names the k-th parameter of the state_dict (its param groups concatenated); `p`
-    is where it came from, for error messages.
+    is where it came from, for error messages. Each stepped parameter's entry must hold `rule`'s
+    `state_keys`, which are the tensors read; with no rule, those of the registered rule that
+    keeps the most tensors the entry has (`state_keys_of`).
     """
     if not isinstance(sd, dict) or "state" not in sd or "param_groups" not in sd:
         raise SampleEffectError(f"{p}: 'optimizer' is not an optimizer state_dict (no 'state'/'param_groups')")
@@ -193,18 +212,43 @@ def state_from_state_dict(
         entry = sd["state"].get(idx, sd["state"].get(str(idx)))
         if not entry:
             continue
-        if "exp_avg" not in entry or "exp_avg_sq" not in entry:
-            raise SampleEffectError(f"{p}: state of '{name}' has no exp_avg/exp_avg_sq (not an Adam state)")
-        for key in ("exp_avg", "exp_avg_sq"):
+        keys = state_keys_of(entry, rule, f"{p}: state of '{name}'")
+        tensors = {}
+        for key in keys:
             t = entry[key]
             if tuple(t.shape) != tuple(param.shape):
                 raise SampleEffectError(
                     f"{p}: {key} of '{name}' has shape {tuple(t.shape)}, the model's parameter {tuple(param.shape)}"
                 )
-            getattr(st, key)[name] = t.to(device=param.device, dtype=dtype)
+            tensors[key] = t.to(device=param.device, dtype=dtype)
         step = entry.get("step", 0)
-        st.step[name] = float(step.item() if isinstance(step, torch.Tensor) else step)
+        st.params[name] = ParamState(float(step.item() if isinstance(step, torch.Tensor) else step), tensors)
     return st
+
+
+def state_keys_of(entry: Mapping[str, object], rule: UpdateRule | None, where: str) -> tuple[str, ...]:
+    """The state tensors to read from one state_dict entry: `rule`'s, which it must hold, else the best registered fit.
+
+    Without a rule, the registered rule keeping the most tensors, all of them in the entry, names
+    them (an Adam entry reads as Adam's, a Lion entry as Lion's); SampleEffectError when none fits.
+    """
+    if rule is not None:
+        missing = [k for k in rule.state_keys if not isinstance(entry.get(k), torch.Tensor)]
+        if missing:
+            raise SampleEffectError(
+                f"{where} has no {'/'.join(missing)} (not a state of the '{rule.name}' optimizer, which keeps "
+                f"{', '.join(rule.state_keys) or 'no state'})"
+            )
+        return rule.state_keys
+    fits = [r.state_keys for r in update_rules().values()
+            if r.state_keys and all(isinstance(entry.get(k), torch.Tensor) for k in r.state_keys)]
+    if not fits:
+        kept = sorted({k for r in update_rules().values() for k in r.state_keys})
+        raise SampleEffectError(
+            f"{where} holds {', '.join(sorted(map(str, entry))) or 'nothing'}, none of the state a registered "
+            f"optimizer keeps ({', '.join(kept)})"
+        )
+    return max(fits, key=len)
 
 
 def update_per_lr(
@@ -221,4 +265,5 @@ def update_per_lr(
     Each row is the update of one optimiser step taken from the given state on that row's
     gradient alone: `cfg.rule.step` (kept for callers that pass the state as separate tensors).
     """
-    return cfg.rule.step(grad, param, hyper, ParamState(step, exp_avg, exp_avg_sq))
+    tensors = {k: t for k, t in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)) if t is not None}
+    return cfg.rule.step(grad, param, hyper, ParamState(step, tensors))

@@ -12,7 +12,7 @@ import line there and its oracle test. Callers ask the rule about itself (`is_li
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -49,11 +49,18 @@ class ParamHyper:
 
 @dataclass
 class ParamState:
-    """One parameter's optimiser state before a step: step count and moments (None reads as zeros)."""
+    """One parameter's optimiser state before a step: its step count and the rule's named tensors.
+
+    `tensors` is keyed by the rule's `state_keys` (Adam: exp_avg, exp_avg_sq; Lion: exp_avg), the
+    names torch's state_dict uses; a key that is missing reads as zeros (a fresh optimiser).
+    """
 
     step: float = 0.0
-    exp_avg: torch.Tensor | None = None
-    exp_avg_sq: torch.Tensor | None = None
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def get(self, key: str) -> torch.Tensor | None:
+        """The state tensor named `key`, or None (zeros) when the state has none."""
+        return self.tensors.get(key)
 
 
 class UpdateRule:
@@ -61,7 +68,8 @@ class UpdateRule:
 
     Class attributes say what callers may rely on: `is_linear` (d = -(g + wd theta), plain SGD:
     effects are plain dot products and batch noise is second order only), `state_keys` (the
-    moments it reads from a torch state_dict entry; none means it keeps no state) and the
+    tensors it keeps per parameter, named as in a torch state_dict entry and in `ParamState.tensors`;
+    none means it keeps no state) and the
     torch defaults used when neither the config nor a state's parameter group sets a value.
     """
 
@@ -92,7 +100,7 @@ class UpdateRule:
 
     def init_state(self, param: torch.Tensor) -> ParamState:
         """The state of a fresh optimiser for `param`: step 0 and zero moments, as torch creates it."""
-        return ParamState(0.0, *(torch.zeros_like(param) for _ in self.state_keys))
+        return ParamState(0.0, {k: torch.zeros_like(param) for k in self.state_keys})
 
     def step_with_state(
         self, grad: torch.Tensor, param: torch.Tensor, hyper: ParamHyper, state: ParamState | None = None

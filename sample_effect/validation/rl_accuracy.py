@@ -27,10 +27,11 @@ import torch
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.errors import SampleEffectError
 from sample_effect.growth.rl import RLPredictConfig, predict_rl
-from sample_effect.rollouts.groups import sample_groups
+from sample_effect.rollouts.groups import Rollout, sample_groups
+from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.rollouts.rewards import get_reward
 from sample_effect.targets.core import AccuracyTarget, TargetVector
-from sample_effect.training.grpo import GRPOConfig, RLPrompt, Rollout, train_grpo
+from sample_effect.training.grpo import GRPOConfig, train_grpo
 from sample_effect.validation.rl_curves import grpo_lrs, slope, trainer_update
 
 Loader = Callable[[], tuple[torch.nn.Module, Any]]
@@ -72,8 +73,7 @@ def sampled_accuracy_groups(
 ) -> tuple[float, list[list[Rollout]]]:
     """`sampled_accuracy` and the completions behind it (e.g. to reweight them at other weights later)."""
     with torch.no_grad():
-        groups = sample_groups(model, tokenizer, prompts, reward, n, temperature, max_new_tokens, seed, progress=False,
-                               desc="accuracy")
+        groups = sample_groups(model, tokenizer, prompts, reward, n, temperature, max_new_tokens, seed, progress=False)
     return float(np.mean([r.reward for g in groups for r in g])), groups
 
 

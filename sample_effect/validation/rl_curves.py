@@ -25,8 +25,9 @@ from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig, example_loss_values
 from sample_effect.errors import ConfigError
 from sample_effect.growth.rl import predict_rl
+from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.targets.core import LossTarget
-from sample_effect.training.grpo import GRPOConfig, RLPrompt, train_grpo
+from sample_effect.training.grpo import GRPOConfig, train_grpo
 from sample_effect.update.adam import AdamW
 from sample_effect.update.optim import UpdateConfig
 

@@ -19,7 +19,8 @@ import pandas as pd
 
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.errors import SampleEffectError
-from sample_effect.training.grpo import GRPOConfig, RLPrompt
+from sample_effect.rollouts.prompts import RLPrompt
+from sample_effect.training.grpo import GRPOConfig
 from sample_effect.validation.rl_accuracy import AccuracyCurveConfig, Loader, rl_accuracy_curve
 
 

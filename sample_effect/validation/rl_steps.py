@@ -43,8 +43,10 @@ from sample_effect.errors import SampleEffectError
 from sample_effect.growth.rl import RLPredictConfig, predict_rl
 from sample_effect.models.loading import select_parameters
 from sample_effect.objectives.reinforce import sequence_logprobs
+from sample_effect.rollouts.groups import Rollout
+from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.rollouts.rewards import get_reward
-from sample_effect.training.grpo import GRPOConfig, RLPrompt, Rollout, train_grpo
+from sample_effect.training.grpo import GRPOConfig, train_grpo
 from sample_effect.validation.rl_accuracy import (
     AccuracyCurveConfig,
     Loader,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sample_effect.cli.main import build_parser, main
-from sample_effect.cli.options import KK_STYLES, PROJECTION_KINDS
+from sample_effect.cli.options import KK_STYLES, OPTIMIZERS, PROJECTION_KINDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,6 +70,22 @@ def test_constants_spelled_for_a_light_parser_match_the_library() -> None:
     from sample_effect.engine.projection import KINDS
 
     assert PROJECTION_KINDS == KINDS and KK_STYLES == STYLES
+
+
+def test_optimizer_names_in_the_cli_are_the_registrys(capsys) -> None:
+    """--optimizer's choices and help list every registered update rule (the light parser's spelled copy)."""
+    from sample_effect.update.rules import update_rules
+
+    assert OPTIMIZERS == tuple(update_rules())
+    for argv in (["rank", "--help"], ["predict-rl", "--help"], ["compare-sources", "--help"], ["predict-sft", "--help"],
+                 ["validate", "linearization", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = " ".join(capsys.readouterr().out.split())
+        assert "adam, adamw, lion or sgd" in text, argv
+    with pytest.raises(SystemExit):
+        main(["predict-sft", "--optimizer", "nadam", "--help"])
+    assert "choose from adam, adamw, lion, sgd" in capsys.readouterr().err.replace("'", "")
 
 
 def test_every_data_command_has_the_format_flags() -> None:

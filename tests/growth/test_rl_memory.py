@@ -39,8 +39,8 @@ from sample_effect.growth.rl import (
     simulated_step,
 )
 from sample_effect.rollouts.groups import sample_groups
+from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.targets.core import LossTarget, resolve_target
-from sample_effect.training.grpo import RLPrompt
 from sample_effect.update.optim import OptimizerState
 
 QUIET = ComputeConfig(progress=False)
@@ -57,7 +57,7 @@ from sample_effect.engine.core import ComputeConfig
 from sample_effect.growth.rl import predict_rl
 from sample_effect.models.tiny import build_tiny_model, train_tokenizer
 from sample_effect.targets.core import LossTarget
-from sample_effect.training.grpo import RLPrompt
+from sample_effect.rollouts.prompts import RLPrompt
 
 def parity(prompt, completion, answer, finished=True):
     return float(sum(map(ord, completion)) % 2)

@@ -30,13 +30,12 @@ from sample_effect.objectives.reinforce import (
     sequence_logprobs,
 )
 from sample_effect.rollouts.generation import prompt_ids
-from sample_effect.rollouts.groups import sample_groups
+from sample_effect.rollouts.groups import rollout_group, sample_groups
+from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.targets.core import AccuracyTarget, LossTarget, TargetVector, resolve_target
 from sample_effect.training.grpo import (
     GRPOConfig,
-    RLPrompt,
     grpo_batch_loss,
-    rollout_group,
     train_grpo,
 )
 

@@ -63,13 +63,14 @@ def test_rank_method_jvp_matches_vmap(model_dirs, data_files, tmp_path):
 
 def _random_state(params, seed=1):
     from sample_effect.update.optim import OptimizerState
+    from sample_effect.update.rules import ParamState
 
     gen = torch.Generator().manual_seed(seed)
     st = OptimizerState()
     for n, p in params.items():
-        st.exp_avg[n] = 1e-3 * torch.randn(p.shape, generator=gen, dtype=p.dtype)
-        st.exp_avg_sq[n] = 1e-6 * torch.rand(p.shape, generator=gen, dtype=p.dtype)
-        st.step[n] = 3.0
+        exp_avg = 1e-3 * torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        exp_avg_sq = 1e-6 * torch.rand(p.shape, generator=gen, dtype=p.dtype)
+        st.params[n] = ParamState(3.0, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq})
     return st
 
 

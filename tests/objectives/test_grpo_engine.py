@@ -20,8 +20,9 @@ from sample_effect.errors import SampleEffectError
 from sample_effect.models.loading import load_model, select_parameters
 from sample_effect.objectives.base import SFT, GRPOObjective, grpo_example
 from sample_effect.objectives.losses import grpo_advantages
+from sample_effect.rollouts.groups import Rollout
 from sample_effect.targets.core import TargetVector
-from sample_effect.training.grpo import Rollout, grpo_batch_loss
+from sample_effect.training.grpo import grpo_batch_loss
 from sample_effect.update.optim import UpdateConfig
 
 LR = 1e-3

@@ -71,3 +71,20 @@ def test_linearization_check_progress(model_dirs, capfd):
     err = capfd.readouterr().err
     assert "linearization: real steps" in err and f"{len(train)}/{len(train)}" in err
     assert len(res.rows) == len(train)
+
+
+@pytest.mark.parametrize("progress, shown", [(True, "rollouts"), ("accuracy samples", "accuracy samples"), (False, None)])
+def test_sample_groups_progress_labels_its_bar(model_dirs, capfd, progress, shown):
+    """`sample_groups(progress=...)`: False hides the bar, True labels it 'rollouts', a string is the label."""
+    from sample_effect.rollouts.groups import sample_groups
+    from sample_effect.rollouts.prompts import RLPrompt
+
+    model, tok, _, _ = _setup(model_dirs)
+    prompts = [RLPrompt(f"p{i}", r["prompt"], "") for i, r in enumerate(TRAIN[:2])]
+    groups = sample_groups(model, tok, prompts, reward, 2, 1.0, 2, seed=0, progress=progress)
+    err = capfd.readouterr().err
+    assert len(groups) == 2 and all(len(g) == 2 for g in groups)
+    if shown is None:
+        assert "prompt" not in err
+    else:
+        assert f"{shown}:" in err

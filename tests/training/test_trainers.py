@@ -19,8 +19,9 @@ from sample_effect import (
 )
 from sample_effect.cli.main import main
 from sample_effect.data.examples import examples_from_records, tokenize_examples
+from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.targets.core import TargetVector
-from sample_effect.training import GRPOConfig, RLPrompt, SFTConfig, redistill, train_grpo, train_sft
+from sample_effect.training import GRPOConfig, SFTConfig, redistill, train_grpo, train_sft
 from sample_effect.training.common import load_optimizer_into, make_optimizer
 from sample_effect.training.sft import batch_loss
 from sample_effect.update.optim import load_optimizer_state
@@ -69,7 +70,7 @@ def test_sft_steps_equal_engine_simulation(model_dirs, tmp_path, arch):
     model2, _ = load_model(ckpt, "float64")
     params2 = select_parameters(model2)
     state = load_optimizer_state(ckpt / "optimizer.pt", params2, torch.float64)
-    assert all(s == 1.0 for s in state.step.values())
+    assert all(s == 1.0 for s in state.steps.values())
     other = data[0]
     predicted2 = compute_effects(model2, params2, [other], G, UpdateConfig("adamw", lr=LR, clip=0.05), state, compute).effect[0]
     opt, opt_names = make_optimizer(model2, LR, 0.1, (0.8, 0.95), 1e-7)

@@ -16,7 +16,18 @@ import numpy as np
 import pytest
 import torch
 from conftest import TARGET, TRAIN
-from test_oracle import LR, SUBSET, TOL, dot, oracle_grads, ordered_names, setup  # noqa: F401  (setup: fixture)
+from test_oracle import (  # noqa: F401  (setup: fixture)
+    LR,
+    SUBSET,
+    TOL,
+    dot,
+    groups,
+    oracle_grads,
+    oracle_loss,
+    oracle_step,
+    ordered_names,
+    setup,
+)
 
 from sample_effect import (
     ComputeConfig,
@@ -33,7 +44,13 @@ from sample_effect import (
 )
 from sample_effect.update import rules
 from sample_effect.update.lion import LionOptimizer
-from sample_effect.update.rules import ParamHyper, UpdateRule, get_update_rule, update_rules
+from sample_effect.update.rules import (
+    ParamHyper,
+    ParamState,
+    UpdateRule,
+    get_update_rule,
+    update_rules,
+)
 
 B1, B2 = 0.9, 0.99  # Lion's defaults (Chen et al. 2023)
 
@@ -100,7 +117,7 @@ def test_lion_effects_match_a_hand_written_oracle(setup, params, method):  # noq
     for clip, wd, with_state, (tname, (target, G)) in cases:
         m = moments if with_state else None
         expected = torch.tensor([dot(lion_oracle_step(model, names, g, m, clip, wd), G) for g in g_train], dtype=torch.float64)
-        state = OptimizerState(exp_avg={n: t.clone() for n, t in moments.items()}) if with_state else None
+        state = OptimizerState({n: ParamState(0.0, {"exp_avg": t.clone()}) for n, t in moments.items()}) if with_state else None
         res = score_examples_result(
             model, tok, train, target, UpdateConfig("lion", lr=LR, clip=clip, weight_decay=wd), params=params,
             optimizer_state=state, compute=compute,
@@ -110,6 +127,89 @@ def test_lion_effects_match_a_hand_written_oracle(setup, params, method):  # noq
     print(f"lion {setup['arch']}/{method}/{params}: worst relative error {max(worst.values()):.2e} over {len(worst)} cases")
     bad = {k: v for k, v in worst.items() if not v <= TOL}
     assert not bad, f"{setup['arch']}: relative errors above {TOL}: {bad}"
+
+
+LION_BETAS = (0.85, 0.98)  # not the defaults: they must come from the saved state's groups
+
+
+def _lion_trained(fx, workdir):
+    """The base model after 3 real `LionOptimizer` steps (two groups, non-default betas) and its saved state file."""
+    trained = copy.deepcopy(fx["base"]).eval()
+    names_all = [n for n, p in trained.named_parameters() if p.requires_grad]
+    opt = LionOptimizer(groups(trained, names_all), lr=1e-3, betas=LION_BETAS)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        pick = torch.randint(len(TRAIN), (2,), generator=gen).tolist()
+        opt.zero_grad()
+        sum(oracle_loss(trained, fx["tok"], [(TRAIN[i]["prompt"], TRAIN[i]["response"])]) for i in pick).backward()
+        opt.step()
+    opt.zero_grad()
+    path = workdir / f"lion-state-{fx['arch']}.pt"
+    torch.save({"optimizer": opt.state_dict(), "param_names": ordered_names(trained, names_all)}, path)
+    return trained, names_all, opt.state_dict(), path
+
+
+def test_saved_lion_state_loads_and_scores_as_the_real_optimizer_steps(setup, workdir):  # noqa: F811
+    """A real LionOptimizer's saved `--optimizer-state` file loads, and its effects equal a float64 oracle.
+
+    The oracle: per-example `loss.backward()` and the real `LionOptimizer` step, from the saved
+    state, on a copy of the model.
+    """
+    tok = setup["tok"]
+    model, names_all, sd, path = _lion_trained(setup, workdir)
+    train = load_examples(setup["files"]["train"])
+    target_ex, _ = tokenize_examples(load_examples(setup["files"]["target"]), tok)
+    names = [n for n in names_all if re.search(WEIGHTS, n)]
+
+    def make_opt(m, ns):
+        return LionOptimizer(groups(m, ns), lr=LR, betas=LION_BETAS)
+
+    full = copy.deepcopy(model)
+    big = make_opt(full, names_all)
+    big.load_state_dict(sd)
+    small = make_opt(full, names)
+    for p_small in [p for g in small.param_groups for p in g["params"]]:
+        small.state[p_small] = copy.deepcopy(big.state[p_small])
+    state = small.state_dict()
+    assert all(set(v) == {"step", "exp_avg"} for v in state["state"].values()) and state["state"]
+
+    g_train = oracle_grads(model, tok, TRAIN, names)
+    g_target = oracle_grads(model, tok, TARGET, names)
+    norms = sorted(dot(g, g) ** 0.5 for g in g_train)
+    targets = {
+        "data": (LossTarget(target_ex), {n: -sum(g[n] for g in g_target) / len(g_target) for n in names}),
+        "self": (SelfTarget(), {n: -sum(g[n] for g in g_train) / len(g_train) for n in names}),
+    }
+    worst = {}
+    for clip, (tname, (target, G)) in itertools.product([None, norms[len(norms) // 2]], targets.items()):
+        expected = torch.tensor([dot(oracle_step(model, names, g, make_opt, state, clip), G) for g in g_train],
+                                dtype=torch.float64)
+        res = score_examples_result(
+            model, tok, train, target, UpdateConfig("lion", lr=LR, clip=clip), params=WEIGHTS,
+            optimizer_state=path, compute=ComputeConfig(batch_size=2, progress=False),
+        )
+        got = torch.tensor(res.effect, dtype=torch.float64)
+        worst[(clip is not None, tname)] = ((got - expected).abs().max() / expected.abs().max()).item()
+    bad = {k: v for k, v in worst.items() if not v <= TOL}
+    assert not bad, f"{setup['arch']}: relative errors above {TOL}: {bad}"
+
+
+def test_a_state_loads_as_its_rules_state(setup, workdir):  # noqa: F811
+    """Loading reads the rule's own state tensors; another rule's state is refused by name, not misread."""
+    from sample_effect.update.optim import load_optimizer_state
+
+    model, names_all, _, path = _lion_trained(setup, workdir)
+    params = {n: p for n, p in model.named_parameters() if n in names_all}
+    st = load_optimizer_state(path, params, torch.float64, rule=get_update_rule("lion"))
+    assert set(st.tensors("exp_avg")) == set(names_all) and st.tensors("exp_avg_sq") == {}
+    assert set(st.steps.values()) == {3.0}
+    inferred = load_optimizer_state(path, params, torch.float64)  # no rule: the registered rule that fits
+    assert all(torch.equal(inferred.tensors("exp_avg")[n], st.tensors("exp_avg")[n]) for n in names_all)
+    with pytest.raises(SampleEffectError, match=r"has no exp_avg_sq \(not a state of the 'adamw' optimizer"):
+        load_optimizer_state(path, params, torch.float64, rule=get_update_rule("adamw"))
+    with pytest.raises(SampleEffectError, match=r"has no exp_avg_sq \(not a state of the 'adam' optimizer"):
+        score_examples_result(model, setup["tok"], load_examples(setup["files"]["train"]), SelfTarget(),
+                              UpdateConfig("adam"), optimizer_state=path, compute=ComputeConfig(progress=False))
 
 
 def test_unknown_optimizer_fails_clearly_listing_the_registered_rules():

@@ -9,7 +9,8 @@ from sample_effect.engine.core import ComputeConfig
 from sample_effect.errors import SampleEffectError
 from sample_effect.models.loading import load_model
 from sample_effect.plots.rl import step_decomposition_plot
-from sample_effect.training.grpo import GRPOConfig, RLPrompt
+from sample_effect.rollouts.prompts import RLPrompt
+from sample_effect.training.grpo import GRPOConfig
 from sample_effect.validation.rl_accuracy import AccuracyCurveConfig, rl_accuracy_curve
 from sample_effect.validation.rl_steps import grpo_step_decomposition
 
