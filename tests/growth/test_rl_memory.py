@@ -27,17 +27,13 @@ from sample_effect.growth.noise import (
     target_loss_hvp,
     trace_from_centred,
 )
-from sample_effect.growth.rl import (
-    RESIDENT_COPIES,
-    RLEffects,
-    _noise_memory_note,
-    batch_draws,
-    batch_step_effects,
-    predict_rl,
-    rl_noise_effect,
-    rl_prompt_effects,
-    simulated_step,
-)
+from sample_effect.growth.rl import predict_rl
+from sample_effect.growth.rl_batches import batch_step_effects
+from sample_effect.growth.rl_config import RESIDENT_COPIES, _noise_memory_note
+from sample_effect.growth.rl_curvature import rl_noise_effect
+from sample_effect.growth.rl_effects import RLEffects, rl_prompt_effects
+from sample_effect.growth.rl_stats import batch_draws
+from sample_effect.growth.trajectory import simulated_step
 from sample_effect.rollouts.groups import sample_groups
 from sample_effect.targets.core import LossTarget, resolve_target
 from sample_effect.training.grpo import RLPrompt

@@ -17,12 +17,10 @@ from sample_effect import UpdateConfig, load_model, select_parameters
 from sample_effect.cli.main import main
 from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.engine.core import ComputeConfig, example_loss_values
-from sample_effect.growth.rl import (
-    empty_batch_probability,
-    predict_rl,
-    rl_noise_effect,
-    rl_prompt_effects,
-)
+from sample_effect.growth.rl import predict_rl
+from sample_effect.growth.rl_curvature import rl_noise_effect
+from sample_effect.growth.rl_effects import rl_prompt_effects
+from sample_effect.growth.rl_stats import empty_batch_probability
 from sample_effect.objectives.losses import token_logprobs
 from sample_effect.objectives.reinforce import (
     reinforce_coefficients,
@@ -250,7 +248,7 @@ def test_second_order_term_makes_the_adam_prediction_exact_to_third_order(model_
 
 
 def test_batch_noise_draws_are_random_when_there_are_too_many_batches():
-    from sample_effect.growth.rl import batch_draws
+    from sample_effect.growth.rl_stats import batch_draws
 
     every, exact = batch_draws(6, 3, 20)
     assert exact and len(every) == 20 and len({tuple(b) for b in every}) == 20
@@ -557,7 +555,7 @@ def test_batch_growth_stderr_linear_kernel_closed_form():
     sd(x) (n - b) / ((n - 1) sqrt(n))."""
     import itertools
 
-    from sample_effect.growth.rl import batch_growth_stderr
+    from sample_effect.growth.rl_stats import batch_growth_stderr
 
     x = np.random.default_rng(0).normal(size=9)
     n, b = len(x), 3
@@ -571,7 +569,7 @@ def test_batch_growth_stderr_linear_kernel_closed_form():
 def test_batch_growth_stderr_is_calibrated_for_a_nonlinear_kernel():
     """Across 300 independent pools of 40 'prompts', the spread of the Monte Carlo mean of a non-linear batch
     statistic (sign of the batch mean, as a fresh Adam step is) matches the average formula within 20%."""
-    from sample_effect.growth.rl import batch_draws, batch_growth_stderr
+    from sample_effect.growth.rl_stats import batch_draws, batch_growth_stderr
 
     rng = np.random.default_rng(1)
     n, b = 40, 8
@@ -669,7 +667,7 @@ def test_replay_equals_torch_adamw_runs_on_the_frozen_batch_gradients(model_dirs
 
 def test_replay_settings_are_checked():
     from sample_effect.errors import ConfigError
-    from sample_effect.growth.rl import RLPredictConfig
+    from sample_effect.growth.rl_config import RLPredictConfig
 
     with pytest.raises(ConfigError, match="replay_runs"):
         RLPredictConfig(replay_runs=0).validate()

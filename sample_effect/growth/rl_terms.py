@@ -1,0 +1,109 @@
+"""The terms of predict-rl's record beside the positive effect: Hessian noise, batch noise, second order, replay.
+
+Each returns the term's numbers with a note saying how it was estimated, or why it was not.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from sample_effect.growth.noise import finite_population
+from sample_effect.growth.rl_batches import batch_step_effects, replay_path
+from sample_effect.growth.rl_config import NoisePlan, RLPredictConfig
+from sample_effect.growth.rl_curvature import rl_noise_effect, second_order_effects
+from sample_effect.growth.rl_effects import RLEffects
+from sample_effect.growth.rl_stats import batch_draws, batch_growth_stderr
+from sample_effect.targets.core import AccuracyTarget, DirectionTarget, LossTarget, TargetVector
+from sample_effect.update.optim import UpdateConfig
+
+
+def replay_term(chosen, eff: RLEffects, update: UpdateConfig, state, plan: NoisePlan, cfg: RLPredictConfig) -> dict | None:  # type: ignore[no-untyped-def]
+    """`replay_path` summarised: mean per-step change, the total with its standard error, and the runs' spread."""
+    if not cfg.horizon_lrs:
+        return None
+    if not plan.replay:
+        return {"note": f"not computed: {plan.memory_note}", "per_step": None, "total": None}
+    steps = len(cfg.horizon_lrs)
+    if not (~eff.zero_variance).any():
+        paths = np.zeros((cfg.replay_runs, steps))
+    else:
+        paths = replay_path(eff, chosen, update, state, cfg.horizon_lrs, cfg.prompts_per_step, cfg.replay_runs, cfg.seed)
+    totals = paths.sum(1)
+    return {
+        "per_step": paths.mean(0).tolist(), "total": float(totals.mean()),
+        "total_stderr": float(totals.std(ddof=1) / math.sqrt(len(totals))) if len(totals) > 1 else None,
+        "total_runs_95": [float(x) for x in np.percentile(totals, [2.5, 97.5])], "runs": cfg.replay_runs,
+        "note": "frozen start gradients and weights, optimiser state carried; the spread is over batch orders only",
+    }
+
+
+def second_order_term(  # type: ignore[no-untyped-def]
+    model, params, eff: RLEffects, target, update: UpdateConfig, state, wanted: bool, lr: float, prompts_per_step: int,
+    draws: int, seed: int, memory_note: str | None = None,
+) -> dict:
+    """(lr^2 / 2) E_S[U_S^T H_T U_S] over `draws` batches (every batch when there are fewer), for a loss target."""
+    out: dict[str, Any] = {"effect": None, "stderr": None, "draws": 0, "growth": None}
+    if not wanted:
+        why = "off (--curvature-draws 0 or --no-noise)" if isinstance(target, LossTarget) else "needs a --target-data loss target"
+        why = memory_note if memory_note and isinstance(target, LossTarget) else why
+        return {**out, "note": why}
+    if not (~eff.zero_variance).any():
+        return {**out, "effect": 0.0, "stderr": 0.0, "note": "0, no prompt has reward variance"}
+    batches, exact = batch_draws(len(eff.effect), prompts_per_step, draws, seed + 1)
+    vals = lr * lr * second_order_effects(model, params, eff, update, state, batches, target.examples)
+    se = 0.0 if exact else (float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan"))
+    how = f"every one of the {len(vals)} batches" if exact else f"{len(vals)} random batches"
+    return {"effect": float(vals.mean()), "stderr": se, "draws": len(vals),
+            "note": f"(lr^2 / 2) U_S^T H_T U_S averaged over {how}; growth_rate_second_order = positive + "
+                    "first-order batch term + this (for SGD it contains the Hessian noise term)"}
+
+
+def hessian_noise_term(  # type: ignore[no-untyped-def]
+    model, params, eff: RLEffects, target, update: UpdateConfig, noise: bool, lr: float, b_eff: float,
+    memory_note: str | None = None,
+) -> dict:
+    """(lr^2 / 2b) tr(H_T Sigma_w) where it is defined and estimated; else None (or 0) with the reason."""
+    m = int((~eff.zero_variance).sum())
+    out: dict[str, Any] = {"effect": None, "stderr": None, "trace": None}
+    if isinstance(target, DirectionTarget) or (isinstance(target, TargetVector) and target.kind == "direction"):
+        return {**out, "effect": 0.0, "note": "0, a fixed direction is linear in theta"}
+    if isinstance(target, AccuracyTarget):
+        return {**out, "note": "not estimated for an accuracy target (its Hessian is not available)"}
+    if not isinstance(target, LossTarget):
+        return {**out, "note": "not estimated for a precomputed target vector"}
+    if not noise:
+        return {**out, "note": memory_note or "not requested (--no-noise)"}
+    if not update.rule.is_linear:
+        return {**out, "note": "not estimated for Adam (O(lr^2); the first-order batch term dominates at small lr)"}
+    if m < 2:
+        return {**out, "effect": 0.0 if m == 0 else None, "note": "fewer than 2 prompts with reward variance"}
+    ne = rl_noise_effect(model, params, eff, target.examples)
+    scale = lr * lr / (2 * b_eff) * finite_population(b_eff, m)
+    return {"effect": scale * ne.trace, "stderr": scale * ne.stderr, "trace": ne.trace,
+            "note": "(lr^2 / 2b) tr(H_T Sigma_w) (m - b) / m, b = prompts_per_step * (1 - zero_variance_fraction), "
+                    "m = prompts with reward variance"}
+
+
+def batch_noise_term(  # type: ignore[no-untyped-def]
+    params, eff: RLEffects, update: UpdateConfig, state, noise: bool, nonlinear: bool, lr: float, positive: float,
+    prompts_per_step: int, draws: int, seed: int, memory_note: str | None = None,
+) -> dict:
+    """lr E_S <U(clip(gbar_S)), G> - positive effect, over batch draws; 0 for a linear update."""
+    out: dict[str, Any] = {"effect": None, "stderr": None, "exact": None, "draws": 0}
+    if not nonlinear:
+        return {**out, "effect": 0.0, "note": "0, SGD without clipping is linear in the gradient"}
+    if not noise:
+        return {**out, "note": memory_note or "not requested (--no-noise)"}
+    if not (~eff.zero_variance).any():
+        return {**out, "effect": 0.0, "note": "0, no prompt has reward variance"}
+    n = len(eff.effect)
+    batches, exact = batch_draws(n, prompts_per_step, draws, seed)
+    vals = lr * batch_step_effects(eff, params, update, state, batches)
+    se = 0.0 if exact else (float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan"))
+    how = f"every one of the {len(vals)} batches" if exact else f"{len(vals)} random batches"
+    return {"effect": float(vals.mean()) - positive, "stderr": se, "exact": exact, "draws": len(vals),
+            "growth_stderr": batch_growth_stderr(vals, batches, n, min(prompts_per_step, n)),
+            "note": f"E over {how} of the clipped, simulated batch step's effect, minus the positive effect"}
