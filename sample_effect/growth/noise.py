@@ -1,4 +1,4 @@
-"""Growth-rate terms of the SDE view (DESIGN.md section 1): positive effect and noise effect.
+"""Growth-rate terms of the SDE view (docs/theory.md, "Growth prediction"): positive effect and noise effect.
 
 One optimiser step on a batch B of b examples moves a target objective T by, to second order,
 

@@ -1,6 +1,6 @@
 """Predicting RL growth: sample effects of GRPO prompts, and the test-accuracy target.
 
-For RL the training "examples" are the policy's own rollouts (DESIGN.md section 1), so a
+For RL the training "examples" are the policy's own rollouts (docs/theory.md, "Growth prediction"), so a
 prediction starts by sampling: G rollouts per prompt from the checkpoint, rewards, GRPO
 advantages. Then, per prompt x,
 

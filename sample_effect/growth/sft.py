@@ -1,6 +1,6 @@
 """Predicted SFT curves: how a target moves, step by step, over a real training schedule.
 
-The prediction linearises the target around the starting weights theta_0 (DESIGN.md section 1):
+The prediction linearises the target around the starting weights theta_0 (docs/theory.md, "Growth prediction"):
 per-example gradients g_i and the target direction G are taken at theta_0, and the trainer's
 schedule is replayed on them exactly as `train_sft` runs it: the same batch order (seeded
 permutations), gradient accumulation, batch-level clip_grad_norm_, the lr schedule with warmup,
