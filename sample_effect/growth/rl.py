@@ -80,6 +80,7 @@ from sample_effect.growth.rl_warnings import (
     prompts_per_step_warning,
     zero_variance_warning,
 )
+from sample_effect.growth.trajectory import StepContext
 from sample_effect.models.loading import select_parameters
 from sample_effect.rollouts.groups import completion_tokens, sample_groups
 from sample_effect.targets.core import (
@@ -129,7 +130,6 @@ def predict_rl(
     *,
     params: str | Mapping[str, torch.Tensor] | None = None,
     state: OptimizerState | None = None,
-    compute: ComputeConfig | None = None,
     groups: Sequence[Sequence[Rollout]] | None = None,
     **settings: Any,
 ) -> RLPrediction:
@@ -143,7 +143,8 @@ def predict_rl(
     For a loss target, `curvature_draws` batches (0: off) also give the whole second-order term
     (lr^2 / 2) E_S[U_S^T H_T U_S] and `growth_rate_second_order`, which says where the first-order
     picture stops holding. `params` is a regex over parameter names or the chosen parameters.
-    Keyword `settings` override fields of `config` (e.g. `group_size=4`). Memory does not grow with
+    `state` is the optimiser state the simulated steps start from (None: a fresh optimiser).
+    Keyword `settings` override fields of `config` (e.g. `group_size=4`, `compute=...`). Memory does not grow with
     the number of prompts: the noise terms' per-prompt gradients are spilled to `spill_dir`.
     A `prompts_per_step` above the number of prompts is clamped to it, and a sample where more than
     half of the groups (or all) have zero reward variance is flagged; both with an
@@ -155,11 +156,12 @@ def predict_rl(
         raise SampleEffectError(f"predict_rl got unknown settings {unknown}; RLPredictConfig has "
                                 f"{', '.join(RLPredictConfig.__dataclass_fields__)}")
     cfg = replace(config or RLPredictConfig(), **settings).validate(sampling=groups is None)
+    cfg = replace(cfg, compute=cfg.compute or ComputeConfig())
     update = (update or UpdateConfig()).validate()
-    compute = compute or ComputeConfig()
     if isinstance(target, SelfTarget):
         raise SampleEffectError("a 'self' target has no meaning for RL prompts; use a loss, direction or accuracy target")
     chosen = select_parameters(model, params) if params is None or isinstance(params, str) else dict(params)
+    ctx = StepContext.build(chosen, update, state)
     n_prompts = len(groups) if groups is not None else len(prompts)
     if n_prompts == 0:
         raise SampleEffectError("no RL prompts")
@@ -168,17 +170,16 @@ def predict_rl(
         warnings.warn(m, RLPredictionWarning, stacklevel=2)
     requested = cfg.prompts_per_step
     cfg = replace(cfg, prompts_per_step=min(cfg.prompts_per_step, n_prompts))  # the same numbers: batches clamp too
-    plan = noise_plan(target, update, cfg, chosen, n_prompts, compute)
+    plan = noise_plan(target, ctx, cfg, n_prompts)
     sampled = groups is None
-    g, eff, groups = _score_prompts(model, tokenizer, prompts, reward, target, update, cfg, chosen, state, compute,
-                                    groups, plan)
+    g, eff, groups = _score_prompts(model, tokenizer, prompts, reward, target, ctx, cfg, groups, plan)
     zero_note = zero_variance_warning(int(eff.zero_variance.sum()), n_prompts, int(max(len(gr) for gr in groups)),
                                       cfg.temperature if sampled else None)
     if zero_note:
         warnings.warn(zero_note, RLPredictionWarning, stacklevel=2)
         notes.append(zero_note)
     try:
-        record = _growth_record(model, chosen, eff, groups, target, g, update, state, cfg, plan)
+        record = _growth_record(model, ctx, eff, groups, target, g, cfg, plan)
     finally:
         eff.release()  # the spilled gradients are large; the record holds what they gave
     record["prompts_per_step_requested"] = requested
@@ -189,13 +190,17 @@ def predict_rl(
     return RLPrediction(record=record, effects=eff, groups=groups)
 
 
-def _score_prompts(model, tokenizer, prompts, reward, target, update, cfg: RLPredictConfig, chosen, state,  # type: ignore[no-untyped-def]
-                   compute: ComputeConfig, groups, plan: NoisePlan):
+def _score_prompts(
+    model: torch.nn.Module, tokenizer: Any, prompts: Sequence[RLPrompt], reward: Callable[..., float] | str,
+    target: Target | TargetVector, ctx: StepContext, cfg: RLPredictConfig, groups: Sequence[Sequence[Rollout]] | None,
+    plan: NoisePlan,
+) -> tuple[TargetVector, RLEffects, list[list[Rollout]]]:
     """Resolve G, sample the groups (this rank's block under torchrun) and compute every prompt's effect."""
     from sample_effect.runtime import distributed as dist
 
+    chosen, compute = ctx.params, cfg.compute
     if dist.is_distributed():
-        dist.init(next(iter(chosen.values())).device)
+        dist.init(ctx.device)
     if isinstance(target, TargetVector):
         g = target
     elif dist.active():
@@ -209,38 +214,38 @@ def _score_prompts(model, tokenizer, prompts, reward, target, update, cfg: RLPre
                               cfg.max_new_tokens, cfg.seed, compute.progress, first_index=mine.start) if len(mine) else []
     else:
         local = [list(groups[i]) for i in mine]
-    eff = rl_prompt_effects(model, chosen, local, g, update, state, cfg.clip_eps, keep_updates=plan.hessian,
-                            progress=compute.progress, keep_grads=plan.keep_grads, compute=compute,
-                            spill_dir=cfg.spill_dir) if local else None
+    eff = rl_prompt_effects(model, ctx, local, g, cfg.clip_eps, keep_updates=plan.hessian, keep_grads=plan.keep_grads,
+                            compute=compute, spill_dir=cfg.spill_dir) if local else None
     if dist.active():
-        eff, local = gather_effects(eff, local, mine, n_prompts, g, chosen, update, state, plan, cfg.spill_dir)
+        eff, local = gather_effects(eff, local, mine, n_prompts, g, ctx, plan, cfg.spill_dir)
     assert eff is not None
     return g, eff, local
 
 
-def _growth_record(model, chosen, eff: RLEffects, groups, target, g: TargetVector, update: UpdateConfig, state,  # type: ignore[no-untyped-def]
-                   cfg: RLPredictConfig, plan: NoisePlan) -> dict[str, Any]:
+def _growth_record(
+    model: torch.nn.Module, ctx: StepContext, eff: RLEffects, groups: Sequence[Sequence[Rollout]],
+    target: Target | TargetVector, g: TargetVector, cfg: RLPredictConfig, plan: NoisePlan,
+) -> dict[str, Any]:
     """The prediction's JSON record: positive effect with its interval, the noise and second-order terms, the growth."""
     n = len(eff.effect)
     n_zero = int(eff.zero_variance.sum())
     batch = min(cfg.prompts_per_step, n)
+    update = ctx.update
     lr = update.lr
     per_lr = positive_effect_per_lr(eff.effect, eff.n_tokens, eff.zero_variance, cfg.prompts_per_step)
     boot = bootstrap_positive_effect(eff.effect, eff.n_tokens, eff.zero_variance, cfg.prompts_per_step, cfg.n_boot, cfg.seed)
     ci = (lr * float(np.percentile(boot, 2.5)), lr * float(np.percentile(boot, 97.5)))
     b_eff = batch * (n - n_zero) / n
     positive = lr * per_lr
-    hess = hessian_noise_term(model, chosen, eff, target, update, plan.noise, lr, b_eff, plan.memory_note)
-    bat = batch_noise_term(chosen, eff, update, state, plan.noise, plan.nonlinear, lr, positive, cfg.prompts_per_step,
-                       cfg.noise_draws, cfg.seed, plan.memory_note)
+    hess = hessian_noise_term(model, ctx, eff, target, plan, b_eff)
+    bat = batch_noise_term(ctx, eff, plan, cfg, positive)
     terms = [t for t in (hess, bat) if t["effect"] is not None]
     noise_effect = sum(t["effect"] for t in terms) if terms else None
     if hess["effect"] is None and not plan.nonlinear:  # the only term that could be non-zero was not estimated
         noise_effect = None
     ses = [t["stderr"] for t in terms if t["stderr"] is not None and math.isfinite(t["stderr"])]
-    second = second_order_term(model, chosen, eff, target, update, state, plan.second, lr, cfg.prompts_per_step,
-                           cfg.curvature_draws, cfg.seed, plan.memory_note)
-    replay = replay_term(chosen, eff, update, state, plan, cfg)
+    second = second_order_term(model, ctx, eff, target, plan, cfg)
+    replay = replay_term(ctx, eff, plan, cfg)
     if second["effect"] is not None:  # first order (exact expectation over batches) + all of the second order
         second["growth"] = positive + (bat["effect"] or 0.0) + second["effect"]
     if bat.get("growth_stderr") is not None:  # non-linear update: the interval of the whole batch-step mean

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,31 +11,23 @@ import torch
 
 from sample_effect.errors import SampleEffectError
 from sample_effect.growth.rl_effects import RLEffects
-from sample_effect.growth.trajectory import simulated_step, stepped_with_state, vector_dot
-from sample_effect.update.optim import OptimizerState, UpdateConfig
+from sample_effect.growth.trajectory import StepContext, draw_batches, simulate, vector_dot
 
 
 def batch_updates(
-    effects: RLEffects,
-    params: Mapping[str, torch.Tensor],
-    update: UpdateConfig,
-    state: OptimizerState | None,
-    batches: Sequence[np.ndarray],
-):  # type: ignore[no-untyped-def]
+    effects: RLEffects, ctx: StepContext, batches: Sequence[Sequence[int]]
+) -> Iterator[dict[str, torch.Tensor] | None]:
     """Per batch S of prompts, the simulated trainer step per unit lr U(clip(gbar_S)) (None: no informative group).
 
     gbar_S = sum n_x g_x / sum n_x over S's informative groups (the gradient of the trainer's
     token-mean loss), clipped by its own norm as `clip_grad_norm_` clips the batch, then one
-    simulated optimiser step from `state`. A generator: one update is held at a time, and gbar_S
+    simulated optimiser step from `ctx`'s state. A generator: one update is held at a time, and gbar_S
     is a running sum over the batch's gradients read one at a time from `effects.grads`.
     """
     slot = gradient_slots(effects, "the batch terms")
-    state = state or OptimizerState()
-    names = list(params)
-    hypers = {n: state.hyper(n, update) for n in names}
     for idx in batches:
-        g = batch_gradient(effects, slot, names, idx)
-        yield None if g is None else simulated_step(g, params, update, hypers, state)[0]
+        g = batch_gradient(effects, slot, ctx.names, idx)
+        yield None if g is None else ctx.step(g)[0]
 
 
 def gradient_slots(effects: RLEffects, what: str) -> dict[int, int]:
@@ -67,13 +59,7 @@ def batch_gradient(effects: RLEffects, slot: Mapping[int, int], names: Sequence[
     return g
 
 
-def batch_step_effects(
-    effects: RLEffects,
-    params: Mapping[str, torch.Tensor],
-    update: UpdateConfig,
-    state: OptimizerState | None,
-    batches: Sequence[np.ndarray],
-) -> np.ndarray:
+def batch_step_effects(effects: RLEffects, ctx: StepContext, batches: Sequence[Sequence[int]]) -> np.ndarray:
     """Per unit lr, the first-order effect <U(clip(gbar_S)), G> of the trainer's step on each batch S of prompts.
 
     A batch with no informative group takes no step (0). Averaged over batches this is the
@@ -81,7 +67,7 @@ def batch_step_effects(
     effect of a non-linear update (Adam, clipping). See `batch_updates`.
     """
     out = np.zeros(len(batches))
-    for b, d in enumerate(batch_updates(effects, params, update, state, batches)):
+    for b, d in enumerate(batch_updates(effects, ctx, batches)):
         if d is not None:
             out[b] = vector_dot(d, effects.target.vector)
     return out
@@ -89,9 +75,7 @@ def batch_step_effects(
 
 def replay_path(
     effects: RLEffects,
-    params: Mapping[str, torch.Tensor],
-    update: UpdateConfig,
-    state: OptimizerState | None,
+    ctx: StepContext,
     lrs: Sequence[float],
     batch: int,
     runs: int,
@@ -108,21 +92,12 @@ def replay_path(
     dynamics (for AdamW, steps shrink as the moments average the batches' noise), not curvature.
     """
     slot = gradient_slots(effects, "the replay")
-    state = state or OptimizerState()
-    names = list(params)
-    hypers = {n: state.hyper(n, update) for n in names}
     n, b = len(effects.effect), min(batch, len(effects.effect))
     out = np.zeros((runs, len(lrs)))
     for r in range(runs):
         rng = np.random.default_rng([seed, r])
-        states = {nm: state.param_state(nm) for nm in names}
-        order: list[int] = []
-        for t, lr in enumerate(lrs):
-            while len(order) < b:
-                order += rng.permutation(n).tolist()
-            g, order = batch_gradient(effects, slot, names, order[:b]), order[b:]
-            if g is None:  # no informative group: the trainer takes no step
-                continue
-            d, _, states = stepped_with_state(g, params, update, hypers, states)
-            out[r, t] = lr * vector_dot(d, effects.target.vector)
+        batches = draw_batches(n, b, len(lrs), lambda k, rng=rng: rng.permutation(k).tolist())
+        # a batch without an informative group gives None: the trainer takes no step
+        out[r] = simulate(ctx, lrs, lambda t, bs=batches: batch_gradient(effects, slot, ctx.names, bs[t]),
+                          effects.target.vector)
     return out

@@ -7,16 +7,16 @@ import logging
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.errors import ConfigError
 from sample_effect.growth.noise import spill_space_note
+from sample_effect.growth.trajectory import StepContext
 from sample_effect.models.loading import accumulation_dtype
-from sample_effect.targets.core import LossTarget
-from sample_effect.update.optim import UpdateConfig
+from sample_effect.targets.core import LossTarget, Target, TargetVector
 
 log = logging.getLogger("sample_effect")
 
@@ -51,7 +51,8 @@ class RLPredictConfig:
     Hessian-vector products of the second-order term (0: off); `spill_dir` where the noise terms'
     per-prompt gradients go on disk (None: the system's temporary directory). `horizon_lrs`, the lr
     of every step of a planned run (empty: off), asks for `replay_runs` replays of that run on the
-    frozen per-prompt gradients with the optimiser state carried (`replay_path`).
+    frozen per-prompt gradients with the optimiser state carried (`replay_path`). `compute` says how to
+    compute (batch size, memory budget, progress bars).
     """
 
     group_size: int = 8
@@ -67,6 +68,7 @@ class RLPredictConfig:
     spill_dir: str | None = None
     horizon_lrs: tuple[float, ...] = ()
     replay_runs: int = 16
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def validate(self, sampling: bool = True) -> RLPredictConfig:
         """Raise SampleEffectError on an out-of-range setting; return self."""
@@ -99,15 +101,14 @@ class NoisePlan:
         return self.batch or self.second or self.replay
 
 
-def noise_plan(target, update: UpdateConfig, cfg: RLPredictConfig, chosen, n_prompts: int,  # type: ignore[no-untyped-def]
-                compute: ComputeConfig) -> NoisePlan:
+def noise_plan(target: Target | TargetVector, ctx: StepContext, cfg: RLPredictConfig, n_prompts: int) -> NoisePlan:
     """The noise terms this target and update call for, dropped (with the reason) when their tensors exceed the budget."""
     loss_target = isinstance(target, LossTarget)
-    nonlinear = not update.rule.is_linear or update.clip is not None
-    plan = NoisePlan(cfg.noise, cfg.noise and loss_target and update.rule.is_linear, cfg.noise and nonlinear,
+    nonlinear = ctx.nonlinear
+    plan = NoisePlan(cfg.noise, cfg.noise and loss_target and ctx.update.rule.is_linear, cfg.noise and nonlinear,
                       cfg.noise and loss_target and cfg.curvature_draws > 0, nonlinear, None, bool(cfg.horizon_lrs))
     if plan.hessian or plan.keep_grads:
-        note = _noise_memory_note(chosen, n_prompts, compute, cfg.spill_dir)
+        note = _noise_memory_note(ctx.params, n_prompts, cfg.compute, cfg.spill_dir)
         if note is not None:  # the positive effect needs none of it: report it, and say why the rest is missing
             log.warning("predict-rl: noise and second-order terms %s", note)
             plan = NoisePlan(False, False, False, False, nonlinear, note, False)

@@ -14,16 +14,14 @@ from sample_effect.errors import SampleEffectError
 from sample_effect.growth.noise import CentredRows, NoiseEffect, target_loss_hvp, trace_from_centred
 from sample_effect.growth.rl_batches import batch_updates
 from sample_effect.growth.rl_effects import RLEffects
-from sample_effect.update.optim import OptimizerState, UpdateConfig
+from sample_effect.growth.trajectory import StepContext
 
 
 def second_order_effects(
     model: torch.nn.Module,
-    params: Mapping[str, torch.Tensor],
+    ctx: StepContext,
     effects: RLEffects,
-    update: UpdateConfig,
-    state: OptimizerState | None,
-    batches: Sequence[np.ndarray],
+    batches: Sequence[Sequence[int]],
     target_examples: Sequence[TokenizedExample],
 ) -> np.ndarray:
     """Per batch S, U_S^T H_T U_S / 2 (per unit lr^2) for T = -(mean target loss): the second-order change of T.
@@ -34,11 +32,11 @@ def second_order_effects(
     """
     from sample_effect.runtime import distributed as dist
 
-    hvp = target_loss_hvp(model, params, target_examples)
+    hvp = target_loss_hvp(model, ctx.params, target_examples)
     n = len(batches)
     mine = set(dist.block(n)) if dist.active() else set(range(n))
     local: dict[int, float] = {}
-    for b, d in enumerate(batch_updates(effects, params, update, state, batches)):
+    for b, d in enumerate(batch_updates(effects, ctx, batches)):
         if b not in mine:
             continue
         if d is None:

@@ -6,7 +6,7 @@ See `growth.rl` for the estimator; this module computes the per-prompt effects i
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -18,13 +18,12 @@ from sample_effect.engine.core import ComputeConfig
 from sample_effect.engine.effects import compute_effects
 from sample_effect.errors import SampleEffectError
 from sample_effect.growth.noise import SpilledRows
-from sample_effect.growth.trajectory import SimulatedSteps, simulated_step, vector_dot
-from sample_effect.models.loading import accumulation_dtype
+from sample_effect.growth.trajectory import SimulatedSteps, StepContext, vector_dot
 from sample_effect.objectives.base import GRPOObjective, grpo_example, rollout_example
 from sample_effect.rollouts.groups import completion_tokens
 from sample_effect.targets.core import TargetVector
 from sample_effect.training.grpo import Rollout, grpo_batch_loss, set_advantages
-from sample_effect.update.optim import OptimizerState, UpdateConfig
+from sample_effect.update.optim import UpdateConfig
 
 
 @dataclass
@@ -87,15 +86,12 @@ def step_effect(effect: np.ndarray, n_tokens: np.ndarray, zero_variance: np.ndar
 
 def rl_prompt_effects(
     model: torch.nn.Module,
-    params: Mapping[str, torch.Tensor],
+    ctx: StepContext,
     groups: Sequence[Sequence[Rollout]],
     target: TargetVector,
-    update: UpdateConfig,
-    state: OptimizerState | None = None,
     clip_eps: float = 0.2,
     keep_updates: bool = False,
     rollout_effects: bool = True,
-    progress: bool = True,
     keep_grads: bool = False,
     compute: ComputeConfig | None = None,
     spill_dir: str | os.PathLike | None = None,
@@ -111,10 +107,10 @@ def rl_prompt_effects(
     time, under `compute`'s memory budget); otherwise one backward per group, each g_x written to
     a temporary file in `spill_dir` (`noise.SpilledRows`) as it is computed, so memory does not
     grow with the number of groups; the kept updates are recomputed from the file when read.
+    `ctx` holds the parameters, the update and the optimiser state; `compute.progress` shows a bar.
     """
-    update.validate()
-    state = state or OptimizerState()
-    names = list(params)
+    ctx.update.validate()
+    names = ctx.names
     if not names:
         raise SampleEffectError("no parameters to score")
     missing = [n for n in names if n not in target.vector]
@@ -123,10 +119,9 @@ def rl_prompt_effects(
     if not target.all_finite(names):
         raise SampleEffectError(f"the target direction '{target.kind}' contains NaN or Inf; nothing can be scored against it")
     if not (keep_updates or keep_grads):
-        return _engine_prompt_effects(model, params, groups, target, update, state, rollout_effects, progress, compute)
-    plist = [params[n] for n in names]
-    acc = accumulation_dtype(plist[0].dtype)
-    hypers = {n: state.hyper(n, update) for n in names}
+        return _engine_prompt_effects(model, ctx, groups, target, rollout_effects, compute)
+    plist = [ctx.params[n] for n in names]
+    acc = ctx.dtype
     n = len(groups)
     effect = np.zeros(n)
     n_tokens = np.zeros(n, dtype=np.int64)
@@ -135,6 +130,7 @@ def rl_prompt_effects(
     gnorm = np.zeros(n)
     shares: list[np.ndarray] = []
     store = SpilledRows(spill_dir)
+    progress = (compute or ComputeConfig()).progress
     for k, group in enumerate(tqdm(groups, desc="GRPO effects", unit="prompt", disable=not progress, leave=False)):
         if not group:
             raise SampleEffectError(f"prompt group {k} has no rollouts")
@@ -158,23 +154,23 @@ def rl_prompt_effects(
         g = {nm: gr.detach().to(acc) for nm, gr in zip(names, grads)}
         del grads
         store.append(g)
-        d, gnorm[k] = simulated_step(g, params, update, hypers, state)
+        d, gnorm[k] = ctx.step(g)
         effect[k] = vector_dot(d, target.vector)
         del g, d
     return RLEffects(
         ids=[g[0].prompt_id for g in groups], effect=effect, n_tokens=n_tokens, zero_variance=zero,
         reward_mean=reward_mean, grad_norm=gnorm, rollout_effect=shares, target=target,
-        updates=SimulatedSteps(store, params, update, hypers, state) if keep_updates else None,
+        updates=SimulatedSteps(store, ctx) if keep_updates else None,
         grads=store if keep_grads else None,
     )
 
 
-def _engine_prompt_effects(  # type: ignore[no-untyped-def]
-    model, params, groups, target: TargetVector, update: UpdateConfig, state: OptimizerState, rollout_effects: bool,
-    progress: bool, compute: ComputeConfig | None,
+def _engine_prompt_effects(
+    model: torch.nn.Module, ctx: StepContext, groups: Sequence[Sequence[Rollout]], target: TargetVector,
+    rollout_effects: bool, compute: ComputeConfig | None,
 ) -> RLEffects:
     """`rl_prompt_effects` through the engine: informative groups as GRPO-objective examples, scored in batches."""
-    compute = replace(compute or ComputeConfig(), progress=progress, grad_norms=True)
+    compute = replace(compute or ComputeConfig(), grad_norms=True)
     n = len(groups)
     effect, gnorm, reward_mean = np.zeros(n), np.zeros(n), np.zeros(n)
     n_tokens = np.zeros(n, dtype=np.int64)
@@ -191,12 +187,12 @@ def _engine_prompt_effects(  # type: ignore[no-untyped-def]
         objective = GRPOObjective()
         examples = [grpo_example(f"{groups[k][0].prompt_id}#{k}", [r.ids for r in groups[k]], [r.start for r in groups[k]],
                                  [r.advantage for r in groups[k]]) for k in live]
-        res = compute_effects(model, params, examples, target, update, state, compute, objective=objective)
+        res = compute_effects(model, ctx.params, examples, target, ctx.update, ctx.state, compute, objective=objective)
         effect[live], gnorm[live] = res.effect, res.grad_norm
         if rollout_effects:  # -<g_i, G> per rollout: the SGD effect of each rollout as its own example
             per = [rollout_example(f"{ex.id}/{i}", [s], [r], [w]) for ex in examples
                    for i, (s, r, w) in enumerate(zip(ex.sequences, ex.response_starts, ex.weights or []))]
-            sgd = compute_effects(model, params, per, target, UpdateConfig("sgd"), None, replace(compute, grad_norms=False),
+            sgd = compute_effects(model, ctx.params, per, target, UpdateConfig("sgd"), None, replace(compute, grad_norms=False),
                                   objective=objective).effect
             at = 0
             for k in live:

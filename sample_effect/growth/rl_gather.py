@@ -3,22 +3,23 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 import torch
 
 from sample_effect.growth.noise import SpilledRows
 from sample_effect.growth.rl_config import NoisePlan
 from sample_effect.growth.rl_effects import RLEffects
-from sample_effect.growth.trajectory import SimulatedSteps
-from sample_effect.models.loading import accumulation_dtype
+from sample_effect.growth.trajectory import SimulatedSteps, StepContext
 from sample_effect.targets.core import TargetVector
 from sample_effect.training.grpo import Rollout
-from sample_effect.update.optim import OptimizerState, UpdateConfig
 
 
-def gather_effects(  # type: ignore[no-untyped-def]
-    eff: RLEffects | None, local: list[list[Rollout]], mine: range, n: int, g: TargetVector, chosen,
-    update: UpdateConfig, state, plan: NoisePlan, spill_dir,
+def gather_effects(
+    eff: RLEffects | None, local: list[list[Rollout]], mine: range, n: int, g: TargetVector, ctx: StepContext,
+    plan: NoisePlan, spill_dir: str | os.PathLike | None,
 ) -> tuple[RLEffects, list[list[Rollout]]]:
     """Every rank's block of prompt effects (and rollouts, kept gradients) merged in prompt order.
 
@@ -42,17 +43,18 @@ def gather_effects(  # type: ignore[no-untyped-def]
     )
     if plan.hessian or plan.keep_grads:
         mine_rows = None if eff is None else (eff.grads if eff.grads is not None else getattr(eff.updates, "grads", None))
-        store = gather_rows(mine_rows, zero, n, chosen, spill_dir)
+        store = gather_rows(mine_rows, zero, n, ctx, spill_dir)
         if eff is not None:
             eff.release()
-        state = state or OptimizerState()
-        hypers = {k: state.hyper(k, update) for k in chosen}
         merged.grads = store if plan.keep_grads else None
-        merged.updates = SimulatedSteps(store, chosen, update, hypers, state) if plan.hessian else None
+        merged.updates = SimulatedSteps(store, ctx) if plan.hessian else None
     return merged, [r[6] for r in rows]
 
 
-def gather_rows(mine_rows, zero: np.ndarray, n: int, chosen, spill_dir) -> SpilledRows:  # type: ignore[no-untyped-def]
+def gather_rows(
+    mine_rows: Sequence[Mapping[str, torch.Tensor]] | None, zero: np.ndarray, n: int, ctx: StepContext,
+    spill_dir: str | os.PathLike | None,
+) -> SpilledRows:
     """Every informative group's kept gradient, in prompt order, spilled on every rank: one all-reduce per row
     (the owner contributes the row, the others zeros), so a rank holds one row at a time."""
     from sample_effect.runtime import distributed as dist
@@ -61,9 +63,7 @@ def gather_rows(mine_rows, zero: np.ndarray, n: int, chosen, spill_dir) -> Spill
     owner = np.zeros(n, dtype=np.int64)
     for r in range(w):
         owner[list(dist.block(n, r, w))] = r
-    names = list(chosen)
-    first = next(iter(chosen.values()))
-    acc = accumulation_dtype(first.dtype)
+    chosen, names, acc = ctx.params, ctx.names, ctx.dtype
     sizes = [chosen[k].numel() for k in names]
     store = SpilledRows(spill_dir)
     at = 0
@@ -75,7 +75,7 @@ def gather_rows(mine_rows, zero: np.ndarray, n: int, chosen, spill_dir) -> Spill
             flat = torch.cat([row[k].reshape(-1).to(acc) for k in names])
             del row
         else:
-            flat = torch.zeros(sum(sizes), dtype=acc, device=first.device)
+            flat = torch.zeros(sum(sizes), dtype=acc, device=ctx.device)
         dist.all_reduce_sum_(flat)
         store.append({k: part.view(chosen[k].shape) for k, part in zip(names, flat.split(sizes))})
         del flat

@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 
 from sample_effect.growth.noise import finite_population
 from sample_effect.growth.rl_batches import batch_step_effects, replay_path
@@ -16,11 +17,17 @@ from sample_effect.growth.rl_config import NoisePlan, RLPredictConfig
 from sample_effect.growth.rl_curvature import rl_noise_effect, second_order_effects
 from sample_effect.growth.rl_effects import RLEffects
 from sample_effect.growth.rl_stats import batch_draws, batch_growth_stderr
-from sample_effect.targets.core import AccuracyTarget, DirectionTarget, LossTarget, TargetVector
-from sample_effect.update.optim import UpdateConfig
+from sample_effect.growth.trajectory import StepContext
+from sample_effect.targets.core import (
+    AccuracyTarget,
+    DirectionTarget,
+    LossTarget,
+    Target,
+    TargetVector,
+)
 
 
-def replay_term(chosen, eff: RLEffects, update: UpdateConfig, state, plan: NoisePlan, cfg: RLPredictConfig) -> dict | None:  # type: ignore[no-untyped-def]
+def replay_term(ctx: StepContext, eff: RLEffects, plan: NoisePlan, cfg: RLPredictConfig) -> dict | None:
     """`replay_path` summarised: mean per-step change, the total with its standard error, and the runs' spread."""
     if not cfg.horizon_lrs:
         return None
@@ -30,7 +37,7 @@ def replay_term(chosen, eff: RLEffects, update: UpdateConfig, state, plan: Noise
     if not (~eff.zero_variance).any():
         paths = np.zeros((cfg.replay_runs, steps))
     else:
-        paths = replay_path(eff, chosen, update, state, cfg.horizon_lrs, cfg.prompts_per_step, cfg.replay_runs, cfg.seed)
+        paths = replay_path(eff, ctx, cfg.horizon_lrs, cfg.prompts_per_step, cfg.replay_runs, cfg.seed)
     totals = paths.sum(1)
     return {
         "per_step": paths.mean(0).tolist(), "total": float(totals.mean()),
@@ -40,20 +47,21 @@ def replay_term(chosen, eff: RLEffects, update: UpdateConfig, state, plan: Noise
     }
 
 
-def second_order_term(  # type: ignore[no-untyped-def]
-    model, params, eff: RLEffects, target, update: UpdateConfig, state, wanted: bool, lr: float, prompts_per_step: int,
-    draws: int, seed: int, memory_note: str | None = None,
+def second_order_term(
+    model: torch.nn.Module, ctx: StepContext, eff: RLEffects, target: Target | TargetVector, plan: NoisePlan,
+    cfg: RLPredictConfig,
 ) -> dict:
-    """(lr^2 / 2) E_S[U_S^T H_T U_S] over `draws` batches (every batch when there are fewer), for a loss target."""
+    """(lr^2 / 2) E_S[U_S^T H_T U_S] over `cfg.curvature_draws` batches (every batch when there are fewer), for a loss target."""
+    lr, memory_note = ctx.update.lr, plan.memory_note
     out: dict[str, Any] = {"effect": None, "stderr": None, "draws": 0, "growth": None}
-    if not wanted:
+    if not plan.second:
         why = "off (--curvature-draws 0 or --no-noise)" if isinstance(target, LossTarget) else "needs a --target-data loss target"
         why = memory_note if memory_note and isinstance(target, LossTarget) else why
         return {**out, "note": why}
     if not (~eff.zero_variance).any():
         return {**out, "effect": 0.0, "stderr": 0.0, "note": "0, no prompt has reward variance"}
-    batches, exact = batch_draws(len(eff.effect), prompts_per_step, draws, seed + 1)
-    vals = lr * lr * second_order_effects(model, params, eff, update, state, batches, target.examples)
+    batches, exact = batch_draws(len(eff.effect), cfg.prompts_per_step, cfg.curvature_draws, cfg.seed + 1)
+    vals = lr * lr * second_order_effects(model, ctx, eff, batches, target.examples)
     se = 0.0 if exact else (float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan"))
     how = f"every one of the {len(vals)} batches" if exact else f"{len(vals)} random batches"
     return {"effect": float(vals.mean()), "stderr": se, "draws": len(vals),
@@ -61,11 +69,12 @@ def second_order_term(  # type: ignore[no-untyped-def]
                     "first-order batch term + this (for SGD it contains the Hessian noise term)"}
 
 
-def hessian_noise_term(  # type: ignore[no-untyped-def]
-    model, params, eff: RLEffects, target, update: UpdateConfig, noise: bool, lr: float, b_eff: float,
-    memory_note: str | None = None,
+def hessian_noise_term(
+    model: torch.nn.Module, ctx: StepContext, eff: RLEffects, target: Target | TargetVector, plan: NoisePlan,
+    b_eff: float,
 ) -> dict:
     """(lr^2 / 2b) tr(H_T Sigma_w) where it is defined and estimated; else None (or 0) with the reason."""
+    lr, memory_note = ctx.update.lr, plan.memory_note
     m = int((~eff.zero_variance).sum())
     out: dict[str, Any] = {"effect": None, "stderr": None, "trace": None}
     if isinstance(target, DirectionTarget) or (isinstance(target, TargetVector) and target.kind == "direction"):
@@ -74,34 +83,32 @@ def hessian_noise_term(  # type: ignore[no-untyped-def]
         return {**out, "note": "not estimated for an accuracy target (its Hessian is not available)"}
     if not isinstance(target, LossTarget):
         return {**out, "note": "not estimated for a precomputed target vector"}
-    if not noise:
+    if not plan.noise:
         return {**out, "note": memory_note or "not requested (--no-noise)"}
-    if not update.rule.is_linear:
+    if not ctx.update.rule.is_linear:
         return {**out, "note": "not estimated for Adam (O(lr^2); the first-order batch term dominates at small lr)"}
     if m < 2:
         return {**out, "effect": 0.0 if m == 0 else None, "note": "fewer than 2 prompts with reward variance"}
-    ne = rl_noise_effect(model, params, eff, target.examples)
+    ne = rl_noise_effect(model, ctx.params, eff, target.examples)
     scale = lr * lr / (2 * b_eff) * finite_population(b_eff, m)
     return {"effect": scale * ne.trace, "stderr": scale * ne.stderr, "trace": ne.trace,
             "note": "(lr^2 / 2b) tr(H_T Sigma_w) (m - b) / m, b = prompts_per_step * (1 - zero_variance_fraction), "
                     "m = prompts with reward variance"}
 
 
-def batch_noise_term(  # type: ignore[no-untyped-def]
-    params, eff: RLEffects, update: UpdateConfig, state, noise: bool, nonlinear: bool, lr: float, positive: float,
-    prompts_per_step: int, draws: int, seed: int, memory_note: str | None = None,
-) -> dict:
-    """lr E_S <U(clip(gbar_S)), G> - positive effect, over batch draws; 0 for a linear update."""
+def batch_noise_term(ctx: StepContext, eff: RLEffects, plan: NoisePlan, cfg: RLPredictConfig, positive: float) -> dict:
+    """lr E_S <U(clip(gbar_S)), G> - positive effect, over `cfg.noise_draws` batch draws; 0 for a linear update."""
+    lr, memory_note, prompts_per_step = ctx.update.lr, plan.memory_note, cfg.prompts_per_step
     out: dict[str, Any] = {"effect": None, "stderr": None, "exact": None, "draws": 0}
-    if not nonlinear:
+    if not plan.nonlinear:
         return {**out, "effect": 0.0, "note": "0, SGD without clipping is linear in the gradient"}
-    if not noise:
+    if not plan.noise:
         return {**out, "note": memory_note or "not requested (--no-noise)"}
     if not (~eff.zero_variance).any():
         return {**out, "effect": 0.0, "note": "0, no prompt has reward variance"}
     n = len(eff.effect)
-    batches, exact = batch_draws(n, prompts_per_step, draws, seed)
-    vals = lr * batch_step_effects(eff, params, update, state, batches)
+    batches, exact = batch_draws(n, prompts_per_step, cfg.noise_draws, cfg.seed)
+    vals = lr * batch_step_effects(eff, ctx, batches)
     se = 0.0 if exact else (float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan"))
     how = f"every one of the {len(vals)} batches" if exact else f"{len(vals)} random batches"
     return {"effect": float(vals.mean()) - positive, "stderr": se, "exact": exact, "draws": len(vals),

@@ -20,7 +20,9 @@ while the first-order picture holds.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -33,16 +35,12 @@ from tqdm.auto import tqdm
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig, iter_example_factors
 from sample_effect.errors import ConfigError, SampleEffectError
+from sample_effect.growth.trajectory import StepContext, draw_batches, simulate
 from sample_effect.kernels.ghost import materialise_sum
 from sample_effect.targets.core import TargetVector
 from sample_effect.training.sft import SFTConfig
-from sample_effect.update.rules import (
-    ParamHyper,
-    UpdateRule,
-    clip_by_norm,
-    clip_coefficients,
-    get_update_rule,
-)
+from sample_effect.update.optim import UpdateConfig
+from sample_effect.update.rules import clip_coefficients
 
 
 @dataclass
@@ -91,17 +89,8 @@ def total_steps(cfg: SFTConfig, n: int) -> int:
 def batch_schedule(cfg: SFTConfig, n: int, total: int, seed: int) -> list[list[list[int]]]:
     """Per step, the micro-batches of example indices, drawn exactly as `train_sft` draws them."""
     gen = torch.Generator().manual_seed(seed)
-    order: list[int] = []
-    steps = []
-    for _ in range(total):
-        micro = []
-        for _ in range(cfg.grad_accum):
-            if len(order) < cfg.batch_size:
-                order += torch.randperm(n, generator=gen).tolist()
-            micro.append(order[: cfg.batch_size])
-            order = order[cfg.batch_size :]
-        steps.append(micro)
-    return steps
+    micro = draw_batches(n, cfg.batch_size, total * cfg.grad_accum, lambda k: torch.randperm(k, generator=gen).tolist())
+    return [micro[t * cfg.grad_accum : (t + 1) * cfg.grad_accum] for t in range(total)]
 
 
 def example_gradient_matrix(
@@ -144,34 +133,38 @@ def example_gradient_matrix(
     return out
 
 
-def _hyper(cfg: SFTConfig) -> ParamHyper:
-    """The simulated optimiser's hyper-parameters: the trainer's betas, eps and weight decay."""
-    return ParamHyper(cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay)
+def sft_update(cfg: SFTConfig, optimizer: str = "adamw") -> UpdateConfig:
+    """The update `train_sft` takes with `cfg`: the named rule with the trainer's lr, betas, eps, weight decay and clipping.
+
+    `optimizer` 'adamw' is the trainer's own; another registered rule is simulated with the same settings.
+    """
+    return UpdateConfig(optimizer, lr=cfg.lr, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps,
+                        weight_decay=cfg.weight_decay, clip=cfg.max_grad_norm)
+
+
+FLAT = "theta"  # the one "parameter" of the flat vectors an SFT curve steps on
 
 
 def _path(
-    grads: torch.Tensor, gvec: torch.Tensor, theta0: torch.Tensor, cfg: SFTConfig, lrs: Sequence[float],
-    batches: Sequence[Sequence[Sequence[int]]] | None, rule: UpdateRule, bar: Any = None,
+    grads: torch.Tensor, gvec: torch.Tensor, ctx: StepContext, lrs: Sequence[float],
+    batches: Sequence[Sequence[Sequence[int]]] | None, bar: Any = None,
 ) -> np.ndarray:
     """Per-step first-order target change lr_t <d_t, G> along one batch path (None: the full-data mean each step).
 
-    The optimiser state (e.g. AdamW's moments) is carried from step to step on the flat vectors;
-    `bar` (a tqdm), if given, advances by one per step.
+    The steps go through the trajectory simulator (`trajectory.simulate`) on the flat vectors, the
+    optimiser state (e.g. AdamW's moments) carried from step to step; `bar` (a tqdm), if given,
+    advances by one per step.
     """
     mean = grads.mean(0)
-    hyper = _hyper(cfg)
-    state = rule.init_state(theta0)
-    out = np.zeros(len(lrs))
-    for t, lr in enumerate(lrs):
-        if batches is None:
-            g = mean
-        else:
-            g = sum(grads[idx].mean(0) for idx in batches[t]) / len(batches[t])  # type: ignore[assignment]
-        d, state = rule.step_with_state(clip_by_norm(g, cfg.max_grad_norm), theta0, hyper, state)
-        out[t] = lr * float(d @ gvec)
+
+    def gradient(t: int) -> dict[str, torch.Tensor]:
         if bar is not None:
             bar.update(1)
-    return out
+        if batches is None:
+            return {FLAT: mean}
+        return {FLAT: functools.reduce(operator.add, (grads[idx].mean(0) for idx in batches[t])) / len(batches[t])}
+
+    return simulate(ctx, lrs, gradient, {FLAT: gvec})
 
 
 def predict_sft_curve(
@@ -198,7 +191,8 @@ def predict_sft_curve(
     the trainer's seed, each replicate); False leaves the gradient bar to `compute.progress`.
     """
     cfg.validate()
-    rule = get_update_rule(optimizer)
+    update = sft_update(cfg, optimizer).validate()
+    rule = update.rule
     if replicates < 1:
         raise ConfigError("predict_sft_curve", f"<replicates> must be >= 1, got {replicates}")
     if not examples:
@@ -209,27 +203,27 @@ def predict_sft_curve(
     acc = grads.dtype
     gvec = torch.cat([target.vector[n].flatten().to(acc) for n in params])
     theta0 = torch.cat([p.detach().flatten().to(acc) for p in params.values()])
+    ctx = StepContext.build({FLAT: theta0}, update)
     total = total_steps(cfg, len(examples))
     lrs = schedule_lrs(cfg, total)
     n_paths = 2 + (0 if rule.is_linear else replicates)
     with tqdm(total=n_paths * total, desc=f"predict-sft {name}", unit="step", disable=not progress) as bar:
         bar.set_postfix_str("positive effect")
-        positive = _path(grads, gvec, theta0, cfg, lrs, None, rule, bar)
+        positive = _path(grads, gvec, ctx, lrs, None, bar)
         bar.set_postfix_str("trainer's seed")
-        seed_path = _path(grads, gvec, theta0, cfg, lrs, batch_schedule(cfg, len(examples), total, cfg.seed), rule, bar)
+        seed_path = _path(grads, gvec, ctx, lrs, batch_schedule(cfg, len(examples), total, cfg.seed), bar)
         if not rule.is_linear:
             reps = []
             for r in range(replicates):
                 bar.set_postfix_str(f"noise: batch order {r + 1}/{replicates}")
-                reps.append(_path(grads, gvec, theta0, cfg, lrs,
-                                  batch_schedule(cfg, len(examples), total, cfg.seed + 1 + r), rule, bar))
+                reps.append(_path(grads, gvec, ctx, lrs, batch_schedule(cfg, len(examples), total, cfg.seed + 1 + r), bar))
             noise = np.stack(reps).mean(0) - positive
             noise_se = np.stack(reps).std(0, ddof=1) / math.sqrt(replicates) if replicates > 1 else np.full(total, np.nan)
         else:
             bar.set_postfix_str("noise: Hessian trace")
             noise, noise_se = _sgd_noise(model, params, grads, target, cfg, lrs, target_examples)
     predicted = positive + noise
-    dataset_effect = _fresh_dataset_effect(grads, gvec, theta0, cfg, rule)
+    dataset_effect = _fresh_dataset_effect(grads, gvec, ctx)
     start = target.target_loss
     sign = -1.0 if start is not None else 1.0
     cum = np.cumsum(predicted)
@@ -241,18 +235,18 @@ def predict_sft_curve(
     return SFTCurve(name, steps, dataset_effect, len(examples), start, sign)
 
 
-def _fresh_dataset_effect(grads: torch.Tensor, gvec: torch.Tensor, theta0: torch.Tensor, cfg: SFTConfig, rule: UpdateRule) -> float:
+def _fresh_dataset_effect(grads: torch.Tensor, gvec: torch.Tensor, ctx: StepContext) -> float:
     """Mean over examples of one fresh step's effect (a batch of one, clipped as the trainer clips a batch).
 
     The per-example step is the engine's own (the rule's fused `effect_rows`), in blocks of rows.
     A linear rule (SGD) leaves out its weight-decay term -wd <theta, G>, as this always has.
     """
-    hyper = _hyper(cfg)
+    rule, theta0, hyper, clip = ctx.update.rule, ctx.params[FLAT], ctx.hypers[FLAT], ctx.update.clip
     total = 0.0
     for r0 in range(0, grads.shape[0], 64):
         g = grads[r0 : r0 + 64].clone()
-        if cfg.max_grad_norm is not None:
-            g.mul_(clip_coefficients(g.pow(2).sum(1), cfg.max_grad_norm).unsqueeze(1))
+        if clip is not None:
+            g.mul_(clip_coefficients(g.pow(2).sum(1), clip).unsqueeze(1))
         dots, _ = rule.effect_rows(g, theta0, gvec, hyper)
         total += float(dots.sum())
     decay = 0.0 if rule.is_linear else rule.shared_dot(theta0, gvec, hyper)

@@ -21,6 +21,7 @@ from sample_effect.growth.rl import predict_rl
 from sample_effect.growth.rl_curvature import rl_noise_effect
 from sample_effect.growth.rl_effects import rl_prompt_effects
 from sample_effect.growth.rl_stats import empty_batch_probability
+from sample_effect.growth.trajectory import StepContext
 from sample_effect.objectives.losses import token_logprobs
 from sample_effect.objectives.reinforce import (
     reinforce_coefficients,
@@ -101,7 +102,7 @@ def test_prompt_effects_sgd_equal_a_naive_float64_loop(model_dirs):
     params = select_parameters(model)
     groups = sample_groups(model, tok, rl_prompts(4), long_completion, 4, 1.0, 3, seed=0, progress=False)
     G = random_target(params)
-    eff = rl_prompt_effects(model, params, groups, G, UpdateConfig("sgd", lr=1e-3), progress=False)
+    eff = rl_prompt_effects(model, StepContext.build(params, UpdateConfig("sgd", lr=1e-3)), groups, G, compute=QUIET)
     n_informative = 0
     for k, group in enumerate(groups):
         rewards = [r.reward for r in group]
@@ -276,7 +277,7 @@ def test_prompt_effect_equals_train_grpos_own_first_step_with_adamw_and_clipping
         raise AssertionError("no seed gave a group with reward variance")
     G = random_target(params, seed=2)
     upd = UpdateConfig("adamw", lr=lr, weight_decay=0.0, clip=1.0)
-    predicted = rl_prompt_effects(model, params, [group], G, upd, progress=False).effect[0]
+    predicted = rl_prompt_effects(model, StepContext.build(params, upd), [group], G, compute=QUIET).effect[0]
     trained = copy.deepcopy(model)
     before = {n: p.detach().clone() for n, p in trained.named_parameters()}
     train_grpo(trained, tok, [prompt], long_completion, cfg, out_dir=tmp_path / "g", progress=False)
@@ -519,7 +520,7 @@ def test_noise_trace_matches_explicit_hessian_and_weighted_covariance(model_dirs
         for i, r in enumerate(g):
             r.ids = r.ids[: r.start + 1 + (i + k) % 3]
     G = resolve_target(LossTarget(tgt), model, params, [], QUIET)
-    eff = rl_prompt_effects(model, params, groups, G, UpdateConfig("sgd"), keep_updates=True, progress=False)
+    eff = rl_prompt_effects(model, StepContext.build(params, UpdateConfig("sgd")), groups, G, keep_updates=True, compute=QUIET)
     est = rl_noise_effect(model, params, eff, tgt)
 
     ds, ws = [], []
