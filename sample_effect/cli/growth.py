@@ -90,7 +90,7 @@ def _predict(args: argparse.Namespace, model: Any, tok: Any, cfg: Any, compute: 
     from sample_effect.data.examples import load_examples, tokenize_examples
     from sample_effect.growth.sft import predict_sft_curve
     from sample_effect.models.loading import select_parameters
-    from sample_effect.targets.core import LossTarget, resolve_target
+    from sample_effect.targets.core import resolve_target
 
     fmt = data_format_from_args(args)
     datasets = [(name, load_examples(path, data_format=fmt)) for name, path in args.data]
@@ -100,7 +100,7 @@ def _predict(args: argparse.Namespace, model: Any, tok: Any, cfg: Any, compute: 
     params = select_parameters(model)
     target = target_from_args(args, tok, load_examples(args.target_data, data_format=fmt) if args.target_data else None,
                               accuracy_prefix=None)
-    target_ex = target.examples if isinstance(target, LossTarget) else None
+    target_ex = target.hessian_examples()
     tokenized = [(n, tokenize_examples(exs, tok, args.max_length)[0]) for n, exs in datasets]
     from sample_effect.runtime import distributed as dist
 

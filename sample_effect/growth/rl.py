@@ -84,7 +84,6 @@ from sample_effect.growth.trajectory import StepContext
 from sample_effect.models.loading import select_parameters
 from sample_effect.rollouts.groups import completion_tokens, sample_groups
 from sample_effect.targets.core import (
-    SelfTarget,
     Target,
     TargetVector,
     resolve_target,
@@ -158,7 +157,8 @@ def predict_rl(
     cfg = replace(config or RLPredictConfig(), **settings).validate(sampling=groups is None)
     cfg = replace(cfg, compute=cfg.compute or ComputeConfig())
     update = (update or UpdateConfig()).validate()
-    if isinstance(target, SelfTarget):
+    target = Target.coerce(target)
+    if target.uses_scored_examples:
         raise SampleEffectError("a 'self' target has no meaning for RL prompts; use a loss, direction or accuracy target")
     chosen = select_parameters(model, params) if params is None or isinstance(params, str) else dict(params)
     ctx = StepContext.build(chosen, update, state)
@@ -192,7 +192,7 @@ def predict_rl(
 
 def _score_prompts(
     model: torch.nn.Module, tokenizer: Any, prompts: Sequence[RLPrompt], reward: Callable[..., float] | str,
-    target: Target | TargetVector, ctx: StepContext, cfg: RLPredictConfig, groups: Sequence[Sequence[Rollout]] | None,
+    target: Target, ctx: StepContext, cfg: RLPredictConfig, groups: Sequence[Sequence[Rollout]] | None,
     plan: NoisePlan,
 ) -> tuple[TargetVector, RLEffects, list[list[Rollout]]]:
     """Resolve G, sample the groups (this rank's block under torchrun) and compute every prompt's effect."""
@@ -201,9 +201,7 @@ def _score_prompts(
     chosen, compute = ctx.params, cfg.compute
     if dist.is_distributed():
         dist.init(ctx.device)
-    if isinstance(target, TargetVector):
-        g = target
-    elif dist.active():
+    if dist.active():
         g = resolve_target_distributed(target, model, chosen, [], compute)
     else:
         g = resolve_target(target, model, chosen, [], compute)
@@ -224,7 +222,7 @@ def _score_prompts(
 
 def _growth_record(
     model: torch.nn.Module, ctx: StepContext, eff: RLEffects, groups: Sequence[Sequence[Rollout]],
-    target: Target | TargetVector, g: TargetVector, cfg: RLPredictConfig, plan: NoisePlan,
+    target: Target, g: TargetVector, cfg: RLPredictConfig, plan: NoisePlan,
 ) -> dict[str, Any]:
     """The prediction's JSON record: positive effect with its interval, the noise and second-order terms, the growth."""
     n = len(eff.effect)

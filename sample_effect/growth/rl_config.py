@@ -16,7 +16,7 @@ from sample_effect.errors import ConfigError
 from sample_effect.growth.noise import spill_space_note
 from sample_effect.growth.trajectory import StepContext
 from sample_effect.models.loading import accumulation_dtype
-from sample_effect.targets.core import LossTarget, Target, TargetVector
+from sample_effect.targets.core import Target
 
 log = logging.getLogger("sample_effect")
 
@@ -101,9 +101,9 @@ class NoisePlan:
         return self.batch or self.second or self.replay
 
 
-def noise_plan(target: Target | TargetVector, ctx: StepContext, cfg: RLPredictConfig, n_prompts: int) -> NoisePlan:
+def noise_plan(target: Target, ctx: StepContext, cfg: RLPredictConfig, n_prompts: int) -> NoisePlan:
     """The noise terms this target and update call for, dropped (with the reason) when their tensors exceed the budget."""
-    loss_target = isinstance(target, LossTarget)
+    loss_target = target.hessian_examples() is not None
     nonlinear = ctx.nonlinear
     plan = NoisePlan(cfg.noise, cfg.noise and loss_target and ctx.update.rule.is_linear, cfg.noise and nonlinear,
                       cfg.noise and loss_target and cfg.curvature_draws > 0, nonlinear, None, bool(cfg.horizon_lrs))

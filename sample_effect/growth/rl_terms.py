@@ -19,11 +19,7 @@ from sample_effect.growth.rl_effects import RLEffects
 from sample_effect.growth.rl_stats import batch_draws, batch_growth_stderr
 from sample_effect.growth.trajectory import StepContext
 from sample_effect.targets.core import (
-    AccuracyTarget,
-    DirectionTarget,
-    LossTarget,
     Target,
-    TargetVector,
 )
 
 
@@ -48,20 +44,20 @@ def replay_term(ctx: StepContext, eff: RLEffects, plan: NoisePlan, cfg: RLPredic
 
 
 def second_order_term(
-    model: torch.nn.Module, ctx: StepContext, eff: RLEffects, target: Target | TargetVector, plan: NoisePlan,
-    cfg: RLPredictConfig,
+    model: torch.nn.Module, ctx: StepContext, eff: RLEffects, target: Target, plan: NoisePlan, cfg: RLPredictConfig,
 ) -> dict:
     """(lr^2 / 2) E_S[U_S^T H_T U_S] over `cfg.curvature_draws` batches (every batch when there are fewer), for a loss target."""
     lr, memory_note = ctx.update.lr, plan.memory_note
     out: dict[str, Any] = {"effect": None, "stderr": None, "draws": 0, "growth": None}
-    if not plan.second:
-        why = "off (--curvature-draws 0 or --no-noise)" if isinstance(target, LossTarget) else "needs a --target-data loss target"
-        why = memory_note if memory_note and isinstance(target, LossTarget) else why
+    examples = target.hessian_examples()
+    if not plan.second or examples is None:
+        why = "off (--curvature-draws 0 or --no-noise)" if examples is not None else "needs a --target-data loss target"
+        why = memory_note if memory_note and examples is not None else why
         return {**out, "note": why}
     if not (~eff.zero_variance).any():
         return {**out, "effect": 0.0, "stderr": 0.0, "note": "0, no prompt has reward variance"}
     batches, exact = batch_draws(len(eff.effect), cfg.prompts_per_step, cfg.curvature_draws, cfg.seed + 1)
-    vals = lr * lr * second_order_effects(model, ctx, eff, batches, target.examples)
+    vals = lr * lr * second_order_effects(model, ctx, eff, batches, examples)
     se = 0.0 if exact else (float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan"))
     how = f"every one of the {len(vals)} batches" if exact else f"{len(vals)} random batches"
     return {"effect": float(vals.mean()), "stderr": se, "draws": len(vals),
@@ -70,26 +66,24 @@ def second_order_term(
 
 
 def hessian_noise_term(
-    model: torch.nn.Module, ctx: StepContext, eff: RLEffects, target: Target | TargetVector, plan: NoisePlan,
-    b_eff: float,
+    model: torch.nn.Module, ctx: StepContext, eff: RLEffects, target: Target, plan: NoisePlan, b_eff: float,
 ) -> dict:
     """(lr^2 / 2b) tr(H_T Sigma_w) where it is defined and estimated; else None (or 0) with the reason."""
     lr, memory_note = ctx.update.lr, plan.memory_note
     m = int((~eff.zero_variance).sum())
     out: dict[str, Any] = {"effect": None, "stderr": None, "trace": None}
-    if isinstance(target, DirectionTarget) or (isinstance(target, TargetVector) and target.kind == "direction"):
+    if target.linear_in_theta:
         return {**out, "effect": 0.0, "note": "0, a fixed direction is linear in theta"}
-    if isinstance(target, AccuracyTarget):
-        return {**out, "note": "not estimated for an accuracy target (its Hessian is not available)"}
-    if not isinstance(target, LossTarget):
-        return {**out, "note": "not estimated for a precomputed target vector"}
+    examples = target.hessian_examples()
+    if examples is None:
+        return {**out, "note": f"not estimated for {target.label} (its Hessian is not available)"}
     if not plan.noise:
         return {**out, "note": memory_note or "not requested (--no-noise)"}
     if not ctx.update.rule.is_linear:
         return {**out, "note": "not estimated for Adam (O(lr^2); the first-order batch term dominates at small lr)"}
     if m < 2:
         return {**out, "effect": 0.0 if m == 0 else None, "note": "fewer than 2 prompts with reward variance"}
-    ne = rl_noise_effect(model, ctx.params, eff, target.examples)
+    ne = rl_noise_effect(model, ctx.params, eff, examples)
     scale = lr * lr / (2 * b_eff) * finite_population(b_eff, m)
     return {"effect": scale * ne.trace, "stderr": scale * ne.stderr, "trace": ne.trace,
             "note": "(lr^2 / 2b) tr(H_T Sigma_w) (m - b) / m, b = prompts_per_step * (1 - zero_variance_fraction), "
