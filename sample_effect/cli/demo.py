@@ -252,8 +252,7 @@ def _summary(out: Path, model: Any, tok_pool: list, result: Any, table: Any, sel
     index = {ex.id: i for i, ex in enumerate(tok_pool)}
     predicted = {
         label: predict_sft_curve(model, select_parameters(model), [tok_pool[index[i]] for i in ids], result.target,
-                                 cfg, label, replicates=4, compute=ComputeConfig(batch_size=8, progress=False),
-                                 progress=progress)
+                                 cfg, label, replicates=4, compute=ComputeConfig(batch_size=8, progress=progress))
         for label, ids in selections.items()
     }
     curves(runs, "step", "eval_loss", out / "selection_loss.png", f"Held-out target loss while fine-tuning on {k} examples",

@@ -88,7 +88,7 @@ def _load_common(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 def _predict(args: argparse.Namespace, model: Any, tok: Any, cfg: Any, compute: Any) -> tuple[list, Any, Any, list]:
     """Curves for every --data: (curves, target vector, target examples or None, tokenized datasets)."""
     from sample_effect.data.examples import load_examples, tokenize_examples
-    from sample_effect.growth.sft import predict_sft_curve
+    from sample_effect.growth.sft import predict_sft_curve, sft_update
     from sample_effect.models.loading import select_parameters
     from sample_effect.targets.core import resolve_target
 
@@ -113,7 +113,7 @@ def _predict(args: argparse.Namespace, model: Any, tok: Any, cfg: Any, compute: 
         g = resolve_target(target, model, params, tokenized[0][1], compute)
     curves = [
         predict_sft_curve(model, params, exs, g, cfg, name, getattr(args, "replicates", 8),
-                          getattr(args, "optimizer", "adamw"), target_ex, compute, progress=not args.quiet)
+                          sft_update(cfg, getattr(args, "optimizer", "adamw")), target_ex, compute)
         for name, exs in tokenized
     ]
     return curves, g, target_ex, tokenized

@@ -40,13 +40,9 @@ from sample_effect.engine.core import (
     split_parameters,
 )
 from sample_effect.errors import SampleEffectError
+from sample_effect.growth.trajectory import StepContext
 from sample_effect.objectives.losses import sft_sequence_loss
-from sample_effect.update.optim import (
-    OptimizerState,
-    UpdateConfig,
-    clip_coefficients,
-    update_per_lr,
-)
+from sample_effect.update.optim import UpdateConfig, clip_coefficients
 
 
 @dataclass
@@ -236,13 +232,12 @@ def noise_effect_loss_target(
     examples. Before, all n updates and their n centred copies were held at once.
     """
     update.validate()
-    if update.optimizer != "sgd":
+    if not update.rule.is_linear:
         raise SampleEffectError("the Hessian noise-effect estimator covers SGD; Adam needs the Monte Carlo estimator")
     if len(examples) < 2:
         raise SampleEffectError("the noise effect needs at least 2 examples")
-    state = OptimizerState()
-    hypers = {n: state.hyper(n, update) for n in params}
-    names = list(params)
+    ctx = StepContext.build(params, update)
+    names = ctx.names
     rows = SpilledRows(spill_dir)
     try:
         total: dict[str, torch.Tensor] = {}
@@ -250,8 +245,8 @@ def noise_effect_loss_target(
             sq = sum((g.flatten(1) ** 2).sum(1) for g in batch.grads.values())
             coef = clip_coefficients(sq, update.clip)
             d = {
-                n: update_per_lr(g * coef.view(-1, *([1] * (g.dim() - 1))), params[n].detach().to(g.dtype), update,
-                                 hypers[n])
+                n: update.rule.step(g * coef.view(-1, *([1] * (g.dim() - 1))), params[n].detach().to(g.dtype),
+                                    ctx.hypers[n], ctx.state.param_state(n))
                 for n, g in batch.grads.items()
             }
             for k in range(len(batch.indices)):

@@ -24,7 +24,7 @@ import functools
 import math
 import operator
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -175,30 +175,30 @@ def predict_sft_curve(
     cfg: SFTConfig,
     name: str = "data",
     replicates: int = 8,
-    optimizer: str = "adamw",
+    update: UpdateConfig | None = None,
     target_examples: Sequence[TokenizedExample] | None = None,
     compute: ComputeConfig | None = None,
-    progress: bool = False,
 ) -> SFTCurve:
     """The predicted per-step and cumulative change of the target over `cfg`'s schedule on `examples`.
 
     `target` is G over `params` (for a loss target, minus the loss gradient, so a positive change
-    is a falling loss). optimizer 'adamw' replays the trainer; any registered update rule may be
-    simulated with `cfg`'s betas, eps and weight decay. A linear rule ('sgd': plain SGD steps)
-    gets the Hessian noise term (a loss target needs `target_examples` for the Hessian), the
-    others the Monte Carlo one over `replicates` batch orders. progress=True shows tqdm bars on
-    stderr: the per-example gradients, then the replayed steps of every batch path (positive,
-    the trainer's seed, each replicate); False leaves the gradient bar to `compute.progress`.
+    is a falling loss). `update` is the simulated step (its rule, hyper-parameters and clipping;
+    the lrs come from `cfg`'s schedule); None replays the trainer, `sft_update(cfg)` (AdamW), and
+    `sft_update(cfg, name)` simulates another registered rule with the trainer's settings. A
+    linear rule ('sgd': plain SGD steps) gets the Hessian noise term (a loss target needs
+    `target_examples` for the Hessian), the others the Monte Carlo one over `replicates` batch
+    orders. `compute.progress` shows tqdm bars on stderr: the per-example gradients, then the
+    replayed steps of every batch path (positive, the trainer's seed, each replicate).
     """
     cfg.validate()
-    update = sft_update(cfg, optimizer).validate()
+    update = (update or sft_update(cfg)).validate()
     rule = update.rule
+    compute = compute or ComputeConfig()
+    progress = compute.progress
     if replicates < 1:
         raise ConfigError("predict_sft_curve", f"<replicates> must be >= 1, got {replicates}")
     if not examples:
         raise SampleEffectError(f"dataset '{name}' is empty")
-    if progress:
-        compute = replace(compute or ComputeConfig(), progress=True)
     grads = example_gradient_matrix(model, params, examples, compute)
     acc = grads.dtype
     gvec = torch.cat([target.vector[n].flatten().to(acc) for n in params])
@@ -221,7 +221,8 @@ def predict_sft_curve(
             noise_se = np.stack(reps).std(0, ddof=1) / math.sqrt(replicates) if replicates > 1 else np.full(total, np.nan)
         else:
             bar.set_postfix_str("noise: Hessian trace")
-            noise, noise_se = _sgd_noise(model, params, grads, target, cfg, lrs, target_examples)
+            noise, noise_se = _sgd_noise(model, params, grads, update, cfg.batch_size * cfg.grad_accum, lrs,
+                                         target_examples)
     predicted = positive + noise
     dataset_effect = _fresh_dataset_effect(grads, gvec, ctx)
     start = target.target_loss
@@ -253,7 +254,10 @@ def _fresh_dataset_effect(grads: torch.Tensor, gvec: torch.Tensor, ctx: StepCont
     return total / grads.shape[0] + decay
 
 
-def _sgd_noise(model, params, grads, target, cfg, lrs, target_examples):  # type: ignore[no-untyped-def]
+def _sgd_noise(
+    model: torch.nn.Module, params: Mapping[str, torch.Tensor], grads: torch.Tensor, update: UpdateConfig, b: int,
+    lrs: Sequence[float], target_examples: Sequence[TokenizedExample] | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(lr_t^2 / 2b) tr(H_T Sigma) (n - b) / n per step for a loss target; zero for a fixed direction.
 
     The per-example SGD updates -clip(g_i) come from the gradient matrix already held, so the
@@ -265,7 +269,7 @@ def _sgd_noise(model, params, grads, target, cfg, lrs, target_examples):  # type
 
     if grads.shape[0] < 2:
         raise SampleEffectError("the noise effect needs at least 2 examples")
-    d = -grads * clip_coefficients(grads.pow(2).sum(1), cfg.max_grad_norm).unsqueeze(1)
+    d = -grads * clip_coefficients(grads.pow(2).sum(1), update.clip).unsqueeze(1)
     centred_flat = d - d.mean(0)
     shapes = [(name, p.shape, p.numel()) for name, p in params.items()]
 
@@ -278,7 +282,6 @@ def _sgd_noise(model, params, grads, target, cfg, lrs, target_examples):  # type
 
     centred = [unflatten(row) for row in centred_flat]
     ne = trace_from_centred(centred, target_loss_hvp(model, params, target_examples), sign=-1.0)  # H_T = -H_L
-    b = cfg.batch_size * cfg.grad_accum
     lr = np.asarray(lrs)
     scale = lr * lr / (2 * b) * finite_population(b, grads.shape[0])  # batches drawn without replacement
     return scale * ne.trace, scale * ne.stderr
