@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sample_effect.growth.rows import LazyRows
 from sample_effect.models.loading import accumulation_dtype
 from sample_effect.update.optim import OptimizerState, UpdateConfig, clip_coefficients
 from sample_effect.update.rules import ParamHyper, ParamState
@@ -102,7 +103,7 @@ class StepContext:
         return step, float(sq.sqrt()), after
 
 
-class SimulatedSteps(Sequence[dict[str, torch.Tensor]]):
+class SimulatedSteps(LazyRows):
     """U(clip(g_i)) per unit lr of each gradient of `grads`, computed when item i is read (one at a time).
 
     The step is a deterministic function of the gradient, so reading item i twice gives the same
@@ -115,7 +116,8 @@ class SimulatedSteps(Sequence[dict[str, torch.Tensor]]):
     def __len__(self) -> int:
         return len(self.grads)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+    def row(self, i: int) -> dict[str, torch.Tensor]:
+        """U(clip(g_i)) per unit lr."""
         return self.ctx.step(self.grads[i])[0]
 
 
