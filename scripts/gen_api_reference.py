@@ -62,6 +62,7 @@ MODULES = [
     "sample_effect.growth.rl_gather",
     "sample_effect.growth.trajectory",
     "sample_effect.growth.rows",
+    "sample_effect.growth.rl_results",
     "sample_effect.validation.rl_curves",
     "sample_effect.training.imitation",
     "sample_effect.analysis.markers",

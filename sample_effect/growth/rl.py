@@ -64,6 +64,7 @@ from sample_effect.errors import SampleEffectError
 from sample_effect.growth.rl_config import NoisePlan, RLPredictConfig, noise_plan
 from sample_effect.growth.rl_effects import RLEffects, rl_prompt_effects
 from sample_effect.growth.rl_gather import gather_effects
+from sample_effect.growth.rl_results import NoiseTerm
 from sample_effect.growth.rl_stats import (
     bootstrap_positive_effect,
     empty_batch_probability,
@@ -237,17 +238,17 @@ def _growth_record(
     positive = lr * per_lr
     hess = hessian_noise_term(model, ctx, eff, target, plan, b_eff)
     bat = batch_noise_term(ctx, eff, plan, cfg, positive)
-    terms = [t for t in (hess, bat) if t["effect"] is not None]
-    noise_effect = sum(t["effect"] for t in terms) if terms else None
-    if hess["effect"] is None and not plan.nonlinear:  # the only term that could be non-zero was not estimated
+    terms: list[NoiseTerm] = [t for t in (hess, bat) if t.effect is not None]
+    noise_effect = sum(t.effect for t in terms if t.effect is not None) if terms else None
+    if hess.effect is None and not plan.nonlinear:  # the only term that could be non-zero was not estimated
         noise_effect = None
-    ses = [t["stderr"] for t in terms if t["stderr"] is not None and math.isfinite(t["stderr"])]
+    ses = [t.stderr for t in terms if t.stderr is not None and math.isfinite(t.stderr)]
     second = second_order_term(model, ctx, eff, target, plan, cfg)
     replay = replay_term(ctx, eff, plan, cfg)
-    if second["effect"] is not None:  # first order (exact expectation over batches) + all of the second order
-        second["growth"] = positive + (bat["effect"] or 0.0) + second["effect"]
-    if bat.get("growth_stderr") is not None:  # non-linear update: the interval of the whole batch-step mean
-        half = 1.96 * bat["growth_stderr"]
+    if second.effect is not None:  # first order (exact expectation over batches) + all of the second order
+        second.growth = positive + (bat.effect or 0.0) + second.effect
+    if bat.growth_stderr is not None:  # non-linear update: the interval of the whole batch-step mean
+        half = 1.96 * bat.growth_stderr
         growth_ci = [positive + (noise_effect or 0.0) - half, positive + (noise_effect or 0.0) + half]
         ci_method = "U-statistic standard error over prompts of the simulated batch step (normal, 95%)"
     else:
@@ -269,13 +270,13 @@ def _growth_record(
         "effect_mean_stderr": float(eff.effect.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
         "positive_effect": positive, "positive_effect_ci95": list(ci),
         "noise_effect": noise_effect, "noise_effect_stderr": math.hypot(*ses) if ses else None,
-        "noise_trace": hess["trace"], "noise_hessian_effect": hess["effect"],
-        "noise_batch_effect": bat["effect"], "noise_batch_stderr": bat["stderr"],
-        "noise_batch_exact": bat["exact"], "noise_batch_draws": bat["draws"],
-        "noise_note": f"second-order (Hessian) term: {hess['note']}; first-order batch term: {bat['note']}",
-        "second_order_effect": second["effect"], "second_order_stderr": second["stderr"],
-        "second_order_draws": second["draws"], "growth_rate_second_order": second["growth"],
-        "second_order_note": second["note"],
+        "noise_trace": hess.trace, "noise_hessian_effect": hess.effect,
+        "noise_batch_effect": bat.effect, "noise_batch_stderr": bat.stderr,
+        "noise_batch_exact": bat.exact, "noise_batch_draws": bat.draws,
+        "noise_note": f"second-order (Hessian) term: {hess.note}; first-order batch term: {bat.note}",
+        "second_order_effect": second.effect, "second_order_stderr": second.stderr,
+        "second_order_draws": second.draws, "growth_rate_second_order": second.growth,
+        "second_order_note": second.note,
         "growth_rate": positive + (noise_effect or 0.0), "growth_rate_ci95": growth_ci,
         "growth_rate_ci_method": ci_method, "n_bootstrap": cfg.n_boot, "seed": cfg.seed,
         "replay": replay,
