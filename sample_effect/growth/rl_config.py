@@ -98,6 +98,7 @@ class NoisePlan:
 
     @property
     def keep_grads(self) -> bool:
+        """Whether the per-prompt gradients must be kept (spilled): the batch term, the second-order term or the replay."""
         return self.batch or self.second or self.replay
 
 
