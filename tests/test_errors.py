@@ -13,7 +13,7 @@ from sample_effect.cli.options import flag_for
 from sample_effect.engine.core import ComputeConfig, plan_chunk
 from sample_effect.engine.projection import ProjectionConfig
 from sample_effect.errors import ConfigError, SampleEffectError
-from sample_effect.growth.rl import RLPredictConfig
+from sample_effect.growth.rl_config import RLPredictConfig
 from sample_effect.training import GRPOConfig, SFTConfig
 from sample_effect.training.imitation import OnPolicyConfig, RFTConfig
 from sample_effect.update.optim import UpdateConfig
@@ -258,7 +258,7 @@ def test_rl_warnings_name_fields_in_python_and_flags_in_the_cli():
     import pickle
 
     from sample_effect.errors import FieldText, render_text
-    from sample_effect.growth.rl import prompts_per_step_warning, zero_variance_warning
+    from sample_effect.growth.rl_warnings import prompts_per_step_warning, zero_variance_warning
 
     clamp = prompts_per_step_warning(20, 4)
     assert isinstance(clamp, FieldText) and isinstance(clamp, str) and "--" not in clamp

@@ -87,9 +87,9 @@ def _load_common(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 def _predict(args: argparse.Namespace, model: Any, tok: Any, cfg: Any, compute: Any) -> tuple[list, Any, Any, list]:
     """Curves for every --data: (curves, target vector, target examples or None, tokenized datasets)."""
     from sample_effect.data.examples import load_examples, tokenize_examples
-    from sample_effect.growth.sft import predict_sft_curve
+    from sample_effect.growth.sft import predict_sft_curve, sft_update
     from sample_effect.models.loading import select_parameters
-    from sample_effect.targets.core import LossTarget, resolve_target
+    from sample_effect.targets.core import resolve_target
 
     fmt = data_format_from_args(args)
     datasets = [(name, load_examples(path, data_format=fmt)) for name, path in args.data]
@@ -98,7 +98,7 @@ def _predict(args: argparse.Namespace, model: Any, tok: Any, cfg: Any, compute: 
         raise SampleEffectError(f"two --data share the name '{next(n for n in names if names.count(n) > 1)}'; use NAME=FILE")
     params = select_parameters(model)
     target = target_from_args(args, tok, target_examples_from_args(args), accuracy_prefix=None)
-    target_ex = target.examples if isinstance(target, LossTarget) else None
+    target_ex = target.hessian_examples()
     tokenized = [(n, tokenize_examples(exs, tok, args.max_length)[0]) for n, exs in datasets]
     from sample_effect.runtime import distributed as dist
 
@@ -111,7 +111,7 @@ def _predict(args: argparse.Namespace, model: Any, tok: Any, cfg: Any, compute: 
         g = resolve_target(target, model, params, tokenized[0][1], compute)
     curves = [
         predict_sft_curve(model, params, exs, g, cfg, name, getattr(args, "replicates", 8),
-                          getattr(args, "optimizer", "adamw"), target_ex, compute, progress=not args.quiet)
+                          sft_update(cfg, getattr(args, "optimizer", "adamw")), target_ex, compute)
         for name, exs in tokenized
     ]
     return curves, g, target_ex, tokenized

@@ -165,7 +165,8 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
 
     from sample_effect.engine.core import ComputeConfig
     from sample_effect.engine.effects import resolve_state
-    from sample_effect.growth.rl import RLPredictionWarning, predict_rl, prompts_per_step_warning
+    from sample_effect.growth.rl import predict_rl
+    from sample_effect.growth.rl_warnings import RLPredictionWarning, prompts_per_step_warning
     from sample_effect.io import atomic_open, write_table
     from sample_effect.models.loading import load_model, select_parameters
     from sample_effect.models.registry import resolve_model

@@ -1,4 +1,4 @@
-"""Growth-rate terms of the SDE view (DESIGN.md section 1): positive effect and noise effect.
+"""Growth-rate terms of the SDE view (docs/theory.md, "Growth prediction"): positive effect and noise effect.
 
 One optimiser step on a batch B of b examples moves a target objective T by, to second order,
 
@@ -40,13 +40,10 @@ from sample_effect.engine.core import (
     split_parameters,
 )
 from sample_effect.errors import SampleEffectError
+from sample_effect.growth.rows import LazyRows
+from sample_effect.growth.trajectory import StepContext
 from sample_effect.objectives.losses import sft_sequence_loss
-from sample_effect.update.optim import (
-    OptimizerState,
-    UpdateConfig,
-    clip_coefficients,
-    update_per_lr,
-)
+from sample_effect.update.optim import UpdateConfig, clip_coefficients
 
 
 @dataclass
@@ -73,7 +70,7 @@ def finite_population(batch_size: float, population: float | None) -> float:
     return max(0.0, (population - batch_size) / population) if population > 0 else 0.0
 
 
-class SpilledRows(Sequence[dict[str, torch.Tensor]]):
+class SpilledRows(LazyRows):
     """Rows of dense tensors (a dict over parameter names each) on disk, read back one row at a time.
 
     `append` writes a row's bytes to an anonymous temporary file in `directory` (the system's
@@ -109,7 +106,8 @@ class SpilledRows(Sequence[dict[str, torch.Tensor]]):
     def __len__(self) -> int:
         return self._n
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+    def row(self, i: int) -> dict[str, torch.Tensor]:
+        """Row i read back from the file, bit for bit (IndexError outside the rows written)."""
         if not -self._n <= i < self._n:
             raise IndexError(f"row {i} of {self._n}")
         self._file.seek((i % self._n) * self._row_bytes)
@@ -135,7 +133,7 @@ class SpilledRows(Sequence[dict[str, torch.Tensor]]):
         self._n = 0
 
 
-class CentredRows(Sequence[dict[str, torch.Tensor]]):
+class CentredRows(LazyRows):
     """a_i (u_i - ubar) for the i-th row of `ups`, formed when read, so one centred row is held at a time."""
 
     def __init__(self, ups: Sequence[Mapping[str, torch.Tensor]], scale: list[float], dbar: Mapping[str, torch.Tensor]) -> None:
@@ -144,7 +142,8 @@ class CentredRows(Sequence[dict[str, torch.Tensor]]):
     def __len__(self) -> int:
         return len(self.ups)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+    def row(self, i: int) -> dict[str, torch.Tensor]:
+        """a_i (u_i - ubar)."""
         u = self.ups[i]
         return {nm: self.scale[i] * (u[nm] - d) for nm, d in self.dbar.items()}
 
@@ -204,7 +203,7 @@ def trace_from_centred(centred: Sequence[Mapping[str, torch.Tensor]], hvp: HVP, 
 
 def target_loss_hvp(
     model: torch.nn.Module, params: Mapping[str, torch.Tensor], target: Sequence[TokenizedExample]
-):  # type: ignore[no-untyped-def]
+) -> HVP:
     """A function v -> H_L v, the Hessian of the mean target loss times v (all target sequences in one batch)."""
     consts = split_parameters(model, params)
     ids, mask, owners = collate(target, next(iter(params.values())).device)
@@ -240,9 +239,8 @@ def noise_effect_loss_target(
         raise SampleEffectError("the Hessian noise-effect estimator covers SGD; Adam needs the Monte Carlo estimator")
     if len(examples) < 2:
         raise SampleEffectError("the noise effect needs at least 2 examples")
-    state = OptimizerState()
-    hypers = {n: state.hyper(n, update) for n in params}
-    names = list(params)
+    ctx = StepContext.build(params, update)
+    names = ctx.names
     rows = SpilledRows(spill_dir)
     try:
         total: dict[str, torch.Tensor] = {}
@@ -250,8 +248,8 @@ def noise_effect_loss_target(
             sq = sum((g.flatten(1) ** 2).sum(1) for g in batch.grads.values())
             coef = clip_coefficients(sq, update.clip)
             d = {
-                n: update_per_lr(g * coef.view(-1, *([1] * (g.dim() - 1))), params[n].detach().to(g.dtype), update,
-                                 hypers[n])
+                n: update.rule.step(g * coef.view(-1, *([1] * (g.dim() - 1))), params[n].detach().to(g.dtype),
+                                    ctx.hypers[n], ctx.state.param_state(n))
                 for n, g in batch.grads.items()
             }
             for k in range(len(batch.indices)):

@@ -1,6 +1,6 @@
 """Predicted SFT curves: how a target moves, step by step, over a real training schedule.
 
-The prediction linearises the target around the starting weights theta_0 (DESIGN.md section 1):
+The prediction linearises the target around the starting weights theta_0 (docs/theory.md, "Growth prediction"):
 per-example gradients g_i and the target direction G are taken at theta_0, and the trainer's
 schedule is replayed on them exactly as `train_sft` runs it: the same batch order (seeded
 permutations), gradient accumulation, batch-level clip_grad_norm_, the lr schedule with warmup,
@@ -20,9 +20,11 @@ while the first-order picture holds.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -33,16 +35,12 @@ from tqdm.auto import tqdm
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig, iter_example_factors
 from sample_effect.errors import ConfigError, SampleEffectError
+from sample_effect.growth.trajectory import StepContext, draw_batches, simulate
 from sample_effect.kernels.ghost import materialise_sum
 from sample_effect.targets.core import TargetVector
 from sample_effect.training.sft import SFTConfig
-from sample_effect.update.rules import (
-    ParamHyper,
-    UpdateRule,
-    clip_by_norm,
-    clip_coefficients,
-    get_update_rule,
-)
+from sample_effect.update.optim import UpdateConfig
+from sample_effect.update.rules import clip_coefficients
 
 
 @dataclass
@@ -91,17 +89,8 @@ def total_steps(cfg: SFTConfig, n: int) -> int:
 def batch_schedule(cfg: SFTConfig, n: int, total: int, seed: int) -> list[list[list[int]]]:
     """Per step, the micro-batches of example indices, drawn exactly as `train_sft` draws them."""
     gen = torch.Generator().manual_seed(seed)
-    order: list[int] = []
-    steps = []
-    for _ in range(total):
-        micro = []
-        for _ in range(cfg.grad_accum):
-            if len(order) < cfg.batch_size:
-                order += torch.randperm(n, generator=gen).tolist()
-            micro.append(order[: cfg.batch_size])
-            order = order[cfg.batch_size :]
-        steps.append(micro)
-    return steps
+    micro = draw_batches(n, cfg.batch_size, total * cfg.grad_accum, lambda k: torch.randperm(k, generator=gen).tolist())
+    return [micro[t * cfg.grad_accum : (t + 1) * cfg.grad_accum] for t in range(total)]
 
 
 def example_gradient_matrix(
@@ -144,34 +133,38 @@ def example_gradient_matrix(
     return out
 
 
-def _hyper(cfg: SFTConfig) -> ParamHyper:
-    """The simulated optimiser's hyper-parameters: the trainer's betas, eps and weight decay."""
-    return ParamHyper(cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay)
+def sft_update(cfg: SFTConfig, optimizer: str = "adamw") -> UpdateConfig:
+    """The update `train_sft` takes with `cfg`: the named rule with the trainer's lr, betas, eps, weight decay and clipping.
+
+    `optimizer` 'adamw' is the trainer's own; another registered rule is simulated with the same settings.
+    """
+    return UpdateConfig(optimizer, lr=cfg.lr, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps,
+                        weight_decay=cfg.weight_decay, clip=cfg.max_grad_norm)
+
+
+FLAT = "theta"  # the one "parameter" of the flat vectors an SFT curve steps on
 
 
 def _path(
-    grads: torch.Tensor, gvec: torch.Tensor, theta0: torch.Tensor, cfg: SFTConfig, lrs: Sequence[float],
-    batches: Sequence[Sequence[Sequence[int]]] | None, rule: UpdateRule, bar: Any = None,
+    grads: torch.Tensor, gvec: torch.Tensor, ctx: StepContext, lrs: Sequence[float],
+    batches: Sequence[Sequence[Sequence[int]]] | None, bar: Any = None,
 ) -> np.ndarray:
     """Per-step first-order target change lr_t <d_t, G> along one batch path (None: the full-data mean each step).
 
-    The optimiser state (e.g. AdamW's moments) is carried from step to step on the flat vectors;
-    `bar` (a tqdm), if given, advances by one per step.
+    The steps go through the trajectory simulator (`trajectory.simulate`) on the flat vectors, the
+    optimiser state (e.g. AdamW's moments) carried from step to step; `bar` (a tqdm), if given,
+    advances by one per step.
     """
     mean = grads.mean(0)
-    hyper = _hyper(cfg)
-    state = rule.init_state(theta0)
-    out = np.zeros(len(lrs))
-    for t, lr in enumerate(lrs):
-        if batches is None:
-            g = mean
-        else:
-            g = sum(grads[idx].mean(0) for idx in batches[t]) / len(batches[t])  # type: ignore[assignment]
-        d, state = rule.step_with_state(clip_by_norm(g, cfg.max_grad_norm), theta0, hyper, state)
-        out[t] = lr * float(d @ gvec)
+
+    def gradient(t: int) -> dict[str, torch.Tensor]:
         if bar is not None:
             bar.update(1)
-    return out
+        if batches is None:
+            return {FLAT: mean}
+        return {FLAT: functools.reduce(operator.add, (grads[idx].mean(0) for idx in batches[t])) / len(batches[t])}
+
+    return simulate(ctx, lrs, gradient, {FLAT: gvec})
 
 
 def predict_sft_curve(
@@ -182,54 +175,56 @@ def predict_sft_curve(
     cfg: SFTConfig,
     name: str = "data",
     replicates: int = 8,
-    optimizer: str = "adamw",
+    update: UpdateConfig | None = None,
     target_examples: Sequence[TokenizedExample] | None = None,
     compute: ComputeConfig | None = None,
-    progress: bool = False,
 ) -> SFTCurve:
     """The predicted per-step and cumulative change of the target over `cfg`'s schedule on `examples`.
 
     `target` is G over `params` (for a loss target, minus the loss gradient, so a positive change
-    is a falling loss). optimizer 'adamw' replays the trainer; any registered update rule may be
-    simulated with `cfg`'s betas, eps and weight decay. A linear rule ('sgd': plain SGD steps)
-    gets the Hessian noise term (a loss target needs `target_examples` for the Hessian), the
-    others the Monte Carlo one over `replicates` batch orders. progress=True shows tqdm bars on
-    stderr: the per-example gradients, then the replayed steps of every batch path (positive,
-    the trainer's seed, each replicate); False leaves the gradient bar to `compute.progress`.
+    is a falling loss). `update` is the simulated step (its rule, hyper-parameters and clipping;
+    the lrs come from `cfg`'s schedule); None replays the trainer, `sft_update(cfg)` (AdamW), and
+    `sft_update(cfg, name)` simulates another registered rule with the trainer's settings. A
+    linear rule ('sgd': plain SGD steps) gets the Hessian noise term (a loss target needs
+    `target_examples` for the Hessian), the others the Monte Carlo one over `replicates` batch
+    orders. `compute.progress` shows tqdm bars on stderr: the per-example gradients, then the
+    replayed steps of every batch path (positive, the trainer's seed, each replicate).
     """
     cfg.validate()
-    rule = get_update_rule(optimizer)
+    update = (update or sft_update(cfg)).validate()
+    rule = update.rule
+    compute = compute or ComputeConfig()
+    progress = compute.progress
     if replicates < 1:
         raise ConfigError("predict_sft_curve", f"<replicates> must be >= 1, got {replicates}")
     if not examples:
         raise SampleEffectError(f"dataset '{name}' is empty")
-    if progress:
-        compute = replace(compute or ComputeConfig(), progress=True)
     grads = example_gradient_matrix(model, params, examples, compute)
     acc = grads.dtype
     gvec = torch.cat([target.vector[n].flatten().to(acc) for n in params])
     theta0 = torch.cat([p.detach().flatten().to(acc) for p in params.values()])
+    ctx = StepContext.build({FLAT: theta0}, update)
     total = total_steps(cfg, len(examples))
     lrs = schedule_lrs(cfg, total)
     n_paths = 2 + (0 if rule.is_linear else replicates)
     with tqdm(total=n_paths * total, desc=f"predict-sft {name}", unit="step", disable=not progress) as bar:
         bar.set_postfix_str("positive effect")
-        positive = _path(grads, gvec, theta0, cfg, lrs, None, rule, bar)
+        positive = _path(grads, gvec, ctx, lrs, None, bar)
         bar.set_postfix_str("trainer's seed")
-        seed_path = _path(grads, gvec, theta0, cfg, lrs, batch_schedule(cfg, len(examples), total, cfg.seed), rule, bar)
+        seed_path = _path(grads, gvec, ctx, lrs, batch_schedule(cfg, len(examples), total, cfg.seed), bar)
         if not rule.is_linear:
             reps = []
             for r in range(replicates):
                 bar.set_postfix_str(f"noise: batch order {r + 1}/{replicates}")
-                reps.append(_path(grads, gvec, theta0, cfg, lrs,
-                                  batch_schedule(cfg, len(examples), total, cfg.seed + 1 + r), rule, bar))
+                reps.append(_path(grads, gvec, ctx, lrs, batch_schedule(cfg, len(examples), total, cfg.seed + 1 + r), bar))
             noise = np.stack(reps).mean(0) - positive
             noise_se = np.stack(reps).std(0, ddof=1) / math.sqrt(replicates) if replicates > 1 else np.full(total, np.nan)
         else:
             bar.set_postfix_str("noise: Hessian trace")
-            noise, noise_se = _sgd_noise(model, params, grads, target, cfg, lrs, target_examples)
+            noise, noise_se = _sgd_noise(model, params, grads, update, cfg.batch_size * cfg.grad_accum, lrs,
+                                         target_examples)
     predicted = positive + noise
-    dataset_effect = _fresh_dataset_effect(grads, gvec, theta0, cfg, rule)
+    dataset_effect = _fresh_dataset_effect(grads, gvec, ctx)
     start = target.target_loss
     sign = -1.0 if start is not None else 1.0
     cum = np.cumsum(predicted)
@@ -241,25 +236,28 @@ def predict_sft_curve(
     return SFTCurve(name, steps, dataset_effect, len(examples), start, sign)
 
 
-def _fresh_dataset_effect(grads: torch.Tensor, gvec: torch.Tensor, theta0: torch.Tensor, cfg: SFTConfig, rule: UpdateRule) -> float:
+def _fresh_dataset_effect(grads: torch.Tensor, gvec: torch.Tensor, ctx: StepContext) -> float:
     """Mean over examples of one fresh step's effect (a batch of one, clipped as the trainer clips a batch).
 
     The per-example step is the engine's own (the rule's fused `effect_rows`), in blocks of rows.
     A linear rule (SGD) leaves out its weight-decay term -wd <theta, G>, as this always has.
     """
-    hyper = _hyper(cfg)
+    rule, theta0, hyper, clip = ctx.update.rule, ctx.params[FLAT], ctx.hypers[FLAT], ctx.update.clip
     total = 0.0
     for r0 in range(0, grads.shape[0], 64):
         g = grads[r0 : r0 + 64].clone()
-        if cfg.max_grad_norm is not None:
-            g.mul_(clip_coefficients(g.pow(2).sum(1), cfg.max_grad_norm).unsqueeze(1))
+        if clip is not None:
+            g.mul_(clip_coefficients(g.pow(2).sum(1), clip).unsqueeze(1))
         dots, _ = rule.effect_rows(g, theta0, gvec, hyper)
         total += float(dots.sum())
     decay = 0.0 if rule.is_linear else rule.shared_dot(theta0, gvec, hyper)
     return total / grads.shape[0] + decay
 
 
-def _sgd_noise(model, params, grads, target, cfg, lrs, target_examples):  # type: ignore[no-untyped-def]
+def _sgd_noise(
+    model: torch.nn.Module, params: Mapping[str, torch.Tensor], grads: torch.Tensor, update: UpdateConfig, b: int,
+    lrs: Sequence[float], target_examples: Sequence[TokenizedExample] | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(lr_t^2 / 2b) tr(H_T Sigma) (n - b) / n per step for a loss target; zero for a fixed direction.
 
     The per-example SGD updates -clip(g_i) come from the gradient matrix already held, so the
@@ -271,7 +269,7 @@ def _sgd_noise(model, params, grads, target, cfg, lrs, target_examples):  # type
 
     if grads.shape[0] < 2:
         raise SampleEffectError("the noise effect needs at least 2 examples")
-    d = -grads * clip_coefficients(grads.pow(2).sum(1), cfg.max_grad_norm).unsqueeze(1)
+    d = -grads * clip_coefficients(grads.pow(2).sum(1), update.clip).unsqueeze(1)
     centred_flat = d - d.mean(0)
     shapes = [(name, p.shape, p.numel()) for name, p in params.items()]
 
@@ -284,7 +282,6 @@ def _sgd_noise(model, params, grads, target, cfg, lrs, target_examples):  # type
 
     centred = [unflatten(row) for row in centred_flat]
     ne = trace_from_centred(centred, target_loss_hvp(model, params, target_examples), sign=-1.0)  # H_T = -H_L
-    b = cfg.batch_size * cfg.grad_accum
     lr = np.asarray(lrs)
     scale = lr * lr / (2 * b) * finite_population(b, grads.shape[0])  # batches drawn without replacement
     return scale * ne.trace, scale * ne.stderr

@@ -196,8 +196,7 @@ def predict_selections(config: DemoConfig, model: Any, data: DemoData, ranking: 
     index = {ex.id: i for i, ex in enumerate(tok_pool)}
     predicted = {
         label: predict_sft_curve(model, select_parameters(model), [tok_pool[index[i]] for i in ids], result.target,
-                                 cfg, label, replicates=4, compute=ComputeConfig(batch_size=8, progress=False),
-                                 progress=config.progress)
+                                 cfg, label, replicates=4, compute=ComputeConfig(batch_size=8, progress=config.progress))
         for label, ids in selections.items()
     }
     curves(runs, "step", "eval_loss", out / "selection_loss.png", f"Held-out target loss while fine-tuning on {k} examples",

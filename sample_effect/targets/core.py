@@ -18,7 +18,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -29,9 +29,36 @@ from sample_effect.models.loading import accumulation_dtype, check_model_dir, qu
 
 
 class Target(ABC):
-    """What "better" means: a direction G over the scored parameters, resolved against a model."""
+    """What "better" means: a direction G over the scored parameters, resolved against a model.
+
+    Besides `resolve`, a target declares what it can do, and the growth predictions ask it rather
+    than its type: `label` (how reports name it), `linear_in_theta` (T = <theta, G> for a fixed G,
+    so its Hessian and its noise term are zero), `estimated_from_samples` (G is a Monte Carlo
+    estimate with its own sampling error), `hessian_examples()` (the examples whose mean loss
+    gives the Hessian-vector products of the noise terms; None: no Hessian) and
+    `uses_scored_examples` (G is defined by the scored examples themselves).
+    """
 
     name: str
+    label: ClassVar[str] = "a target"
+    estimated_from_samples: ClassVar[bool] = False
+    uses_scored_examples: ClassVar[bool] = False
+
+    @property
+    def linear_in_theta(self) -> bool:
+        """Whether T = <theta, G> for a fixed G: its Hessian, and so its noise term, is zero."""
+        return False
+
+    def hessian_examples(self) -> Sequence[TokenizedExample] | None:
+        """The examples whose mean loss L defines T = -L, for Hessian-vector products of H_T (None: none available)."""
+        return None
+
+    @staticmethod
+    def coerce(target: Target | TargetVector) -> Target:
+        """`target` as a Target: a resolved `TargetVector` becomes a `PrecomputedTarget`; anything else is an error."""
+        if isinstance(target, TargetVector):
+            return PrecomputedTarget(target)
+        return _checked(target)
 
     @abstractmethod
     def resolve(
@@ -101,9 +128,14 @@ class LossTarget(_MeanLossTarget):
 
     examples: Sequence[TokenizedExample]
     name: str = "loss"
+    label: ClassVar[str] = "a loss target"
 
     def examples_for(self, scored: Sequence[TokenizedExample]) -> Sequence[TokenizedExample]:
         """The target set."""
+        return self.examples
+
+    def hessian_examples(self) -> Sequence[TokenizedExample] | None:
+        """The target set: T = -(its mean loss) has Hessian-vector products."""
         return self.examples
 
 
@@ -112,6 +144,8 @@ class SelfTarget(_MeanLossTarget):
     """G = minus the gradient of the mean loss over the scored examples themselves."""
 
     name: str = "self"
+    label: ClassVar[str] = "a self target"
+    uses_scored_examples: ClassVar[bool] = True
 
     def examples_for(self, scored: Sequence[TokenizedExample]) -> Sequence[TokenizedExample]:
         """The scored examples."""
@@ -126,6 +160,12 @@ class DirectionTarget(Target):
     final: str | os.PathLike
     normalize: bool = False
     name: str = field(default="direction")
+    label: ClassVar[str] = "a fixed direction"
+
+    @property
+    def linear_in_theta(self) -> bool:
+        """A fixed direction is linear in theta."""
+        return True
 
     def resolve(
         self, model: torch.nn.Module, params: Mapping[str, torch.Tensor], scored: Sequence[TokenizedExample],
@@ -157,12 +197,49 @@ class AccuracyTarget(Target):
     max_new_tokens: int = 256
     baseline: str = "loo"
     name: str = "accuracy"
+    label: ClassVar[str] = "an accuracy target"
+    estimated_from_samples: ClassVar[bool] = True
 
     def resolve(
         self, model: torch.nn.Module, params: Mapping[str, torch.Tensor], scored: Sequence[TokenizedExample],
         compute: ComputeConfig | None = None,
     ) -> TargetVector:
         return accuracy_target_vector(self, model, params, compute)
+
+
+@dataclass
+class PrecomputedTarget(Target):
+    """A target given as its resolved vector G (a `TargetVector`), used as it is on every rank.
+
+    Nothing is known about T beyond G, so it has no Hessian; a vector of kind "direction" is a
+    fixed direction, linear in theta.
+    """
+
+    vector: TargetVector
+    name: str = ""
+    label: ClassVar[str] = "a precomputed target vector"
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.vector.kind
+
+    @property
+    def linear_in_theta(self) -> bool:
+        """Whether the vector is a fixed direction (kind "direction")."""
+        return self.vector.kind == "direction"
+
+    def resolve(
+        self, model: torch.nn.Module, params: Mapping[str, torch.Tensor], scored: Sequence[TokenizedExample],
+        compute: ComputeConfig | None = None,
+    ) -> TargetVector:
+        """The vector itself."""
+        return self.vector
+
+    def resolve_distributed(
+        self, model: torch.nn.Module, params: Mapping[str, torch.Tensor], scored: Sequence[TokenizedExample],
+        compute: ComputeConfig | None = None,
+    ) -> TargetVector:
+        """The vector itself: every rank already holds it."""
+        return self.vector
 
 
 @dataclass

@@ -26,7 +26,8 @@ import torch
 
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.errors import SampleEffectError
-from sample_effect.growth.rl import RLPredictConfig, predict_rl
+from sample_effect.growth.rl import predict_rl
+from sample_effect.growth.rl_config import RLPredictConfig
 from sample_effect.rollouts.groups import Rollout, sample_groups
 from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.rollouts.rewards import get_reward
@@ -47,7 +48,7 @@ class AccuracyCurveConfig:
     predict_seed: int = 1000
     runs: int = 1
     noise_draws: int = 64
-    replay_runs: int = 16  # simulated runs of the whole schedule on the frozen gradients (`growth.rl.replay_path`)
+    replay_runs: int = 16  # simulated runs of the whole schedule on the frozen gradients (`growth.rl_batches.replay_path`)
 
     def validate(self) -> AccuracyCurveConfig:
         """Raise SampleEffectError on an out-of-range setting; return self."""
@@ -106,7 +107,7 @@ def predict_accuracy_growth(
     The accuracy target samples `curve.target_samples` completions per held-out prompt (seed
     `curve.predict_seed + 1`), the rollouts are seeded by `curve.predict_seed`, the update is the
     trainer's (`trainer_update`), and the record's `replay` replays `cfg`'s whole lr schedule on the
-    frozen gradients (`growth.rl.replay_path`, `curve.replay_runs` batch orders). `target`, if
+    frozen gradients (`growth.rl_batches.replay_path`, `curve.replay_runs` batch orders). `target`, if
     given, is that target already resolved at these weights.
     """
     goal = target if target is not None else accuracy_target(eval_prompts, reward, tokenizer, cfg, curve)

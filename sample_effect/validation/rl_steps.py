@@ -40,7 +40,8 @@ import torch
 
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.errors import SampleEffectError
-from sample_effect.growth.rl import RLPredictConfig, predict_rl
+from sample_effect.growth.rl import predict_rl
+from sample_effect.growth.rl_config import RLPredictConfig
 from sample_effect.models.loading import select_parameters
 from sample_effect.objectives.reinforce import sequence_logprobs
 from sample_effect.rollouts.groups import Rollout

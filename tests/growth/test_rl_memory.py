@@ -27,21 +27,16 @@ from sample_effect.growth.noise import (
     target_loss_hvp,
     trace_from_centred,
 )
-from sample_effect.growth.rl import (
-    RESIDENT_COPIES,
-    RLEffects,
-    _noise_memory_note,
-    batch_draws,
-    batch_step_effects,
-    predict_rl,
-    rl_noise_effect,
-    rl_prompt_effects,
-    simulated_step,
-)
+from sample_effect.growth.rl import predict_rl
+from sample_effect.growth.rl_batches import batch_step_effects
+from sample_effect.growth.rl_config import RESIDENT_COPIES, _noise_memory_note
+from sample_effect.growth.rl_curvature import rl_noise_effect
+from sample_effect.growth.rl_effects import RLEffects, rl_prompt_effects
+from sample_effect.growth.rl_stats import batch_draws
+from sample_effect.growth.trajectory import StepContext
 from sample_effect.rollouts.groups import sample_groups
 from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.targets.core import LossTarget, resolve_target
-from sample_effect.update.optim import OptimizerState
 
 QUIET = ComputeConfig(progress=False)
 TESTS = Path(__file__).resolve().parents[1]
@@ -123,12 +118,11 @@ def test_streamed_noise_terms_equal_the_in_memory_formulas_exactly(model_dirs):
     model, _, params, tgt, groups = _setup(model_dirs)
     G = resolve_target(LossTarget(tgt), model, params, [], QUIET)
     upd = UpdateConfig("sgd", lr=1e-3, clip=0.05)
-    eff = rl_prompt_effects(model, params, groups, G, upd, keep_updates=True, keep_grads=True, progress=False)
+    ctx = StepContext.build(params, upd)
+    eff = rl_prompt_effects(model, ctx, groups, G, keep_updates=True, keep_grads=True, compute=QUIET)
     assert isinstance(eff.grads, SpilledRows) and len(eff.grads) == int((~eff.zero_variance).sum()) >= 3
     grads = [eff.grads[j] for j in range(len(eff.grads))]
-    state = OptimizerState()
-    hypers = {n: state.hyper(n, upd) for n in params}
-    ups = [simulated_step(g, params, upd, hypers, state)[0] for g in grads]
+    ups = [ctx.step(g)[0] for g in grads]
     # the formulas as written before the spill: lists of dense per-prompt tensors
     w = eff.n_tokens[~eff.zero_variance].astype(np.float64)
     dbar = {nm: sum(float(wi) * u[nm] for wi, u in zip(w, ups)) / float(w.sum()) for nm in params}
@@ -148,9 +142,9 @@ def test_streamed_noise_terms_equal_the_in_memory_formulas_exactly(model_dirs):
         wb = eff.n_tokens[chosen].astype(np.float64)
         wb = wb / wb.sum()
         g = {nm: sum(float(wi) * grads[slot[x]][nm] for wi, x in zip(wb, chosen)) for nm in params}
-        d = simulated_step(g, params, upd, hypers, state)[0]
+        d = ctx.step(g)[0]
         expected.append(sum(float(torch.dot(v.flatten(), G.vector[nm].to(v.dtype).flatten())) for nm, v in d.items()))
-    np.testing.assert_array_equal(batch_step_effects(eff, params, upd, None, batches), expected)
+    np.testing.assert_array_equal(batch_step_effects(eff, ctx, batches), expected)
     listed = RLEffects(eff.ids, eff.effect, eff.n_tokens, eff.zero_variance, eff.reward_mean, eff.grad_norm,
                        eff.rollout_effect, G, updates=ups, grads=grads)  # plain lists still work
     assert rl_noise_effect(model, params, listed, tgt).trace == ref.trace

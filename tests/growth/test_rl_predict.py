@@ -17,12 +17,11 @@ from sample_effect import UpdateConfig, load_model, select_parameters
 from sample_effect.cli.main import main
 from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.engine.core import ComputeConfig, example_loss_values
-from sample_effect.growth.rl import (
-    empty_batch_probability,
-    predict_rl,
-    rl_noise_effect,
-    rl_prompt_effects,
-)
+from sample_effect.growth.rl import predict_rl
+from sample_effect.growth.rl_curvature import rl_noise_effect
+from sample_effect.growth.rl_effects import rl_prompt_effects
+from sample_effect.growth.rl_stats import empty_batch_probability
+from sample_effect.growth.trajectory import StepContext
 from sample_effect.objectives.losses import token_logprobs
 from sample_effect.objectives.reinforce import (
     reinforce_coefficients,
@@ -102,7 +101,7 @@ def test_prompt_effects_sgd_equal_a_naive_float64_loop(model_dirs):
     params = select_parameters(model)
     groups = sample_groups(model, tok, rl_prompts(4), long_completion, 4, 1.0, 3, seed=0, progress=False)
     G = random_target(params)
-    eff = rl_prompt_effects(model, params, groups, G, UpdateConfig("sgd", lr=1e-3), progress=False)
+    eff = rl_prompt_effects(model, StepContext.build(params, UpdateConfig("sgd", lr=1e-3)), groups, G, compute=QUIET)
     n_informative = 0
     for k, group in enumerate(groups):
         rewards = [r.reward for r in group]
@@ -249,7 +248,7 @@ def test_second_order_term_makes_the_adam_prediction_exact_to_third_order(model_
 
 
 def test_batch_noise_draws_are_random_when_there_are_too_many_batches():
-    from sample_effect.growth.rl import batch_draws
+    from sample_effect.growth.rl_stats import batch_draws
 
     every, exact = batch_draws(6, 3, 20)
     assert exact and len(every) == 20 and len({tuple(b) for b in every}) == 20
@@ -277,7 +276,7 @@ def test_prompt_effect_equals_train_grpos_own_first_step_with_adamw_and_clipping
         raise AssertionError("no seed gave a group with reward variance")
     G = random_target(params, seed=2)
     upd = UpdateConfig("adamw", lr=lr, weight_decay=0.0, clip=1.0)
-    predicted = rl_prompt_effects(model, params, [group], G, upd, progress=False).effect[0]
+    predicted = rl_prompt_effects(model, StepContext.build(params, upd), [group], G, compute=QUIET).effect[0]
     trained = copy.deepcopy(model)
     before = {n: p.detach().clone() for n, p in trained.named_parameters()}
     train_grpo(trained, tok, [prompt], long_completion, cfg, out_dir=tmp_path / "g", progress=False)
@@ -520,7 +519,7 @@ def test_noise_trace_matches_explicit_hessian_and_weighted_covariance(model_dirs
         for i, r in enumerate(g):
             r.ids = r.ids[: r.start + 1 + (i + k) % 3]
     G = resolve_target(LossTarget(tgt), model, params, [], QUIET)
-    eff = rl_prompt_effects(model, params, groups, G, UpdateConfig("sgd"), keep_updates=True, progress=False)
+    eff = rl_prompt_effects(model, StepContext.build(params, UpdateConfig("sgd")), groups, G, keep_updates=True, compute=QUIET)
     est = rl_noise_effect(model, params, eff, tgt)
 
     ds, ws = [], []
@@ -556,7 +555,7 @@ def test_batch_growth_stderr_linear_kernel_closed_form():
     sd(x) (n - b) / ((n - 1) sqrt(n))."""
     import itertools
 
-    from sample_effect.growth.rl import batch_growth_stderr
+    from sample_effect.growth.rl_stats import batch_growth_stderr
 
     x = np.random.default_rng(0).normal(size=9)
     n, b = len(x), 3
@@ -570,7 +569,7 @@ def test_batch_growth_stderr_linear_kernel_closed_form():
 def test_batch_growth_stderr_is_calibrated_for_a_nonlinear_kernel():
     """Across 300 independent pools of 40 'prompts', the spread of the Monte Carlo mean of a non-linear batch
     statistic (sign of the batch mean, as a fresh Adam step is) matches the average formula within 20%."""
-    from sample_effect.growth.rl import batch_draws, batch_growth_stderr
+    from sample_effect.growth.rl_stats import batch_draws, batch_growth_stderr
 
     rng = np.random.default_rng(1)
     n, b = 40, 8
@@ -668,7 +667,7 @@ def test_replay_equals_torch_adamw_runs_on_the_frozen_batch_gradients(model_dirs
 
 def test_replay_settings_are_checked():
     from sample_effect.errors import ConfigError
-    from sample_effect.growth.rl import RLPredictConfig
+    from sample_effect.growth.rl_config import RLPredictConfig
 
     with pytest.raises(ConfigError, match="replay_runs"):
         RLPredictConfig(replay_runs=0).validate()

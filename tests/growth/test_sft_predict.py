@@ -12,7 +12,13 @@ from conftest import TARGET, TRAIN
 from sample_effect import ComputeConfig, load_model, select_parameters
 from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.engine.core import example_loss_values
-from sample_effect.growth.sft import batch_schedule, predict_sft_curve, schedule_lrs, total_steps
+from sample_effect.growth.sft import (
+    batch_schedule,
+    predict_sft_curve,
+    schedule_lrs,
+    sft_update,
+    total_steps,
+)
 from sample_effect.targets.core import LossTarget, resolve_target
 from sample_effect.training import SFTConfig, train_sft
 
@@ -82,7 +88,8 @@ def test_sgd_noise_is_the_hessian_term(model_dirs):
     params = select_parameters(model, r"layers\.1\.mlp")
     g = resolve_target(LossTarget(target), model, params, train, COMPUTE)
     cfg = SFTConfig(lr=1e-3, batch_size=2, max_steps=2, max_grad_norm=None)
-    curve = predict_sft_curve(model, params, train, g, cfg, optimizer="sgd", target_examples=target, compute=COMPUTE)
+    curve = predict_sft_curve(model, params, train, g, cfg, update=sft_update(cfg, "sgd"), target_examples=target,
+                              compute=COMPUTE)
     trace = noise_effect_loss_target(model, params, train, target, UpdateConfig("sgd"), COMPUTE).trace
     n = len(train)  # batches of 2 drawn without replacement from n: finite-population factor (n - 2) / n
     np.testing.assert_allclose(curve.steps["noise"], 1e-3**2 / (2 * 2) * trace * (n - 2) / n, rtol=1e-10)

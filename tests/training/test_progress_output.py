@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from conftest import TARGET, TRAIN
 
@@ -59,7 +61,7 @@ def test_predict_sft_curve_progress(model_dirs, capfd):
     cfg = SFTConfig(lr=1e-6, batch_size=2, max_steps=3)
     quiet = predict_sft_curve(model, params, train, g, cfg, replicates=2, compute=compute)
     assert "predict-sft" not in capfd.readouterr().err
-    loud = predict_sft_curve(model, params, train, g, cfg, replicates=2, compute=compute, progress=True)
+    loud = predict_sft_curve(model, params, train, g, cfg, replicates=2, compute=replace(compute, progress=True))
     err = capfd.readouterr().err
     assert "predict-sft data" in err and "12/12" in err and "batch order 2/2" in err  # (2 + 2 paths) x 3 steps
     assert loud.steps.equals(quiet.steps)
