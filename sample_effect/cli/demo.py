@@ -184,9 +184,9 @@ def _rank_pool(args: argparse.Namespace, out: Path, model: Any, tok: Any, tok_po
     """Score the pool toward the target (one AdamW step, clip 1.0); write effects.csv, top_k.jsonl, the figure."""
     from sample_effect.data.examples import export_examples
     from sample_effect.engine.core import ComputeConfig
-    from sample_effect.engine.effects import score_examples_result
     from sample_effect.io import write_table
     from sample_effect.plots.figures import effects_by_group
+    from sample_effect.scoring.effects import score_examples_result
     from sample_effect.targets.core import LossTarget
     from sample_effect.update.optim import UpdateConfig
 

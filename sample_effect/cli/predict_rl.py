@@ -166,12 +166,12 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
 
     from sample_effect.data.examples import load_examples
     from sample_effect.engine.core import ComputeConfig
-    from sample_effect.engine.effects import resolve_state
     from sample_effect.growth.rl import RLPredictionWarning, predict_rl, prompts_per_step_warning
     from sample_effect.io import atomic_open, write_table
     from sample_effect.models.loading import load_model, select_parameters
     from sample_effect.models.registry import resolve_model
     from sample_effect.rollouts.rewards import get_reward
+    from sample_effect.scoring.effects import resolve_state
     from sample_effect.training.grpo import load_rl_prompts
 
     _check_args(args)

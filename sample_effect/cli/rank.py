@@ -222,8 +222,8 @@ def _stability(args: argparse.Namespace, plan: tuple[Path, Any], loaded: tuple[A
 def _score(args: argparse.Namespace, model: Any, tokenizer: Any, tokenized: list, target: Any, update: Any,
            compute: Any) -> Any:
     """The EffectResult by the path the flags choose: projection cache, resumable cache / torchrun, or in memory."""
-    from sample_effect.engine.effects import score_examples_result
     from sample_effect.runtime.distributed import is_distributed
+    from sample_effect.scoring.effects import score_examples_result
 
     if args.projection and (args.cache_dir or is_distributed()):
         raise SampleEffectError("--projection scores a finished projection cache; it takes no --cache-dir or torchrun")
@@ -264,9 +264,9 @@ def projected_result(args: argparse.Namespace, model: Any, tokenized: list, targ
     """An EffectResult estimated from the --projection cache (checked to match the model, data and update)."""
     import numpy as np
 
-    from sample_effect.engine.effects import EffectResult
     from sample_effect.engine.projection import load_projection, settings_key
     from sample_effect.models.loading import select_parameters
+    from sample_effect.scoring.effects import EffectResult
     from sample_effect.targets.core import resolve_target
 
     cache = load_projection(args.projection)

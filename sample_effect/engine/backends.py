@@ -33,6 +33,7 @@ from sample_effect.engine.core import (
     model_bytes,
     plan_chunk,
 )
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.kernels.ghost import (
     Factor,
@@ -44,7 +45,6 @@ from sample_effect.kernels.ghost import (
 from sample_effect.kernels.layers import rule_for_kind
 from sample_effect.models.loading import accumulation_dtype
 from sample_effect.objectives.base import SFT, Objective
-from sample_effect.targets.core import TargetVector
 from sample_effect.update.optim import OptimizerState, UpdateConfig, clip_coefficients
 from sample_effect.update.rules import ParamHyper
 

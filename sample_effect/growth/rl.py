@@ -64,7 +64,7 @@ from tqdm.auto import tqdm
 
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig
-from sample_effect.engine.effects import compute_effects
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import ConfigError, FieldText, SampleEffectError, field_text
 from sample_effect.growth.noise import (
     CentredRows,
@@ -78,13 +78,13 @@ from sample_effect.growth.noise import (
 from sample_effect.models.loading import accumulation_dtype, select_parameters
 from sample_effect.objectives.base import GRPOObjective, grpo_example, rollout_example
 from sample_effect.rollouts.groups import completion_tokens, sample_groups
+from sample_effect.scoring.effects import compute_effects
 from sample_effect.targets.core import (
     AccuracyTarget,
     DirectionTarget,
     LossTarget,
     SelfTarget,
     Target,
-    TargetVector,
     resolve_target,
     resolve_target_distributed,
 )
@@ -146,7 +146,7 @@ class RLEffects:
 
     def table(self) -> pd.DataFrame:
         """One row per prompt, ranked by effect (rank 1 = largest; ties by input order)."""
-        from sample_effect.engine.effects import rank_table
+        from sample_effect.scoring.effects import rank_table
 
         df = pd.DataFrame({
             "id": self.ids,

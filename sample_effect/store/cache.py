@@ -31,17 +31,12 @@ import torch
 
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig
-from sample_effect.engine.effects import EffectResult, compute_effects, resolve_state
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import ConfigError, SampleEffectError, literal
 from sample_effect.io import atomic_open, atomic_path
 from sample_effect.models.loading import select_parameters
-from sample_effect.targets.core import (
-    LossTarget,
-    SelfTarget,
-    Target,
-    TargetVector,
-    resolve_target_distributed,
-)
+from sample_effect.scoring.effects import EffectResult, compute_effects, resolve_state
+from sample_effect.targets.core import LossTarget, SelfTarget, Target, resolve_target_distributed
 from sample_effect.update.optim import OptimizerState, UpdateConfig
 
 log = logging.getLogger("sample_effect")

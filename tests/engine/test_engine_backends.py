@@ -40,10 +40,10 @@ from sample_effect.engine.core import (
     iter_example_factors,
 )
 from sample_effect.engine.planner import make_plan
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import SampleEffectError
 from sample_effect.models.loading import select_parameters
 from sample_effect.objectives.base import SFTObjective
-from sample_effect.targets.core import TargetVector
 
 CASES = [
     ("gpt2", UpdateConfig("sgd", clip=0.5), "ghost", False, GhostBackend),

@@ -26,7 +26,7 @@ from sample_effect.engine.projection import (
     project_examples,
     project_vector,
 )
-from sample_effect.targets.core import TargetVector
+from sample_effect.engine.vectors import TargetVector
 
 SUBSET = r"layers\.1\.self_attn\.(q|k)_proj"
 

@@ -11,9 +11,9 @@ from conftest import TARGET, TRAIN, write_jsonl
 from sample_effect import UpdateConfig, load_model, select_parameters
 from sample_effect.cli.main import main
 from sample_effect.engine.core import ComputeConfig
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.growth.rl import RLPredictionWarning, predict_rl, zero_variance_warning
 from sample_effect.rollouts.groups import sample_groups
-from sample_effect.targets.core import TargetVector
 from sample_effect.training.grpo import RLPrompt
 
 QUIET = ComputeConfig(progress=False)

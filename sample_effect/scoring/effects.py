@@ -17,14 +17,13 @@ import pandas as pd
 import torch
 
 from sample_effect.data.examples import Example, TokenizedExample, tokenize_examples
-from sample_effect.engine.backends import BLOCK_BYTES as BLOCK_BYTES  # re-exported: it lived here
 from sample_effect.engine.backends import EffectSettings, make_backend
-from sample_effect.engine.backends import block_rows as block_rows  # re-exported: it lived here
 from sample_effect.engine.core import ComputeConfig, PlanCache
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.models.loading import accumulation_dtype, select_parameters
 from sample_effect.objectives.base import SFT, Objective
-from sample_effect.targets.core import Target, TargetVector, resolve_target
+from sample_effect.targets.core import Target, resolve_target
 from sample_effect.update.optim import OptimizerState, UpdateConfig, load_optimizer_state
 
 log = logging.getLogger("sample_effect")
