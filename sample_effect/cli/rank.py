@@ -264,17 +264,21 @@ def projected_result(args: argparse.Namespace, model: Any, tokenized: list, targ
     """An EffectResult estimated from the --projection cache (checked to match the model, data and update)."""
     import numpy as np
 
-    from sample_effect.engine.projection import load_projection, settings_key
+    from sample_effect.engine.keys import settings_key
+    from sample_effect.engine.projection import load_projection
     from sample_effect.models.loading import select_parameters
-    from sample_effect.scoring.effects import EffectResult
+    from sample_effect.scoring.effects import EffectResult, resolve_state
     from sample_effect.targets.core import resolve_target
 
     cache = load_projection(args.projection)
     chosen = select_parameters(model, args.params)
-    if list(chosen) != cache.manifest["params"] or settings_key(model, chosen, tokenized, update, cache.config) != cache.manifest["key"]:
+    state = resolve_state(model, chosen, update, args.optimizer_state)
+    if list(chosen) != cache.manifest["params"] or \
+            settings_key(model, chosen, tokenized, update, state, compute, cache.config) != cache.manifest["key"]:
         raise SampleEffectError(
-            f"--projection {args.projection} was made with other weights, data, parameters or update settings; "
-            "pass the same --model/--data/--params/--optimizer/--lr/--max-grad-norm... as to `project`"
+            f"--projection {args.projection} was made with other weights, data, parameters, update settings or "
+            "optimiser state; pass the same --model/--data/--params/--optimizer/--optimizer-state/--lr/"
+            "--max-grad-norm... as to `project`"
         )
     g = resolve_target(target, model, chosen, tokenized, compute)
     effect = cache.scores(g.vector)

@@ -29,6 +29,7 @@ import torch
 
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig, iter_example_factors
+from sample_effect.engine.keys import settings_key
 from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.io import atomic_path
 from sample_effect.kernels.ghost import materialise_sum
@@ -115,22 +116,6 @@ def project_vector(vector: Mapping[str, torch.Tensor], names: Sequence[str], cfg
     return sum(project_rows(vector[n][None], i, cfg)[0] for i, n in enumerate(names))  # type: ignore[return-value]
 
 
-def settings_key(model: torch.nn.Module, params: Mapping[str, torch.Tensor], examples: Sequence[TokenizedExample],
-                 update: UpdateConfig, cfg: ProjectionConfig) -> str:
-    """A hash of everything the projections depend on: weights, data tokens, update and P."""
-    h = hashlib.sha256()
-    for n, p in params.items():
-        h.update(n.encode())
-        h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    for ex in examples:
-        h.update(ex.id.encode())
-        for s, r in zip(ex.sequences, ex.response_starts):
-            h.update(s.numpy().astype(np.int64).tobytes())
-            h.update(str(r).encode())
-    h.update(json.dumps([asdict(update), asdict(cfg), str(next(iter(params.values())).dtype)], sort_keys=True).encode())
-    return h.hexdigest()[:32]
-
-
 def project_examples(
     model: torch.nn.Module,
     params: Mapping[str, torch.Tensor],
@@ -155,7 +140,7 @@ def project_examples(
     state = state or OptimizerState()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    key = settings_key(model, params, examples, update, cfg)
+    key = settings_key(model, params, examples, update, state, compute, cfg)
     manifest_path = out / "manifest.json"
     names = list(params)
     manifest = {
@@ -166,7 +151,8 @@ def project_examples(
         old = json.loads(manifest_path.read_text())
         if old.get("key") != key:
             raise SampleEffectError(
-                f"{out} holds projections made with other settings (weights, data, update or projection); "
+                f"{out} holds projections made with other settings (weights, data, update, optimiser state or "
+                "projection); "
                 "use another directory or delete it"
             )
         manifest["shards"] = [s for s in old["shards"] if (out / s["file"]).exists()]
