@@ -1,9 +1,9 @@
 """Resumable, content-addressed scoring for `rank --cache-dir DIR` (and the distributed path).
 
-Layout: `DIR/<key>/` where key is a hash of everything the effects depend on: every model weight,
-the chosen parameter names and dtype, the scored examples' tokens, the update settings, the
-optimiser state's moments, the engine method, and the target (a loss target's tokens, or the
-resolved vector itself for direction / accuracy targets). Any changed setting gives another key,
+Layout: `DIR/<key>/` where key is `sample_effect.engine.keys.settings_key`: a hash of everything the
+effects depend on (every model weight, the chosen parameter names and dtype, the scored examples'
+tokens, the update settings, the optimiser state, the compute settings that change values) and the
+target (a loss target's tokens, or the resolved vector itself for direction / accuracy targets). Any changed setting gives another key,
 so a finished shard is never reused for other settings. Inside:
 
 - `manifest.json`: the key, what went into it (readable summary), n_examples, `complete`;
@@ -31,6 +31,7 @@ import torch
 
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig
+from sample_effect.engine.keys import hash_examples, settings_key, vector_digest
 from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import ConfigError, SampleEffectError, literal
 from sample_effect.io import atomic_open, atomic_path
@@ -43,55 +44,6 @@ log = logging.getLogger("sample_effect")
 
 FORMAT = 1
 DELAY_ENV = "SAMPLE_EFFECT_TEST_SHARD_DELAY"  # tests: seconds to sleep after each shard (to interrupt a run)
-
-
-# --------------------------------------------------------------------------------------------
-# Keys
-# --------------------------------------------------------------------------------------------
-
-
-def _hash_tensor(h: hashlib._Hash, t: torch.Tensor) -> None:
-    t = t.detach().cpu().contiguous()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
-
-
-def _hash_examples(h: hashlib._Hash, examples: Sequence[TokenizedExample]) -> None:
-    h.update(f"n={len(examples)}".encode())
-    for ex in examples:
-        h.update(json.dumps([ex.id, ex.response_starts]).encode())
-        for s in ex.sequences:
-            h.update(s.numpy().astype(np.int64).tobytes())
-
-
-def settings_key(
-    model: torch.nn.Module, chosen: Mapping[str, torch.Tensor], examples: Sequence[TokenizedExample],
-    update: UpdateConfig, state: OptimizerState | None, compute: ComputeConfig, target_part: bytes,
-) -> str:
-    """Hash of everything the cached effects depend on (not speed-only settings: batch size, budget)."""
-    h = hashlib.sha256(f"sample-effect rank cache {FORMAT}".encode())
-    for n, p in model.named_parameters():
-        h.update(n.encode())
-        _hash_tensor(h, p)
-    h.update(json.dumps(list(chosen)).encode())
-    _hash_examples(h, examples)
-    h.update(json.dumps([asdict(update), compute.method, compute.grad_norms], sort_keys=True).encode())
-    if state is not None:
-        h.update(json.dumps([state.step, state.groups], sort_keys=True, default=str).encode())
-        for moments in (state.exp_avg, state.exp_avg_sq):
-            for n in sorted(moments):
-                h.update(n.encode())
-                _hash_tensor(h, moments[n])
-    h.update(target_part)
-    return h.hexdigest()[:32]
-
-
-def _vector_bytes(g: TargetVector) -> bytes:
-    h = hashlib.sha256(g.kind.encode())
-    for n in sorted(g.vector):
-        h.update(n.encode())
-        _hash_tensor(h, g.vector[n])
-    return h.digest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,12 +127,12 @@ def _open_run(  # type: ignore[no-untyped-def]
     if loss_kind:
         h = hashlib.sha256(b"self" if isinstance(target, SelfTarget) else b"loss")
         if isinstance(target, LossTarget):
-            _hash_examples(h, target.examples)
+            hash_examples(h, target.examples)
         part = h.digest()
     else:
         g = resolve_target_distributed(target, model, chosen, examples, compute)
-        part = _vector_bytes(g)
-    key = settings_key(model, chosen, examples, update, state, compute, part)
+        part = vector_digest(g)
+    key = settings_key(model, chosen, examples, update, state, compute, target=part)
     d = root / key
     exists = (d / "manifest.json").exists()
     if resume and not exists:
