@@ -227,3 +227,11 @@ def test_the_memory_budget_counts_the_weights(model_dirs, per_sequence):
         assert got == n
     with pytest.raises(SampleEffectError, match=r"too small for one example.*of weights"):
         core.plan_chunk(model, params, 16, ComputeConfig(batch_size=8, memory_budget=weights + seq - 1), per_sequence)
+
+
+def test_the_planner_refuses_an_unknown_method(model_dirs):
+    """An unknown ComputeConfig.method is an error naming the choices, not a silent ghost plan."""
+    model, tok = load_model(model_dirs["qwen2"], "float64")
+    exs, params = _examples(tok), select_parameters(model)
+    with pytest.raises(SampleEffectError, match="unknown engine method 'fast'; choose auto, ghost, vmap or jvp"):
+        make_plan(model, params, exs, UpdateConfig("sgd"), ComputeConfig(method="fast", progress=False))
