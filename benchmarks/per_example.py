@@ -69,7 +69,8 @@ def runner(method: str, model, params, exs, target):  # type: ignore[no-untyped-
     elif method == "projection":
         import tempfile
 
-        from sample_effect.engine.projection import ProjectionConfig, project_examples
+        from sample_effect.engine.projection import ProjectionConfig
+        from sample_effect.store.projection import project_examples
 
         compute = ComputeConfig(batch_size=len(exs), memory_budget=None, progress=False)
 

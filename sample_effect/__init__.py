@@ -54,7 +54,7 @@ _map_checkout_kernels()
 _EXPORTS = {
     "ComputeConfig": "sample_effect.engine.core",
     "DirectionTarget": "sample_effect.targets.core",
-    "EffectResult": "sample_effect.scoring.effects",
+    "EffectResult": "sample_effect.scoring.result",
     "Example": "sample_effect.data.examples",
     "LossTarget": "sample_effect.targets.core",
     "OptimizerState": "sample_effect.update.optim",
@@ -68,7 +68,7 @@ _EXPORTS = {
     "load_examples": "sample_effect.data.examples",
     "load_model": "sample_effect.models.loading",
     "load_optimizer_state": "sample_effect.update.optim",
-    "rank_table": "sample_effect.scoring.effects",
+    "rank_table": "sample_effect.scoring.result",
     "score_examples": "sample_effect.scoring.effects",
     "score_examples_result": "sample_effect.scoring.effects",
     "select_parameters": "sample_effect.models.loading",
@@ -119,13 +119,8 @@ if TYPE_CHECKING:  # static analysers see the real imports
         sft_sequence_loss,
         token_logprobs,
     )
-    from sample_effect.scoring.effects import (
-        EffectResult,
-        compute_effects,
-        rank_table,
-        score_examples,
-        score_examples_result,
-    )
+    from sample_effect.scoring.effects import compute_effects, score_examples, score_examples_result
+    from sample_effect.scoring.result import EffectResult, rank_table
     from sample_effect.targets.core import DirectionTarget, LossTarget, SelfTarget
     from sample_effect.update.optim import OptimizerState, UpdateConfig, load_optimizer_state
 

@@ -146,7 +146,7 @@ class RLEffects:
 
     def table(self) -> pd.DataFrame:
         """One row per prompt, ranked by effect (rank 1 = largest; ties by input order)."""
-        from sample_effect.scoring.effects import rank_table
+        from sample_effect.scoring.result import rank_table
 
         df = pd.DataFrame({
             "id": self.ids,

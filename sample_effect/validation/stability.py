@@ -53,7 +53,8 @@ from sample_effect.data.examples import Example, TokenizedExample, tokenize_exam
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.errors import ConfigError, SampleEffectError, literal
 from sample_effect.models.loading import load_model
-from sample_effect.scoring.effects import EffectResult, score_examples_result
+from sample_effect.scoring.effects import score_examples_result
+from sample_effect.scoring.result import EffectResult
 from sample_effect.targets.core import LossTarget, Target
 from sample_effect.update.optim import UpdateConfig
 
