@@ -204,15 +204,16 @@ def _stability(args: argparse.Namespace, plan: tuple[Path, Any], loaded: tuple[A
                target: Any, configs: tuple[Any, Any], result: Any) -> None:
     """`--stability`: re-rank under resampled targets, checkpoints and orders; write the rows, print the summary."""
     from sample_effect.io import write_table
+    from sample_effect.scoring.effects import ScoringConfig
     from sample_effect.validation.stability import rank_stability
 
     path, config = plan
     examples, target_examples = data
     resample_set = (target_examples if target_examples is not None else examples) if config.resamples else None
+    scoring = ScoringConfig(*configs, params=args.params, optimizer_state=args.optimizer_state, max_length=args.max_length)
     report = rank_stability(
-        *loaded, examples, resample_set, *configs, config, lambda p: load_model_from_args(args, spec=p),
-        target=target, reference=result, params=args.params, optimizer_state=args.optimizer_state,
-        max_length=args.max_length,
+        *loaded, examples, resample_set, scoring, None, config, lambda p: load_model_from_args(args, spec=p),
+        target=target, reference=result,
     )
     write_table(report.rows, path)
     print(report.render())

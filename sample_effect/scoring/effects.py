@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -121,3 +122,23 @@ def score_examples_result(
     chosen = select_parameters(model, params)
     state = resolve_state(model, chosen, update, optimizer_state)
     return score(ScoringRun(model, chosen, tokenized, update, state, compute), target, InMemoryOutput())
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """The settings of one scorer besides the model, data and target: what `score_examples_result` takes.
+
+    Bundled so that code scoring the same examples many times (rank stability) passes one object.
+    """
+
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    params: str | None = None
+    optimizer_state: str | os.PathLike | OptimizerState | None = None
+    max_length: int | None = None
+
+    def result(self, model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example] | Sequence[TokenizedExample],
+               target: Target) -> EffectResult:
+        """`score_examples_result` with these settings."""
+        return score_examples_result(model, tokenizer, examples, target, self.update, self.params,
+                                     self.optimizer_state, self.compute, self.max_length)
