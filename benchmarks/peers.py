@@ -175,8 +175,8 @@ def run_loop(w: Workload) -> Callable[[], Values]:
 def run_sample_effect(w: Workload, method: str) -> Callable[[], Values]:
     """sample-effect's compute_effects on the batch (ghost path)."""
     from sample_effect.engine.core import ComputeConfig
-    from sample_effect.engine.effects import compute_effects
-    from sample_effect.targets.core import TargetVector
+    from sample_effect.engine.vectors import TargetVector
+    from sample_effect.scoring.effects import compute_effects
     from sample_effect.update.optim import UpdateConfig
 
     upd = {"se_sgd": UpdateConfig("sgd"), "se_clip": UpdateConfig("sgd", clip=w.clip),

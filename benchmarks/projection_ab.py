@@ -34,9 +34,10 @@ def main() -> None:
     try:  # the layout after the redesign
         from sample_effect.data.examples import TokenizedExample
         from sample_effect.engine.core import ComputeConfig
-        from sample_effect.engine.projection import ProjectionConfig, project_examples
+        from sample_effect.engine.projection import ProjectionConfig
         from sample_effect.models.loading import prepare_model, select_parameters
         from sample_effect.models.tiny import tiny_config
+        from sample_effect.store.projection import project_examples
         from sample_effect.update.optim import UpdateConfig
     except ImportError:  # the flat layout before it (39a28a8)
         from sample_effect.optim import UpdateConfig  # type: ignore[no-redef]

@@ -100,9 +100,9 @@ def runner(method: str, model, params, exs, target):  # type: ignore[no-untyped-
     """A no-argument callable that runs `method` once on the batch."""
     from sample_effect.data.examples import pad_sequences
     from sample_effect.engine.core import ComputeConfig
-    from sample_effect.engine.effects import compute_effects
+    from sample_effect.engine.vectors import TargetVector
     from sample_effect.objectives.losses import sft_sequence_loss
-    from sample_effect.targets.core import TargetVector
+    from sample_effect.scoring.effects import compute_effects
     from sample_effect.update.optim import UpdateConfig
 
     ids, mask = pad_sequences([e.sequences[0] for e in exs], [e.response_starts[0] for e in exs])
@@ -123,7 +123,8 @@ def runner(method: str, model, params, exs, target):  # type: ignore[no-untyped-
     if method == "projection":
         import tempfile
 
-        from sample_effect.engine.projection import ProjectionConfig, project_examples
+        from sample_effect.engine.projection import ProjectionConfig
+        from sample_effect.store.projection import project_examples
 
         compute = ComputeConfig(batch_size=len(exs), memory_budget=BUDGET, progress=False)
 

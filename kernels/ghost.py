@@ -34,8 +34,6 @@ from .layers.base import KIND_RULES
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-KINDS = ("outer", "outer_t", "embed", "sum", "scale", "dense")  # the built-in factor kinds
-
 _RULES = KIND_RULES  # kind -> LayerRule: the one dict lookup every dispatcher below does
 
 

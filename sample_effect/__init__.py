@@ -54,7 +54,7 @@ _map_checkout_kernels()
 _EXPORTS = {
     "ComputeConfig": "sample_effect.engine.core",
     "DirectionTarget": "sample_effect.targets.core",
-    "EffectResult": "sample_effect.engine.effects",
+    "EffectResult": "sample_effect.scoring.result",
     "Example": "sample_effect.data.examples",
     "LossTarget": "sample_effect.targets.core",
     "OptimizerState": "sample_effect.update.optim",
@@ -62,15 +62,15 @@ _EXPORTS = {
     "SelfTarget": "sample_effect.targets.core",
     "TokenizedExample": "sample_effect.data.examples",
     "UpdateConfig": "sample_effect.update.optim",
-    "compute_effects": "sample_effect.engine.effects",
+    "compute_effects": "sample_effect.scoring.effects",
     "grpo_advantages": "sample_effect.objectives.losses",
     "grpo_loss": "sample_effect.objectives.losses",
     "load_examples": "sample_effect.data.examples",
     "load_model": "sample_effect.models.loading",
     "load_optimizer_state": "sample_effect.update.optim",
-    "rank_table": "sample_effect.engine.effects",
-    "score_examples": "sample_effect.engine.effects",
-    "score_examples_result": "sample_effect.engine.effects",
+    "rank_table": "sample_effect.scoring.result",
+    "score_examples": "sample_effect.scoring.effects",
+    "score_examples_result": "sample_effect.scoring.effects",
     "select_parameters": "sample_effect.models.loading",
     "sft_sequence_loss": "sample_effect.objectives.losses",
     "token_logprobs": "sample_effect.objectives.losses",
@@ -111,13 +111,6 @@ if TYPE_CHECKING:  # static analysers see the real imports
         tokenize_examples,
     )
     from sample_effect.engine.core import ComputeConfig
-    from sample_effect.engine.effects import (
-        EffectResult,
-        compute_effects,
-        rank_table,
-        score_examples,
-        score_examples_result,
-    )
     from sample_effect.errors import SampleEffectError
     from sample_effect.models.loading import load_model, select_parameters
     from sample_effect.objectives.losses import (
@@ -126,6 +119,8 @@ if TYPE_CHECKING:  # static analysers see the real imports
         sft_sequence_loss,
         token_logprobs,
     )
+    from sample_effect.scoring.effects import compute_effects, score_examples, score_examples_result
+    from sample_effect.scoring.result import EffectResult, rank_table
     from sample_effect.targets.core import DirectionTarget, LossTarget, SelfTarget
     from sample_effect.update.optim import OptimizerState, UpdateConfig, load_optimizer_state
 

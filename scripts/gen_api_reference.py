@@ -41,7 +41,7 @@ MODULES = [
     "sample_effect.targets.core",
     "sample_effect.update.optim",
     "sample_effect.engine.core",
-    "sample_effect.engine.effects",
+    "sample_effect.scoring.effects",
     "sample_effect.objectives.losses",
     "sample_effect.errors",
     "sample_effect.engine.planner",

@@ -91,7 +91,6 @@ def _owners() -> dict[str, object]:
     from sample_effect.data.examples import tokenize_example, tokenize_examples
     from sample_effect.data.kk import generate_puzzles
     from sample_effect.data.sources import read_records
-    from sample_effect.engine.effects import resolve_state
     from sample_effect.growth.rl import predict_rl
     from sample_effect.growth.sft import predict_sft_curve
     from sample_effect.io import check_output_path
@@ -100,6 +99,7 @@ def _owners() -> dict[str, object]:
     from sample_effect.models.tiny import init_tiny_student
     from sample_effect.rollouts.groups import sample_groups
     from sample_effect.rollouts.rewards import get_reward
+    from sample_effect.scoring.effects import resolve_state
     from sample_effect.store.cache import score_rank
     from sample_effect.targets.core import AccuracyTarget
     from sample_effect.update.hf_checkpoint import load_trainer_optimizer_state

@@ -236,10 +236,10 @@ def _add_validate_selection(checks: SubParsers) -> None:
 def cmd_validate_selection(args: argparse.Namespace) -> None:
     """Rank, select, train, compare."""
     from sample_effect.data.examples import load_examples, tokenize_examples
-    from sample_effect.engine.effects import score_examples_result
     from sample_effect.io import atomic_open, write_table
     from sample_effect.plots.figures import selection_bars
     from sample_effect.rollouts.rewards import get_reward
+    from sample_effect.scoring.effects import score_examples_result
     from sample_effect.targets.core import LossTarget
     from sample_effect.update.optim import UpdateConfig
     from sample_effect.validation.selection import selection_runs, selection_sets, selection_summary

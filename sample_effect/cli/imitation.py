@@ -387,7 +387,7 @@ def _marker_effects(args, model, tok, words) -> dict:  # type: ignore[no-untyped
     from sample_effect.analysis.markers import has_markers
     from sample_effect.data.examples import load_examples, tokenize_examples
     from sample_effect.engine.core import ComputeConfig
-    from sample_effect.engine.effects import score_examples_result
+    from sample_effect.scoring.effects import score_examples_result
     from sample_effect.targets.core import LossTarget
     from sample_effect.training.imitation import bootstrap_mean_ci
     from sample_effect.update.optim import UpdateConfig

@@ -164,7 +164,6 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from sample_effect.engine.core import ComputeConfig
-    from sample_effect.engine.effects import resolve_state
     from sample_effect.growth.rl import predict_rl
     from sample_effect.growth.rl_warnings import RLPredictionWarning, prompts_per_step_warning
     from sample_effect.io import atomic_open, write_table
@@ -172,6 +171,7 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
     from sample_effect.models.registry import resolve_model
     from sample_effect.rollouts.prompts import load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
+    from sample_effect.scoring.effects import resolve_state
 
     _check_args(args)
     _check_outputs(args)

@@ -45,9 +45,10 @@ def add_parsers(sub: SubParsers) -> None:
 def cmd_project(args: argparse.Namespace) -> None:
     """Load, tokenise, project, write shards."""
     from sample_effect.data.examples import load_examples, tokenize_examples
-    from sample_effect.engine.effects import resolve_state
-    from sample_effect.engine.projection import ProjectionConfig, project_examples
+    from sample_effect.engine.projection import ProjectionConfig
     from sample_effect.models.loading import select_parameters
+    from sample_effect.scoring.effects import resolve_state
+    from sample_effect.store.projection import project_examples
 
     fmt = data_format_from_args(args)
     update, compute = engine_configs_from_args(args)

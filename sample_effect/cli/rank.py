@@ -198,15 +198,16 @@ def _stability(args: argparse.Namespace, plan: tuple[Path, Any], loaded: tuple[A
                target: Any, configs: tuple[Any, Any], result: Any) -> None:
     """`--stability`: re-rank under resampled targets, checkpoints and orders; write the rows, print the summary."""
     from sample_effect.io import write_table
+    from sample_effect.scoring.effects import ScoringConfig
     from sample_effect.validation.stability import rank_stability
 
     path, config = plan
     examples, target_examples = data
     resample_set = (target_examples if target_examples is not None else examples) if config.resamples else None
+    scoring = ScoringConfig(*configs, params=args.params, optimizer_state=args.optimizer_state, max_length=args.max_length)
     report = rank_stability(
-        *loaded, examples, resample_set, *configs, config, lambda p: load_model_from_args(args, spec=p),
-        target=target, reference=result, params=args.params, optimizer_state=args.optimizer_state,
-        max_length=args.max_length,
+        *loaded, examples, resample_set, scoring, None, config, lambda p: load_model_from_args(args, spec=p),
+        target=target, reference=result,
     )
     write_table(report.rows, path)
     print(report.render())
@@ -216,13 +217,19 @@ def _stability(args: argparse.Namespace, plan: tuple[Path, Any], loaded: tuple[A
 def _score(args: argparse.Namespace, model: Any, tokenizer: Any, tokenized: list, target: Any, update: Any,
            compute: Any) -> Any:
     """The EffectResult by the path the flags choose: projection cache, resumable cache / torchrun, or in memory."""
-    from sample_effect.engine.effects import score_examples_result
     from sample_effect.runtime.distributed import is_distributed
+    from sample_effect.scoring.effects import resolve_state, score_examples_result
 
     if args.projection and (args.cache_dir or is_distributed()):
         raise SampleEffectError("--projection scores a finished projection cache; it takes no --cache-dir or torchrun")
     if args.projection:
-        return projected_result(args, model, tokenized, target, update, compute)
+        from sample_effect.models.loading import select_parameters
+        from sample_effect.scoring.run import ScoringRun
+        from sample_effect.store.projection import projected_result
+
+        chosen = select_parameters(model, args.params)
+        state = resolve_state(model, chosen, update, args.optimizer_state)
+        return projected_result(ScoringRun(model, chosen, tokenized, update, state, compute), target, args.projection)
     if args.cache_dir or args.resume or is_distributed():
         from sample_effect.store.cache import score_rank
 
@@ -250,30 +257,4 @@ def _write(args: argparse.Namespace, out: Path, result: Any, examples: list, t0:
         f"scored {len(table)} examples ({int(table['n_responses'].sum())} responses) toward '{result.target.kind}' "
         f"in {time.perf_counter() - t0:.1f}s; top: '{top['id']}' (effect {top['effect']:.4g}); wrote {out}"
         + (f" and the top {min(args.top_k, len(table))} to {args.export}" if args.export else "")
-    )
-
-
-def projected_result(args: argparse.Namespace, model: Any, tokenized: list, target: Any, update: Any,
-                     compute: Any) -> Any:
-    """An EffectResult estimated from the --projection cache (checked to match the model, data and update)."""
-    import numpy as np
-
-    from sample_effect.engine.effects import EffectResult
-    from sample_effect.engine.projection import load_projection, settings_key
-    from sample_effect.models.loading import select_parameters
-    from sample_effect.targets.core import resolve_target
-
-    cache = load_projection(args.projection)
-    chosen = select_parameters(model, args.params)
-    if list(chosen) != cache.manifest["params"] or settings_key(model, chosen, tokenized, update, cache.config) != cache.manifest["key"]:
-        raise SampleEffectError(
-            f"--projection {args.projection} was made with other weights, data, parameters or update settings; "
-            "pass the same --model/--data/--params/--optimizer/--lr/--max-grad-norm... as to `project`"
-        )
-    g = resolve_target(target, model, chosen, tokenized, compute)
-    effect = cache.scores(g.vector)
-    return EffectResult(
-        ids=cache.ids, effect=effect, loss=cache.loss, grad_norm=np.full(len(effect), np.nan),
-        n_tokens=np.array([ex.n_tokens for ex in tokenized]), n_responses=np.array([ex.n_responses for ex in tokenized]),
-        target=g,
     )

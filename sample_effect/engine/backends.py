@@ -33,6 +33,7 @@ from sample_effect.engine.core import (
     model_bytes,
     plan_chunk,
 )
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.kernels.ghost import (
     Factor,
@@ -44,7 +45,6 @@ from sample_effect.kernels.ghost import (
 from sample_effect.kernels.layers import rule_for_kind
 from sample_effect.models.loading import accumulation_dtype
 from sample_effect.objectives.base import SFT, Objective
-from sample_effect.targets.core import TargetVector
 from sample_effect.update.optim import OptimizerState, UpdateConfig, clip_coefficients
 from sample_effect.update.rules import ParamHyper
 
@@ -98,9 +98,12 @@ def weight_decay_dot(
 
 @dataclass(frozen=True)
 class EffectSettings:
-    """Everything a backend needs besides the model and parameters: target G, update, state and how to compute."""
+    """Everything a backend needs besides the model and parameters: target G, update, state and how to compute.
 
-    target: TargetVector
+    `target` is None where only the per-example updates are wanted (`Backend.updates`, for projections).
+    """
+
+    target: TargetVector | None
     update: UpdateConfig
     state: OptimizerState
     hypers: Mapping[str, ParamHyper]  # per chosen parameter, from `state.hyper(name, update)`
@@ -110,7 +113,7 @@ class EffectSettings:
 
     @classmethod
     def build(
-        cls, params: Mapping[str, torch.Tensor], target: TargetVector, update: UpdateConfig,
+        cls, params: Mapping[str, torch.Tensor], target: TargetVector | None, update: UpdateConfig,
         state: OptimizerState | None = None, compute: ComputeConfig | None = None, objective: Objective = SFT,
         plans: PlanCache | None = None,
     ) -> EffectSettings:
@@ -132,6 +135,17 @@ class BatchEffects:
     effect: np.ndarray
     loss: np.ndarray
     grad_norm: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class UpdateRows:
+    """What a backend forms for one batch when asked for updates: each chosen parameter's per-example
+    update per unit lr d(s) [E, *shape] (clipped, optimiser-transformed), formed lazily one parameter
+    at a time, and the examples' losses (in the accumulation dtype)."""
+
+    indices: list[int]
+    losses: torch.Tensor
+    updates: Iterator[tuple[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -226,6 +240,21 @@ class Backend(ABC, Generic[B]):
         for batch in self.batches(examples):
             yield self.run(batch)
 
+    def update_rows(self, batch: B) -> UpdateRows:
+        """The per-example updates d(s) of one batch; paths that never form them (jvp) raise ConfigError."""
+        raise ConfigError("ComputeConfig", f"the {self.name} method forms no per-example updates; use <method> ghost or vmap")
+
+    def updates(self, examples: Sequence[TokenizedExample]) -> Iterator[UpdateRows]:
+        """`update_rows` over every batch of `examples`."""
+        for batch in self.batches(examples):
+            yield self.update_rows(batch)
+
+    def _target(self) -> TargetVector:
+        """G, which computing effects needs (the settings of an updates-only run have none)."""
+        if self.settings.target is None:
+            raise SampleEffectError(f"the {self.name} backend was built without a target; it can only form updates")
+        return self.settings.target
+
 
 class VmapBackend(Backend[GradientBatch]):
     """Reference path: per-example gradients, clipping, the simulated step, then <d(s), G> layer by layer."""
@@ -251,16 +280,25 @@ class VmapBackend(Backend[GradientBatch]):
 
     def run(self, batch: GradientBatch) -> BatchEffects:
         """Clip, step and dot every layer's per-example gradients with G."""
-        s, update = self.settings, self.settings.update
+        target = self._target().vector
         sq = sum((g.flatten(1) ** 2).sum(1) for g in batch.grads.values())
-        coef = clip_coefficients(sq, update.clip)
         total = torch.zeros_like(sq)
+        for name, d in self._steps(batch, clip_coefficients(sq, self.settings.update.clip)):
+            total += d.flatten(1) @ target[name].flatten().to(d.dtype)
+        return BatchEffects(batch.indices, _numpy(total), _numpy(batch.losses), _numpy(sq.sqrt()))
+
+    def update_rows(self, batch: GradientBatch) -> UpdateRows:
+        """Clip and step every layer's per-example gradients."""
+        sq = sum((g.flatten(1) ** 2).sum(1) for g in batch.grads.values())
+        return UpdateRows(batch.indices, batch.losses, self._steps(batch, clip_coefficients(sq, self.settings.update.clip)))
+
+    def _steps(self, batch: GradientBatch, coef: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, d rows) per layer: the clipped gradients through the rule's step."""
+        s, update = self.settings, self.settings.update
         for name, g in batch.grads.items():
             p = self.params[name].detach().to(g.dtype)
             g = g * coef.view(-1, *([1] * (g.dim() - 1))) if update.clip is not None else g
-            d = update.rule.step(g, p, s.hypers[name], s.state.param_state(name))
-            total += d.flatten(1) @ s.target.vector[name].flatten().to(d.dtype)
-        return BatchEffects(batch.indices, _numpy(total), _numpy(batch.losses), _numpy(sq.sqrt()))
+            yield name, update.rule.step(g, p, s.hypers[name], s.state.param_state(name))
 
 
 class GhostBackend(Backend[FactorBatch]):
@@ -278,7 +316,8 @@ class GhostBackend(Backend[FactorBatch]):
         super().__init__(model, params, settings)
         update = settings.update
         self.need_norm = update.clip is not None or settings.compute.grad_norms
-        self.decay = weight_decay_dot(params, settings.target, settings.hypers) if update.rule.is_linear else 0.0
+        target = settings.target
+        self.decay = weight_decay_dot(params, target, settings.hypers) if update.rule.is_linear and target is not None else 0.0
         self.budget = free_budget(model, settings.compute)  # row blocks share what the weights leave
         self._gemm_targets: dict[str, torch.Tensor] = {}  # G in a bfloat16 model's GEMM dtype, made on first use
 
@@ -334,7 +373,7 @@ class GhostBackend(Backend[FactorBatch]):
         """Effects of one factor batch: dots with G for linear rules (from the norm pass when there is one), formed
         row blocks otherwise."""
         update = self.settings.update
-        target = self.settings.target.vector
+        target = self._target().vector
         linear = update.rule.is_linear
         sq = None
         formed: dict[str, torch.Tensor] = {}  # a linear rule's dots read off the norm pass's formed blocks
@@ -359,10 +398,33 @@ class GhostBackend(Backend[FactorBatch]):
         gnorm = None if sq is None else _numpy(sq.sqrt())  # type: ignore[union-attr]
         return BatchEffects(batch.indices, _numpy(eff), _numpy(batch.losses), gnorm)  # type: ignore[arg-type]
 
+    def update_rows(self, batch: FactorBatch) -> UpdateRows:
+        """Each layer's per-example gradients formed whole from the factors, clipped and stepped."""
+        update = self.settings.update
+        coef = None
+        if update.clip is not None:
+            sq: torch.Tensor | None = None
+            for fs in batch.factors.values():
+                part = materialise_sum(fs).flatten(1).pow(2).sum(1)
+                sq = part if sq is None else sq + part
+            assert sq is not None
+            coef = clip_coefficients(sq, update.clip)
+        return UpdateRows(batch.indices, batch.losses, self._formed_steps(batch, coef))
+
+    def _formed_steps(self, batch: FactorBatch, coef: torch.Tensor | None) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, d rows) per layer, forming one layer's gradients at a time."""
+        s = self.settings
+        for name, fs in batch.factors.items():
+            g = materialise_sum(fs)
+            if coef is not None:
+                g = g * coef.view(-1, *([1] * (g.dim() - 1)))
+            p = self.params[name].detach().to(batch.losses.dtype)
+            yield name, s.update.rule.step(g, p, s.hypers[name], s.state.param_state(name))
+
     def _gemm_target(self, name: str, f: Factor) -> torch.Tensor:
         """G of `name` in the dtype `factor_dot` hands the factor's rule: a narrow factor's `gemm` dtype
         (a bfloat16 copy of G, made once per run), else G as it is."""
-        g = self.settings.target.vector[name]
+        g = self._target().vector[name]
         if f.gemm is None or g.dtype == f.gemm:
             return g
         if name not in self._gemm_targets:
@@ -378,7 +440,7 @@ class GhostBackend(Backend[FactorBatch]):
         for name, fs in batch.factors.items():
             p = self.params[name].detach().to(eff.dtype)
             h = s.hypers[name]
-            g_target = s.target.vector[name]
+            g_target = self._target().vector[name]
             eff += s.update.rule.shared_dot(p, g_target, h)
             step = block_rows(fs[0], 2, self.budget)
             for r0 in range(0, n_ex, step):
@@ -405,7 +467,7 @@ class JvpBackend(Backend[DirectionalBatch]):
         if not update.rule.is_linear or update.clip is not None:
             raise ConfigError("ComputeConfig", "the jvp method computes SGD effects without clipping only; use <method> vmap")
         super().__init__(model, params, settings)
-        self.decay = weight_decay_dot(params, settings.target, settings.hypers)
+        self.decay = weight_decay_dot(params, self._target(), settings.hypers)
 
     @classmethod
     def plan(
@@ -422,7 +484,7 @@ class JvpBackend(Backend[DirectionalBatch]):
         """<g(s), G> and losses from `iter_example_directional`."""
         s = self.settings
         for idx, dots, losses in iter_example_directional(
-            self.model, self.params, examples, s.target.vector, s.compute, objective=s.objective
+            self.model, self.params, examples, self._target().vector, s.compute, objective=s.objective
         ):
             yield DirectionalBatch(idx, dots, losses)
 

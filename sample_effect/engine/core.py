@@ -30,7 +30,7 @@ from sample_effect.kernels.ghost import (
     verify_factors,
 )
 from sample_effect.models.loading import accumulation_dtype, config_int, position_limit
-from sample_effect.objectives.base import SFT, Objective
+from sample_effect.objectives.base import SFT, Objective, SFTObjective
 from sample_effect.objectives.losses import example_losses
 
 log = logging.getLogger("sample_effect")
@@ -77,6 +77,17 @@ class ComputeConfig:
     def budget_bytes(self) -> int | None:
         """`memory_budget` in bytes (see `parse_bytes`); None means no budget."""
         return parse_bytes(self.memory_budget)
+
+
+def averages_responses(objective: Objective) -> bool:
+    """Whether `objective` weighs an example's responses by SFT's 1 / n_responses (its weights are not overridden).
+
+    Such objectives take the mean-over-responses path, whatever instance they are: the module-level
+    `SFT`, a fresh `SFTObjective()`, or a subclass that changes only the sequence loss.
+    """
+    cls = type(objective)
+    return (isinstance(objective, SFTObjective) and cls.sequence_weights is SFTObjective.sequence_weights
+            and cls.weights_of is SFTObjective.weights_of)
 
 
 def split_parameters(model: torch.nn.Module, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -213,7 +224,7 @@ def mean_loss_gradient(
     consts = split_parameters(model, params)
     acc = accumulation_dtype(next(iter(params.values())).dtype)
     total = {n: torch.zeros(p.shape, dtype=acc, device=p.device) for n, p in params.items()}
-    if objective is SFT:  # 1 / (n_responses * n_examples), bit for bit as before
+    if averages_responses(objective):  # 1 / (n_responses * n_examples), bit for bit as before
         weights = [1.0 / (examples[i].n_responses * len(examples)) for i, _, _ in flat]
     else:
         weights = [w / len(examples) for w in objective.weights_of(examples, [i for i, _, _ in flat])]
@@ -321,7 +332,7 @@ def example_loss_values(
         ids, mask = _pad_part(part, device)
         seq_losses.append(objective.sequence_loss(model(input_ids=ids, use_cache=False).logits, ids, mask).double())
     owners = torch.tensor([i for i, _, _ in flat], device=device)
-    if objective is SFT:  # the mean of the responses' losses, as the trainers compute it
+    if averages_responses(objective):  # the mean of the responses' losses, as the trainers compute it
         return example_losses(torch.cat(seq_losses), owners, len(examples))
     w = torch.tensor(objective.weights_of(examples, owners.tolist()), dtype=torch.float64, device=device)
     return torch.zeros(len(examples), dtype=torch.float64, device=device).index_add_(0, owners, torch.cat(seq_losses) * w)
@@ -355,7 +366,7 @@ def iter_example_directional(
             ids, mask = _pad_part(part, device)
             losses, dots = per_sequence_directional(model, params, consts, ids, mask, objective.sequence_loss, direction)
             owners = torch.tensor([k - i for k, _, _ in part], device=device)
-            if objective is SFT:  # the mean over responses, bit for bit as before
+            if averages_responses(objective):  # the mean over responses, bit for bit as before
                 yield list(range(i, j)), example_losses(dots.to(acc), owners, j - i), example_losses(losses.to(acc), owners, j - i)
             else:
                 w = torch.tensor(objective.weights_of(examples, [k for k, _, _ in part]), dtype=acc, device=device)

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from sample_effect.data.examples import TokenizedExample
-from sample_effect.engine.backends import BACKENDS, GhostBackend, LayerPlan, Plan
+from sample_effect.engine.backends import LayerPlan, Plan, backend_class
 from sample_effect.engine.core import ComputeConfig, PlanCache
 from sample_effect.update.optim import UpdateConfig
 
@@ -31,7 +31,6 @@ def make_plan(
     """The engine's plan for scoring `examples` with `update` under `compute` (no computation).
 
     The ghost plan carries the self-check result known so far (`Plan.ghost`), read from `plans`
-    (default: the cache the model carries).
+    (default: the cache the model carries). An unknown method is a SampleEffectError naming the choices.
     """
-    backend = BACKENDS.get(compute.method, GhostBackend)  # an unknown name is planned as ghost, as before
-    return backend.plan(model, params, examples, update, compute, plans)
+    return backend_class(compute.method).plan(model, params, examples, update, compute, plans)

@@ -10,37 +10,22 @@ parameter and per block of its elements. Since E[P^T P] = I, <P d, P G> is an un
 e(s) = <d, G>, with relative error ~ 1/sqrt(k); the projections are written once and scored
 against any target G afterwards without recomputing gradients.
 
-Cache layout (a directory): `manifest.json` (settings, parameter list, shards) and shards
-`shard-00000.safetensors` with tensors `proj` [n, k] (float32) and `loss` [n], and the example ids
-in the shard's metadata. Every file is written atomically.
+This module is the matrix P (`ProjectionConfig`, `project_rows`, `project_vector`); the projected
+shards on disk are `sample_effect.store.projection`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from sample_effect.data.examples import TokenizedExample
-from sample_effect.engine.core import ComputeConfig, iter_example_factors
 from sample_effect.errors import ConfigError, SampleEffectError
-from sample_effect.io import atomic_path
-from sample_effect.kernels.ghost import materialise_sum
-from sample_effect.update.optim import (
-    OptimizerState,
-    UpdateConfig,
-    clip_coefficients,
-)
 
 KINDS = ("rademacher", "gaussian", "countsketch")
 BLOCK_ELEMENTS = 2**16  # parameter elements per generated block of P (a [block, k] matrix)
-FORMAT = 1
 
 
 @dataclass
@@ -112,150 +97,3 @@ def project_vector(vector: Mapping[str, torch.Tensor], names: Sequence[str], cfg
     if missing:
         raise SampleEffectError(f"the target has no values for cached parameter '{missing[0]}'")
     return sum(project_rows(vector[n][None], i, cfg)[0] for i, n in enumerate(names))  # type: ignore[return-value]
-
-
-def settings_key(model: torch.nn.Module, params: Mapping[str, torch.Tensor], examples: Sequence[TokenizedExample],
-                 update: UpdateConfig, cfg: ProjectionConfig) -> str:
-    """A hash of everything the projections depend on: weights, data tokens, update and P."""
-    h = hashlib.sha256()
-    for n, p in params.items():
-        h.update(n.encode())
-        h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    for ex in examples:
-        h.update(ex.id.encode())
-        for s, r in zip(ex.sequences, ex.response_starts):
-            h.update(s.numpy().astype(np.int64).tobytes())
-            h.update(str(r).encode())
-    h.update(json.dumps([asdict(update), asdict(cfg), str(next(iter(params.values())).dtype)], sort_keys=True).encode())
-    return h.hexdigest()[:32]
-
-
-def project_examples(
-    model: torch.nn.Module,
-    params: Mapping[str, torch.Tensor],
-    examples: Sequence[TokenizedExample],
-    out_dir: str | os.PathLike,
-    update: UpdateConfig,
-    cfg: ProjectionConfig,
-    state: OptimizerState | None = None,
-    compute: ComputeConfig | None = None,
-    extra: Mapping[str, object] | None = None,
-) -> dict:
-    """Write P d(s) for every example as shards under `out_dir`, one shard per engine chunk; return the manifest.
-
-    A directory that already holds a manifest with the same settings key is resumed: shards listed
-    there are kept and only the rest is computed. A different key is an error (never mixed).
-    """
-    from safetensors.torch import save_file
-
-    update.validate()
-    cfg.validate()
-    compute = compute or ComputeConfig()
-    state = state or OptimizerState()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    key = settings_key(model, params, examples, update, cfg)
-    manifest_path = out / "manifest.json"
-    names = list(params)
-    manifest = {
-        "format": FORMAT, "key": key, "projection": asdict(cfg), "update": asdict(update), "params": names,
-        "n_examples": len(examples), "shards": [], **(extra or {}),
-    }
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
-        if old.get("key") != key:
-            raise SampleEffectError(
-                f"{out} holds projections made with other settings (weights, data, update or projection); "
-                "use another directory or delete it"
-            )
-        manifest["shards"] = [s for s in old["shards"] if (out / s["file"]).exists()]
-    hypers = {n: state.hyper(n, update) for n in names}
-    index = {n: i for i, n in enumerate(names)}
-    todo = _remaining(examples, manifest["shards"])
-    sub = [examples[i] for i in todo]
-    for batch in iter_example_factors(model, params, sub, compute, desc="projections") if sub else []:
-        original = [todo[i] for i in batch.indices]
-        n_ex = len(batch.indices)
-        acc = batch.losses.dtype
-        coef = None
-        if update.clip is not None:
-            sq = sum(materialise_sum(fs).flatten(1).pow(2).sum(1) for fs in batch.factors.values())
-            coef = clip_coefficients(sq, update.clip)  # type: ignore[arg-type]
-        proj = torch.zeros(n_ex, cfg.dim, dtype=acc, device=batch.losses.device)
-        for name, fs in batch.factors.items():
-            g = materialise_sum(fs)
-            if coef is not None:
-                g = g * coef.view(-1, *([1] * (g.dim() - 1)))
-            p = params[name].detach().to(acc)
-            d = update.rule.step(g, p, hypers[name], state.param_state(name))
-            proj += project_rows(d, index[name], cfg)
-        fname = f"shard-{original[0]:08d}.safetensors"
-        ids = [examples[i].id for i in original]
-        with atomic_path(out / fname) as tmp:
-            save_file({"proj": proj.float().cpu().contiguous(), "loss": batch.losses.double().cpu().contiguous()},
-                      str(tmp), metadata={"ids": json.dumps(ids)})
-        manifest["shards"].append({"file": fname, "indices": original})
-        manifest["shards"].sort(key=lambda s: s["indices"][0])
-        _write_manifest(manifest_path, manifest)
-    _write_manifest(manifest_path, manifest)
-    return manifest
-
-
-def _remaining(examples: Sequence[TokenizedExample], shards: Sequence[dict]) -> list[int]:
-    """Indices of the examples no finished shard holds."""
-    done = {i for sh in shards for i in sh["indices"]}
-    return [i for i in range(len(examples)) if i not in done]
-
-
-def _write_manifest(path: Path, manifest: dict) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(manifest, indent=1) + "\n")
-
-
-@dataclass
-class ProjectionCache:
-    """A finished projection directory loaded into memory."""
-
-    ids: list[str]
-    proj: torch.Tensor
-    loss: np.ndarray
-    manifest: dict
-
-    @property
-    def config(self) -> ProjectionConfig:
-        """The projection these shards were written with (dim, kind, seed), read from the manifest."""
-        return ProjectionConfig(**self.manifest["projection"])
-
-    def scores(self, target: Mapping[str, torch.Tensor]) -> np.ndarray:
-        """Estimated e(s) = <P d(s), P G> for every cached example, in the cached order."""
-        pg = project_vector(target, self.manifest["params"], self.config).float().cpu()
-        return (self.proj @ pg).double().numpy()
-
-
-def load_projection(path: str | os.PathLike) -> ProjectionCache:
-    """Read a projection directory; errors if it is incomplete or not one."""
-    from safetensors import safe_open
-
-    d = Path(path)
-    mp = d / "manifest.json"
-    if not mp.exists():
-        raise SampleEffectError(f"{d} is not a projection cache (no manifest.json)")
-    manifest = json.loads(mp.read_text())
-    n = manifest["n_examples"]
-    held = sum(len(s["indices"]) for s in manifest["shards"])
-    if held != n:
-        raise SampleEffectError(f"{d} holds {held} of {n} examples; re-run the same `project` command to finish it")
-    ids = [""] * n
-    proj = torch.zeros(n, manifest["projection"]["dim"])
-    loss = np.zeros(n)
-    for s in manifest["shards"]:
-        f = d / s["file"]
-        if not f.exists():
-            raise SampleEffectError(f"{d}: shard {s['file']} listed in the manifest is missing; re-run `project` to resume")
-        with safe_open(str(f), framework="pt") as fh:
-            idx = s["indices"]
-            for i, name in zip(idx, json.loads(fh.metadata()["ids"])):
-                ids[i] = name
-            proj[idx] = fh.get_tensor("proj")
-            loss[idx] = fh.get_tensor("loss").numpy()
-    return ProjectionCache(ids, proj, loss, manifest)

@@ -60,6 +60,7 @@ import pandas as pd
 import torch
 
 from sample_effect.engine.core import ComputeConfig
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import SampleEffectError
 from sample_effect.growth.rl_config import NoisePlan, RLPredictConfig, noise_plan
 from sample_effect.growth.rl_effects import RLEffects, rl_prompt_effects
@@ -87,7 +88,6 @@ from sample_effect.rollouts.groups import Rollout, completion_tokens, sample_gro
 from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.targets.core import (
     Target,
-    TargetVector,
     resolve_target,
     resolve_target_distributed,
 )

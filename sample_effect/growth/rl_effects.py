@@ -15,13 +15,13 @@ import torch
 from tqdm.auto import tqdm
 
 from sample_effect.engine.core import ComputeConfig
-from sample_effect.engine.effects import compute_effects
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import SampleEffectError
 from sample_effect.growth.noise import SpilledRows
 from sample_effect.growth.trajectory import SimulatedSteps, StepContext, vector_dot
 from sample_effect.objectives.base import GRPOObjective, grpo_example, rollout_example
 from sample_effect.rollouts.groups import Rollout, completion_tokens, set_advantages
-from sample_effect.targets.core import TargetVector
+from sample_effect.scoring.effects import compute_effects
 from sample_effect.training.grpo import grpo_batch_loss
 from sample_effect.update.optim import UpdateConfig
 
@@ -64,7 +64,7 @@ class RLEffects:
 
     def table(self) -> pd.DataFrame:
         """One row per prompt, ranked by effect (rank 1 = largest; ties by input order)."""
-        from sample_effect.engine.effects import rank_table
+        from sample_effect.scoring.result import rank_table
 
         df = pd.DataFrame({
             "id": self.ids,

@@ -9,12 +9,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.growth.noise import SpilledRows
 from sample_effect.growth.rl_config import NoisePlan
 from sample_effect.growth.rl_effects import RLEffects
 from sample_effect.growth.trajectory import SimulatedSteps, StepContext
 from sample_effect.rollouts.groups import Rollout
-from sample_effect.targets.core import TargetVector
 
 
 def gather_effects(

@@ -34,10 +34,10 @@ from tqdm.auto import tqdm
 
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig, iter_example_factors
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.growth.trajectory import StepContext, draw_batches, simulate
 from sample_effect.kernels.ghost import materialise_sum
-from sample_effect.targets.core import TargetVector
 from sample_effect.training.sft import SFTConfig
 from sample_effect.update.optim import UpdateConfig
 from sample_effect.update.rules import clip_coefficients

@@ -121,9 +121,9 @@ def rank_pool(config: DemoConfig, model: Any, tok: Any, data: DemoData) -> tuple
     figure. Returns (the EffectResult, the ranked table with a `style` column, k)."""
     from sample_effect.data.examples import export_examples
     from sample_effect.engine.core import ComputeConfig
-    from sample_effect.engine.effects import score_examples_result
     from sample_effect.io import write_table
     from sample_effect.plots.figures import effects_by_group
+    from sample_effect.scoring.effects import score_examples_result
     from sample_effect.targets.core import LossTarget
     from sample_effect.update.optim import UpdateConfig
 

@@ -1,9 +1,9 @@
 """Resumable, content-addressed scoring for `rank --cache-dir DIR` (and the distributed path).
 
-Layout: `DIR/<key>/` where key is a hash of everything the effects depend on: every model weight,
-the chosen parameter names and dtype, the scored examples' tokens, the update settings, the
-optimiser state's moments, the engine method, and the target (a loss target's tokens, or the
-resolved vector itself for direction / accuracy targets). Any changed setting gives another key,
+Layout: `DIR/<key>/` where key is `sample_effect.engine.keys.settings_key`: a hash of everything the
+effects depend on (every model weight, the chosen parameter names and dtype, the scored examples'
+tokens, the update settings, the optimiser state, the compute settings that change values) and the
+target (a loss target's tokens, or the resolved vector itself for direction / accuracy targets). Any changed setting gives another key,
 so a finished shard is never reused for other settings. Inside:
 
 - `manifest.json`: the key, what went into it (readable summary), n_examples, `complete`;
@@ -30,74 +30,23 @@ import numpy as np
 import torch
 
 from sample_effect.data.examples import TokenizedExample
+from sample_effect.engine.backends import BatchEffects, UpdateRows
 from sample_effect.engine.core import ComputeConfig
-from sample_effect.engine.effects import EffectResult, compute_effects, resolve_state
+from sample_effect.engine.keys import hash_examples, settings_key, vector_digest
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import ConfigError, SampleEffectError, literal
 from sample_effect.io import atomic_open, atomic_path
 from sample_effect.models.loading import select_parameters
-from sample_effect.targets.core import (
-    LossTarget,
-    SelfTarget,
-    Target,
-    TargetVector,
-    resolve_target_distributed,
-)
+from sample_effect.scoring.effects import resolve_state
+from sample_effect.scoring.result import EffectResult
+from sample_effect.scoring.run import Output, ScoringRun, check_effects, effect_result, score
+from sample_effect.targets.core import LossTarget, SelfTarget, Target, resolve_target_distributed
 from sample_effect.update.optim import OptimizerState, UpdateConfig
 
 log = logging.getLogger("sample_effect")
 
 FORMAT = 1
 DELAY_ENV = "SAMPLE_EFFECT_TEST_SHARD_DELAY"  # tests: seconds to sleep after each shard (to interrupt a run)
-
-
-# --------------------------------------------------------------------------------------------
-# Keys
-# --------------------------------------------------------------------------------------------
-
-
-def _hash_tensor(h: hashlib._Hash, t: torch.Tensor) -> None:
-    t = t.detach().cpu().contiguous()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
-
-
-def _hash_examples(h: hashlib._Hash, examples: Sequence[TokenizedExample]) -> None:
-    h.update(f"n={len(examples)}".encode())
-    for ex in examples:
-        h.update(json.dumps([ex.id, ex.response_starts]).encode())
-        for s in ex.sequences:
-            h.update(s.numpy().astype(np.int64).tobytes())
-
-
-def settings_key(
-    model: torch.nn.Module, chosen: Mapping[str, torch.Tensor], examples: Sequence[TokenizedExample],
-    update: UpdateConfig, state: OptimizerState | None, compute: ComputeConfig, target_part: bytes,
-) -> str:
-    """Hash of everything the cached effects depend on (not speed-only settings: batch size, budget)."""
-    h = hashlib.sha256(f"sample-effect rank cache {FORMAT}".encode())
-    for n, p in model.named_parameters():
-        h.update(n.encode())
-        _hash_tensor(h, p)
-    h.update(json.dumps(list(chosen)).encode())
-    _hash_examples(h, examples)
-    h.update(json.dumps([asdict(update), compute.method, compute.grad_norms], sort_keys=True).encode())
-    if state is not None:
-        h.update(json.dumps([state.steps, state.groups], sort_keys=True, default=str).encode())
-        for key in sorted({k for st in state.params.values() for k in st.tensors}):
-            tensors = state.tensors(key)
-            for n in sorted(tensors):
-                h.update(n.encode())
-                _hash_tensor(h, tensors[n])
-    h.update(target_part)
-    return h.hexdigest()[:32]
-
-
-def _vector_bytes(g: TargetVector) -> bytes:
-    h = hashlib.sha256(g.kind.encode())
-    for n in sorted(g.vector):
-        h.update(n.encode())
-        _hash_tensor(h, g.vector[n])
-    return h.digest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,11 +92,12 @@ def _read_shards(d: Path, n: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _write_shard(d: Path, idx: list[int], ids: list[str], res: EffectResult) -> None:
+def _write_shard(d: Path, idx: list[int], ids: list[str], effect: np.ndarray, loss: np.ndarray,
+                 grad_norm: np.ndarray) -> None:
     f = d / f"shard-{idx[0]:08d}-{idx[-1] + 1:08d}.npz"
     with atomic_open(f, "wb") as fh:
-        np.savez(fh, indices=np.array(idx, dtype=np.int64), ids=np.array(ids), effect=res.effect, loss=res.loss,
-                 grad_norm=res.grad_norm)
+        np.savez(fh, indices=np.array(idx, dtype=np.int64), ids=np.array(ids), effect=effect, loss=loss,
+                 grad_norm=grad_norm)
 
 
 def _write_manifest(d: Path, manifest: dict) -> None:
@@ -181,12 +131,12 @@ def _open_run(  # type: ignore[no-untyped-def]
     if loss_kind:
         h = hashlib.sha256(b"self" if isinstance(target, SelfTarget) else b"loss")
         if isinstance(target, LossTarget):
-            _hash_examples(h, target.examples)
+            hash_examples(h, target.examples)
         part = h.digest()
     else:
         g = resolve_target_distributed(target, model, chosen, examples, compute)
-        part = _vector_bytes(g)
-    key = settings_key(model, chosen, examples, update, state, compute, part)
+        part = vector_digest(g)
+    key = settings_key(model, chosen, examples, update, state, compute, target=part)
     d = root / key
     exists = (d / "manifest.json").exists()
     if resume and not exists:
@@ -220,6 +170,88 @@ def _open_run(  # type: ignore[no-untyped-def]
     return d, g
 
 
+class CacheOutput(Output[EffectResult | None]):
+    """The sharded, resumable output of `rank --cache-dir` and of torchrun jobs.
+
+    Under `cache_dir` (when given) the run directory of the settings key holds the target and one
+    shard per `shard_size` examples; finished shards are read back instead of recomputed. With
+    several processes each takes a block of the examples and rank 0 gathers the whole result.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike | None, shard_size: int, resume: bool, params: str | None) -> None:
+        self.root = None if cache_dir is None else Path(cache_dir)
+        self.shard_size = shard_size if cache_dir is not None else None
+        self.resume = resume
+        self.params = params
+
+    def open(self, run: ScoringRun, target: Target | TargetVector | None) -> tuple[TargetVector | None, list[int]]:
+        """The run directory and G (read back or resolved), and this process's examples that no shard holds."""
+        from sample_effect.runtime import distributed as dist
+
+        assert run.compute is not None and isinstance(target, Target)
+        self.run, self.distributed = run, dist.is_distributed()
+        self.rank0 = not self.distributed or dist.rank() == 0
+        n = len(run.examples)
+        d, g = None, None
+        if self.root is not None:
+            d, g = _open_run(self.root, run.model, run.params, run.examples, target, run.update, run.state,
+                             run.compute, self.params, self.resume)
+        if g is None:
+            g = resolve_target_distributed(target, run.model, run.params, run.examples, run.compute)
+        self.dir, self.target = d, g
+        self.mine = list(dist.block(n) if self.distributed else range(n))
+        self.effect, self.loss, self.grad_norm = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        todo = self.mine
+        if d is not None:
+            held = _read_shards(d, n)
+            for k, arr in (("effect", self.effect), ("loss", self.loss), ("grad_norm", self.grad_norm)):
+                arr[held["done"]] = held[k][held["done"]]
+            todo = [i for i in self.mine if not held["done"][i]]
+            if self.rank0 and run.compute.progress and int(held["done"].sum()):
+                print(f"cache: {int(held['done'].sum())} of {n} examples from finished shards in {d}")
+        return g, todo
+
+    def write(self, rows: BatchEffects | UpdateRows) -> None:
+        """Keep one batch's effects, losses and gradient norms."""
+        assert isinstance(rows, BatchEffects)
+        self.effect[rows.indices] = rows.effect
+        self.loss[rows.indices] = rows.loss
+        if rows.grad_norm is not None:
+            self.grad_norm[rows.indices] = rows.grad_norm
+
+    def end_pass(self, indices: list[int]) -> None:
+        """Check the pass's effects and write them as one shard (atomically)."""
+        if not indices:
+            return
+        check_effects([self.run.examples[i].id for i in indices], self.effect[indices])
+        if self.dir is not None:
+            _write_shard(self.dir, indices, [self.run.examples[i].id for i in indices], self.effect[indices],
+                         self.loss[indices], self.grad_norm[indices])
+            delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+            if delay:
+                time.sleep(delay)
+
+    def finish(self) -> EffectResult | None:
+        """Gather the processes' parts; the whole result on rank 0 (run marked complete), None elsewhere."""
+        from sample_effect.runtime import distributed as dist
+
+        mine = self.mine
+        if self.distributed:
+            parts = dist.all_gather_objects((mine, self.effect[mine], self.loss[mine], self.grad_norm[mine]))
+            for idx, e, lo, gn in parts:
+                self.effect[idx], self.loss[idx], self.grad_norm[idx] = e, lo, gn
+        if not self.rank0:
+            return None
+        if self.dir is not None:
+            manifest = json.loads((self.dir / "manifest.json").read_text())
+            manifest["complete"] = True
+            _write_manifest(self.dir, manifest)
+        if not np.isfinite(self.effect).any():
+            raise SampleEffectError("every effect is NaN or Inf; check the model weights and the data")
+        assert self.target is not None
+        return effect_result(self.run.examples, self.effect, self.loss, self.grad_norm, self.target)
+
+
 def score_rank(
     model: torch.nn.Module,
     examples: Sequence[TokenizedExample],
@@ -244,58 +276,11 @@ def score_rank(
         raise ConfigError("score_rank", f"<shard_size> must be >= 1, got {shard_size}")
     if resume and cache_dir is None:
         raise ConfigError("score_rank", "<resume> needs <cache_dir> (the directory of the run to resume)")
-    n = len(examples)
-    if n == 0:
+    if len(examples) == 0:
         raise SampleEffectError("the dataset is empty")
     chosen = select_parameters(model, params)
-    distributed = dist.is_distributed()
-    if distributed:
+    if dist.is_distributed():
         dist.init(next(iter(chosen.values())).device)
-    rank0 = not distributed or dist.rank() == 0
     state = resolve_state(model, chosen, update, optimizer_state)
-    d, g = None, None
-    if cache_dir is not None:
-        d, g = _open_run(Path(cache_dir), model, chosen, examples, target, update, state, compute, params, resume)
-    if g is None:
-        g = resolve_target_distributed(target, model, chosen, examples, compute)
-
-    mine = dist.block(n) if distributed else range(n)
-    effect, loss, gnorm = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-    todo = list(mine)
-    if d is not None:
-        held = _read_shards(d, n)
-        for k, arr in (("effect", effect), ("loss", loss), ("grad_norm", gnorm)):
-            arr[held["done"]] = held[k][held["done"]]
-        todo = [i for i in mine if not held["done"][i]]
-        if rank0 and compute.progress and int(held["done"].sum()):
-            print(f"cache: {int(held['done'].sum())} of {n} examples from finished shards in {d}")
-    step = shard_size if d is not None else max(len(todo), 1)
-    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
-    for s in range(0, len(todo), step):
-        idx = todo[s : s + step]
-        res = compute_effects(model, chosen, [examples[i] for i in idx], g, update, state, compute) if idx else None
-        if res is None:
-            continue
-        effect[idx], loss[idx], gnorm[idx] = res.effect, res.loss, res.grad_norm
-        if d is not None:
-            _write_shard(d, idx, [examples[i].id for i in idx], res)
-            if delay:
-                time.sleep(delay)
-    if distributed:
-        parts = dist.all_gather_objects((list(mine), effect[list(mine)], loss[list(mine)], gnorm[list(mine)]))
-        for idx, e, lo, gn in parts:
-            effect[idx], loss[idx], gnorm[idx] = e, lo, gn
-    if not rank0:
-        return None
-    if d is not None:
-        manifest = json.loads((d / "manifest.json").read_text())
-        manifest["complete"] = True
-        _write_manifest(d, manifest)
-    bad = np.flatnonzero(~np.isfinite(effect))
-    if len(bad) == n:
-        raise SampleEffectError("every effect is NaN or Inf; check the model weights and the data")
-    return EffectResult(
-        ids=[ex.id for ex in examples], effect=effect, loss=loss, grad_norm=gnorm,
-        n_tokens=np.array([ex.n_tokens for ex in examples]), n_responses=np.array([ex.n_responses for ex in examples]),
-        target=g,
-    )
+    run = ScoringRun(model, chosen, examples, update, state, compute)
+    return score(run, target, CacheOutput(cache_dir, shard_size, resume, params))

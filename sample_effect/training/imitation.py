@@ -457,7 +457,7 @@ def compare_sources(
     bootstrap 95% CI and n; with `train_steps` also the actual target-loss drop after that many SFT
     steps (a copy of the model, same start for every source)."""
     from sample_effect.engine.core import example_loss_values
-    from sample_effect.engine.effects import score_examples_result
+    from sample_effect.scoring.effects import score_examples_result
     from sample_effect.targets.core import LossTarget
 
     rows, per = [], []

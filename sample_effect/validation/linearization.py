@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig, example_loss_values
-from sample_effect.engine.effects import compute_effects
 from sample_effect.errors import ConfigError, SampleEffectError
+from sample_effect.scoring.effects import compute_effects
 from sample_effect.targets.core import LossTarget, resolve_target
 from sample_effect.update.optim import OptimizerState, UpdateConfig
 

@@ -25,13 +25,14 @@ import pandas as pd
 import torch
 
 from sample_effect.engine.core import ComputeConfig
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import SampleEffectError
 from sample_effect.growth.rl import predict_rl
 from sample_effect.growth.rl_config import RLPredictConfig
 from sample_effect.rollouts.groups import Rollout, sample_groups
 from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.rollouts.rewards import get_reward
-from sample_effect.targets.core import AccuracyTarget, TargetVector
+from sample_effect.targets.core import AccuracyTarget
 from sample_effect.training.grpo import GRPOConfig, train_grpo
 from sample_effect.validation.rl_curves import grpo_lrs, slope, trainer_update
 

@@ -51,9 +51,10 @@ from tqdm.auto import tqdm
 
 from sample_effect.data.examples import Example, TokenizedExample, tokenize_examples
 from sample_effect.engine.core import ComputeConfig
-from sample_effect.engine.effects import EffectResult, score_examples_result
 from sample_effect.errors import ConfigError, SampleEffectError, literal
 from sample_effect.models.loading import load_model
+from sample_effect.scoring.effects import ScoringConfig
+from sample_effect.scoring.result import EffectResult
 from sample_effect.targets.core import LossTarget, Target
 from sample_effect.update.optim import UpdateConfig
 
@@ -251,22 +252,14 @@ def compare(reference: np.ndarray, other: np.ndarray, k: int) -> dict[str, float
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Scoring:
-    """Everything one more scoring run needs besides the model, examples and target."""
-
-    update: UpdateConfig
-    compute: ComputeConfig
-    params: str | None
-    optimizer_state: Any
-    max_length: int | None
-
-    def effects(self, model: Any, tokenizer: Any, examples: Sequence[TokenizedExample], target: Target,
-                optimizer_state: Any = None, compute: ComputeConfig | None = None) -> np.ndarray:
-        state = self.optimizer_state if optimizer_state is None else optimizer_state
-        res = score_examples_result(model, tokenizer, list(examples), target, self.update, params=self.params,
-                                    optimizer_state=state, compute=compute or self.compute)
-        return np.asarray(res.effect, dtype=float)
+def _effects(scoring: ScoringConfig, model: Any, tokenizer: Any, examples: Sequence[TokenizedExample], target: Target,
+             optimizer_state: Any = None, compute: ComputeConfig | None = None) -> np.ndarray:
+    """Effects of one more scoring run (input order), optionally under another optimiser state or compute."""
+    if optimizer_state is not None:
+        scoring = replace(scoring, optimizer_state=optimizer_state)
+    if compute is not None:
+        scoring = replace(scoring, compute=compute)
+    return np.asarray(scoring.result(model, tokenizer, list(examples), target).effect, dtype=float)
 
 
 def _tokenized(examples: Sequence[Example] | Sequence[TokenizedExample], tokenizer: Any,
@@ -282,7 +275,7 @@ def bootstrap_draws(n_targets: int, resamples: int, seed: int) -> list[np.ndarra
     return [rng.integers(0, n_targets, size=n_targets) for _ in range(resamples)]
 
 
-def _resample_effects(scoring: _Scoring, model: Any, tokenizer: Any, examples: list[TokenizedExample],
+def _resample_effects(scoring: ScoringConfig, model: Any, tokenizer: Any, examples: list[TokenizedExample],
                       targets: list[TokenizedExample], draws: list[np.ndarray], method: str,
                       bar: Any) -> list[np.ndarray]:
     """Effects toward each bootstrap resample of the target set (see the module docstring for the two ways)."""
@@ -291,11 +284,11 @@ def _resample_effects(scoring: _Scoring, model: Any, tokenizer: Any, examples: l
     if method == "rescore":
         out = []
         for d in draws:
-            out.append(scoring.effects(model, tokenizer, examples, LossTarget([targets[i] for i in d])))
+            out.append(_effects(scoring, model, tokenizer, examples, LossTarget([targets[i] for i in d])))
             bar.update(1)
         return out
     bar.set_postfix_str(f"effect matrix over {len(targets)} target examples")
-    matrix = np.stack([scoring.effects(model, tokenizer, examples, LossTarget([t])) for t in targets], axis=1)
+    matrix = np.stack([_effects(scoring, model, tokenizer, examples, LossTarget([t])) for t in targets], axis=1)
     out = []
     for d in draws:
         weights = np.bincount(d, minlength=len(targets)) / len(targets)
@@ -313,12 +306,12 @@ def _checkpoint_state(optimizer_state: Any, path: str | os.PathLike) -> Any:
     return optimizer_state
 
 
-def _order_effects(scoring: _Scoring, model: Any, tokenizer: Any, examples: list[TokenizedExample], target: Target,
+def _order_effects(scoring: ScoringConfig, model: Any, tokenizer: Any, examples: list[TokenizedExample], target: Target,
                    j: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     """Effects (back in input order) with the examples shuffled and chunked by another chunk size."""
     perm = rng.permutation(len(examples))
     chunk = max(1, scoring.compute.batch_size // (j + 2))
-    shuffled = scoring.effects(model, tokenizer, [examples[i] for i in perm], target,
+    shuffled = _effects(scoring, model, tokenizer, [examples[i] for i in perm], target,
                                compute=replace(scoring.compute, batch_size=chunk))
     effect = np.empty(len(examples))
     effect[perm] = shuffled
@@ -330,16 +323,13 @@ def rank_stability(
     tokenizer: Any,
     examples: Sequence[Example] | Sequence[TokenizedExample],
     target_examples: Sequence[Example] | Sequence[TokenizedExample] | None,
-    update: UpdateConfig | None = None,
+    scoring: ScoringConfig | UpdateConfig | None = None,
     compute: ComputeConfig | None = None,
     config: StabilityConfig | None = None,
     load_checkpoint: Callable[[str], tuple[torch.nn.Module, Any]] | None = None,
     *,
     target: Target | None = None,
     reference: EffectResult | np.ndarray | None = None,
-    params: str | None = None,
-    optimizer_state: Any = None,
-    max_length: int | None = None,
 ) -> StabilityReport:
     """How stable the ranking of `examples` is under resampled targets, other checkpoints and orders.
 
@@ -352,10 +342,21 @@ def rank_stability(
     raw `Example`s are re-tokenised with each checkpoint's tokenizer, and a Trainer-checkpoint
     `optimizer_state` directory is replaced by the checkpoint's own when it has an optimizer.pt.
     Progress is one tqdm bar on stderr when `compute.progress`. See the module docstring.
+
+    `scoring` holds the scorer's settings (`ScoringConfig`: update, compute, params, optimizer_state,
+    max_length); an `UpdateConfig` there is shorthand for `ScoringConfig(update, compute)`, and
+    `compute` is only taken with it.
     """
     config = (config or StabilityConfig()).validate()
-    compute = compute or ComputeConfig()
-    update = (update or UpdateConfig()).validate()
+    if isinstance(scoring, ScoringConfig):
+        if compute is not None:
+            raise ConfigError("rank_stability", "<compute> goes inside <scoring> when that is a ScoringConfig")
+        compute = scoring.compute
+    else:
+        compute = compute or ComputeConfig()
+        scoring = ScoringConfig((scoring or UpdateConfig()), compute)
+    scoring = replace(scoring, update=scoring.update.validate(), compute=replace(compute, progress=False))
+    max_length = scoring.max_length
     if target_examples is None and config.resamples:
         raise ConfigError("StabilityConfig", "<resamples> needs a target set to resample (a loss target); "
                                              "set it to 0 for other targets")
@@ -364,7 +365,6 @@ def rank_stability(
     missing = [p for p in config.checkpoints if load_checkpoint is None and not Path(p).is_dir()]
     if missing:
         raise ConfigError("StabilityConfig", f"<checkpoints>: not a directory: {literal(missing[0])}")
-    scoring = _Scoring(update, replace(compute, progress=False), params, optimizer_state, max_length)
     tokenized = _tokenized(examples, tokenizer, max_length)
     if len(tokenized) < 2:
         raise SampleEffectError(f"rank stability needs at least 2 examples, got {len(tokenized)}")
@@ -378,7 +378,7 @@ def rank_stability(
     rows: list[dict[str, Any]] = []
     with tqdm(total=total, desc="stability", unit="run", disable=not compute.progress) as bar:
         if reference is None:
-            ref = scoring.effects(model, tokenizer, tokenized, target)
+            ref = _effects(scoring, model, tokenizer, tokenized, target)
             bar.update(1)
         else:
             ref = np.asarray(reference.effect if isinstance(reference, EffectResult) else reference, dtype=float)
@@ -403,7 +403,7 @@ def rank_stability(
     return StabilityReport(rows=pd.DataFrame(rows, columns=ROW_COLUMNS), k=k, n=n, note=note)
 
 
-def _checkpoint_effects(scoring: _Scoring, model: torch.nn.Module, path: str | os.PathLike,
+def _checkpoint_effects(scoring: ScoringConfig, model: torch.nn.Module, path: str | os.PathLike,
                         examples: Sequence[Any], target_examples: Sequence[Any] | None, target: Target,
                         load_checkpoint: Callable[[str], tuple[torch.nn.Module, Any]] | None) -> np.ndarray:
     """Effects of the same examples toward the same target, at the checkpoint `path` (loaded, scored, dropped)."""
@@ -417,6 +417,6 @@ def _checkpoint_effects(scoring: _Scoring, model: torch.nn.Module, path: str | o
     if isinstance(target, LossTarget) and target_examples is not None:
         target = LossTarget(_tokenized(target_examples, tok, scoring.max_length), name=target.name)
     try:
-        return scoring.effects(ckpt, tok, exs, target, optimizer_state=_checkpoint_state(scoring.optimizer_state, path))
+        return _effects(scoring, ckpt, tok, exs, target, optimizer_state=_checkpoint_state(scoring.optimizer_state, path))
     finally:
         del ckpt

@@ -40,10 +40,10 @@ from sample_effect.engine.core import (
     iter_example_factors,
 )
 from sample_effect.engine.planner import make_plan
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import SampleEffectError
 from sample_effect.models.loading import select_parameters
 from sample_effect.objectives.base import SFTObjective
-from sample_effect.targets.core import TargetVector
 
 CASES = [
     ("gpt2", UpdateConfig("sgd", clip=0.5), "ghost", False, GhostBackend),
@@ -227,3 +227,39 @@ def test_the_memory_budget_counts_the_weights(model_dirs, per_sequence):
         assert got == n
     with pytest.raises(SampleEffectError, match=r"too small for one example.*of weights"):
         core.plan_chunk(model, params, 16, ComputeConfig(batch_size=8, memory_budget=weights + seq - 1), per_sequence)
+
+
+def test_the_planner_refuses_an_unknown_method(model_dirs):
+    """An unknown ComputeConfig.method is an error naming the choices, not a silent ghost plan."""
+    model, tok = load_model(model_dirs["qwen2"], "float64")
+    exs, params = _examples(tok), select_parameters(model)
+    with pytest.raises(SampleEffectError, match="unknown engine method 'fast'; choose auto, ghost, vmap or jvp"):
+        make_plan(model, params, exs, UpdateConfig("sgd"), ComputeConfig(method="fast", progress=False))
+
+
+def test_a_fresh_sft_objective_takes_the_same_path_as_the_module_sft(model_dirs):
+    """Every SFTObjective instance gives bit-identical effects, target gradients and losses to `SFT`.
+
+    Examples with three responses (weights 1/3) make the mean-over-responses and the weighted-sum
+    forms round differently, so a path chosen by object identity would show."""
+    from sample_effect.engine.core import example_loss_values, mean_loss_gradient
+    from sample_effect.objectives.base import SFT
+
+    model, tok = load_model(model_dirs["qwen2"], "float64")
+    records = [(i, {**r, "id": f"x{i // 3}"}) for i, r in enumerate(TRAIN[:1] * 3 + TRAIN[1:2] * 3 + TRAIN[4:5] * 3)]
+    records = [(i, {**r, "response": r["response"] + " knave" * (i % 3)}) for i, r in records]
+    exs, _ = tokenize_examples(examples_from_records(records), tok)
+    assert [e.n_responses for e in exs] == [3, 3, 3]
+    params = select_parameters(model)
+    G, fresh = _random_target(params), SFTObjective()
+    compute = ComputeConfig(batch_size=4, progress=False)
+    for method, update in (("jvp", UpdateConfig("sgd")), ("ghost", UpdateConfig("adamw", clip=1.0)),
+                           ("vmap", UpdateConfig("sgd", clip=0.5))):
+        c = ComputeConfig(batch_size=4, progress=False, method=method)
+        a = compute_effects(model, params, exs, G, update, compute=c, objective=SFT)
+        b = compute_effects(model, params, exs, G, update, compute=c, objective=fresh)
+        assert np.array_equal(a.effect, b.effect) and np.array_equal(a.loss, b.loss), method
+    ga, la = mean_loss_gradient(model, params, exs, compute, objective=SFT)
+    gb, lb = mean_loss_gradient(model, params, exs, compute, objective=fresh)
+    assert la == lb and all(torch.equal(ga[n], gb[n]) for n in ga)
+    assert torch.equal(example_loss_values(model, exs, objective=SFT), example_loss_values(model, exs, objective=fresh))

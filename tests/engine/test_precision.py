@@ -50,9 +50,9 @@ def test_bfloat16_vmap_path_takes_a_bfloat16_target(model_dirs, opt):
     import torch
 
     from sample_effect.data.examples import TokenizedExample
-    from sample_effect.engine.effects import compute_effects
+    from sample_effect.engine.vectors import TargetVector
     from sample_effect.models.loading import select_parameters
-    from sample_effect.targets.core import TargetVector
+    from sample_effect.scoring.effects import compute_effects
 
     model, _ = load_model(model_dirs["qwen2"], "bfloat16")
     params = select_parameters(model)
@@ -80,9 +80,9 @@ def test_bfloat16_narrow_factors_track_float64_on_every_path(model_dirs, data_fi
     import torch
 
     from sample_effect.engine.core import iter_example_factors
-    from sample_effect.engine.effects import compute_effects
+    from sample_effect.engine.vectors import TargetVector
     from sample_effect.models.loading import select_parameters
-    from sample_effect.targets.core import TargetVector
+    from sample_effect.scoring.effects import compute_effects
 
     model16, tok = load_model(model_dirs[arch], "bfloat16")
     model64 = copy.deepcopy(model16).double()

@@ -19,14 +19,9 @@ from sample_effect import (
     select_parameters,
 )
 from sample_effect.data.examples import examples_from_records, tokenize_examples
-from sample_effect.engine.projection import (
-    ProjectionConfig,
-    _blocks,
-    load_projection,
-    project_examples,
-    project_vector,
-)
-from sample_effect.targets.core import TargetVector
+from sample_effect.engine.projection import ProjectionConfig, _blocks, project_vector
+from sample_effect.engine.vectors import TargetVector
+from sample_effect.store.projection import load_projection, project_examples
 
 SUBSET = r"layers\.1\.self_attn\.(q|k)_proj"
 

@@ -17,6 +17,7 @@ from sample_effect import UpdateConfig, load_model, select_parameters
 from sample_effect.cli.main import main
 from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.engine.core import ComputeConfig, example_loss_values
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.growth.rl import predict_rl
 from sample_effect.growth.rl_curvature import rl_noise_effect
 from sample_effect.growth.rl_effects import rl_prompt_effects
@@ -31,7 +32,7 @@ from sample_effect.objectives.reinforce import (
 from sample_effect.rollouts.generation import prompt_ids
 from sample_effect.rollouts.groups import rollout_group, sample_groups
 from sample_effect.rollouts.prompts import RLPrompt
-from sample_effect.targets.core import AccuracyTarget, LossTarget, TargetVector, resolve_target
+from sample_effect.targets.core import AccuracyTarget, LossTarget, resolve_target
 from sample_effect.training.grpo import (
     GRPOConfig,
     grpo_batch_loss,

@@ -94,7 +94,7 @@ def test_sgd_noise_is_the_hessian_term(model_dirs):
     n = len(train)  # batches of 2 drawn without replacement from n: finite-population factor (n - 2) / n
     np.testing.assert_allclose(curve.steps["noise"], 1e-3**2 / (2 * 2) * trace * (n - 2) / n, rtol=1e-10)
     # SGD positive effect per step is lr * <-mean g, G>: the mean of the SGD sample effects
-    from sample_effect.engine.effects import compute_effects
+    from sample_effect.scoring.effects import compute_effects
 
     e = compute_effects(model, params, train, g, UpdateConfig("sgd"), compute=COMPUTE).effect
     np.testing.assert_allclose(curve.steps["positive"], 1e-3 * e.mean(), rtol=1e-9)

@@ -31,7 +31,7 @@ from sample_effect import (
     select_parameters,
 )
 from sample_effect.data.examples import examples_from_records, tokenize_examples
-from sample_effect.targets.core import TargetVector
+from sample_effect.engine.vectors import TargetVector
 
 
 class _MyLinear(torch.nn.Linear):

@@ -19,8 +19,8 @@ from sample_effect import (
 )
 from sample_effect.cli.main import main
 from sample_effect.data.examples import examples_from_records, tokenize_examples
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.models.lora import apply_lora
-from sample_effect.targets.core import TargetVector
 
 
 def test_lora_model_scores_only_adapters_and_paths_agree(model_dirs):

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from sample_effect.engine.core import ComputeConfig, example_loss_values
-from sample_effect.engine.effects import compute_effects, resolve_state
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import SampleEffectError
 from sample_effect.models.loading import load_model, select_parameters
 from sample_effect.objectives.base import SFT, GRPOObjective, grpo_example
 from sample_effect.objectives.losses import grpo_advantages
 from sample_effect.rollouts.groups import Rollout
-from sample_effect.targets.core import TargetVector
+from sample_effect.scoring.effects import compute_effects, resolve_state
 from sample_effect.training.grpo import grpo_batch_loss
 from sample_effect.update.optim import UpdateConfig
 

@@ -19,8 +19,8 @@ from sample_effect import (
 )
 from sample_effect.cli.main import main
 from sample_effect.data.examples import examples_from_records, tokenize_examples
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.rollouts.prompts import RLPrompt
-from sample_effect.targets.core import TargetVector
 from sample_effect.training import GRPOConfig, SFTConfig, redistill, train_grpo, train_sft
 from sample_effect.training.common import load_optimizer_into, make_optimizer
 from sample_effect.training.sft import batch_loss

@@ -60,8 +60,8 @@ def test_trainer_checkpoint_mismatch_is_clear(tmp_path: Path, model_dirs) -> Non
     ckpt.mkdir()
     torch.save(sd, ckpt / "optimizer.pt")
     model, _ = load_model(str(model_dirs["llama"]), "float64")
-    from sample_effect.engine.effects import resolve_state
     from sample_effect.models.loading import select_parameters
+    from sample_effect.scoring.effects import resolve_state
     from sample_effect.update.optim import UpdateConfig
 
     chosen = select_parameters(model, None)
@@ -75,8 +75,8 @@ def test_trainer_checkpoint_mismatch_is_clear(tmp_path: Path, model_dirs) -> Non
 
 def test_own_checkpoint_dir_is_read_by_name(tmp_path: Path, model_dirs) -> None:
     """A directory holding optimizer.pt in this project's named format (train-sft checkpoints) also works."""
-    from sample_effect.engine.effects import resolve_state
     from sample_effect.models.loading import select_parameters
+    from sample_effect.scoring.effects import resolve_state
     from sample_effect.update.optim import UpdateConfig
 
     model, _ = load_model(str(model_dirs["gpt2"]), "float64")

@@ -1,7 +1,8 @@
-"""Sample effects: e(s) = <delta_theta(s), G> / lr for every example, and the ranked table.
+"""Sample effects: e(s) = <delta_theta(s), G> / lr for every example, in memory.
 
-This is the stage that joins the others: per-example gradients (engine) -> clipping and the
-simulated optimiser step (optim) -> dot product with the target direction (targets).
+The public faces of the one scoring path (`sample_effect.scoring.run.score`): `score_examples`
+(the ranked table), `score_examples_result` (the `EffectResult`) and `compute_effects` (for callers
+that hold the chosen parameters, tokenized examples and a resolved `TargetVector`).
 """
 
 from __future__ import annotations
@@ -9,63 +10,24 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
 from sample_effect.data.examples import Example, TokenizedExample, tokenize_examples
-from sample_effect.engine.backends import BLOCK_BYTES as BLOCK_BYTES  # re-exported: it lived here
-from sample_effect.engine.backends import EffectSettings, make_backend
-from sample_effect.engine.backends import block_rows as block_rows  # re-exported: it lived here
 from sample_effect.engine.core import ComputeConfig, PlanCache
+from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.models.loading import accumulation_dtype, select_parameters
 from sample_effect.objectives.base import SFT, Objective
-from sample_effect.targets.core import Target, TargetVector, resolve_target
+from sample_effect.scoring.result import EffectResult
+from sample_effect.scoring.run import InMemoryOutput, ScoringRun, score
+from sample_effect.targets.core import Target
 from sample_effect.update.optim import OptimizerState, UpdateConfig, load_optimizer_state
 
 log = logging.getLogger("sample_effect")
-
-COLUMNS = ["id", "rank", "effect", "loss", "n_tokens", "n_responses", "grad_norm", "flag"]
-
-
-@dataclass
-class EffectResult:
-    """Effects in input order plus what produced them."""
-
-    ids: list[str]
-    effect: np.ndarray
-    loss: np.ndarray
-    grad_norm: np.ndarray
-    n_tokens: np.ndarray
-    n_responses: np.ndarray
-    target: TargetVector
-
-    def table(self) -> pd.DataFrame:
-        """One row per example, ranked (rank 1 = largest effect; ties keep input order)."""
-        df = pd.DataFrame(
-            {
-                "id": self.ids,
-                "effect": self.effect,
-                "loss": self.loss,
-                "n_tokens": self.n_tokens,
-                "n_responses": self.n_responses,
-                "grad_norm": self.grad_norm,
-                "flag": np.where(np.isfinite(self.effect) & np.isfinite(self.loss), "", "nonfinite"),
-            }
-        )
-        return rank_table(df)
-
-
-def rank_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Add `rank` (1 = largest effect, ties by input order, non-finite last) and sort by it."""
-    eff = df["effect"].where(np.isfinite(df["effect"]))
-    df = df.assign(rank=eff.rank(ascending=False, method="first", na_option="bottom").astype(int))
-    df = df.sort_values("rank", kind="stable").reset_index(drop=True)
-    return df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]]
 
 
 def compute_effects(
@@ -79,7 +41,7 @@ def compute_effects(
     objective: Objective = SFT,
     plans: PlanCache | None = None,
 ) -> EffectResult:
-    """e(s) for every example: clip g(s), take the simulated optimiser step, dot with G.
+    """e(s) for every example toward a resolved G: clip g(s), take the simulated optimiser step, dot with G.
 
     Effects are per unit learning rate, so the same for any lr with SGD/Adam/AdamW: the
     first-order change of the target after one step at lr is lr * e(s). `objective` says what an
@@ -88,36 +50,8 @@ def compute_effects(
     path is the backend `compute.method` names (`sample_effect.engine.backends`); `plans` keeps
     the ghost self-check results (default: the cache the model carries).
     """
-    update.validate()
-    compute = compute or ComputeConfig()
-    state = state or OptimizerState()
-    n = len(examples)
-    if not target.all_finite():
-        raise SampleEffectError(f"the target direction '{target.kind}' contains NaN or Inf; nothing can be ranked against it")
-    effect = np.full(n, np.nan)
-    loss = np.full(n, np.nan)
-    gnorm = np.full(n, np.nan)
-    settings = EffectSettings.build(params, target, update, state, compute, objective, plans)
-    backend = make_backend(model, params, settings)
-    for out in backend.effects(examples):
-        effect[out.indices] = out.effect
-        loss[out.indices] = out.loss
-        if out.grad_norm is not None:
-            gnorm[out.indices] = out.grad_norm
-    bad = [examples[i].id for i in np.flatnonzero(~np.isfinite(effect))]
-    if bad and len(bad) == n:
-        raise SampleEffectError("every effect is NaN or Inf; check the model weights and the data")
-    if bad:
-        log.warning("%d example(s) have a non-finite effect (flagged, ranked last), e.g. id '%s'", len(bad), bad[0])
-    return EffectResult(
-        ids=[ex.id for ex in examples],
-        effect=effect,
-        loss=loss,
-        grad_norm=gnorm,
-        n_tokens=np.array([ex.n_tokens for ex in examples]),
-        n_responses=np.array([ex.n_responses for ex in examples]),
-        target=target,
-    )
+    run = ScoringRun(model, params, examples, update, state, compute, objective, plans)
+    return score(run, target, InMemoryOutput())
 
 
 def score_examples(
@@ -188,5 +122,24 @@ def score_examples_result(
         tokenized = list(examples)  # type: ignore[arg-type]
     chosen = select_parameters(model, params)
     state = resolve_state(model, chosen, update, optimizer_state)
-    g = resolve_target(target, model, chosen, tokenized, compute)
-    return compute_effects(model, chosen, tokenized, g, update, state, compute)
+    return score(ScoringRun(model, chosen, tokenized, update, state, compute), target, InMemoryOutput())
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """The settings of one scorer besides the model, data and target: what `score_examples_result` takes.
+
+    Bundled so that code scoring the same examples many times (rank stability) passes one object.
+    """
+
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    params: str | None = None
+    optimizer_state: str | os.PathLike | OptimizerState | None = None
+    max_length: int | None = None
+
+    def result(self, model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example] | Sequence[TokenizedExample],
+               target: Target) -> EffectResult:
+        """`score_examples_result` with these settings."""
+        return score_examples_result(model, tokenizer, examples, target, self.update, self.params,
+                                     self.optimizer_state, self.compute, self.max_length)
