@@ -11,6 +11,7 @@ import torch
 from sample_effect.engine.keys import hash_value
 from sample_effect.errors import SampleEffectError
 from sample_effect.update.optim import OptimizerState
+from sample_effect.update.rules import ParamState
 
 
 @dataclass
@@ -33,6 +34,6 @@ def test_hash_value_sees_every_tensor_of_any_layout() -> None:
     assert _digest(a) != _digest(other)
     assert _digest(a) != _digest(_PerRuleState({"w": 2.0}, a.tensors))
     assert _digest(torch.zeros(3)) != _digest(torch.zeros(3, dtype=torch.float64))
-    assert _digest(OptimizerState()) != _digest(OptimizerState(step={"w": 1.0}))
+    assert _digest(OptimizerState()) != _digest(OptimizerState(params={"w": ParamState(step=1.0)}))
     with pytest.raises(SampleEffectError, match="cannot key"):
         hash_value(hashlib.sha256(), object())
