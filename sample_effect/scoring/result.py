@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,6 +40,19 @@ class EffectResult:
             }
         )
         return rank_table(df)
+
+    def top(self, k: int) -> pd.DataFrame:
+        """The k highest-ranked rows of `table()` (the examples whose step helps the target most)."""
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        return self.table().head(k).reset_index(drop=True)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the ranked table to `path`, CSV or Parquet by extension (atomically); return the path."""
+        from sample_effect.io import write_table
+
+        write_table(self.table(), path)
+        return Path(path)
 
 
 def rank_table(df: pd.DataFrame) -> pd.DataFrame:
