@@ -54,7 +54,7 @@ _map_checkout_kernels()
 _EXPORTS = {
     "ComputeConfig": "sample_effect.engine.core",
     "DirectionTarget": "sample_effect.targets.core",
-    "EffectResult": "sample_effect.scoring.result",
+    "Effects": "sample_effect.scoring.result",
     "Example": "sample_effect.data.examples",
     "LossTarget": "sample_effect.targets.core",
     "OptimizerState": "sample_effect.update.optim",
@@ -80,7 +80,7 @@ _EXPORTS = {
 __all__ = [
     "ComputeConfig",
     "DirectionTarget",
-    "EffectResult",
+    "Effects",
     "Example",
     "LossTarget",
     "OptimizerState",
@@ -120,7 +120,7 @@ if TYPE_CHECKING:  # static analysers see the real imports
         token_logprobs,
     )
     from sample_effect.scoring.effects import compute_effects, score_examples, score_examples_result
-    from sample_effect.scoring.result import EffectResult, rank_table
+    from sample_effect.scoring.result import Effects, rank_table
     from sample_effect.targets.core import DirectionTarget, LossTarget, SelfTarget
     from sample_effect.update.optim import OptimizerState, UpdateConfig, load_optimizer_state
 

@@ -216,7 +216,7 @@ def _stability(args: argparse.Namespace, plan: tuple[Path, Any], loaded: tuple[A
 
 def _score(args: argparse.Namespace, model: Any, tokenizer: Any, tokenized: list, target: Any, update: Any,
            compute: Any) -> Any:
-    """The EffectResult by the path the flags choose: projection cache, resumable cache / torchrun, or in memory."""
+    """The Effects by the path the flags choose: projection cache, resumable cache / torchrun, or in memory."""
     from sample_effect.runtime.distributed import is_distributed
     from sample_effect.scoring.effects import resolve_state, score_examples_result
 

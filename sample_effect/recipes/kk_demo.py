@@ -118,7 +118,7 @@ def write_data(config: DemoConfig, tok: Any) -> DemoData:
 
 def rank_pool(config: DemoConfig, model: Any, tok: Any, data: DemoData) -> tuple[Any, Any, int]:
     """Stage 2: score the pool toward the target (one AdamW step, clip 1.0); write effects.csv, top_k.jsonl and the
-    figure. Returns (the EffectResult, the ranked table with a `style` column, k)."""
+    figure. Returns (the Effects, the ranked table with a `style` column, k)."""
     from sample_effect.data.examples import export_examples
     from sample_effect.engine.core import ComputeConfig
     from sample_effect.io import write_table

@@ -1,7 +1,7 @@
 """Sample effects: e(s) = <delta_theta(s), G> / lr for every example, in memory.
 
 The public faces of the one scoring path (`sample_effect.scoring.run.score`): `score_examples`
-(the ranked table), `score_examples_result` (the `EffectResult`) and `compute_effects` (for callers
+(the ranked table), `score_examples_result` (the `Effects`) and `compute_effects` (for callers
 that hold the chosen parameters, tokenized examples and a resolved `TargetVector`).
 """
 
@@ -22,7 +22,7 @@ from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.models.loading import accumulation_dtype, select_parameters
 from sample_effect.objectives.base import SFT, Objective
-from sample_effect.scoring.result import EffectResult
+from sample_effect.scoring.result import Effects
 from sample_effect.scoring.run import InMemoryOutput, ScoringRun, score
 from sample_effect.targets.core import Target
 from sample_effect.update.optim import OptimizerState, UpdateConfig, load_optimizer_state
@@ -40,7 +40,7 @@ def compute_effects(
     compute: ComputeConfig | None = None,
     objective: Objective = SFT,
     plans: PlanCache | None = None,
-) -> EffectResult:
+) -> Effects:
     """e(s) for every example toward a resolved G: clip g(s), take the simulated optimiser step, dot with G.
 
     Effects are per unit learning rate, so the same for any lr with SGD/Adam/AdamW: the
@@ -108,8 +108,8 @@ def score_examples_result(
     optimizer_state: str | os.PathLike | OptimizerState | None = None,
     compute: ComputeConfig | None = None,
     max_length: int | None = None,
-) -> EffectResult:
-    """Like `score_examples` but returns the unranked `EffectResult` (effects in input order)."""
+) -> Effects:
+    """Like `score_examples` but returns the unranked `Effects` (effects in input order)."""
     update = (update or UpdateConfig()).validate()
     compute = compute or ComputeConfig()
     if not examples:
@@ -139,7 +139,7 @@ class ScoringConfig:
     max_length: int | None = None
 
     def result(self, model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example] | Sequence[TokenizedExample],
-               target: Target) -> EffectResult:
+               target: Target) -> Effects:
         """`score_examples_result` with these settings."""
         return score_examples_result(model, tokenizer, examples, target, self.update, self.params,
                                      self.optimizer_state, self.compute, self.max_length)

@@ -1,4 +1,4 @@
-"""The result of scoring: effects in input order (`EffectResult`) and the ranked table (`rank_table`)."""
+"""The result of scoring: effects in input order (`Effects`) and the ranked table (`rank_table`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ COLUMNS = ["id", "rank", "effect", "loss", "n_tokens", "n_responses", "grad_norm
 
 
 @dataclass
-class EffectResult:
+class Effects:
     """Effects in input order plus what produced them."""
 
     ids: list[str]

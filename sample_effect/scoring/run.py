@@ -2,7 +2,7 @@
 hand every batch of rows to an `Output`.
 
 An `Output` decides where rows go and which examples still need computing: `InMemoryOutput` (an
-`EffectResult`), the sharded resumable cache (`sample_effect.store.cache.CacheOutput`) or projected
+`Effects`), the sharded resumable cache (`sample_effect.store.cache.CacheOutput`) or projected
 shards (`sample_effect.store.projection.ProjectionOutput`, which asks the backend for the
 per-example updates instead of their effects). Everything a stored output keys itself by comes from
 `ScoringRun.key`, the one `settings_key`.
@@ -32,7 +32,7 @@ from sample_effect.engine.keys import settings_key
 from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import SampleEffectError
 from sample_effect.objectives.base import SFT, Objective
-from sample_effect.scoring.result import EffectResult
+from sample_effect.scoring.result import Effects
 from sample_effect.targets.core import Target, resolve_target
 from sample_effect.update.optim import OptimizerState, UpdateConfig
 
@@ -105,17 +105,17 @@ def check_effects(ids: Sequence[str], effect: np.ndarray) -> None:
 
 
 def effect_result(examples: Sequence[TokenizedExample], effect: np.ndarray, loss: np.ndarray, grad_norm: np.ndarray,
-                  target: TargetVector) -> EffectResult:
-    """An `EffectResult` of arrays over `examples` (in their order)."""
-    return EffectResult(
+                  target: TargetVector) -> Effects:
+    """An `Effects` of arrays over `examples` (in their order)."""
+    return Effects(
         ids=[ex.id for ex in examples], effect=effect, loss=loss, grad_norm=grad_norm,
         n_tokens=np.array([ex.n_tokens for ex in examples]), n_responses=np.array([ex.n_responses for ex in examples]),
         target=target,
     )
 
 
-class InMemoryOutput(Output[EffectResult]):
-    """Collects every effect in memory and returns the `EffectResult` (checked for non-finite effects)."""
+class InMemoryOutput(Output[Effects]):
+    """Collects every effect in memory and returns the `Effects` (checked for non-finite effects)."""
 
     def open(self, run: ScoringRun, target: Target | TargetVector | None) -> tuple[TargetVector | None, list[int]]:
         """Resolve G; every example is pending."""
@@ -133,7 +133,7 @@ class InMemoryOutput(Output[EffectResult]):
         if rows.grad_norm is not None:
             self.grad_norm[rows.indices] = rows.grad_norm
 
-    def finish(self) -> EffectResult:
+    def finish(self) -> Effects:
         """The whole result, in input order."""
         assert self.target is not None
         check_effects([ex.id for ex in self.run.examples], self.effect)

@@ -38,7 +38,7 @@ from sample_effect.errors import ConfigError, SampleEffectError, literal
 from sample_effect.io import atomic_open, atomic_path
 from sample_effect.models.loading import select_parameters
 from sample_effect.scoring.effects import resolve_state
-from sample_effect.scoring.result import EffectResult
+from sample_effect.scoring.result import Effects
 from sample_effect.scoring.run import Output, ScoringRun, check_effects, effect_result, score
 from sample_effect.targets.core import LossTarget, SelfTarget, Target, resolve_target_distributed
 from sample_effect.update.optim import OptimizerState, UpdateConfig
@@ -170,7 +170,7 @@ def _open_run(  # type: ignore[no-untyped-def]
     return d, g
 
 
-class CacheOutput(Output[EffectResult | None]):
+class CacheOutput(Output[Effects | None]):
     """The sharded, resumable output of `rank --cache-dir` and of torchrun jobs.
 
     Under `cache_dir` (when given) the run directory of the settings key holds the target and one
@@ -231,7 +231,7 @@ class CacheOutput(Output[EffectResult | None]):
             if delay:
                 time.sleep(delay)
 
-    def finish(self) -> EffectResult | None:
+    def finish(self) -> Effects | None:
         """Gather the processes' parts; the whole result on rank 0 (run marked complete), None elsewhere."""
         from sample_effect.runtime import distributed as dist
 
@@ -263,7 +263,7 @@ def score_rank(
     cache_dir: str | os.PathLike | None = None,
     shard_size: int = 256,
     resume: bool = False,
-) -> EffectResult | None:
+) -> Effects | None:
     """Effects of every example, resumably under `cache_dir` and/or across torchrun processes.
 
     Returns the whole result on rank 0 (or in a single process) and None on the other ranks.

@@ -30,7 +30,7 @@ from sample_effect.engine.projection import ProjectionConfig, project_rows, proj
 from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import SampleEffectError
 from sample_effect.io import atomic_path
-from sample_effect.scoring.result import EffectResult
+from sample_effect.scoring.result import Effects
 from sample_effect.scoring.run import Output, ScoringRun, effect_result, score
 from sample_effect.targets.core import Target
 from sample_effect.update.optim import OptimizerState, UpdateConfig
@@ -181,7 +181,7 @@ def load_projection(path: str | os.PathLike) -> ProjectionCache:
 
 def projected_result(
     run: ScoringRun, target: Target, path: str | os.PathLike, flag: str = "--projection",
-) -> EffectResult:
+) -> Effects:
     """Estimated effects toward `target` from the finished projection directory `path`.
 
     The directory must have been written with `run`'s settings (same key: weights, data, parameters,

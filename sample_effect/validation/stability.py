@@ -54,7 +54,7 @@ from sample_effect.engine.core import ComputeConfig
 from sample_effect.errors import ConfigError, SampleEffectError, literal
 from sample_effect.models.loading import load_model
 from sample_effect.scoring.effects import ScoringConfig
-from sample_effect.scoring.result import EffectResult
+from sample_effect.scoring.result import Effects
 from sample_effect.targets.core import LossTarget, Target
 from sample_effect.update.optim import UpdateConfig
 
@@ -329,7 +329,7 @@ def rank_stability(
     load_checkpoint: Callable[[str], tuple[torch.nn.Module, Any]] | None = None,
     *,
     target: Target | None = None,
-    reference: EffectResult | np.ndarray | None = None,
+    reference: Effects | np.ndarray | None = None,
 ) -> StabilityReport:
     """How stable the ranking of `examples` is under resampled targets, other checkpoints and orders.
 
@@ -381,7 +381,7 @@ def rank_stability(
             ref = _effects(scoring, model, tokenizer, tokenized, target)
             bar.update(1)
         else:
-            ref = np.asarray(reference.effect if isinstance(reference, EffectResult) else reference, dtype=float)
+            ref = np.asarray(reference.effect if isinstance(reference, Effects) else reference, dtype=float)
             if ref.shape != (n,):
                 raise SampleEffectError(f"reference has {ref.size} effects for {n} examples")
         if config.resamples:
