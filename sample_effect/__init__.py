@@ -50,79 +50,57 @@ def _map_checkout_kernels() -> None:
 
 _map_checkout_kernels()
 
-# Public name -> the module that defines it.
+# Public name -> the module that defines it. The workflow goes through `Analyzer`; everything else
+# stays importable from its subpackage (docs/api.md) but is not advertised here.
 _EXPORTS = {
+    "AccuracyTarget": "sample_effect.targets.core",
+    "Analyzer": "sample_effect.analyzer",
     "ComputeConfig": "sample_effect.engine.core",
     "DirectionTarget": "sample_effect.targets.core",
     "Effects": "sample_effect.scoring.result",
-    "Example": "sample_effect.data.examples",
     "LossTarget": "sample_effect.targets.core",
-    "OptimizerState": "sample_effect.update.optim",
+    "RLPredictConfig": "sample_effect.growth.rl_config",
+    "RLPrediction": "sample_effect.growth.rl",
+    "SFTConfig": "sample_effect.training.sft",
+    "SFTCurve": "sample_effect.growth.sft",
     "SampleEffectError": "sample_effect.errors",
     "SelfTarget": "sample_effect.targets.core",
-    "TokenizedExample": "sample_effect.data.examples",
     "UpdateConfig": "sample_effect.update.optim",
-    "compute_effects": "sample_effect.scoring.effects",
-    "grpo_advantages": "sample_effect.objectives.losses",
-    "grpo_loss": "sample_effect.objectives.losses",
     "load_examples": "sample_effect.data.examples",
     "load_model": "sample_effect.models.loading",
-    "load_optimizer_state": "sample_effect.update.optim",
-    "rank_table": "sample_effect.scoring.result",
-    "score_examples": "sample_effect.scoring.effects",
-    "score_examples_result": "sample_effect.scoring.effects",
-    "select_parameters": "sample_effect.models.loading",
-    "sft_sequence_loss": "sample_effect.objectives.losses",
-    "token_logprobs": "sample_effect.objectives.losses",
-    "tokenize_examples": "sample_effect.data.examples",
 }
 
 __all__ = [
+    "AccuracyTarget",
+    "Analyzer",
     "ComputeConfig",
     "DirectionTarget",
     "Effects",
-    "Example",
     "LossTarget",
-    "OptimizerState",
+    "RLPredictConfig",
+    "RLPrediction",
+    "SFTConfig",
+    "SFTCurve",
     "SampleEffectError",
     "SelfTarget",
-    "TokenizedExample",
     "UpdateConfig",
-    "compute_effects",
-    "grpo_advantages",
-    "grpo_loss",
     "load_examples",
     "load_model",
-    "load_optimizer_state",
-    "rank_table",
-    "score_examples",
-    "score_examples_result",
-    "select_parameters",
-    "sft_sequence_loss",
-    "token_logprobs",
-    "tokenize_examples",
 ]
 
 if TYPE_CHECKING:  # static analysers see the real imports
-    from sample_effect.data.examples import (
-        Example,
-        TokenizedExample,
-        load_examples,
-        tokenize_examples,
-    )
+    from sample_effect.analyzer import Analyzer
+    from sample_effect.data.examples import load_examples
     from sample_effect.engine.core import ComputeConfig
     from sample_effect.errors import SampleEffectError
-    from sample_effect.models.loading import load_model, select_parameters
-    from sample_effect.objectives.losses import (
-        grpo_advantages,
-        grpo_loss,
-        sft_sequence_loss,
-        token_logprobs,
-    )
-    from sample_effect.scoring.effects import compute_effects, score_examples, score_examples_result
-    from sample_effect.scoring.result import Effects, rank_table
-    from sample_effect.targets.core import DirectionTarget, LossTarget, SelfTarget
-    from sample_effect.update.optim import OptimizerState, UpdateConfig, load_optimizer_state
+    from sample_effect.growth.rl import RLPrediction
+    from sample_effect.growth.rl_config import RLPredictConfig
+    from sample_effect.growth.sft import SFTCurve
+    from sample_effect.models.loading import load_model
+    from sample_effect.scoring.result import Effects
+    from sample_effect.targets.core import AccuracyTarget, DirectionTarget, LossTarget, SelfTarget
+    from sample_effect.training.sft import SFTConfig
+    from sample_effect.update.optim import UpdateConfig
 
 
 def __getattr__(name: str) -> Any:

@@ -9,15 +9,11 @@ from conftest import TRAIN
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sample_effect import (
-    ComputeConfig,
-    UpdateConfig,
-    compute_effects,
-    load_model,
-    select_parameters,
-)
+from sample_effect import ComputeConfig, UpdateConfig, load_model
 from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.engine.vectors import TargetVector
+from sample_effect.models.loading import select_parameters
+from sample_effect.scoring.effects import compute_effects
 
 COMPUTE = ComputeConfig(batch_size=3, progress=False)
 

@@ -11,16 +11,10 @@ import pytest
 import torch
 from conftest import TRAIN, write_jsonl
 
-from sample_effect import (
-    ComputeConfig,
-    LossTarget,
-    UpdateConfig,
-    load_examples,
-    load_model,
-    score_examples,
-)
+from sample_effect import ComputeConfig, LossTarget, UpdateConfig, load_examples, load_model
 from sample_effect.cli.main import main
 from sample_effect.data.examples import tokenize_examples
+from sample_effect.scoring.effects import score_examples
 
 
 def run(argv, capsys):

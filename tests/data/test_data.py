@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import write_jsonl
 
-from sample_effect import SampleEffectError, load_examples, tokenize_examples
-from sample_effect.data.examples import label_mask, pad_sequences
+from sample_effect import SampleEffectError, load_examples
+from sample_effect.data.examples import label_mask, pad_sequences, tokenize_examples
 
 
 def test_tokens_are_prompt_then_response_then_eos(tokenizer, tmp_path):

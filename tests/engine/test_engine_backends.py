@@ -13,14 +13,7 @@ import pytest
 import torch
 from conftest import TRAIN
 
-from sample_effect import (
-    ComputeConfig,
-    SelfTarget,
-    UpdateConfig,
-    compute_effects,
-    load_model,
-    score_examples_result,
-)
+from sample_effect import ComputeConfig, SelfTarget, UpdateConfig, load_model
 from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.engine import core
 from sample_effect.engine.backends import (
@@ -44,6 +37,7 @@ from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import SampleEffectError
 from sample_effect.models.loading import select_parameters
 from sample_effect.objectives.base import SFTObjective
+from sample_effect.scoring.effects import compute_effects, score_examples_result
 
 CASES = [
     ("gpt2", UpdateConfig("sgd", clip=0.5), "ghost", False, GhostBackend),

@@ -25,9 +25,9 @@ from sample_effect import (
     UpdateConfig,
     load_examples,
     load_model,
-    score_examples_result,
-    tokenize_examples,
 )
+from sample_effect.data.examples import tokenize_examples
+from sample_effect.scoring.effects import score_examples_result
 
 LR = 1e-3
 TOL = 1e-6

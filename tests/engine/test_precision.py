@@ -5,16 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sample_effect import (
-    ComputeConfig,
-    LossTarget,
-    UpdateConfig,
-    load_examples,
-    load_model,
-    score_examples_result,
-)
+from sample_effect import ComputeConfig, LossTarget, UpdateConfig, load_examples, load_model
 from sample_effect.data.examples import tokenize_examples
 from sample_effect.engine.core import ghost_plans
+from sample_effect.scoring.effects import score_examples_result
 
 # Documented in docs/guide.md: relative to max |effect|.
 TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2}

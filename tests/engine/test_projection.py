@@ -10,17 +10,12 @@ import pytest
 import torch
 from conftest import TRAIN
 
-from sample_effect import (
-    ComputeConfig,
-    SampleEffectError,
-    UpdateConfig,
-    compute_effects,
-    load_model,
-    select_parameters,
-)
+from sample_effect import ComputeConfig, SampleEffectError, UpdateConfig, load_model
 from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.engine.projection import ProjectionConfig, _blocks, project_vector
 from sample_effect.engine.vectors import TargetVector
+from sample_effect.models.loading import select_parameters
+from sample_effect.scoring.effects import compute_effects
 from sample_effect.store.projection import load_projection, project_examples
 
 SUBSET = r"layers\.1\.self_attn\.(q|k)_proj"

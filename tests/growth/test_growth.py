@@ -6,9 +6,10 @@ import pytest
 import torch
 from conftest import TARGET, TRAIN
 
-from sample_effect import UpdateConfig, load_model, select_parameters
+from sample_effect import UpdateConfig, load_model
 from sample_effect.data.examples import examples_from_records, pad_sequences, tokenize_examples
 from sample_effect.growth.noise import noise_effect_loss_target
+from sample_effect.models.loading import select_parameters
 from sample_effect.objectives.losses import sft_sequence_loss
 
 

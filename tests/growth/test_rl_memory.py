@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import TARGET, TRAIN
 
-from sample_effect import UpdateConfig, load_model, select_parameters
+from sample_effect import UpdateConfig, load_model
 from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.growth.noise import (
@@ -34,6 +34,7 @@ from sample_effect.growth.rl_curvature import rl_noise_effect
 from sample_effect.growth.rl_effects import RLEffects, rl_prompt_effects
 from sample_effect.growth.rl_stats import batch_draws
 from sample_effect.growth.trajectory import StepContext
+from sample_effect.models.loading import select_parameters
 from sample_effect.rollouts.groups import sample_groups
 from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.targets.core import LossTarget, resolve_target

@@ -13,7 +13,7 @@ import torch
 from conftest import TARGET, TRAIN, write_jsonl
 from torch.func import functional_call, jvp
 
-from sample_effect import UpdateConfig, load_model, select_parameters
+from sample_effect import UpdateConfig, load_model
 from sample_effect.cli.main import main
 from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.engine.core import ComputeConfig, example_loss_values
@@ -23,6 +23,7 @@ from sample_effect.growth.rl_curvature import rl_noise_effect
 from sample_effect.growth.rl_effects import rl_prompt_effects
 from sample_effect.growth.rl_stats import empty_batch_probability
 from sample_effect.growth.trajectory import StepContext
+from sample_effect.models.loading import select_parameters
 from sample_effect.objectives.losses import token_logprobs
 from sample_effect.objectives.reinforce import (
     reinforce_coefficients,

@@ -8,12 +8,13 @@ import warnings
 import pytest
 from conftest import TARGET, TRAIN, write_jsonl
 
-from sample_effect import UpdateConfig, load_model, select_parameters
+from sample_effect import UpdateConfig, load_model
 from sample_effect.cli.main import main
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.engine.vectors import TargetVector
 from sample_effect.growth.rl import predict_rl
 from sample_effect.growth.rl_warnings import RLPredictionWarning, zero_variance_warning
+from sample_effect.models.loading import select_parameters
 from sample_effect.rollouts.groups import sample_groups
 from sample_effect.rollouts.prompts import RLPrompt
 

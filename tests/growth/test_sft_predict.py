@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import TARGET, TRAIN
 
-from sample_effect import ComputeConfig, load_model, select_parameters
+from sample_effect import ComputeConfig, load_model
 from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.engine.core import example_loss_values
 from sample_effect.growth.sft import (
@@ -19,6 +19,7 @@ from sample_effect.growth.sft import (
     sft_update,
     total_steps,
 )
+from sample_effect.models.loading import select_parameters
 from sample_effect.targets.core import LossTarget, resolve_target
 from sample_effect.training import SFTConfig, train_sft
 

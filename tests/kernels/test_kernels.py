@@ -7,16 +7,11 @@ import pytest
 import torch
 from conftest import ARCHS, TRAIN
 
-from sample_effect import (
-    ComputeConfig,
-    SampleEffectError,
-    UpdateConfig,
-    compute_effects,
-    load_model,
-    select_parameters,
-)
+from sample_effect import ComputeConfig, SampleEffectError, UpdateConfig, load_model
 from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.engine.vectors import TargetVector
+from sample_effect.models.loading import select_parameters
+from sample_effect.scoring.effects import compute_effects
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -23,15 +23,11 @@ from sample_effect.kernels.layers.embedding import EmbeddingRule
 from sample_effect.kernels.layers.linear import Conv1DRule, LinearRule
 from sample_effect.kernels.layers.norm import NormRule
 
-from sample_effect import (
-    ComputeConfig,
-    UpdateConfig,
-    compute_effects,
-    load_model,
-    select_parameters,
-)
+from sample_effect import ComputeConfig, UpdateConfig, load_model
 from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.engine.vectors import TargetVector
+from sample_effect.models.loading import select_parameters
+from sample_effect.scoring.effects import compute_effects
 
 
 class _MyLinear(torch.nn.Linear):

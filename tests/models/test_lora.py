@@ -10,17 +10,13 @@ from conftest import TRAIN
 
 pytest.importorskip("peft")
 
-from sample_effect import (
-    ComputeConfig,
-    UpdateConfig,
-    compute_effects,
-    load_model,
-    select_parameters,
-)
+from sample_effect import ComputeConfig, UpdateConfig, load_model
 from sample_effect.cli.main import main
 from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.engine.vectors import TargetVector
+from sample_effect.models.loading import select_parameters
 from sample_effect.models.lora import apply_lora
+from sample_effect.scoring.effects import compute_effects
 
 
 def test_lora_model_scores_only_adapters_and_paths_agree(model_dirs):

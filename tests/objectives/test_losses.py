@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from sample_effect import grpo_advantages, grpo_loss, load_model, sft_sequence_loss
-from sample_effect.objectives.losses import token_logprobs
+from sample_effect import load_model
+from sample_effect.objectives.losses import (
+    grpo_advantages,
+    grpo_loss,
+    sft_sequence_loss,
+    token_logprobs,
+)
 
 
 def test_sft_loss_matches_transformers_labels_loss(model_dirs):

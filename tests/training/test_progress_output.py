@@ -7,9 +7,10 @@ from dataclasses import replace
 import pytest
 from conftest import TARGET, TRAIN
 
-from sample_effect import ComputeConfig, UpdateConfig, load_model, select_parameters
+from sample_effect import ComputeConfig, UpdateConfig, load_model
 from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.growth.sft import predict_sft_curve
+from sample_effect.models.loading import select_parameters
 from sample_effect.targets.core import LossTarget, resolve_target
 from sample_effect.training import SFTConfig, train_sft
 from sample_effect.training.sft import evaluate_accuracy

@@ -10,17 +10,13 @@ import pytest
 import torch
 from conftest import TRAIN, write_jsonl
 
-from sample_effect import (
-    ComputeConfig,
-    UpdateConfig,
-    compute_effects,
-    load_model,
-    select_parameters,
-)
+from sample_effect import ComputeConfig, UpdateConfig, load_model
 from sample_effect.cli.main import main
 from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.engine.vectors import TargetVector
+from sample_effect.models.loading import select_parameters
 from sample_effect.rollouts.prompts import RLPrompt
+from sample_effect.scoring.effects import compute_effects
 from sample_effect.training import GRPOConfig, SFTConfig, redistill, train_grpo, train_sft
 from sample_effect.training.common import load_optimizer_into, make_optimizer
 from sample_effect.training.sft import batch_loss

@@ -33,17 +33,17 @@ from sample_effect import (
     ComputeConfig,
     DirectionTarget,
     LossTarget,
-    OptimizerState,
     SampleEffectError,
     SelfTarget,
     UpdateConfig,
     load_examples,
     load_model,
-    score_examples_result,
-    tokenize_examples,
 )
+from sample_effect.data.examples import tokenize_examples
+from sample_effect.scoring.effects import score_examples_result
 from sample_effect.update import rules
 from sample_effect.update.lion import LionOptimizer
+from sample_effect.update.optim import OptimizerState
 from sample_effect.update.rules import (
     ParamHyper,
     ParamState,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import TARGET, TRAIN
 
-from sample_effect import UpdateConfig, load_model, select_parameters
+from sample_effect import UpdateConfig, load_model
 from sample_effect.data.examples import examples_from_records, tokenize_examples
+from sample_effect.models.loading import select_parameters
 from sample_effect.validation.linearization import linearization_check, plot_linearization
 
 
