@@ -38,7 +38,6 @@ __all__ = [
     "load_optimizer_state",
     "state_from_state_dict",
     "state_keys_of",
-    "update_per_lr",
 ]
 
 
@@ -249,21 +248,3 @@ def state_keys_of(entry: Mapping[str, object], rule: UpdateRule | None, where: s
             f"optimizer keeps ({', '.join(kept)})"
         )
     return max(fits, key=len)
-
-
-def update_per_lr(
-    grad: torch.Tensor,
-    param: torch.Tensor,
-    cfg: UpdateConfig,
-    hyper: ParamHyper,
-    exp_avg: torch.Tensor | None = None,
-    exp_avg_sq: torch.Tensor | None = None,
-    step: float = 0.0,
-) -> torch.Tensor:
-    """delta_theta / lr for a batch of (already clipped) gradients [E, *param.shape] of one parameter.
-
-    Each row is the update of one optimiser step taken from the given state on that row's
-    gradient alone: `cfg.rule.step` (kept for callers that pass the state as separate tensors).
-    """
-    tensors = {k: t for k, t in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)) if t is not None}
-    return cfg.rule.step(grad, param, hyper, ParamState(step, tensors))

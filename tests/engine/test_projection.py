@@ -51,14 +51,15 @@ def test_projection_equals_explicit_matrix_times_update(model_dirs, tmp_path, ki
         assert torch.equal((P != 0).sum(1), torch.ones(P.shape[0], dtype=torch.long))  # one bucket per coordinate
     # the update each example's step makes, from the reference engine: d = e(s) for unit G per coordinate
     from sample_effect.engine.core import iter_example_gradients
-    from sample_effect.update.optim import OptimizerState, clip_coefficients, update_per_lr
+    from sample_effect.update.optim import OptimizerState, clip_coefficients
 
     st = OptimizerState()
     for batch in iter_example_gradients(model, params, exs, ComputeConfig(batch_size=2, progress=False)):
         sq = sum((g.flatten(1) ** 2).sum(1) for g in batch.grads.values())
         coef = clip_coefficients(sq, 0.5)
         d = torch.cat([
-            update_per_lr(g * coef.view(-1, *([1] * (g.dim() - 1))), params[n].detach(), upd, st.hyper(n, upd)).flatten(1)
+            upd.rule.step(g * coef.view(-1, *([1] * (g.dim() - 1))), params[n].detach(), st.hyper(n, upd),
+                          st.param_state(n)).flatten(1)
             for n, g in batch.grads.items()
         ], dim=1)
         expected = d @ P

@@ -90,7 +90,8 @@ def _quadratic(k=5, n=7, seed=0):
 
 def _sgd_updates(A, theta, x):
     """Per-example SGD updates per unit lr through the engine's own update rule, from autograd gradients."""
-    from sample_effect.update.optim import OptimizerState, update_per_lr
+    from sample_effect.update.optim import OptimizerState
+    from sample_effect.update.rules import ParamState
 
     cfg = UpdateConfig("sgd", lr=1.0)
     hyper = OptimizerState().hyper("theta", cfg)
@@ -99,7 +100,7 @@ def _sgd_updates(A, theta, x):
         t = theta.clone().requires_grad_(True)
         (0.5 * (t - xi) @ A @ (t - xi)).backward()
         grads.append(t.grad)
-    return update_per_lr(torch.stack(grads), theta, cfg, hyper)
+    return cfg.rule.step(torch.stack(grads), theta, hyper, ParamState())
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
