@@ -158,7 +158,7 @@ class Analyzer:
         examples = self.tokenize(data)
         goal = self.target(target)
         g = ScoringRun(self.model, self.chosen, examples, self.update, self.state, self.compute).resolve(goal)
-        hessian = goal.hessian_examples() if isinstance(goal, Target) else None
+        hessian = Target.coerce(goal).hessian_examples()
         return predict_sft_curve(self.model, self.chosen, examples, g, sft or SFTConfig(), name, replicates,
                                  target_examples=hessian, compute=self.compute)
 

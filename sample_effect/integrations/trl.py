@@ -43,7 +43,7 @@ from sample_effect.engine.core import ComputeConfig, example_loss_values, mean_l
 from sample_effect.errors import SampleEffectError
 from sample_effect.io import atomic_open
 from sample_effect.models.loading import accumulation_dtype
-from sample_effect.targets.core import LossTarget
+from sample_effect.targets.core import LossTarget, Target
 from sample_effect.update.rules import (
     ParamHyper,
     ParamState,
@@ -152,7 +152,9 @@ class TargetChangeCallback(TrainerCallback):
         prefix: str = "target_",
         compute: ComputeConfig | None = None,
     ) -> None:
-        examples = target.examples if isinstance(target, LossTarget) else target
+        examples = target.hessian_examples() if isinstance(target, Target) else target
+        if examples is None:
+            raise SampleEffectError("the callback measures a target loss: pass a LossTarget or its examples")
         self.examples = list(examples)
         if not self.examples:
             raise SampleEffectError("the target set is empty")

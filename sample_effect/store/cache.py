@@ -17,7 +17,6 @@ self-describing, so a resume may use another --shard-size or another number of p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ import torch
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.backends import BatchEffects, UpdateRows
 from sample_effect.engine.core import ComputeConfig
-from sample_effect.engine.keys import hash_examples, settings_key, vector_digest
+from sample_effect.engine.keys import settings_key, vector_digest
 from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import ConfigError, SampleEffectError, literal
 from sample_effect.io import atomic_open, atomic_path
@@ -40,7 +39,7 @@ from sample_effect.models.loading import select_parameters
 from sample_effect.scoring.effects import resolve_state
 from sample_effect.scoring.result import Effects
 from sample_effect.scoring.run import Output, ScoringRun, check_effects, effect_result, score
-from sample_effect.targets.core import LossTarget, SelfTarget, Target, resolve_target_distributed
+from sample_effect.targets.core import Target, resolve_target_distributed
 from sample_effect.update.optim import OptimizerState, UpdateConfig
 
 log = logging.getLogger("sample_effect")
@@ -116,8 +115,9 @@ def _open_run(  # type: ignore[no-untyped-def]
 ) -> tuple[Path, TargetVector]:
     """The run directory of these settings under `root` (created with its manifest) and the target G.
 
-    A loss target is keyed by its examples, so its G is read back from the run when it was saved
-    there; any other target is resolved first and keyed by its vector.
+    A target that identifies itself before resolving (`Target.key_digest`: a loss or self target,
+    by its examples) has its G read back from the run when it was saved there; any other target is
+    resolved first and keyed by its vector.
     """
     from sample_effect.runtime import distributed as dist
 
@@ -126,14 +126,9 @@ def _open_run(  # type: ignore[no-untyped-def]
     n = len(examples)
     if root.exists() and not root.is_dir():
         raise ConfigError("score_rank", f"<cache_dir> {literal(root)} exists and is not a directory")
-    loss_kind = isinstance(target, (LossTarget, SelfTarget))
     g: TargetVector | None = None
-    if loss_kind:
-        h = hashlib.sha256(b"self" if isinstance(target, SelfTarget) else b"loss")
-        if isinstance(target, LossTarget):
-            hash_examples(h, target.examples)
-        part = h.digest()
-    else:
+    part = target.key_digest()
+    if part is None:
         g = resolve_target_distributed(target, model, chosen, examples, compute)
         part = vector_digest(g)
     key = settings_key(model, chosen, examples, update, state, compute, target=part)

@@ -14,6 +14,7 @@ subclass; nothing else branches on the kind.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ import torch
 
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig, mean_loss_gradient
+from sample_effect.engine.keys import hash_examples
 from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import SampleEffectError
 from sample_effect.models.loading import accumulation_dtype, check_model_dir, quiet_hf_progress
@@ -52,6 +54,11 @@ class Target(ABC):
 
     def hessian_examples(self) -> Sequence[TokenizedExample] | None:
         """The examples whose mean loss L defines T = -L, for Hessian-vector products of H_T (None: none available)."""
+        return None
+
+    def key_digest(self) -> bytes | None:
+        """Bytes that identify G before it is resolved, so a stored result can be found by its settings alone
+        (None: G must be resolved and the result keyed by the vector itself)."""
         return None
 
     @staticmethod
@@ -135,6 +142,12 @@ class LossTarget(_MeanLossTarget):
         """The target set."""
         return self.examples
 
+    def key_digest(self) -> bytes:
+        """The target set's tokens: G is a function of them and the weights."""
+        h = hashlib.sha256(b"loss")
+        hash_examples(h, self.examples)
+        return h.digest()
+
     def hessian_examples(self) -> Sequence[TokenizedExample] | None:
         """The target set: T = -(its mean loss) has Hessian-vector products."""
         return self.examples
@@ -151,6 +164,10 @@ class SelfTarget(_MeanLossTarget):
     def examples_for(self, scored: Sequence[TokenizedExample]) -> Sequence[TokenizedExample]:
         """The scored examples."""
         return scored
+
+    def key_digest(self) -> bytes:
+        """G is a function of the scored examples, which the settings key already holds."""
+        return hashlib.sha256(b"self").digest()
 
 
 @dataclass

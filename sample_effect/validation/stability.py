@@ -414,7 +414,7 @@ def _checkpoint_effects(scoring: ScoringConfig, model: torch.nn.Module, path: st
     else:
         ckpt, tok = load_checkpoint(str(path))
     exs = _tokenized(examples, tok, scoring.max_length)
-    if isinstance(target, LossTarget) and target_examples is not None:
+    if target_examples is not None and target.hessian_examples() is not None:  # a target set: retokenized here
         target = LossTarget(_tokenized(target_examples, tok, scoring.max_length), name=target.name)
     try:
         return _effects(scoring, ckpt, tok, exs, target, optimizer_state=_checkpoint_state(scoring.optimizer_state, path))
