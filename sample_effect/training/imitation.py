@@ -393,9 +393,9 @@ def onpolicy_distill(
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    from sample_effect.training.common import make_optimizer
+    from sample_effect.training.common import adamw_update, make_optimizer
 
-    opt, _ = make_optimizer(student, cfg.lr, cfg.weight_decay, (0.9, 0.999), 1e-8)
+    opt, _ = make_optimizer(student, adamw_update(cfg.lr, cfg.max_grad_norm, cfg.weight_decay))
     gen = torch.Generator().manual_seed(cfg.seed)
     device = next(student.parameters()).device
     metrics = MetricsWriter(metrics_path)
