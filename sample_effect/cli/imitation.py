@@ -312,7 +312,7 @@ def cmd_compare_sources(args: argparse.Namespace) -> None:
     sources = {n: tokenize_examples(ex, tok, args.max_length)[0] for n, ex in raw.items()}
     target = tokenize_examples(target_raw, tok, args.max_length)[0]
     table, per = compare_sources(model, tok, sources, target, update, ComputeConfig(progress=_progress(args)),
-                                 args.train_steps, sft, args.bootstrap, args.seed, progress=_progress(args))
+                                 sft, args.bootstrap, args.seed, progress=_progress(args))
     table.insert(1, "file", [srcs[n] for n in table["source"]])
     write_table(table, out)
     effects_by_group(per, "source", fig, title=f"Sample effects per source ({update.optimizer}, clip {update.clip})")
