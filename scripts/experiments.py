@@ -429,7 +429,7 @@ def demo_run(R: Runner, seed: int) -> tuple[list, list, object, dict]:
         raise SystemExit(f"needs q2d's finished demo run of seed {seed} ({', '.join(map(str, need))}); "
                          f"run --stages q2d --q2d-seeds {seed} first")
     doc = json.loads(need[2].read_text())
-    return load_rl_prompts(need[0]), load_rl_prompts(need[1]), GRPOConfig(**doc["grpo"]).validate(), doc
+    return load_rl_prompts(need[0]), load_rl_prompts(need[1]), GRPOConfig.from_dict(doc["grpo"]).validate(), doc
 
 
 def stage_q2e(R: Runner):
@@ -454,8 +454,9 @@ def stage_q2e(R: Runner):
         raise SystemExit(f"stage q2e needs q2d's SFT starts under {src}; run --stages q2d --q2d-seeds {seed} first")
     prompts, held, cfg, _ = demo_run(R, seed)
     tag = f"seed{seed}"
-    if a.q2e_lr is not None and a.q2e_lr != cfg.lr:
-        cfg, tag = dataclasses.replace(cfg, lr=a.q2e_lr), f"seed{seed}-lr{a.q2e_lr:g}"
+    if a.q2e_lr is not None and a.q2e_lr != cfg.update.lr:
+        cfg = dataclasses.replace(cfg, update=dataclasses.replace(cfg.update, lr=a.q2e_lr))
+        tag = f"seed{seed}-lr{a.q2e_lr:g}"
     curve = AccuracyCurveConfig(eval_samples=a.q2e_eval_samples, target_samples=4, runs=1, noise_draws=64)
     torch.set_num_threads(a.threads)
     frames, summaries = [], []
@@ -484,7 +485,7 @@ def stage_q2e(R: Runner):
 
     rows = pd.DataFrame([r for f in frames for r in f])
     step_decomposition_plot(rows, f"{q}/steps-{tag}.png",
-                            title=f"Where the RL prediction goes wrong (q2d seed {seed}, the demo's GRPO settings, lr {cfg.lr:g})")
+                            title=f"Where the RL prediction goes wrong (q2d seed {seed}, the demo's GRPO settings, lr {cfg.update.lr:g})")
     Path(q, f"summary-{tag}.json").write_text(json.dumps(summaries, indent=1) + "\n")
 
 
@@ -501,7 +502,7 @@ def rollout_seed_spread(R: Runner, src: Path, name: str, prompts, held, reward, 
         return rec
     model, tok = load_model(src / "checkpoints" / f"start-{name.removeprefix('sft-')}" / "final", "float32")
     g0 = accuracy_target(held, reward, tok, cfg, curve).resolve(model, select_parameters(model), [], ComputeConfig(progress=False))
-    weight = sum(grpo_lrs(cfg)) / cfg.lr
+    weight = sum(grpo_lrs(cfg)) / cfg.update.lr
     spread = []
     for k in range(want):
         full = predict_accuracy_growth(model, tok, prompts, held, reward, cfg,
@@ -549,7 +550,7 @@ def stage_q2f(R: Runner):
                 t0 = time.time()
                 model, tok = load_model(src / "checkpoints" / f"start-{st['name'].removeprefix('sft-')}" / "final", "float32")
                 full = predict_accuracy_growth(model, tok, prompts, held, reward, cfg, curve, ComputeConfig(progress=False))
-                weight = sum(grpo_lrs(cfg)) / cfg.lr
+                weight = sum(grpo_lrs(cfg)) / cfg.update.lr
                 rec = {"name": st["name"], "growth_rate": full["growth_rate"], "extrapolated": full["growth_rate"] * weight,
                        "replay": full["replay"], "seconds": round(time.time() - t0, 1)}
                 out.write_text(json.dumps(rec, indent=1) + "\n")

@@ -15,11 +15,12 @@ from sample_effect.engine.projection import ProjectionConfig
 from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.growth.rl_config import RLPredictConfig
 from sample_effect.training import GRPOConfig, SFTConfig
+from sample_effect.training.common import adamw_update
 from sample_effect.training.imitation import OnPolicyConfig, RFTConfig
 from sample_effect.update.optim import UpdateConfig
 
 BAD = [
-    (SFTConfig, {"lr": -1.0}, "SFTConfig.lr must be a positive number, got -1.0", "--lr must be a positive number"),
+    (SFTConfig, {"update": adamw_update(-1.0)}, "SFTConfig.lr must be a positive number, got -1.0", "--lr must be a positive number"),
     (SFTConfig, {"batch_size": 0}, "SFTConfig.batch_size and SFTConfig.grad_accum must be >= 1",
      "--batch-size and --grad-accum must be >= 1"),
     (SFTConfig, {"max_steps": 0}, "SFTConfig.max_steps must be >= 1, got 0", "--steps must be >= 1, got 0"),
@@ -56,7 +57,7 @@ def test_library_names_the_field_and_the_cli_the_flag(cls, kwargs, library, cli)
         cls(**kwargs).validate()
     err = info.value
     assert isinstance(err, SampleEffectError) and library in str(err)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = _names(cls)
     assert err.owner == cls.__name__ and set(err.fields) <= names, (err.fields, names)
     assert cli in _one_line(err)
     flags = _all_flags()
@@ -119,9 +120,10 @@ def _owners() -> dict[str, object]:
 
 
 def _names(owner: object) -> set[str]:
-    """The fields of a config class, or the parameters of a function."""
+    """The fields of a config class (a trainer config's `update` settings too, which its messages name), or the parameters of a function."""
     if dataclasses.is_dataclass(owner):
-        return {f.name for f in dataclasses.fields(owner)}
+        fields = {f.name for f in dataclasses.fields(owner)}
+        return fields | ({f.name for f in dataclasses.fields(UpdateConfig)} if "update" in fields else set())
     return set(inspect.signature(owner).parameters)
 
 

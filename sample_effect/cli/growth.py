@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,7 @@ def cmd_validate_curves(args: argparse.Namespace) -> None:
     write_table(df, csv)
     predicted_vs_actual(df, png)
     with atomic_open(out) as f:
-        json.dump({"datasets": summary, "agreement": agreement, "config": cfg.__dict__}, f, indent=2)
+        json.dump({"datasets": summary, "agreement": agreement, "config": asdict(cfg)}, f, indent=2)
     for s in summary:
         print(f"{s['name']}: predicted change {s['predicted_total_change']:.4g}, actual {s['actual_total_change']:.4g}")
     print(f"rank agreement: {agreement}; wrote {out}, {csv}, {png}")
@@ -241,7 +242,6 @@ def cmd_validate_selection(args: argparse.Namespace) -> None:
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.scoring.effects import score_examples_result
     from sample_effect.targets.core import LossTarget
-    from sample_effect.update.optim import UpdateConfig
     from sample_effect.validation.selection import selection_runs, selection_sets, selection_summary
 
     if args.k < 1 or args.random_seeds < 0:
@@ -261,8 +261,7 @@ def cmd_validate_selection(args: argparse.Namespace) -> None:
         prompts = [(e.prompt, str(e.records[0]["answer"])) for e in target_raw if e.prompt is not None and "answer" in e.records[0]]
         if not prompts:
             raise SampleEffectError(f"--accuracy needs lines with a prompt and an 'answer' in {args.target_data}")
-    update = UpdateConfig("adamw", lr=cfg.lr, clip=cfg.max_grad_norm, weight_decay=cfg.weight_decay,
-                          beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps)
+    update = cfg.update
     table = score_examples_result(model, tok, pool, LossTarget(target_ex), update, compute=compute).table()
     run_cfg = cfg.__class__(**{**cfg.__dict__, "eval_max_new_tokens": args.eval_max_new_tokens})
     selections = selection_sets(table, args.k, args.random_seeds, seed=args.seed)
@@ -278,7 +277,7 @@ def cmd_validate_selection(args: argparse.Namespace) -> None:
     write_table(summary, csv)
     selection_bars(summary, png)
     doc = {"k": args.k, "groups": json.loads(groups.reset_index().to_json(orient="records")),
-           "runs": json.loads(summary.to_json(orient="records")), "config": run_cfg.__dict__}
+           "runs": json.loads(summary.to_json(orient="records")), "config": asdict(run_cfg)}
     with atomic_open(out) as f:
         json.dump(doc, f, indent=2)
     print(groups.to_string(float_format=lambda v: f"{v:.4g}"))

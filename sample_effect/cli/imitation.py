@@ -290,6 +290,7 @@ def cmd_compare_sources(args: argparse.Namespace) -> None:
     from sample_effect.io import check_output_path, write_table
     from sample_effect.plots.figures import effects_by_group
     from sample_effect.training import SFTConfig
+    from sample_effect.training.common import adamw_update
     from sample_effect.training.imitation import compare_sources
     from sample_effect.update.optim import UpdateConfig
 
@@ -303,7 +304,7 @@ def cmd_compare_sources(args: argparse.Namespace) -> None:
     if args.train_steps is not None and args.train_steps < 1:
         raise SampleEffectError(f"--train-steps must be >= 1, got {args.train_steps}")
     update = UpdateConfig(args.optimizer.lower(), lr=args.lr, clip=clip_from_args(args, clip_zero_is_off=True)).validate()
-    sft = SFTConfig(lr=args.lr, batch_size=args.batch_size, seed=args.seed, max_steps=args.train_steps).validate() if args.train_steps else None
+    sft = SFTConfig(update=adamw_update(args.lr), batch_size=args.batch_size, seed=args.seed, max_steps=args.train_steps).validate() if args.train_steps else None
     fmt = data_format_from_args(args)
     raw = {n: load_examples(p, data_format=fmt) for n, p in srcs.items()}
     target_raw = load_examples(args.target_data, data_format=fmt)
@@ -311,7 +312,7 @@ def cmd_compare_sources(args: argparse.Namespace) -> None:
     sources = {n: tokenize_examples(ex, tok, args.max_length)[0] for n, ex in raw.items()}
     target = tokenize_examples(target_raw, tok, args.max_length)[0]
     table, per = compare_sources(model, tok, sources, target, update, ComputeConfig(progress=_progress(args)),
-                                 args.train_steps, sft, args.bootstrap, args.seed, progress=_progress(args))
+                                 sft, args.bootstrap, args.seed, progress=_progress(args))
     table.insert(1, "file", [srcs[n] for n in table["source"]])
     write_table(table, out)
     effects_by_group(per, "source", fig, title=f"Sample effects per source ({update.optimizer}, clip {update.clip})")

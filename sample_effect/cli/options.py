@@ -474,22 +474,24 @@ def engine_configs_from_args(args: argparse.Namespace) -> tuple[UpdateConfig, Co
 def sft_config_from_args(args: argparse.Namespace, **extra: Any) -> SFTConfig:
     """SFTConfig from add_sft_schedule_args' arguments (plus trainer-only settings), validated."""
     from sample_effect.training import SFTConfig
+    from sample_effect.training.common import adamw_update
 
     return SFTConfig(
-        lr=args.lr, schedule=args.schedule, warmup_steps=args.warmup_steps, batch_size=args.batch_size,
-        grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm, epochs=args.epochs, max_steps=args.steps,
-        seed=args.seed, weight_decay=args.weight_decay, **extra,
+        update=adamw_update(args.lr, args.max_grad_norm, args.weight_decay), schedule=args.schedule,
+        warmup_steps=args.warmup_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, epochs=args.epochs,
+        max_steps=args.steps, seed=args.seed, **extra,
     ).validate()
 
 
 def grpo_config_from_args(args: argparse.Namespace, **extra: Any) -> GRPOConfig:
     """The validated GRPOConfig of `add_grpo_schedule_args`' options, --eval-every and --seed, plus `extra` fields."""
     from sample_effect.training import GRPOConfig
+    from sample_effect.training.common import adamw_update
 
     return GRPOConfig(
-        lr=args.lr, steps=args.steps, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
-        temperature=args.temperature, max_new_tokens=args.max_new_tokens, clip_eps=args.clip_eps,
-        max_grad_norm=args.max_grad_norm, weight_decay=args.weight_decay, schedule=args.schedule,
+        update=adamw_update(args.lr, args.max_grad_norm, args.weight_decay), steps=args.steps,
+        prompts_per_step=args.prompts_per_step, group_size=args.group_size, temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens, clip_eps=args.clip_eps, schedule=args.schedule,
         warmup_steps=args.warmup_steps, eval_every=args.eval_every, seed=args.seed, **extra,
     ).validate()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 
 from sample_effect.cli.options import (
     SubParsers,
@@ -99,5 +100,5 @@ def cmd_validate_rl_curves(args: argparse.Namespace) -> None:
     predicted_vs_actual(mean.rename(columns={"model": "dataset"}), png, title="Predicted vs actual target loss during GRPO")
     agree = agreement(summaries)
     with atomic_open(out) as f:
-        json.dump({"models": summaries, "agreement": agree, "config": cfg.__dict__}, f, indent=2, default=str)
+        json.dump({"models": summaries, "agreement": agree, "config": asdict(cfg)}, f, indent=2, default=str)
     print(f"rank agreement: {agree}; {time.perf_counter() - t0:.1f}s; wrote {out}, {csv}, {png}")

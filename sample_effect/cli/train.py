@@ -136,7 +136,7 @@ def cmd_train_grpo(args: argparse.Namespace) -> None:
     from sample_effect.io import output_dir
     from sample_effect.rollouts.prompts import load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
-    from sample_effect.training import train_grpo
+    from sample_effect.training import GRPOHooks, train_grpo
 
     cfg = grpo_config_from_args(args, inner_epochs=args.inner_epochs, kl_coef=args.kl_coef,
                                 eval_max_new_tokens=args.eval_max_new_tokens, save_every=args.save_every)
@@ -147,7 +147,8 @@ def cmd_train_grpo(args: argparse.Namespace) -> None:
     model, tok = load_model_from_args(args)
     require_eos(tok, f"--model {args.model}")
     with output_dir(out):
-        m = train_grpo(model, tok, prompts, reward, cfg, out, evals, out / "metrics.csv", progress=not args.quiet)
+        m = train_grpo(model, tok, prompts, reward, cfg, out, out / "metrics.csv", hooks=GRPOHooks(eval_prompts=evals),
+                       progress=not args.quiet)
     zero = int(m["zero_variance_groups"].fillna(0).sum())
     groups = int(m["groups"].fillna(0).sum())
     print(f"GRPO: {cfg.steps} steps, mean reward {m['reward_mean'].mean():.3f}, zero-variance groups {zero}/{groups}; "
@@ -159,7 +160,7 @@ def cmd_redistill(args: argparse.Namespace) -> None:
     from sample_effect.io import check_output_path, output_dir
     from sample_effect.rollouts.prompts import load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
-    from sample_effect.training import redistill
+    from sample_effect.training import RedistillConfig, redistill
 
     check_output_path(args.out, args.overwrite)
     if args.stats:
@@ -178,8 +179,8 @@ def cmd_redistill(args: argparse.Namespace) -> None:
     model, tok = load_model_from_args(args)
     require_eos(tok, f"--model {args.model}")
     stats: dict = {}
-    recs = redistill(model, tok, prompts, reward, args.out, args.samples_per_prompt, args.keep_per_prompt,
-                     args.temperature, args.max_new_tokens, args.seed, progress=not args.quiet, stats=stats)
+    cfg = RedistillConfig(args.samples_per_prompt, args.keep_per_prompt, args.temperature, args.max_new_tokens, args.seed)
+    recs = redistill(model, tok, prompts, reward, args.out, cfg, progress=not args.quiet, stats=stats)
     wrote = args.out
     if args.stats:
         from sample_effect.io import atomic_open
@@ -194,11 +195,12 @@ def cmd_redistill(args: argparse.Namespace) -> None:
             raise SampleEffectError("no completion was accepted by the reward; nothing to fine-tune on")
         from sample_effect.data.examples import examples_from_records, tokenize_examples
         from sample_effect.training import SFTConfig, train_sft
+        from sample_effect.training.common import adamw_update
 
         assert fout is not None
         base, btok = load_model_from_args(args, args.finetune)
         train, _ = tokenize_examples(examples_from_records(list(enumerate(recs, 1)), args.out), btok)
-        cfg = SFTConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed).validate()
+        cfg = SFTConfig(update=adamw_update(args.lr), epochs=args.epochs, batch_size=args.batch_size, seed=args.seed).validate()
         with output_dir(fout) as out:
             train_sft(base, btok, train, cfg, out, metrics_path=out / "metrics.csv", progress=not args.quiet)
         print(f"fine-tuned {args.finetune} on them; wrote {out / 'final'}")

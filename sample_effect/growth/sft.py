@@ -70,7 +70,7 @@ def schedule_lrs(cfg: SFTConfig, total: int) -> list[float]:
     """The lr of every step, read off the trainer's own scheduler."""
     from sample_effect.training.common import make_schedule
 
-    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.update.lr)
     sched = make_schedule(dummy, cfg.schedule, cfg.warmup_steps, total)
     lrs = []
     for _ in range(total):
@@ -138,8 +138,7 @@ def sft_update(cfg: SFTConfig, optimizer: str = "adamw") -> UpdateConfig:
 
     `optimizer` 'adamw' is the trainer's own; another registered rule is simulated with the same settings.
     """
-    return UpdateConfig(optimizer, lr=cfg.lr, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps,
-                        weight_decay=cfg.weight_decay, clip=cfg.max_grad_norm)
+    return UpdateConfig(**{**asdict(cfg.update), "optimizer": optimizer})
 
 
 FLAT = "theta"  # the one "parameter" of the flat vectors an SFT curve steps on

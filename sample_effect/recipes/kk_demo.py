@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +74,9 @@ def sft_recipe(lr: float = 2e-4, steps: int = 120, seed: int = 0, max_new_tokens
     starts are fine-tuned with it.
     """
     from sample_effect.training import SFTConfig
+    from sample_effect.training.common import adamw_update
 
-    return SFTConfig(lr=lr, batch_size=4, max_steps=steps, max_grad_norm=1.0, eval_every=max(1, steps // 4),
+    return SFTConfig(update=adamw_update(lr, clip=1.0), batch_size=4, max_steps=steps, eval_every=max(1, steps // 4),
                      seed=seed, eval_max_new_tokens=max_new_tokens)
 
 
@@ -125,10 +126,8 @@ def rank_pool(config: DemoConfig, model: Any, tok: Any, data: DemoData) -> tuple
     from sample_effect.plots.figures import effects_by_group
     from sample_effect.scoring.effects import score_examples_result
     from sample_effect.targets.core import LossTarget
-    from sample_effect.update.optim import UpdateConfig
-
     out = config.out
-    update = UpdateConfig("adamw", lr=config.lr, clip=1.0, weight_decay=0.0)
+    update = sft_recipe(config.lr).update  # the demo's SFT step
     result = score_examples_result(model, tok, data.tok_pool, LossTarget(data.tok_target), update,
                                    compute=ComputeConfig(batch_size=8, progress=config.progress))
     table = result.table()
@@ -266,6 +265,7 @@ def rl_stage(run: DemoRun, start_data: dict[str, tuple[Path, list]]) -> dict[str
     from sample_effect.models.loading import load_model
     from sample_effect.plots.rl import rl_start_curves
     from sample_effect.training import train_sft
+    from sample_effect.training.common import adamw_update
     from sample_effect.training.grpo import GRPOConfig
     from sample_effect.validation.rl_accuracy import AccuracyCurveConfig
     from sample_effect.validation.rl_starts import compare_rl_starts, ordering_verdict, verdict_text
@@ -290,9 +290,9 @@ def rl_stage(run: DemoRun, start_data: dict[str, tuple[Path, list]]) -> dict[str
         train_sft(fresh, tok, data, cfg, out_dir=ckpt / f"start-{name}", progress=config.progress)
         loaders[f"sft-{name}"] = (lambda d=ckpt / f"start-{name}" / "final": load_model(d, "float32"))
     prompts, held = _rl_prompts(config)
-    grpo = GRPOConfig(lr=config.rl_lr, steps=config.rl_steps, prompts_per_step=config.rl_prompts_per_step,
+    grpo = GRPOConfig(update=adamw_update(config.rl_lr, clip=1.0), steps=config.rl_steps, prompts_per_step=config.rl_prompts_per_step,
                       group_size=config.group_size, temperature=1.0, max_new_tokens=config.rl_max_new_tokens,
-                      max_grad_norm=1.0, eval_every=max(1, config.rl_steps // 4), seed=config.seed)
+                      eval_every=max(1, config.rl_steps // 4), seed=config.seed)
     curve = AccuracyCurveConfig(eval_samples=4, target_samples=4, runs=1, noise_draws=64)
     df, summaries = compare_rl_starts(loaders, prompts, held, "kk", grpo, curve, ComputeConfig(progress=config.progress),
                                       out_dir=ckpt / "grpo", say=say)
@@ -302,7 +302,7 @@ def rl_stage(run: DemoRun, start_data: dict[str, tuple[Path, list]]) -> dict[str
     with atomic_open(out / "rl_summary.json") as f:
         json.dump({"starts": [{k: v for k, v in s.items() if k != "prediction"} | {"sft_examples": sizes[s["name"]]}
                               for s in summaries], "verdict": verdict,
-                   "grpo": vars(grpo)}, f, indent=2, default=str)
+                   "grpo": asdict(grpo)}, f, indent=2, default=str)
     if verdict is not None:
         say(verdict_text(verdict))
     return {"summaries": summaries, "verdict": verdict, "grpo": grpo, "n_prompts": len(prompts), "n_held": len(held),

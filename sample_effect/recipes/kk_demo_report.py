@@ -38,7 +38,7 @@ def rl_report_lines(rl: dict[str, Any] | None) -> list[str]:
         f"temperature 1) per GRPO step under the all-or-nothing `kk` reward: the positive effect plus the AdamW "
         f"batch-noise term, with a 95% interval, from {g.group_size} rollouts of each of {rl['n_prompts']} training "
         f"puzzles. Then a real GRPO run ({g.steps} steps, {g.prompts_per_step} prompts x {g.group_size} rollouts, "
-        f"lr {g.lr}, clip 1.0) started from the same weights.",
+        f"lr {g.update.lr}, clip 1.0) started from the same weights.",
         "",
         "| start | SFT examples | accuracy at step 0 | predicted growth / step | predicted change [95%] | "
         "replayed change [95% of runs] | actual change | zero-variance groups (start) | (during GRPO) |",

@@ -6,12 +6,14 @@
 """
 
 from sample_effect.training.common import load_optimizer_into, save_checkpoint
-from sample_effect.training.grpo import GRPOConfig, train_grpo
-from sample_effect.training.redistill import redistill
+from sample_effect.training.grpo import GRPOConfig, GRPOHooks, train_grpo
+from sample_effect.training.redistill import RedistillConfig, redistill
 from sample_effect.training.sft import SFTConfig, train_sft
 
 __all__ = [
     "GRPOConfig",
+    "GRPOHooks",
+    "RedistillConfig",
     "SFTConfig",
     "load_optimizer_into",
     "redistill",

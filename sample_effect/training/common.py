@@ -6,7 +6,8 @@ import copy
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 
 from sample_effect.errors import SampleEffectError
 from sample_effect.io import atomic_open, atomic_path
+from sample_effect.update.optim import OptimizerState, UpdateConfig
 
 SCHEDULES = ("constant", "cosine")
 
@@ -24,13 +26,46 @@ def trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
-def make_optimizer(
-    model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float
-) -> tuple[torch.optim.AdamW, list[str]]:
-    """AdamW over the trainable parameters (one group) and the parameter names in its order."""
+# The optimiser fields trainer configs held before they took an UpdateConfig, and their names there.
+FLAT_UPDATE_FIELDS = {"lr": "lr", "beta1": "beta1", "beta2": "beta2", "eps": "eps", "weight_decay": "weight_decay",
+                      "max_grad_norm": "clip"}
+
+
+def adamw_update(lr: float, clip: float | None = 1.0, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> UpdateConfig:
+    """The trainers' default step: torch's AdamW with every hyper-parameter explicit (no weight decay, clipping at 1)."""
+    return UpdateConfig("adamw", lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay, clip=clip)
+
+
+def config_kwargs(doc: Mapping[str, Any], default: UpdateConfig) -> dict[str, Any]:
+    """A trainer config's keyword arguments from its `asdict`: the nested `update`, or the old flat optimiser fields folded into one.
+
+    Fields the document leaves out keep `default`'s values (a flat GRPO config had no betas or eps).
+    """
+    kwargs = {k: v for k, v in doc.items() if k != "update" and k not in FLAT_UPDATE_FIELDS}
+    nested = doc.get("update") or {}
+    if isinstance(nested, UpdateConfig):
+        nested = asdict(nested)
+    flat = {new: doc[old] for old, new in FLAT_UPDATE_FIELDS.items() if old in doc}
+    kwargs["update"] = replace(default, **{**flat, **nested})
+    return kwargs
+
+
+def make_optimizer(model: torch.nn.Module, update: UpdateConfig) -> tuple[torch.optim.Optimizer, list[str]]:
+    """`update`'s real optimiser over the trainable parameters (one group) and the parameter names in its order.
+
+    Hyper-parameters `update` leaves as None take the rule's torch defaults, as a simulated step does.
+    """
     named = trainable(model)
-    opt = torch.optim.AdamW([p for _, p in named], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    hyper = OptimizerState().hyper("", update)  # no state file: explicit settings, else the rule's defaults
+    opt = update.rule.torch_optimizer([p for _, p in named], update.lr, hyper)
     return opt, [n for n, _ in named]
+
+
+def clip_gradients(params: Sequence[torch.nn.Parameter], update: UpdateConfig) -> None:
+    """Clip the gradients of `params` to `update.clip` (as a simulated step does); nothing without clipping."""
+    if update.clip is not None:
+        torch.nn.utils.clip_grad_norm_(params, update.clip)
 
 
 def make_schedule(opt: torch.optim.Optimizer, schedule: str, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:

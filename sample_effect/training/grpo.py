@@ -19,8 +19,8 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +38,24 @@ from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.training.common import (
     SCHEDULES,
     MetricsWriter,
+    adamw_update,
+    clip_gradients,
+    config_kwargs,
     make_optimizer,
     make_schedule,
     save_checkpoint,
 )
+from sample_effect.update.optim import UpdateConfig
 
 
 @dataclass
 class GRPOConfig:
-    """GRPO hyper-parameters (defaults sized for tiny CPU runs)."""
+    """GRPO hyper-parameters (defaults sized for tiny CPU runs).
 
-    lr: float = 1e-5
+    `update` is the optimiser step (its lr is the schedule's peak): AdamW, lr 1e-5, clipping at 1 by default.
+    """
+
+    update: UpdateConfig = field(default_factory=lambda: adamw_update(1e-5))
     steps: int = 10
     prompts_per_step: int = 8
     group_size: int = 8
@@ -57,8 +64,6 @@ class GRPOConfig:
     inner_epochs: int = 1
     clip_eps: float = 0.2
     kl_coef: float = 0.0
-    max_grad_norm: float | None = 1.0
-    weight_decay: float = 0.0
     warmup_steps: int = 0
     schedule: str = "constant"
     eval_every: int = 0
@@ -66,22 +71,32 @@ class GRPOConfig:
     seed: int = 0
     save_every: int = 0
 
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> GRPOConfig:
+        """The config `asdict` wrote: with a nested `update`, or the old flat layout (lr, max_grad_norm, weight_decay)."""
+        return cls(**config_kwargs(doc, cls().update))
+
     def validate(self) -> GRPOConfig:
-        """Raise ConfigError (naming the field) on any out-of-range setting; return self."""
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError("GRPOConfig", f"<lr> must be a positive number, got {self.lr}")
+        """Raise ConfigError (naming the field) on any out-of-range setting; return self.
+
+        `update.lr` and `update.clip` are named `lr` and `max_grad_norm`, as the trainer's --lr and --max-grad-norm set them.
+        """
+        lr, clip = self.update.lr, self.update.clip
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ConfigError("GRPOConfig", f"<lr> must be a positive number, got {lr}")
+        if clip is not None and not clip > 0:
+            raise ConfigError("GRPOConfig", f"<max_grad_norm> must be positive, got {clip}")
         if self.group_size < 2:
             raise ConfigError("GRPOConfig", f"<group_size> must be >= 2 (advantages need a group), got {self.group_size}")
         if self.steps < 1 or self.prompts_per_step < 1 or self.inner_epochs < 1:
             raise ConfigError("GRPOConfig", "<steps>, <prompts_per_step> and <inner_epochs> must be >= 1")
         if self.temperature <= 0:
             raise ConfigError("GRPOConfig", f"<temperature> must be positive for GRPO rollouts, got {self.temperature}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ConfigError("GRPOConfig", f"<max_grad_norm> must be positive, got {self.max_grad_norm}")
         if self.max_new_tokens < 1:
             raise ConfigError("GRPOConfig", f"<max_new_tokens> must be >= 1, got {self.max_new_tokens}")
         if self.schedule not in SCHEDULES:
             raise ConfigError("GRPOConfig", f"unknown <schedule> '{literal(self.schedule)}'; choose one of {', '.join(SCHEDULES)}")
+        self.update.validate()
         return self
 
 
@@ -118,7 +133,7 @@ def _grpo_update(  # type: ignore[no-untyped-def]
     model: torch.nn.Module, opt, params: list[torch.nn.Parameter], groups: list[list[Rollout]], cfg: GRPOConfig,
     reference: torch.nn.Module | None,
 ) -> tuple[int, list[float], torch.Tensor, torch.Tensor]:
-    """One GRPO step on sampled groups: advantages, then `inner_epochs` clipped AdamW steps on the informative groups.
+    """One GRPO step on sampled groups: advantages, then `inner_epochs` clipped optimiser steps on the informative groups.
 
     Returns (zero-variance groups, the losses of the inner steps, the rollouts' old log-probs and mask).
     """
@@ -147,8 +162,7 @@ def _grpo_update(  # type: ignore[no-untyped-def]
             opt.zero_grad(set_to_none=True)
             loss = grpo_batch_loss(model, batch, old_b, None, cfg.clip_eps, ref_lp, cfg.kl_coef)
             loss.backward()
-            if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            clip_gradients(params, cfg.update)
             opt.step()
             losses.append(float(loss.detach()))
         model.eval()
@@ -167,6 +181,21 @@ def _write_replay(path: Path, step: int, rollouts: list[Rollout], old_lp: torch.
             }) + "\n")
 
 
+@dataclass
+class GRPOHooks:
+    """What a GRPO run reports besides its own metrics: held-out greedy accuracy and the caller's callbacks.
+
+    `on_eval(step, model)` adds its columns to the rows where the trainer evaluates: step 0 (before
+    any update), every `eval_every` steps and the last step (e.g. a target loss to compare with a
+    prediction). `on_batch(step, groups)` sees each step's rollout groups, with their advantages,
+    right after the update they fed (e.g. to score the very batch a step took).
+    """
+
+    eval_prompts: Sequence[RLPrompt] | None = None
+    on_eval: Callable[[int, torch.nn.Module], dict[str, float]] | None = None
+    on_batch: Callable[[int, list[list[Rollout]]], None] | None = None
+
+
 def train_grpo(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -174,26 +203,24 @@ def train_grpo(
     reward: Callable[..., float],
     config: GRPOConfig,
     out_dir: str | os.PathLike | None = None,
-    eval_prompts: Sequence[RLPrompt] | None = None,
     metrics_path: str | os.PathLike | None = None,
     reference: torch.nn.Module | None = None,
+    hooks: GRPOHooks | None = None,
     progress: bool = True,
-    on_eval: Callable[[int, torch.nn.Module], dict[str, float]] | None = None,
-    on_batch: Callable[[int, list[list[Rollout]]], None] | None = None,
 ) -> pd.DataFrame:
     """Run GRPO in place on `model`; returns one metrics row per step (eval columns every eval_every).
 
-    `on_eval(step, model)` adds its columns to the rows where the trainer evaluates: step 0 (before
-    any update), every `eval_every` steps and the last step (e.g. a target loss to compare with a
-    prediction). `on_batch(step, groups)` sees each step's rollout groups, with their advantages,
-    right after the update they fed (e.g. to score the very batch a step took).
+    `hooks` give the held-out prompts whose greedy accuracy is logged and the `on_eval` / `on_batch`
+    callbacks (see `GRPOHooks`); `reference` is the frozen model of the KL penalty (a copy of the start by default).
     """
     cfg = config.validate()
     if not prompts:
         raise SampleEffectError("no RL prompts")
+    hooks = hooks or GRPOHooks()
+    eval_prompts, on_eval, on_batch = hooks.eval_prompts, hooks.on_eval, hooks.on_batch
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt, names = make_optimizer(model, cfg.lr, cfg.weight_decay, (0.9, 0.999), 1e-8)
+    opt, names = make_optimizer(model, cfg.update)
     sched = make_schedule(opt, cfg.schedule, cfg.warmup_steps, cfg.steps)
     if cfg.kl_coef and reference is None:
         reference = copy.deepcopy(model).eval()

@@ -393,9 +393,9 @@ def onpolicy_distill(
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    from sample_effect.training.common import make_optimizer
+    from sample_effect.training.common import adamw_update, make_optimizer
 
-    opt, _ = make_optimizer(student, cfg.lr, cfg.weight_decay, (0.9, 0.999), 1e-8)
+    opt, _ = make_optimizer(student, adamw_update(cfg.lr, cfg.max_grad_norm, cfg.weight_decay))
     gen = torch.Generator().manual_seed(cfg.seed)
     device = next(student.parameters()).device
     metrics = MetricsWriter(metrics_path)
@@ -447,21 +447,20 @@ def compare_sources(
     target: Sequence[TokenizedExample],
     update: Any,
     compute: Any = None,
-    train_steps: int | None = None,
     sft: SFTConfig | None = None,
     n_boot: int = 2000,
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(table, per-example effects): per source its mean sample effect toward the target loss, the
-    bootstrap 95% CI and n; with `train_steps` also the actual target-loss drop after that many SFT
-    steps (a copy of the model, same start for every source)."""
+    bootstrap 95% CI and n; with `sft` also the actual target-loss drop after training a copy of the
+    model on each source with it (its `max_steps` SFT steps; the same start for every source)."""
     from sample_effect.engine.core import example_loss_values
     from sample_effect.scoring.effects import score_examples_result
     from sample_effect.targets.core import LossTarget
 
     rows, per = [], []
-    base_loss = float(example_loss_values(model, target).mean()) if train_steps else float("nan")
+    base_loss = float(example_loss_values(model, target).mean()) if sft else float("nan")
     for name, exs in sources.items():
         res = score_examples_result(model, tokenizer, exs, LossTarget(target), update, compute=compute)
         eff = np.asarray(res.effect, dtype=np.float64)
@@ -469,11 +468,9 @@ def compare_sources(
         row: dict[str, Any] = {"source": name, "n": int(eff.size), "effect_mean": float(eff.mean()), "ci_low": lo, "ci_high": hi,
                                "effect_std": float(eff.std(ddof=1)) if eff.size > 1 else float("nan"),
                                "frac_positive": float((eff > 0).mean())}
-        if train_steps:
-            cfg = copy.copy(sft or SFTConfig())
-            cfg.max_steps = train_steps
+        if sft:
             m2 = copy.deepcopy(model)
-            train_sft(m2, tokenizer, exs, cfg, progress=progress)
+            train_sft(m2, tokenizer, exs, sft, progress=progress)
             after = float(example_loss_values(m2, target).mean())
             row.update({"target_loss_before": base_loss, "target_loss_after": after, "actual_gain": base_loss - after})
             del m2

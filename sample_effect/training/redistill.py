@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,17 +17,24 @@ from sample_effect.rollouts.generation import sample
 from sample_effect.rollouts.prompts import RLPrompt
 
 
+@dataclass
+class RedistillConfig:
+    """How `redistill` samples: completions drawn and kept per prompt, temperature (0 = greedy), length and seed."""
+
+    samples_per_prompt: int = 1
+    keep_per_prompt: int = 1
+    temperature: float = 0.0
+    max_new_tokens: int = 256
+    seed: int = 0
+
+
 def redistill(
     model: torch.nn.Module,
     tokenizer: Any,
     prompts: Sequence[RLPrompt],
     reward: Callable[..., float],
     out_path: str | os.PathLike,
-    samples_per_prompt: int = 1,
-    keep_per_prompt: int = 1,
-    temperature: float = 0.0,
-    max_new_tokens: int = 256,
-    seed: int = 0,
+    config: RedistillConfig | None = None,
     progress: bool = True,
     stats: dict[str, Any] | None = None,
 ) -> list[dict]:
@@ -38,18 +46,19 @@ def redistill(
     `samples`, `accepted`, `accept_rate` = the policy's mean reward acceptance over all samples,
     `prompts_solved`, `kept`), which is the reward r of the policy that made the data.
     """
-    gen = torch.Generator().manual_seed(seed)
-    n = 1 if not temperature else samples_per_prompt
+    cfg = config or RedistillConfig()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n = 1 if not cfg.temperature else cfg.samples_per_prompt
     records: list[dict] = []
     drawn = accepted = solved = 0
     for p in tqdm(prompts, desc="redistill", unit="prompt", disable=not progress):
         kept: list[str] = []
         hits = 0
-        for c in sample(model, tokenizer, p.prompt, n, max_new_tokens, temperature, gen):
+        for c in sample(model, tokenizer, p.prompt, n, cfg.max_new_tokens, cfg.temperature, gen):
             drawn += 1
             if reward(p.prompt, c.text, p.answer, finished=c.finished) >= 1.0:
                 hits += 1
-                if c.text not in kept and len(kept) < keep_per_prompt:
+                if c.text not in kept and len(kept) < cfg.keep_per_prompt:
                     kept.append(c.text)
         accepted += hits
         solved += hits > 0

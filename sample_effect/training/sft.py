@@ -1,4 +1,4 @@
-"""Supervised fine-tuning with AdamW on the engine's loss: the mean over a batch of example losses.
+"""Supervised fine-tuning (AdamW unless `SFTConfig.update` names another rule) on the engine's loss: the mean over a batch of example losses.
 
 A batch of one example therefore takes exactly the step the engine simulates for that example
 (`tests/training/test_trainers.py` checks it), so predicted and actual curves are comparable.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,47 +26,59 @@ from sample_effect.rollouts.generation import greedy_accuracy
 from sample_effect.training.common import (
     SCHEDULES,
     MetricsWriter,
+    adamw_update,
+    clip_gradients,
+    config_kwargs,
     make_optimizer,
     make_schedule,
     save_checkpoint,
 )
+from sample_effect.update.optim import UpdateConfig
 
 
 @dataclass
 class SFTConfig:
-    """SFT hyper-parameters. `max_steps` (if set) overrides `epochs`; eval_every=0 evaluates at the end only."""
+    """SFT hyper-parameters. `max_steps` (if set) overrides `epochs`; eval_every=0 evaluates at the end only.
 
-    lr: float = 1e-4
+    `update` is the optimiser step (its lr is the schedule's peak): AdamW, lr 1e-4, clipping at 1 by default.
+    """
+
+    update: UpdateConfig = field(default_factory=lambda: adamw_update(1e-4))
     schedule: str = "constant"
     warmup_steps: int = 0
     batch_size: int = 8
     grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
     epochs: float = 1.0
     max_steps: int | None = None
     seed: int = 0
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
     eval_every: int = 0
     eval_max_new_tokens: int = 256
     save_every: int = 0
 
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> SFTConfig:
+        """The config `asdict` wrote: with a nested `update`, or the old flat layout (lr, beta1, beta2, eps, weight_decay, max_grad_norm)."""
+        return cls(**config_kwargs(doc, cls().update))
+
     def validate(self) -> SFTConfig:
-        """Raise ConfigError (naming the field) on any out-of-range setting; return self."""
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError("SFTConfig", f"<lr> must be a positive number, got {self.lr}")
+        """Raise ConfigError (naming the field) on any out-of-range setting; return self.
+
+        `update.lr` and `update.clip` are named `lr` and `max_grad_norm`, as the trainer's --lr and --max-grad-norm set them.
+        """
+        lr, clip = self.update.lr, self.update.clip
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ConfigError("SFTConfig", f"<lr> must be a positive number, got {lr}")
+        if clip is not None and not clip > 0:
+            raise ConfigError("SFTConfig", f"<max_grad_norm> must be positive, got {clip}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("SFTConfig", "<batch_size> and <grad_accum> must be >= 1")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ConfigError("SFTConfig", f"<max_grad_norm> must be positive, got {self.max_grad_norm}")
         if self.max_steps is None and not self.epochs > 0:
             raise ConfigError("SFTConfig", f"<epochs> must be positive, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError("SFTConfig", f"<max_steps> must be >= 1, got {self.max_steps}")
         if self.schedule not in SCHEDULES:
             raise ConfigError("SFTConfig", f"unknown <schedule> '{literal(self.schedule)}'; choose one of {', '.join(SCHEDULES)}")
+        self.update.validate()
         return self
 
 
@@ -124,7 +136,7 @@ def train_sft(
     per_step = cfg.batch_size * cfg.grad_accum
     steps_per_epoch = math.ceil(len(train) / per_step)
     total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    opt, names = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
+    opt, names = make_optimizer(model, cfg.update)
     sched = make_schedule(opt, cfg.schedule, cfg.warmup_steps, total)
     metrics = MetricsWriter(metrics_path)
     out = Path(out_dir) if out_dir else None
@@ -162,8 +174,7 @@ def train_sft(
                 loss = batch_loss(model, [train[i] for i in idx]) / cfg.grad_accum
                 loss.backward()
                 step_loss += float(loss.detach())
-            if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+            clip_gradients([p for p in model.parameters() if p.requires_grad], cfg.update)
             opt.step()
             sched.step()
             running.append(step_loss)

@@ -33,7 +33,7 @@ from sample_effect.rollouts.groups import Rollout, sample_groups
 from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.rollouts.rewards import get_reward
 from sample_effect.targets.core import AccuracyTarget
-from sample_effect.training.grpo import GRPOConfig, train_grpo
+from sample_effect.training.grpo import GRPOConfig, GRPOHooks, train_grpo
 from sample_effect.validation.rl_curves import grpo_lrs, slope, trainer_update
 
 Loader = Callable[[], tuple[torch.nn.Module, Any]]
@@ -85,7 +85,7 @@ def curve_scales(cfg: GRPOConfig, pred: dict[str, Any]) -> tuple[np.ndarray, np.
     The first times the growth rate is the predicted change after k steps; the second is the
     replayed prediction's (`predict_accuracy_growth`'s `replay`), when it was computed.
     """
-    scale = np.concatenate([[0.0], np.cumsum(np.asarray(grpo_lrs(cfg)) / cfg.lr)])
+    scale = np.concatenate([[0.0], np.cumsum(np.asarray(grpo_lrs(cfg)) / cfg.update.lr)])
     per_step = (pred.get("replay") or {}).get("per_step")
     return scale, (np.concatenate([[0.0], np.cumsum(per_step)]) if per_step else None)
 
@@ -158,7 +158,7 @@ def rl_accuracy_curve(
         fresh, ftok = load()
         run_dir = Path(out_dir) / f"run-{run}" if out_dir is not None else None
         metrics = train_grpo(fresh, ftok, prompts, reward, replace(cfg, seed=cfg.seed + run, eval_every=cfg.eval_every or 1),
-                             out_dir=run_dir, on_eval=evaluate, progress=compute.progress)
+                             out_dir=run_dir, hooks=GRPOHooks(on_eval=evaluate), progress=compute.progress)
         m = metrics.dropna(subset=["heldout_accuracy"])[["step", "heldout_accuracy", "zero_variance_groups"]].copy()
         m["run"] = run
         frames.append(m)

@@ -27,17 +27,15 @@ from sample_effect.errors import ConfigError
 from sample_effect.growth.rl import predict_rl
 from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.targets.core import LossTarget
-from sample_effect.training.grpo import GRPOConfig, train_grpo
-from sample_effect.update.adam import AdamW
+from sample_effect.training.grpo import GRPOConfig, GRPOHooks, train_grpo
 from sample_effect.update.optim import UpdateConfig
 
 Loader = Callable[[], tuple[torch.nn.Module, Any]]
 
 
 def trainer_update(cfg: GRPOConfig) -> UpdateConfig:
-    """The update `train_grpo` takes: torch's AdamW (the `AdamW` rule, betas 0.9/0.999, eps 1e-8), its weight decay and clipping."""
-    return UpdateConfig(AdamW.name, lr=cfg.lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=cfg.weight_decay,
-                        clip=cfg.max_grad_norm)
+    """The update `train_grpo` takes: `cfg.update` (by default torch's AdamW, betas 0.9/0.999, eps 1e-8, no weight decay, clipping at 1)."""
+    return cfg.update
 
 
 def grpo_lrs(cfg: GRPOConfig) -> list[float]:
@@ -86,7 +84,7 @@ def rl_curve(
     ).record
     start = float(pred["target_loss"])
     lrs = np.asarray(grpo_lrs(cfg))
-    scale = np.concatenate([[0.0], np.cumsum(lrs / cfg.lr)])  # steps weighted by lr_t / lr
+    scale = np.concatenate([[0.0], np.cumsum(lrs / cfg.update.lr)])  # steps weighted by lr_t / lr
     growth = float(pred["growth_rate"])
     growth2 = pred.get("growth_rate_second_order")
     lo, hi = (float(v) for v in pred["growth_rate_ci95"])
@@ -101,7 +99,7 @@ def rl_curve(
     for run in range(runs):
         fresh, ftok = load()
         metrics = train_grpo(fresh, ftok, prompts, reward, replace(cfg, seed=cfg.seed + run, eval_every=every),
-                             on_eval=evaluate, progress=compute.progress)
+                             hooks=GRPOHooks(on_eval=evaluate), progress=compute.progress)
         evals = metrics.dropna(subset=["target_loss"]) if "target_loss" in metrics else metrics.iloc[0:0]
         for _, m in evals.iterrows():
             s = int(m["step"])

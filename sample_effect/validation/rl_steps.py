@@ -47,7 +47,7 @@ from sample_effect.objectives.reinforce import sequence_logprobs
 from sample_effect.rollouts.groups import Rollout
 from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.rollouts.rewards import get_reward
-from sample_effect.training.grpo import GRPOConfig, train_grpo
+from sample_effect.training.grpo import GRPOConfig, GRPOHooks, train_grpo
 from sample_effect.validation.rl_accuracy import (
     AccuracyCurveConfig,
     Loader,
@@ -199,8 +199,8 @@ def grpo_step_decomposition(
         return {"heldout_accuracy": acc["accuracy"]}
 
     batches: dict[int, list[list[Rollout]]] = {}
-    train_grpo(fresh, ftok, prompts, reward, replace(cfg, eval_every=1), on_eval=on_eval, progress=compute.progress,
-               on_batch=lambda step, groups: batches.setdefault(step, groups) if step == 1 else None)
+    keep_first = GRPOHooks(on_eval=on_eval, on_batch=lambda step, groups: batches.setdefault(step, groups) if step == 1 else None)
+    train_grpo(fresh, ftok, prompts, reward, replace(cfg, eval_every=1), hooks=keep_first, progress=compute.progress)
     # <theta_K - theta_0, G_0>: the steps' a_k must add up to it (the rows' bookkeeping, checked by the tests).
     endpoint = _dot({n: p.detach() - chosen[n].detach() for n, p in live.items()}, G)
     del fresh

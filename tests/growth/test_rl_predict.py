@@ -34,6 +34,7 @@ from sample_effect.rollouts.generation import prompt_ids
 from sample_effect.rollouts.groups import rollout_group, sample_groups
 from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.targets.core import AccuracyTarget, LossTarget, resolve_target
+from sample_effect.training.common import adamw_update
 from sample_effect.training.grpo import (
     GRPOConfig,
     grpo_batch_loss,
@@ -268,7 +269,7 @@ def test_prompt_effect_equals_train_grpos_own_first_step_with_adamw_and_clipping
     prompt = rl_prompts(1)[0]
     lr = 1e-3
     for seed in range(20):  # the first seed whose group has reward variance (the trainer skips others)
-        cfg = GRPOConfig(lr=lr, steps=1, prompts_per_step=1, group_size=4, max_new_tokens=3, seed=seed, max_grad_norm=1.0)
+        cfg = GRPOConfig(update=adamw_update(lr, clip=1.0), steps=1, prompts_per_step=1, group_size=4, max_new_tokens=3, seed=seed)
         gen = torch.Generator().manual_seed(seed)
         torch.randperm(1, generator=gen)  # train_grpo draws its prompt order first
         group = rollout_group(model, tok, prompt, long_completion, cfg, gen)

@@ -22,6 +22,7 @@ from sample_effect.growth.sft import (
 from sample_effect.models.loading import select_parameters
 from sample_effect.targets.core import LossTarget, resolve_target
 from sample_effect.training import SFTConfig, train_sft
+from sample_effect.training.common import adamw_update
 
 COMPUTE = ComputeConfig(progress=False)
 
@@ -37,7 +38,7 @@ def test_batch_schedule_is_the_trainers_own(model_dirs, monkeypatch):
     import sample_effect.training.sft as sft
 
     model, tok, train, _ = _setup(model_dirs)
-    cfg = SFTConfig(lr=1e-6, batch_size=2, grad_accum=2, epochs=2.0, seed=7, max_grad_norm=None)
+    cfg = SFTConfig(update=adamw_update(1e-6, clip=None), batch_size=2, grad_accum=2, epochs=2.0, seed=7)
     seen: list[list[str]] = []
     real = sft.batch_loss
     monkeypatch.setattr(sft, "batch_loss", lambda m, batch: (seen.append([e.id for e in batch]), real(m, batch))[1])
@@ -45,7 +46,7 @@ def test_batch_schedule_is_the_trainers_own(model_dirs, monkeypatch):
     total = total_steps(cfg, len(train))
     replay = [[[train[i].id for i in micro] for micro in step] for step in batch_schedule(cfg, len(train), total, cfg.seed)]
     assert [m for step in replay for m in step] == seen
-    lrs = schedule_lrs(SFTConfig(lr=1.0, warmup_steps=2, schedule="cosine"), 5)
+    lrs = schedule_lrs(SFTConfig(update=adamw_update(1.0), warmup_steps=2, schedule="cosine"), 5)
     assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0) and lrs[-1] < lrs[2]
 
 
@@ -55,7 +56,7 @@ def test_predicted_seed_path_matches_real_training_at_small_lr(model_dirs, clip)
     model, tok, train, target = _setup(model_dirs)
     params = select_parameters(model)
     g = resolve_target(LossTarget(target), model, params, train, COMPUTE)
-    cfg = SFTConfig(lr=1e-6, batch_size=2, max_steps=3, seed=3, max_grad_norm=clip, weight_decay=0.01)
+    cfg = SFTConfig(update=adamw_update(1e-6, clip=clip, weight_decay=0.01), batch_size=2, max_steps=3, seed=3)
     curve = predict_sft_curve(model, params, train, g, cfg, replicates=4, compute=COMPUTE, target_examples=target)
     before = float(example_loss_values(model, target).mean())
     assert curve.start_value == pytest.approx(before, rel=1e-12)
@@ -72,10 +73,10 @@ def test_noise_vanishes_when_every_batch_is_the_whole_set(model_dirs):
     model, _, train, target = _setup(model_dirs, "gpt2")
     params = select_parameters(model)
     g = resolve_target(LossTarget(target), model, params, train, COMPUTE)
-    whole = SFTConfig(lr=1e-4, batch_size=len(train), max_steps=4)
+    whole = SFTConfig(update=adamw_update(1e-4), batch_size=len(train), max_steps=4)
     curve = predict_sft_curve(model, params, train, g, whole, replicates=3, compute=COMPUTE)
     assert np.abs(curve.steps["noise"]).max() < 1e-9 * np.abs(curve.steps["positive"]).max()
-    small = SFTConfig(lr=1e-4, batch_size=1, max_steps=4)
+    small = SFTConfig(update=adamw_update(1e-4), batch_size=1, max_steps=4)
     noisy = predict_sft_curve(model, params, train, g, small, replicates=6, compute=COMPUTE)
     assert np.abs(noisy.steps["noise"]).max() > 1e-3 * np.abs(noisy.steps["positive"]).max()
     assert (noisy.steps["noise_se"] > 0).all()
@@ -88,7 +89,7 @@ def test_sgd_noise_is_the_hessian_term(model_dirs):
     model, _, train, target = _setup(model_dirs, "llama")
     params = select_parameters(model, r"layers\.1\.mlp")
     g = resolve_target(LossTarget(target), model, params, train, COMPUTE)
-    cfg = SFTConfig(lr=1e-3, batch_size=2, max_steps=2, max_grad_norm=None)
+    cfg = SFTConfig(update=adamw_update(1e-3, clip=None), batch_size=2, max_steps=2)
     curve = predict_sft_curve(model, params, train, g, cfg, update=sft_update(cfg, "sgd"), target_examples=target,
                               compute=COMPUTE)
     trace = noise_effect_loss_target(model, params, train, target, UpdateConfig("sgd"), COMPUTE).trace

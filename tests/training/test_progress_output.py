@@ -13,6 +13,7 @@ from sample_effect.growth.sft import predict_sft_curve
 from sample_effect.models.loading import select_parameters
 from sample_effect.targets.core import LossTarget, resolve_target
 from sample_effect.training import SFTConfig, train_sft
+from sample_effect.training.common import adamw_update
 from sample_effect.training.sft import evaluate_accuracy
 from sample_effect.validation.linearization import linearization_check
 
@@ -33,7 +34,7 @@ def _setup(model_dirs, dtype="float32"):
 
 def test_sft_shows_greedy_evaluation_progress(model_dirs, capfd):
     model, tok, train, target = _setup(model_dirs)
-    cfg = SFTConfig(lr=1e-3, max_steps=2, batch_size=2, eval_every=1, eval_max_new_tokens=2)
+    cfg = SFTConfig(update=adamw_update(1e-3), max_steps=2, batch_size=2, eval_every=1, eval_max_new_tokens=2)
     m = train_sft(model, tok, train, cfg, eval_examples=target, eval_prompts=PROMPTS, reward=reward, progress=True)
     err = capfd.readouterr().err
     assert "evaluating (step 0) 1/2 puzzles" in err and "evaluating (step 2) 2/2 puzzles" in err
@@ -43,7 +44,7 @@ def test_sft_shows_greedy_evaluation_progress(model_dirs, capfd):
 
 def test_sft_quiet_writes_nothing(model_dirs, capfd):
     model, tok, train, _ = _setup(model_dirs)
-    cfg = SFTConfig(lr=1e-3, max_steps=1, batch_size=2, eval_max_new_tokens=2)
+    cfg = SFTConfig(update=adamw_update(1e-3), max_steps=1, batch_size=2, eval_max_new_tokens=2)
     train_sft(model, tok, train, cfg, eval_prompts=PROMPTS, reward=reward, progress=False)
     assert "evaluating" not in capfd.readouterr().err
 
@@ -59,7 +60,7 @@ def test_predict_sft_curve_progress(model_dirs, capfd):
     params = select_parameters(model)
     compute = ComputeConfig(progress=False)
     g = resolve_target(LossTarget(target), model, params, train, compute)
-    cfg = SFTConfig(lr=1e-6, batch_size=2, max_steps=3)
+    cfg = SFTConfig(update=adamw_update(1e-6), batch_size=2, max_steps=3)
     quiet = predict_sft_curve(model, params, train, g, cfg, replicates=2, compute=compute)
     assert "predict-sft" not in capfd.readouterr().err
     loud = predict_sft_curve(model, params, train, g, cfg, replicates=2, compute=replace(compute, progress=True))

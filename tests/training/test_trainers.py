@@ -17,8 +17,15 @@ from sample_effect.engine.vectors import TargetVector
 from sample_effect.models.loading import select_parameters
 from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.scoring.effects import compute_effects
-from sample_effect.training import GRPOConfig, SFTConfig, redistill, train_grpo, train_sft
-from sample_effect.training.common import load_optimizer_into, make_optimizer
+from sample_effect.training import (
+    GRPOConfig,
+    RedistillConfig,
+    SFTConfig,
+    redistill,
+    train_grpo,
+    train_sft,
+)
+from sample_effect.training.common import adamw_update, load_optimizer_into, make_optimizer
 from sample_effect.training.sft import batch_loss
 from sample_effect.update.optim import load_optimizer_state
 
@@ -32,7 +39,7 @@ def tokenized(tok, rows):
 def test_sft_loss_goes_down(model_dirs, tokenizer):
     model, tok = load_model(model_dirs["llama"], "float32")
     data = tokenized(tok, TRAIN)
-    m = train_sft(model, tok, data, SFTConfig(lr=1e-2, max_steps=30, batch_size=4, eval_every=10), eval_examples=data, progress=False)
+    m = train_sft(model, tok, data, SFTConfig(update=adamw_update(1e-2), max_steps=30, batch_size=4, eval_every=10), eval_examples=data, progress=False)
     assert list(m["step"]) == [0, 10, 20, 30]
     assert m["eval_loss"].iloc[-1] < 0.5 * m["eval_loss"].iloc[0]
 
@@ -52,7 +59,7 @@ def test_sft_steps_equal_engine_simulation(model_dirs, tmp_path, arch):
     gen = torch.Generator().manual_seed(1)
     G = TargetVector({n: torch.randn(p.shape, generator=gen, dtype=torch.float64) for n, p in params.items()}, "t")
     ex = data[2]  # the example with two responses
-    cfg = SFTConfig(lr=LR, max_steps=1, batch_size=1, max_grad_norm=0.05, weight_decay=0.1, beta1=0.8, beta2=0.95, eps=1e-7)
+    cfg = SFTConfig(update=adamw_update(LR, clip=0.05, weight_decay=0.1, betas=(0.8, 0.95), eps=1e-7), max_steps=1, batch_size=1)
     upd = UpdateConfig("adamw", lr=LR, beta1=0.8, beta2=0.95, eps=1e-7, weight_decay=0.1, clip=0.05)
     compute = ComputeConfig(progress=False)
     predicted = compute_effects(model, params, [ex], G, upd, compute=compute).effect[0]
@@ -69,7 +76,7 @@ def test_sft_steps_equal_engine_simulation(model_dirs, tmp_path, arch):
     assert all(s == 1.0 for s in state.steps.values())
     other = data[0]
     predicted2 = compute_effects(model2, params2, [other], G, UpdateConfig("adamw", lr=LR, clip=0.05), state, compute).effect[0]
-    opt, opt_names = make_optimizer(model2, LR, 0.1, (0.8, 0.95), 1e-7)
+    opt, opt_names = make_optimizer(model2, adamw_update(LR, weight_decay=0.1, betas=(0.8, 0.95), eps=1e-7))
     load_optimizer_into(opt, opt_names, ckpt / "optimizer.pt")
     for g in opt.param_groups:
         g["lr"] = LR
@@ -89,7 +96,7 @@ def first_token_long(prompt, completion, answer, finished=True):
 def test_grpo_raises_an_easy_reward_and_dumps_replay(model_dirs, tmp_path):
     model, tok = load_model(model_dirs["gpt2"], "float32")
     prompts = [RLPrompt(f"p{i}", r["prompt"], "") for i, r in enumerate(TRAIN)]
-    cfg = GRPOConfig(lr=3e-2, steps=16, prompts_per_step=4, group_size=8, max_new_tokens=1, seed=0)
+    cfg = GRPOConfig(update=adamw_update(3e-2), steps=16, prompts_per_step=4, group_size=8, max_new_tokens=1, seed=0)
     m = train_grpo(model, tok, prompts, first_token_long, cfg, out_dir=tmp_path / "g", progress=False)
     assert m["reward_mean"].tail(4).mean() > m["reward_mean"].head(4).mean() + 0.2
     assert (m["zero_variance_groups"] <= m["groups"]).all()
@@ -106,15 +113,16 @@ def test_grpo_raises_an_easy_reward_and_dumps_replay(model_dirs, tmp_path):
 def test_redistill_keeps_only_accepted_completions(model_dirs, tmp_path):
     model, tok = load_model(model_dirs["gpt2"], "float32")
     prompts = [RLPrompt(f"p{i}", r["prompt"], "") for i, r in enumerate(TRAIN)]
-    recs = redistill(model, tok, prompts, first_token_long, tmp_path / "r.jsonl", samples_per_prompt=6,
-                     keep_per_prompt=1, temperature=1.0, max_new_tokens=1, progress=False)
+    recs = redistill(model, tok, prompts, first_token_long, tmp_path / "r.jsonl",
+                     RedistillConfig(samples_per_prompt=6, keep_per_prompt=1, temperature=1.0, max_new_tokens=1), progress=False)
     assert recs and all(first_token_long("", r["response"], "") == 1.0 for r in recs)
     assert len({r["id"] for r in recs}) == len(recs)  # at most one per prompt
     assert [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()] == recs
     # the stats count every sample, kept or not; the same seed draws the same samples
     stats: dict = {}
-    again = redistill(model, tok, prompts, first_token_long, tmp_path / "r2.jsonl", samples_per_prompt=6,
-                      keep_per_prompt=6, temperature=1.0, max_new_tokens=1, progress=False, stats=stats)
+    again = redistill(model, tok, prompts, first_token_long, tmp_path / "r2.jsonl",
+                      RedistillConfig(samples_per_prompt=6, keep_per_prompt=6, temperature=1.0, max_new_tokens=1), progress=False,
+                      stats=stats)
     assert stats["prompts"] == len(prompts) and stats["samples"] == 6 * len(prompts)
     assert stats["kept"] == len(again) <= stats["accepted"] and stats["accept_rate"] == stats["accepted"] / stats["samples"]
     assert stats["prompts_solved"] == len({r["id"] for r in again}) == len({r["id"] for r in recs})

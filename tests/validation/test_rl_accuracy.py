@@ -9,6 +9,7 @@ from sample_effect.engine.core import ComputeConfig
 from sample_effect.errors import SampleEffectError
 from sample_effect.models.loading import load_model
 from sample_effect.rollouts.prompts import RLPrompt
+from sample_effect.training.common import adamw_update
 from sample_effect.training.grpo import GRPOConfig
 from sample_effect.validation.rl_accuracy import (
     AccuracyCurveConfig,
@@ -28,7 +29,7 @@ def test_accuracy_curve_rows_and_summary(model_dirs):
     def load():
         return load_model(model_dirs["gpt2"], "float32")
 
-    cfg = GRPOConfig(lr=1e-3, steps=2, prompts_per_step=2, group_size=4, max_new_tokens=3, eval_every=1)
+    cfg = GRPOConfig(update=adamw_update(1e-3), steps=2, prompts_per_step=2, group_size=4, max_new_tokens=3, eval_every=1)
     curve = AccuracyCurveConfig(eval_samples=4, target_samples=4, runs=2, noise_draws=4)
     df, s = rl_accuracy_curve("gpt2", load, prompts, held, long_completion, cfg, curve, ComputeConfig(progress=False))
     assert sorted(df["step"].unique()) == [0, 1, 2] and sorted(df["run"].unique()) == [0, 1]

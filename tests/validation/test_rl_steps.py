@@ -10,6 +10,7 @@ from sample_effect.errors import SampleEffectError
 from sample_effect.models.loading import load_model
 from sample_effect.plots.rl import step_decomposition_plot
 from sample_effect.rollouts.prompts import RLPrompt
+from sample_effect.training.common import adamw_update
 from sample_effect.training.grpo import GRPOConfig
 from sample_effect.validation.rl_accuracy import AccuracyCurveConfig, rl_accuracy_curve
 from sample_effect.validation.rl_steps import grpo_step_decomposition
@@ -21,7 +22,7 @@ def long_completion(prompt, completion, answer, finished=True):
 
 PROMPTS = [RLPrompt(f"p{i}", r["prompt"], "") for i, r in enumerate(TRAIN[:4])]
 HELD = [RLPrompt(f"h{i}", r["prompt"] + " again", "") for i, r in enumerate(TRAIN[:3])]
-CFG = GRPOConfig(lr=1e-3, steps=3, prompts_per_step=2, group_size=4, max_new_tokens=3, eval_every=1)
+CFG = GRPOConfig(update=adamw_update(1e-3), steps=3, prompts_per_step=2, group_size=4, max_new_tokens=3, eval_every=1)
 CURVE = AccuracyCurveConfig(eval_samples=4, target_samples=4, runs=1, noise_draws=4)
 
 

@@ -10,6 +10,7 @@ import pytest
 from conftest import TARGET, TRAIN, write_jsonl
 
 from sample_effect.cli.main import main
+from sample_effect.training.common import adamw_update
 from sample_effect.training.grpo import GRPOConfig
 from sample_effect.validation.rl_curves import agreement, grpo_lrs, slope, trainer_update
 
@@ -52,7 +53,7 @@ def test_rl_curves_cli_two_checkpoints(model_dirs, tmp_path, capsys):
 
 
 def test_lr_schedule_and_trainer_update_follow_the_grpo_trainer():
-    cfg = GRPOConfig(lr=1e-3, steps=6, warmup_steps=2, schedule="cosine", max_grad_norm=0.5, weight_decay=0.1)
+    cfg = GRPOConfig(update=adamw_update(1e-3, clip=0.5, weight_decay=0.1), steps=6, warmup_steps=2, schedule="cosine")
     lrs = grpo_lrs(cfg)
     assert len(lrs) == 6 and lrs[0] < lrs[1] <= 1e-3 and lrs[-1] < lrs[2]
     upd = trainer_update(cfg)
