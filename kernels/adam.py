@@ -31,7 +31,8 @@ def adam_effect_rows(
 
     d_e is one Adam (decoupled=False: L2 weight decay added to the gradient) or AdamW
     (decoupled=True: the decay is not in the rows) step per unit lr from the state (exp_avg,
-    exp_avg_sq, step), as torch takes it.
+    exp_avg_sq, step), as torch takes it. It takes 12 plain arguments on purpose: kernels/ holds pure
+    functions of tensors and numbers that know no config or state objects (the update rule unpacks them).
     """
     g = grad
     sq = torch.linalg.vector_norm(g.flatten(1), dim=1).square() if want_sq_norms else None
