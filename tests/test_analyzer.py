@@ -24,6 +24,7 @@ from sample_effect.growth.sft import predict_sft_curve
 from sample_effect.models.loading import select_parameters
 from sample_effect.scoring.effects import score_examples_result
 from sample_effect.targets.core import resolve_target
+from sample_effect.training.common import adamw_update
 
 QUIET = ComputeConfig(progress=False)
 ADAMW = UpdateConfig("adamw", lr=1e-3, clip=1.0)
@@ -69,7 +70,7 @@ def test_cache_dir_resumes_with_the_same_effects(analyzer, data_files, tmp_path)
 
 
 def test_predict_sft_equals_predict_sft_curve(analyzer, data_files):
-    cfg = SFTConfig(lr=1e-3, batch_size=2, max_steps=3, seed=0)
+    cfg = SFTConfig(update=adamw_update(1e-3), batch_size=2, max_steps=3, seed=0)
     tok = analyzer.tokenizer
     train = tokenize_examples(load_examples(data_files["train"]), tok)[0]
     target = tokenize_examples(load_examples(data_files["target"]), tok)[0]
