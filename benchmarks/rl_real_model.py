@@ -75,7 +75,7 @@ def main() -> None:
     pred = predict_rl(model, tok, [], shared_words, LossTarget(target), UpdateConfig("adamw", lr=1e-5, clip=1.0),
                       groups=groups, prompts_per_step=4, n_boot=200, compute=ComputeConfig(progress=False))
     t_score = time.perf_counter() - t0
-    rec = pred.record
+    growth = pred.growth
     out = {
         "model": args.model, "dtype": args.dtype, "params": sum(p.numel() for p in model.parameters()),
         "prompts": args.prompts, "group_size": args.group_size, "max_new_tokens": args.max_new_tokens,
@@ -83,8 +83,8 @@ def main() -> None:
         "scoring_s": round(t_score, 1), "scoring_share": round(t_score / (t_sample + t_score), 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "zero_variance_groups": int(pred.effects.zero_variance.sum()),
-        "growth_rate": rec.get("growth_rate"), "positive_effect": rec.get("positive_effect"),
-        "noise_effect": rec.get("noise_effect"), "second_order_effect": rec.get("second_order_effect"),
+        "growth_rate": growth.growth_rate, "positive_effect": growth.positive_effect,
+        "noise_effect": growth.noise_effect, "second_order_effect": growth.second_order.effect,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
     }
     print(json.dumps(out, indent=2))

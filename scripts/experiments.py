@@ -508,9 +508,9 @@ def rollout_seed_spread(R: Runner, src: Path, name: str, prompts, held, reward, 
         full = predict_accuracy_growth(model, tok, prompts, held, reward, cfg,
                                        dataclasses.replace(curve, predict_seed=curve.predict_seed + 10 * k),
                                        ComputeConfig(progress=False), target=g0)
-        spread.append({"predict_seed": curve.predict_seed + 10 * k, "extrapolated": full["growth_rate"] * weight,
-                       "ci95": [x * weight for x in full["growth_rate_ci95"]], "replay": full["replay"]["total"],
-                       "zero_variance_fraction": full["zero_variance_fraction"]})
+        spread.append({"predict_seed": curve.predict_seed + 10 * k, "extrapolated": full.growth_rate * weight,
+                       "ci95": [x * weight for x in full.growth_rate_ci95], "replay": full.replay.total,
+                       "zero_variance_fraction": full.zero_variance_fraction})
     rec = {**rec, "by_rollout_seed": spread}
     out.write_text(json.dumps(rec, indent=1) + "\n")
     return rec
@@ -551,8 +551,8 @@ def stage_q2f(R: Runner):
                 model, tok = load_model(src / "checkpoints" / f"start-{st['name'].removeprefix('sft-')}" / "final", "float32")
                 full = predict_accuracy_growth(model, tok, prompts, held, reward, cfg, curve, ComputeConfig(progress=False))
                 weight = sum(grpo_lrs(cfg)) / cfg.update.lr
-                rec = {"name": st["name"], "growth_rate": full["growth_rate"], "extrapolated": full["growth_rate"] * weight,
-                       "replay": full["replay"], "seconds": round(time.time() - t0, 1)}
+                rec = {"name": st["name"], "growth_rate": full.growth_rate, "extrapolated": full.growth_rate * weight,
+                       "replay": full.replay.to_dict(), "seconds": round(time.time() - t0, 1)}
                 out.write_text(json.dumps(rec, indent=1) + "\n")
             if a.q2f_rollout_seeds > 1:
                 rec = rollout_seed_spread(R, src, st["name"], prompts, held, reward, cfg, curve, out, rec)

@@ -213,22 +213,22 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
             )
         if not rank0:
             continue
-        rec = {"model": str(spec), **pred.record}
-        rec["warnings"] = [render_text(m, flag_for) for m in rec.get("warnings", [])]  # with flags, not fields
-        records.append(rec)
+        growth = pred.growth
+        rendered = [render_text(m, flag_for) for m in growth.warnings]  # with flags, not fields
+        records.append({"model": str(spec), **growth.to_dict(), "warnings": rendered})
         table = pred.ranking()
         table.insert(0, "model", str(spec))
         tables.append(table)
         rollout_rows += [{"model": str(spec), **r} for r in pred.rollout_rows()]
-        lo, hi = rec["positive_effect_ci95"]
-        noise = "n/a" if rec["noise_effect"] is None else f"{rec['noise_effect']:.4g}"
-        if rec["growth_rate_second_order"] is not None:
-            noise += f"; with the second-order term {rec['growth_rate_second_order']:.4g}"
+        lo, hi = growth.positive_effect_ci95
+        noise = "n/a" if growth.noise_effect is None else f"{growth.noise_effect:.4g}"
+        if growth.growth_rate_second_order is not None:
+            noise += f"; with the second-order term {growth.growth_rate_second_order:.4g}"
         print(
-            f"{spec}: growth {rec['growth_rate']:.4g} per step toward '{rec['target']}' (positive {rec['positive_effect']:.4g}, "
-            f"95% CI [{lo:.4g}, {hi:.4g}]; noise {noise}); zero-variance groups {rec['zero_variance_groups']}/{rec['n_prompts']}"
+            f"{spec}: growth {growth.growth_rate:.4g} per step toward '{growth.target}' (positive {growth.positive_effect:.4g}, "
+            f"95% CI [{lo:.4g}, {hi:.4g}]; noise {noise}); zero-variance groups {growth.zero_variance_groups}/{growth.n_prompts}"
         )
-        for message in rec["warnings"]:
+        for message in rendered:
             if message != early:
                 _loud(f"{spec}: {message}")
     if not rank0:

@@ -65,7 +65,7 @@ from sample_effect.errors import SampleEffectError
 from sample_effect.growth.rl_config import NoisePlan, RLPredictConfig, noise_plan
 from sample_effect.growth.rl_effects import RLEffects, rl_prompt_effects
 from sample_effect.growth.rl_gather import gather_effects
-from sample_effect.growth.rl_results import NoiseTerm
+from sample_effect.growth.rl_results import NoiseTerm, RLGrowth
 from sample_effect.growth.rl_stats import (
     bootstrap_positive_effect,
     empty_batch_probability,
@@ -96,11 +96,16 @@ from sample_effect.update.optim import OptimizerState, UpdateConfig
 
 @dataclass
 class RLPrediction:
-    """One checkpoint's prediction: the JSON record, the per-prompt effects and the rollouts behind them."""
+    """One checkpoint's prediction: the typed growth, the per-prompt effects and the rollouts behind them."""
 
-    record: dict[str, Any]
+    growth: RLGrowth
     effects: RLEffects
     groups: list[list[Rollout]]
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The JSON record of the prediction, `growth.to_dict()` (a fresh dict at each access)."""
+        return self.growth.to_dict()
 
     def ranking(self) -> pd.DataFrame:
         """Prompts ranked by RL effect (rank 1 = the prompt whose GRPO step moves the target most)."""
@@ -148,7 +153,7 @@ def predict_rl(
     the number of prompts: the noise terms' per-prompt gradients are spilled to `spill_dir`.
     A `prompts_per_step` above the number of prompts is clamped to it, and a sample where more than
     half of the groups (or all) have zero reward variance is flagged; both with an
-    `RLPredictionWarning` and in the record's `warnings`.
+    `RLPredictionWarning` and in `growth.warnings` (the record's `warnings`).
     """
     t0 = time.perf_counter()
     unknown = sorted(set(settings) - set(RLPredictConfig.__dataclass_fields__))
@@ -180,15 +185,14 @@ def predict_rl(
         warnings.warn(zero_note, RLPredictionWarning, stacklevel=2)
         notes.append(zero_note)
     try:
-        record = _growth_record(model, ctx, eff, groups, target, g, cfg, plan)
+        growth = _growth(model, ctx, eff, groups, target, g, cfg, plan, requested)
     finally:
-        eff.release()  # the spilled gradients are large; the record holds what they gave
-    record["prompts_per_step_requested"] = requested
-    record["warnings"] = notes
-    record["temperature"] = cfg.temperature if sampled else None  # None: the rollouts were given, not sampled here
-    record["max_new_tokens"] = cfg.max_new_tokens if sampled else None
-    record["seconds"] = time.perf_counter() - t0
-    return RLPrediction(record=record, effects=eff, groups=groups)
+        eff.release()  # the spilled gradients are large; the growth holds what they gave
+    growth.warnings = notes
+    growth.temperature = cfg.temperature if sampled else None  # None: the rollouts were given, not sampled here
+    growth.max_new_tokens = cfg.max_new_tokens if sampled else None
+    growth.seconds = time.perf_counter() - t0
+    return RLPrediction(growth=growth, effects=eff, groups=groups)
 
 
 def _score_prompts(
@@ -221,11 +225,12 @@ def _score_prompts(
     return g, eff, local
 
 
-def _growth_record(
+def _growth(
     model: torch.nn.Module, ctx: StepContext, eff: RLEffects, groups: Sequence[Sequence[Rollout]],
-    target: Target, g: TargetVector, cfg: RLPredictConfig, plan: NoisePlan,
-) -> dict[str, Any]:
-    """The prediction's JSON record: positive effect with its interval, the noise and second-order terms, the growth."""
+    target: Target, g: TargetVector, cfg: RLPredictConfig, plan: NoisePlan, requested: int,
+) -> RLGrowth:
+    """The prediction: positive effect with its interval, the noise and second-order terms, the growth (`requested`: the
+    prompts per step asked for, before the clamp). The run's warnings, sampling settings and time are left to the caller."""
     n = len(eff.effect)
     n_zero = int(eff.zero_variance.sum())
     batch = min(cfg.prompts_per_step, n)
@@ -249,35 +254,28 @@ def _growth_record(
         second.growth = positive + (bat.effect or 0.0) + second.effect
     if bat.growth_stderr is not None:  # non-linear update: the interval of the whole batch-step mean
         half = 1.96 * bat.growth_stderr
-        growth_ci = [positive + (noise_effect or 0.0) - half, positive + (noise_effect or 0.0) + half]
+        growth_ci = (positive + (noise_effect or 0.0) - half, positive + (noise_effect or 0.0) + half)
         ci_method = "U-statistic standard error over prompts of the simulated batch step (normal, 95%)"
     else:
-        growth_ci = [ci[0] + (noise_effect or 0.0), ci[1] + (noise_effect or 0.0)]
+        growth_ci = (ci[0] + (noise_effect or 0.0), ci[1] + (noise_effect or 0.0))
         ci_method = "bootstrap of the positive effect over prompts, shifted by the noise point estimate"
-    return {
-        "target": g.kind, "target_norm": g.norm(), "target_loss": g.target_loss, "target_stats": dict(g.stats),
-        "n_prompts": n,
-        "group_size": int(max(len(gr) for gr in groups)),
-        "n_rollouts": int(sum(len(gr) for gr in groups)),
-        "reward_mean": float(np.mean([r.reward for gr in groups for r in gr])),
-        "mean_completion_tokens": float(eff.n_tokens.sum() / max(1, sum(len(gr) for gr in groups))),
-        "zero_variance_groups": n_zero, "zero_variance_fraction": n_zero / n,
-        "optimizer": update.optimizer, "lr": lr, "clip": update.clip,
-        "prompts_per_step": cfg.prompts_per_step, "informative_per_step": b_eff,
-        "empty_batch_probability": empty_batch_probability(n, n_zero, cfg.prompts_per_step),
-        "effect_per_step": per_lr, "effect_token_weighted": eff.step_effect(),
-        "effect_mean": float(eff.effect.mean()),
-        "effect_mean_stderr": float(eff.effect.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
-        "positive_effect": positive, "positive_effect_ci95": list(ci),
-        "noise_effect": noise_effect, "noise_effect_stderr": math.hypot(*ses) if ses else None,
-        "noise_trace": hess.trace, "noise_hessian_effect": hess.effect,
-        "noise_batch_effect": bat.effect, "noise_batch_stderr": bat.stderr,
-        "noise_batch_exact": bat.exact, "noise_batch_draws": bat.draws,
-        "noise_note": f"second-order (Hessian) term: {hess.note}; first-order batch term: {bat.note}",
-        "second_order_effect": second.effect, "second_order_stderr": second.stderr,
-        "second_order_draws": second.draws, "growth_rate_second_order": second.growth,
-        "second_order_note": second.note,
-        "growth_rate": positive + (noise_effect or 0.0), "growth_rate_ci95": growth_ci,
-        "growth_rate_ci_method": ci_method, "n_bootstrap": cfg.n_boot, "seed": cfg.seed,
-        "replay": replay,
-    }
+    n_rollouts = int(sum(len(gr) for gr in groups))
+    return RLGrowth(
+        target=g.kind, target_norm=g.norm(), target_loss=g.target_loss, target_stats=dict(g.stats),
+        n_prompts=n, group_size=int(max(len(gr) for gr in groups)), n_rollouts=n_rollouts,
+        reward_mean=float(np.mean([r.reward for gr in groups for r in gr])),
+        mean_completion_tokens=float(eff.n_tokens.sum() / max(1, n_rollouts)),
+        zero_variance_groups=n_zero, zero_variance_fraction=n_zero / n,
+        optimizer=update.optimizer, lr=lr, clip=update.clip,
+        prompts_per_step=cfg.prompts_per_step, prompts_per_step_requested=requested, informative_per_step=b_eff,
+        empty_batch_probability=empty_batch_probability(n, n_zero, cfg.prompts_per_step),
+        effect_per_step=per_lr, effect_token_weighted=eff.step_effect(),
+        effect_mean=float(eff.effect.mean()),
+        effect_mean_stderr=float(eff.effect.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
+        positive_effect=positive, positive_effect_ci95=ci,
+        noise_effect=noise_effect, noise_effect_stderr=math.hypot(*ses) if ses else None,
+        hessian=hess, batch=bat, second_order=second,
+        growth_rate=positive + (noise_effect or 0.0), growth_rate_ci95=growth_ci,
+        growth_rate_ci_method=ci_method, n_bootstrap=cfg.n_boot, seed=cfg.seed,
+        replay=replay,
+    )

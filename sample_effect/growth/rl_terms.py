@@ -15,7 +15,7 @@ from sample_effect.growth.rl_batches import batch_step_effects, replay_path
 from sample_effect.growth.rl_config import NoisePlan, RLPredictConfig
 from sample_effect.growth.rl_curvature import rl_noise_effect, second_order_effects
 from sample_effect.growth.rl_effects import RLEffects
-from sample_effect.growth.rl_results import BatchTerm, HessianTerm, SecondOrderTerm
+from sample_effect.growth.rl_results import BatchTerm, HessianTerm, RLReplay, SecondOrderTerm
 from sample_effect.growth.rl_stats import batch_draws, batch_growth_stderr
 from sample_effect.growth.trajectory import StepContext
 from sample_effect.targets.core import (
@@ -23,24 +23,24 @@ from sample_effect.targets.core import (
 )
 
 
-def replay_term(ctx: StepContext, eff: RLEffects, plan: NoisePlan, cfg: RLPredictConfig) -> dict | None:
+def replay_term(ctx: StepContext, eff: RLEffects, plan: NoisePlan, cfg: RLPredictConfig) -> RLReplay | None:
     """`replay_path` summarised: mean per-step change, the total with its standard error, and the runs' spread."""
     if not cfg.horizon_lrs:
         return None
     if not plan.replay:
-        return {"note": f"not computed: {plan.memory_note}", "per_step": None, "total": None}
+        return RLReplay(note=f"not computed: {plan.memory_note}")
     steps = len(cfg.horizon_lrs)
     if not (~eff.zero_variance).any():
         paths = np.zeros((cfg.replay_runs, steps))
     else:
         paths = replay_path(eff, ctx, cfg.horizon_lrs, cfg.prompts_per_step, cfg.replay_runs, cfg.seed)
     totals = paths.sum(1)
-    return {
-        "per_step": paths.mean(0).tolist(), "total": float(totals.mean()),
-        "total_stderr": float(totals.std(ddof=1) / math.sqrt(len(totals))) if len(totals) > 1 else None,
-        "total_runs_95": [float(x) for x in np.percentile(totals, [2.5, 97.5])], "runs": cfg.replay_runs,
-        "note": "frozen start gradients and weights, optimiser state carried; the spread is over batch orders only",
-    }
+    return RLReplay(
+        per_step=paths.mean(0).tolist(), total=float(totals.mean()),
+        total_stderr=float(totals.std(ddof=1) / math.sqrt(len(totals))) if len(totals) > 1 else None,
+        total_runs_95=[float(x) for x in np.percentile(totals, [2.5, 97.5])], runs=cfg.replay_runs,
+        note="frozen start gradients and weights, optimiser state carried; the spread is over batch orders only",
+    )
 
 
 def second_order_term(

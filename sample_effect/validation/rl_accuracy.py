@@ -29,6 +29,7 @@ from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import SampleEffectError
 from sample_effect.growth.rl import predict_rl
 from sample_effect.growth.rl_config import RLPredictConfig
+from sample_effect.growth.rl_results import RLGrowth
 from sample_effect.rollouts.groups import Rollout, sample_groups
 from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.rollouts.rewards import get_reward
@@ -79,14 +80,14 @@ def sampled_accuracy_groups(
     return float(np.mean([r.reward for g in groups for r in g])), groups
 
 
-def curve_scales(cfg: GRPOConfig, pred: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+def curve_scales(cfg: GRPOConfig, pred: RLGrowth) -> tuple[np.ndarray, np.ndarray | None]:
     """Per step k = 0..steps: (sum of lr_t / lr over the first k steps, the replay's cumulative change or None).
 
     The first times the growth rate is the predicted change after k steps; the second is the
     replayed prediction's (`predict_accuracy_growth`'s `replay`), when it was computed.
     """
     scale = np.concatenate([[0.0], np.cumsum(np.asarray(grpo_lrs(cfg)) / cfg.update.lr)])
-    per_step = (pred.get("replay") or {}).get("per_step")
+    per_step = pred.replay.per_step if pred.replay is not None else None
     return scale, (np.concatenate([[0.0], np.cumsum(per_step)]) if per_step else None)
 
 
@@ -102,12 +103,12 @@ def predict_accuracy_growth(
     model: torch.nn.Module, tokenizer: Any, prompts: Sequence[RLPrompt], eval_prompts: Sequence[RLPrompt],
     reward: Callable[..., float], cfg: GRPOConfig, curve: AccuracyCurveConfig, compute: ComputeConfig,
     target: TargetVector | None = None,
-) -> dict[str, Any]:
-    """`predict_rl`'s record for held-out accuracy growth under `train_grpo` with `cfg`, as the curves predict it.
+) -> RLGrowth:
+    """`predict_rl`'s growth of held-out accuracy under `train_grpo` with `cfg`, as the curves predict it.
 
     The accuracy target samples `curve.target_samples` completions per held-out prompt (seed
     `curve.predict_seed + 1`), the rollouts are seeded by `curve.predict_seed`, the update is the
-    trainer's (`trainer_update`), and the record's `replay` replays `cfg`'s whole lr schedule on the
+    trainer's (`trainer_update`), and its `replay` replays `cfg`'s whole lr schedule on the
     frozen gradients (`growth.rl_batches.replay_path`, `curve.replay_runs` batch orders). `target`, if
     given, is that target already resolved at these weights.
     """
@@ -116,7 +117,7 @@ def predict_accuracy_growth(
                                seed=curve.predict_seed, prompts_per_step=cfg.prompts_per_step, clip_eps=cfg.clip_eps,
                                noise_draws=curve.noise_draws, curvature_draws=0, horizon_lrs=tuple(grpo_lrs(cfg)),
                                replay_runs=curve.replay_runs)
-    return predict_rl(model, tokenizer, prompts, reward, goal, trainer_update(cfg), settings, compute=compute).record
+    return predict_rl(model, tokenizer, prompts, reward, goal, trainer_update(cfg), settings, compute=compute).growth
 
 
 def rl_accuracy_curve(
@@ -145,8 +146,8 @@ def rl_accuracy_curve(
     pred = predict_accuracy_growth(model, tok, prompts, eval_prompts, reward, cfg, curve, compute)
     del model
     scale, replay = curve_scales(cfg, pred)
-    growth = float(pred["growth_rate"])
-    lo, hi = (float(v) for v in pred["growth_rate_ci95"])
+    growth = float(pred.growth_rate)
+    lo, hi = (float(v) for v in pred.growth_rate_ci95)
 
     def evaluate(step: int, m: torch.nn.Module) -> dict[str, float]:
         acc = sampled_accuracy(m, tok, eval_prompts, reward, curve.eval_samples, cfg.temperature, cfg.max_new_tokens,
@@ -177,28 +178,29 @@ def rl_accuracy_curve(
     return df, summary
 
 
-def _summary(name: str, df: pd.DataFrame, pred: dict[str, Any], growth: float, ci: tuple[float, float],
+def _summary(name: str, df: pd.DataFrame, pred: RLGrowth, growth: float, ci: tuple[float, float],
              weight: float, runs: int) -> dict[str, Any]:
     """Predicted and actual change of held-out accuracy over the run, per start."""
     last = int(df["step"].max())
     first = df[df["step"] == 0].groupby("run")["actual"].first()
     ends = df[df["step"] == last].groupby("run")["actual"].first()
     changes = (ends - first).to_numpy()
+    replay = pred.replay
     return {
         "name": name, "steps": last, "runs": runs,
         "start_accuracy": float(first.mean()),
         "predicted_growth_per_step": growth, "predicted_growth_ci95": list(ci),
-        "predicted_positive_effect": pred["positive_effect"], "predicted_noise_effect": pred["noise_effect"],
-        "predicted_zero_variance_fraction": pred["zero_variance_fraction"],
+        "predicted_positive_effect": pred.positive_effect, "predicted_noise_effect": pred.noise_effect,
+        "predicted_zero_variance_fraction": pred.zero_variance_fraction,
         "predicted_total_change": growth * weight,
         "predicted_total_change_ci95": [ci[0] * weight, ci[1] * weight],
-        "predicted_total_change_replay": (pred.get("replay") or {}).get("total"),
-        "predicted_replay_runs_95": (pred.get("replay") or {}).get("total_runs_95"),
+        "predicted_total_change_replay": replay.total if replay is not None else None,
+        "predicted_replay_runs_95": replay.total_runs_95 if replay is not None else None,
         # Accuracy lives in [0, 1]: a predicted end outside it is more than the run can move, so the
         # first-order picture cannot hold over the whole run (docs/experiments.md, Q2e).
         "predicted_leaves_range": not 0.0 <= float(first.mean()) + growth * weight <= 1.0,
         "actual_total_change": float(changes.mean()),
         "actual_total_change_se": float(changes.std(ddof=1) / math.sqrt(runs)) if runs > 1 else None,
         "actual_growth_per_step": slope(df["step"], df["actual"]),
-        "prediction": pred,
+        "prediction": pred.to_dict(),
     }

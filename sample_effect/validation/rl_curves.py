@@ -81,13 +81,14 @@ def rl_curve(
         model, tok, prompts, reward, LossTarget(target_examples), trainer_update(cfg), group_size=cfg.group_size,
         temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=predict_seed,
         prompts_per_step=cfg.prompts_per_step, clip_eps=cfg.clip_eps, compute=compute, noise_draws=noise_draws,
-    ).record
-    start = float(pred["target_loss"])
+    ).growth
+    assert pred.target_loss is not None  # a loss target resolves with its loss
+    start = float(pred.target_loss)
     lrs = np.asarray(grpo_lrs(cfg))
     scale = np.concatenate([[0.0], np.cumsum(lrs / cfg.update.lr)])  # steps weighted by lr_t / lr
-    growth = float(pred["growth_rate"])
-    growth2 = pred.get("growth_rate_second_order")
-    lo, hi = (float(v) for v in pred["growth_rate_ci95"])
+    growth = float(pred.growth_rate)
+    growth2 = pred.growth_rate_second_order
+    lo, hi = (float(v) for v in pred.growth_rate_ci95)
     del model
     rows = []
     every = cfg.eval_every or 1
@@ -119,15 +120,15 @@ def rl_curve(
     summary = {
         "name": name, "steps": int(last), "runs": runs, "start_loss": start,
         "predicted_growth_per_step": growth, "predicted_growth_ci95": [lo, hi],
-        "predicted_positive_effect": pred["positive_effect"], "predicted_noise_effect": pred["noise_effect"],
-        "predicted_zero_variance_fraction": pred["zero_variance_fraction"],
+        "predicted_positive_effect": pred.positive_effect, "predicted_noise_effect": pred.noise_effect,
+        "predicted_zero_variance_fraction": pred.zero_variance_fraction,
         "predicted_total_change": growth * float(scale[last]),
         "predicted_growth_second_order": growth2,
         "predicted_total_change_second_order": None if growth2 is None else float(growth2) * float(scale[last]),
         "actual_total_change": float(changes.mean()),
         "actual_total_change_se": float(changes.std(ddof=1) / math.sqrt(runs)) if runs > 1 else None,
         "actual_growth_per_step": -slope(df["step"], df["actual"]),
-        "prediction": pred,
+        "prediction": pred.to_dict(),
     }
     return df, summary
 

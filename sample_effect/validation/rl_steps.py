@@ -42,6 +42,7 @@ from sample_effect.engine.core import ComputeConfig
 from sample_effect.errors import SampleEffectError
 from sample_effect.growth.rl import predict_rl
 from sample_effect.growth.rl_config import RLPredictConfig
+from sample_effect.growth.rl_results import RLGrowth
 from sample_effect.models.loading import select_parameters
 from sample_effect.objectives.reinforce import sequence_logprobs
 from sample_effect.rollouts.groups import Rollout
@@ -111,17 +112,17 @@ def _line_rows(name: str, model: torch.nn.Module, chosen: dict[str, torch.Tensor
     return rows
 
 
-def _summary(name: str, df: pd.DataFrame, pred: dict[str, Any], weight: float, steps: int, endpoint: float,
+def _summary(name: str, df: pd.DataFrame, pred: RLGrowth, weight: float, steps: int, endpoint: float,
              stats: dict[str, float]) -> dict[str, Any]:
     """The three gaps of the module docstring, and what the prediction and the target were."""
     run, line = df[df["kind"] == "run"], df[df["kind"] == "line"]
-    j0, growth = float(run["accuracy"].iloc[0]), float(pred["growth_rate"])
+    j0, growth = float(run["accuracy"].iloc[0]), float(pred.growth_rate)
     return {
         "name": name, "steps": steps, "start_accuracy": j0,
-        "predicted_growth_per_step": growth, "predicted_growth_ci95": list(pred["growth_rate_ci95"]),
-        "predicted_positive_effect": pred["positive_effect"], "predicted_noise_effect": pred["noise_effect"],
+        "predicted_growth_per_step": growth, "predicted_growth_ci95": list(pred.growth_rate_ci95),
+        "predicted_positive_effect": pred.positive_effect, "predicted_noise_effect": pred.noise_effect,
         "predicted_total_change": growth * weight,
-        "predicted_total_change_replay": (pred.get("replay") or {}).get("total"),
+        "predicted_total_change_replay": pred.replay.total if pred.replay is not None else None,
         "first_step_first_order": float(run["first_order"].iloc[1]) if len(run) > 1 else 0.0,
         "path_first_order": float(run["first_order"].sum()),
         "endpoint_first_order": endpoint,
@@ -211,7 +212,7 @@ def grpo_step_decomposition(
     scale, replay = curve_scales(cfg, pred)
     is_run = df["kind"] == "run"
     ks = df.loc[is_run, "x"].astype(int).to_numpy()
-    df.loc[is_run, "predicted_change"] = float(pred["growth_rate"]) * scale[ks]
+    df.loc[is_run, "predicted_change"] = float(pred.growth_rate) * scale[ks]
     if replay is not None:
         df.loc[is_run, "predicted_replay_change"] = replay[ks]
     summary = _summary(name, df, pred, float(scale[-1]), cfg.steps, endpoint, g0.stats)
@@ -219,6 +220,6 @@ def grpo_step_decomposition(
     own = predict_rl(model, tok, [], reward, g0, trainer_update(cfg),
                      RLPredictConfig(prompts_per_step=len(batches[1]), n_boot=10, noise_draws=1, curvature_draws=0,
                                      clip_eps=cfg.clip_eps), groups=batches[1], compute=replace(compute, progress=False))
-    summary["first_batch_predicted"] = float(own.record["growth_rate"])
-    summary["first_batch_zero_variance"] = int(own.record["zero_variance_groups"])
+    summary["first_batch_predicted"] = float(own.growth.growth_rate)
+    summary["first_batch_zero_variance"] = int(own.growth.zero_variance_groups)
     return df, summary
