@@ -59,6 +59,7 @@ _EXPORTS = {
     "DirectionTarget": "sample_effect.targets.core",
     "Effects": "sample_effect.scoring.result",
     "LossTarget": "sample_effect.targets.core",
+    "RLGrowth": "sample_effect.growth.rl_results",
     "RLPredictConfig": "sample_effect.growth.rl_config",
     "RLPrediction": "sample_effect.growth.rl",
     "SFTConfig": "sample_effect.training.sft",
@@ -77,6 +78,7 @@ __all__ = [
     "DirectionTarget",
     "Effects",
     "LossTarget",
+    "RLGrowth",
     "RLPredictConfig",
     "RLPrediction",
     "SFTConfig",
@@ -95,6 +97,7 @@ if TYPE_CHECKING:  # static analysers see the real imports
     from sample_effect.errors import SampleEffectError
     from sample_effect.growth.rl import RLPrediction
     from sample_effect.growth.rl_config import RLPredictConfig
+    from sample_effect.growth.rl_results import RLGrowth
     from sample_effect.growth.sft import SFTCurve
     from sample_effect.models.loading import load_model
     from sample_effect.scoring.result import Effects

@@ -165,7 +165,8 @@ class Analyzer:
     def predict_rl(self, prompts: str | os.PathLike | Sequence[Any], reward: str | Callable[..., float],
                    target: TargetLike, config: Any = None, **settings: Any) -> Any:
         """The predicted growth of `target` per GRPO step from this checkpoint, with its terms, interval and
-        warnings: an `RLPrediction` (`record` is its JSON form; `ranking()` ranks the prompts).
+        warnings: an `RLPrediction` (`growth` is the typed `RLGrowth`, `record` its JSON form; `ranking()`
+        ranks the prompts).
 
         `prompts` is an RL prompt file (`{"id", "prompt", "answer"}` per line) or `RLPrompt`s; `reward`
         a built-in name (kk, kk-partial, exact, boxed) or a function; `config` an `RLPredictConfig`,

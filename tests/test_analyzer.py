@@ -117,3 +117,25 @@ def test_target_accepts_a_resolved_vector(analyzer, data_files):
 def test_from_pretrained_resolves_built_in_names():
     az = Analyzer.from_pretrained("tiny-small")
     assert az.chosen and az.state is None
+
+
+def _length_reward(prompt, completion, answer, finished=True):
+    """A reward with variance within a group: the completion's length in characters."""
+    return float(len(completion))
+
+
+def test_predict_rl_equals_predict_rl(analyzer, data_files):
+    """The facade samples the same groups (same seeds) and returns the library's typed growth."""
+    from sample_effect.growth.rl import predict_rl
+    from sample_effect.rollouts.prompts import RLPrompt
+
+    prompts = [RLPrompt(ex.id, ex.prompt or "", "") for ex in load_examples(data_files["train"])[:3]]
+    sgd = analyzer.with_settings(update=UpdateConfig("sgd", lr=1e-3))
+    settings = {"group_size": 2, "max_new_tokens": 3, "noise": False, "n_boot": 50, "prompts_per_step": 2}
+    got = sgd.predict_rl(prompts, _length_reward, data_files["target"], **settings)
+    target = sgd.target(data_files["target"])
+    want = predict_rl(sgd.model, sgd.tokenizer, prompts, _length_reward, target, sgd.update, params=sgd.chosen,
+                      compute=QUIET, **settings)
+    assert got.growth.growth_rate == want.growth.growth_rate
+    assert got.growth.positive_effect_ci95 == want.growth.positive_effect_ci95
+    np.testing.assert_array_equal(got.effects.effect, want.effects.effect)
