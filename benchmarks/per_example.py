@@ -29,6 +29,15 @@ import torch
 METHODS = ["floor", "loop", "vmap", "sgd", "sgd_jvp", "sgd_clip", "adam", "projection"]
 
 
+def cpu_info() -> dict:
+    """The CPU's model name and the flags that decide GEMM speed (AVX2, AVX-512, AMX), from /proc/cpuinfo."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), platform.processor())
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    wanted = sorted(f for f in flags if f == "avx2" or f.startswith(("avx512", "amx")))
+    return {"model": model, "flags": wanted, "cores": os.cpu_count()}
+
+
 def build(arch: str, batch: int, seq: int):  # type: ignore[no-untyped-def]
     from transformers import AutoModelForCausalLM
 
@@ -167,7 +176,7 @@ def main() -> None:
             print(json.dumps(rec), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "quick": args.quick}
+            "quick": args.quick, "cpu": cpu_info()}
     Path(args.out).write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
 
 
