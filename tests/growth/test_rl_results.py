@@ -9,12 +9,13 @@ import pytest
 import torch
 from conftest import TARGET, TRAIN
 
-from sample_effect import UpdateConfig, load_model, select_parameters
+from sample_effect import UpdateConfig, load_model
 from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.engine.vectors import TargetVector
 from sample_effect.growth.rl import predict_rl
 from sample_effect.growth.rl_results import RLGrowth, RLReplay
+from sample_effect.models.loading import select_parameters
 from sample_effect.rollouts.groups import sample_groups
 from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.targets.core import AccuracyTarget, LossTarget
