@@ -114,16 +114,12 @@ def effect_result(examples: Sequence[TokenizedExample], effect: np.ndarray, loss
     )
 
 
-class InMemoryOutput(Output[Effects]):
-    """Collects every effect in memory and returns the `Effects` (checked for non-finite effects)."""
+class EffectArrays(Output[R]):
+    """An output that keeps the effects, losses and gradient norms of every example in arrays (NaN until written)."""
 
-    def open(self, run: ScoringRun, target: Target | TargetVector | None) -> tuple[TargetVector | None, list[int]]:
-        """Resolve G; every example is pending."""
-        g, todo = super().open(run, target)
-        n = len(run.examples)
-        self.run, self.target = run, g
+    def allocate(self, n: int) -> None:
+        """Arrays for `n` examples, every entry NaN."""
         self.effect, self.loss, self.grad_norm = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-        return g, todo
 
     def write(self, rows: BatchEffects | UpdateRows) -> None:
         """Store one batch's effects, losses and gradient norms."""
@@ -132,6 +128,17 @@ class InMemoryOutput(Output[Effects]):
         self.loss[rows.indices] = rows.loss
         if rows.grad_norm is not None:
             self.grad_norm[rows.indices] = rows.grad_norm
+
+
+class InMemoryOutput(EffectArrays[Effects]):
+    """Collects every effect in memory and returns the `Effects` (checked for non-finite effects)."""
+
+    def open(self, run: ScoringRun, target: Target | TargetVector | None) -> tuple[TargetVector | None, list[int]]:
+        """Resolve G; every example is pending."""
+        g, todo = super().open(run, target)
+        self.run, self.target = run, g
+        self.allocate(len(run.examples))
+        return g, todo
 
     def finish(self) -> Effects:
         """The whole result, in input order."""

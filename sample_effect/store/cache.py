@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from sample_effect.data.examples import TokenizedExample
-from sample_effect.engine.backends import BatchEffects, UpdateRows
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.engine.keys import settings_key, vector_digest
 from sample_effect.engine.vectors import TargetVector
@@ -38,7 +37,7 @@ from sample_effect.io import atomic_open, atomic_path
 from sample_effect.models.loading import select_parameters
 from sample_effect.scoring.effects import resolve_state
 from sample_effect.scoring.result import Effects
-from sample_effect.scoring.run import Output, ScoringRun, check_effects, effect_result, score
+from sample_effect.scoring.run import EffectArrays, ScoringRun, check_effects, effect_result, score
 from sample_effect.targets.core import Target, resolve_target_distributed
 from sample_effect.update.optim import OptimizerState, UpdateConfig
 
@@ -165,7 +164,7 @@ def _open_run(  # type: ignore[no-untyped-def]
     return d, g
 
 
-class CacheOutput(Output[Effects | None]):
+class CacheOutput(EffectArrays[Effects | None]):
     """The sharded, resumable output of `rank --cache-dir` and of torchrun jobs.
 
     Under `cache_dir` (when given) the run directory of the settings key holds the target and one
@@ -195,7 +194,7 @@ class CacheOutput(Output[Effects | None]):
             g = resolve_target_distributed(target, run.model, run.params, run.examples, run.compute)
         self.dir, self.target = d, g
         self.mine = list(dist.block(n) if self.distributed else range(n))
-        self.effect, self.loss, self.grad_norm = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        self.allocate(n)
         todo = self.mine
         if d is not None:
             held = _read_shards(d, n)
@@ -205,14 +204,6 @@ class CacheOutput(Output[Effects | None]):
             if self.rank0 and run.compute.progress and int(held["done"].sum()):
                 print(f"cache: {int(held['done'].sum())} of {n} examples from finished shards in {d}")
         return g, todo
-
-    def write(self, rows: BatchEffects | UpdateRows) -> None:
-        """Keep one batch's effects, losses and gradient norms."""
-        assert isinstance(rows, BatchEffects)
-        self.effect[rows.indices] = rows.effect
-        self.loss[rows.indices] = rows.loss
-        if rows.grad_norm is not None:
-            self.grad_norm[rows.indices] = rows.grad_norm
 
     def end_pass(self, indices: list[int]) -> None:
         """Check the pass's effects and write them as one shard (atomically)."""

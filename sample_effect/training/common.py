@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from sample_effect.errors import SampleEffectError
+from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.io import atomic_open, atomic_path
 from sample_effect.update.optim import OptimizerState, UpdateConfig
 
@@ -139,3 +139,12 @@ class MetricsWriter:
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
+
+
+def check_trainer_update(owner: str, update: UpdateConfig) -> None:
+    """Raise ConfigError for a trainer config's lr or clipping, under the names its flags set (`lr`, `max_grad_norm`)."""
+    lr, clip = update.lr, update.clip
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ConfigError(owner, f"<lr> must be a positive number, got {lr}")
+    if clip is not None and not clip > 0:
+        raise ConfigError(owner, f"<max_grad_norm> must be positive, got {clip}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import time
 import warnings
@@ -39,6 +38,7 @@ from sample_effect.training.common import (
     SCHEDULES,
     MetricsWriter,
     adamw_update,
+    check_trainer_update,
     clip_gradients,
     config_kwargs,
     make_optimizer,
@@ -81,11 +81,7 @@ class GRPOConfig:
 
         `update.lr` and `update.clip` are named `lr` and `max_grad_norm`, as the trainer's --lr and --max-grad-norm set them.
         """
-        lr, clip = self.update.lr, self.update.clip
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ConfigError("GRPOConfig", f"<lr> must be a positive number, got {lr}")
-        if clip is not None and not clip > 0:
-            raise ConfigError("GRPOConfig", f"<max_grad_norm> must be positive, got {clip}")
+        check_trainer_update("GRPOConfig", self.update)
         if self.group_size < 2:
             raise ConfigError("GRPOConfig", f"<group_size> must be >= 2 (advantages need a group), got {self.group_size}")
         if self.steps < 1 or self.prompts_per_step < 1 or self.inner_epochs < 1:

@@ -27,6 +27,7 @@ from sample_effect.training.common import (
     SCHEDULES,
     MetricsWriter,
     adamw_update,
+    check_trainer_update,
     clip_gradients,
     config_kwargs,
     make_optimizer,
@@ -65,11 +66,7 @@ class SFTConfig:
 
         `update.lr` and `update.clip` are named `lr` and `max_grad_norm`, as the trainer's --lr and --max-grad-norm set them.
         """
-        lr, clip = self.update.lr, self.update.clip
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ConfigError("SFTConfig", f"<lr> must be a positive number, got {lr}")
-        if clip is not None and not clip > 0:
-            raise ConfigError("SFTConfig", f"<max_grad_norm> must be positive, got {clip}")
+        check_trainer_update("SFTConfig", self.update)
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("SFTConfig", "<batch_size> and <grad_accum> must be >= 1")
         if self.max_steps is None and not self.epochs > 0:
