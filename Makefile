@@ -13,6 +13,9 @@ LOCKED := $(if $(LOCK),1,0)
 
 .PHONY: demo test lint bench lock clean
 
+# The editable install runs with PYTHONWARNINGS=ignore: setuptools' notice that a folder named like
+# the package may shadow it is not for the user (this checkout maps kernels/ itself, see
+# sample_effect/__init__.py).
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v >= (3, 10) else "sample-effect needs Python >= 3.10, found %d.%d" % v)'
 	@if [ -n "$(LOCK)" ] && ! $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then \
@@ -20,8 +23,6 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) $(CONSTRAIN)
-	# PYTHONWARNINGS: setuptools' notice that a folder named like the package may shadow it (this
-	# checkout maps kernels/ itself, see sample_effect/__init__.py) is not for the user
 	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[dev]' $(CONSTRAIN)
 	touch $@
 
