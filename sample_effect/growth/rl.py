@@ -62,11 +62,13 @@ import torch
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import SampleEffectError
+from sample_effect.growth.rl_batches import mean_batch_update
 from sample_effect.growth.rl_config import NoisePlan, RLPredictConfig, noise_plan
 from sample_effect.growth.rl_effects import RLEffects, rl_prompt_effects
 from sample_effect.growth.rl_gather import gather_effects
 from sample_effect.growth.rl_results import NoiseTerm, RLGrowth
 from sample_effect.growth.rl_stats import (
+    batch_draws,
     bootstrap_positive_effect,
     empty_batch_probability,
     positive_effect_per_lr,
@@ -101,6 +103,7 @@ class RLPrediction:
     growth: RLGrowth
     effects: RLEffects
     groups: list[list[Rollout]]
+    step: dict[str, torch.Tensor] | None = None  # E_S[U(clip(gbar_S))] per unit lr, with `expected_step`
 
     @property
     def record(self) -> dict[str, Any]:
@@ -184,15 +187,18 @@ def predict_rl(
     if zero_note:
         warnings.warn(zero_note, RLPredictionWarning, stacklevel=2)
         notes.append(zero_note)
+    step = None
     try:
         growth = _growth(model, ctx, eff, groups, target, g, cfg, plan, requested)
+        if plan.step:  # the same batches as the batch term, so lr <step, G> is its growth
+            step = mean_batch_update(eff, ctx, batch_draws(len(eff.effect), cfg.prompts_per_step, cfg.noise_draws, cfg.seed)[0])
     finally:
         eff.release()  # the spilled gradients are large; the growth holds what they gave
     growth.warnings = notes
     growth.temperature = cfg.temperature if sampled else None  # None: the rollouts were given, not sampled here
     growth.max_new_tokens = cfg.max_new_tokens if sampled else None
     growth.seconds = time.perf_counter() - t0
-    return RLPrediction(growth=growth, effects=eff, groups=groups)
+    return RLPrediction(growth=growth, effects=eff, groups=groups, step=step)
 
 
 def _score_prompts(

@@ -73,6 +73,22 @@ def batch_step_effects(effects: RLEffects, ctx: StepContext, batches: Sequence[S
     return out
 
 
+def mean_batch_update(
+    effects: RLEffects, ctx: StepContext, batches: Sequence[Sequence[int]]
+) -> dict[str, torch.Tensor]:
+    """E_S[U(clip(gbar_S))] per unit lr over `batches`: the expected trainer step, a batch with no informative group counting 0.
+
+    Its dot with G is the mean of `batch_step_effects` over the same batches (the first-order growth
+    per unit lr, batch term included). One dense vector plus the batch being formed are resident.
+    """
+    total = {n: torch.zeros_like(p, dtype=effects.target.vector[n].dtype) for n, p in ctx.params.items()}
+    for d in batch_updates(effects, ctx, batches):
+        if d is not None:
+            for n in total:
+                total[n] += d[n].to(total[n].dtype)
+    return {n: t / max(1, len(batches)) for n, t in total.items()}
+
+
 def replay_path(
     effects: RLEffects,
     ctx: StepContext,

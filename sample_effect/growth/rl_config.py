@@ -51,8 +51,11 @@ class RLPredictConfig:
     Hessian-vector products of the second-order term (0: off); `spill_dir` where the noise terms'
     per-prompt gradients go on disk (None: the system's temporary directory). `horizon_lrs`, the lr
     of every step of a planned run (empty: off), asks for `replay_runs` replays of that run on the
-    frozen per-prompt gradients with the optimiser state carried (`replay_path`). `compute` says how to
-    compute (batch size, memory budget, progress bars).
+    frozen per-prompt gradients with the optimiser state carried (`replay_path`). `expected_step` also
+    returns the expected trainer step per unit lr, E_S[U(clip(gbar_S))] over the batch draws of the
+    noise term (a dense vector, `RLPrediction.step`; lr times its dot with G is the first-order growth
+    rate), e.g. to look ahead along it or to dot it with other targets. `compute` says how to compute
+    (batch size, memory budget, progress bars).
     """
 
     group_size: int = 8
@@ -68,6 +71,7 @@ class RLPredictConfig:
     spill_dir: str | None = None
     horizon_lrs: tuple[float, ...] = ()
     replay_runs: int = 16
+    expected_step: bool = False
     compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def validate(self, sampling: bool = True) -> RLPredictConfig:
@@ -95,11 +99,13 @@ class NoisePlan:
     memory_note: str | None
 
     replay: bool = False
+    step: bool = False
 
     @property
     def keep_grads(self) -> bool:
-        """Whether the per-prompt gradients must be kept (spilled): the batch term, the second-order term or the replay."""
-        return self.batch or self.second or self.replay
+        """Whether the per-prompt gradients must be kept (spilled): the batch term, the second-order term, the replay
+        or the expected step."""
+        return self.batch or self.second or self.replay or self.step
 
 
 def noise_plan(target: Target, ctx: StepContext, cfg: RLPredictConfig, n_prompts: int) -> NoisePlan:
@@ -107,10 +113,11 @@ def noise_plan(target: Target, ctx: StepContext, cfg: RLPredictConfig, n_prompts
     loss_target = target.hessian_examples() is not None
     nonlinear = ctx.nonlinear
     plan = NoisePlan(cfg.noise, cfg.noise and loss_target and ctx.update.rule.is_linear, cfg.noise and nonlinear,
-                      cfg.noise and loss_target and cfg.curvature_draws > 0, nonlinear, None, bool(cfg.horizon_lrs))
+                      cfg.noise and loss_target and cfg.curvature_draws > 0, nonlinear, None, bool(cfg.horizon_lrs),
+                      cfg.expected_step)
     if plan.hessian or plan.keep_grads:
         note = _noise_memory_note(ctx.params, n_prompts, cfg.compute, cfg.spill_dir)
         if note is not None:  # the positive effect needs none of it: report it, and say why the rest is missing
             log.warning("predict-rl: noise and second-order terms %s", note)
-            plan = NoisePlan(False, False, False, False, nonlinear, note, False)
+            plan = NoisePlan(False, False, False, False, nonlinear, note, False, False)
     return plan

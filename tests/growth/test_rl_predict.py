@@ -207,6 +207,47 @@ def test_growth_with_a_nonlinear_update_equals_the_mean_real_step_over_every_bat
     assert rec["positive_effect"] != pytest.approx(expected, rel=1e-3)  # and the positive effect alone is off
 
 
+@pytest.mark.parametrize(("optimizer", "clip"), [("adamw", 1.0), ("sgd", 0.05), ("sgd", None)])
+def test_expected_step_is_the_mean_real_trainer_step_over_every_batch(model_dirs, optimizer, clip):
+    """`expected_step`: the vector lr * step equals the mean over every batch of B prompts of torch's own step
+    (no step for a batch without an informative group), and lr <step, G> is the predicted growth rate."""
+    import itertools
+
+    model, tok = load_model(model_dirs["qwen2"], "float64")
+    params = select_parameters(model)
+    groups = mixed_groups(model, tok, uneven=True)
+    G = random_target(params, seed=6)
+    lr, B = 1e-3, 2
+    upd = UpdateConfig(optimizer, lr=lr, clip=clip, weight_decay=0.0)
+    pred = predict_rl(model, tok, [], long_completion, G, upd, groups=groups, prompts_per_step=B,
+                      compute=QUIET, n_boot=10, noise_draws=64, expected_step=True)
+    assert pred.step is not None and set(pred.step) == set(params)
+    batches = list(itertools.combinations(range(len(groups)), B))
+    mean = {n: torch.zeros_like(p) for n, p in params.items()}
+    for batch in batches:
+        rollouts = informative([groups[i] for i in batch])
+        if not rollouts:
+            continue
+        stepped = copy.deepcopy(model)
+        before = {n: p.detach().clone() for n, p in stepped.named_parameters()}
+        opt = (torch.optim.AdamW(stepped.parameters(), lr=lr, weight_decay=0.0) if optimizer == "adamw"
+               else torch.optim.SGD(stepped.parameters(), lr=lr))
+        grpo_batch_loss(stepped, rollouts).backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(list(stepped.parameters()), clip)
+        opt.step()
+        named = dict(stepped.named_parameters())
+        for n in params:
+            mean[n] += (named[n].detach() - before[n]) / len(batches)
+    for n in params:
+        torch.testing.assert_close(lr * pred.step[n], mean[n], rtol=1e-7, atol=1e-12)
+    if optimizer == "adamw" or clip:  # the batch term is exact over every batch: the growth is <mean step, G>
+        assert pred.growth.growth_rate == pytest.approx(lr * dot(pred.step, G.vector), rel=1e-9)
+    pred_off = predict_rl(model, tok, [], long_completion, G, upd, groups=groups, prompts_per_step=B,
+                          compute=QUIET, n_boot=10, noise_draws=64)
+    assert pred_off.step is None
+
+
 def test_second_order_term_makes_the_adam_prediction_exact_to_third_order(model_dirs):
     """Loss target, AdamW + clipping, every batch of 2 of 5 prompts: the mean real change of T = -target loss after
     one torch AdamW step on the trainer's loss equals positive + batch term + (lr^2/2) E[U^T H_T U] up to O(lr^3);
