@@ -22,6 +22,7 @@ from sample_effect.cli import (
     predict_rl,
     project,
     rank,
+    rl_starts,
     rl_validate,
     train,
 )
@@ -46,6 +47,7 @@ def _add_validate(sub: SubParsers) -> None:
     train.add_validate_parsers(checks)  # linearization
     growth.add_validate_parsers(checks)  # curves, selection
     rl_validate.add_validate_parsers(checks)  # rl-curves
+    rl_starts.add_validate_parsers(checks)  # rl-starts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     demo.add_parsers(sub)
     predict_rl.add_parsers(sub)
+    rl_starts.add_parsers(sub)  # reference-direction
     growth.add_parsers(sub)  # predict-sft
     project.add_parsers(sub)
     plot.add_parsers(sub)

@@ -102,3 +102,47 @@ def step_decomposition_plot(df: pd.DataFrame, path: str | os.PathLike,
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def rl_starts_panels(doc: Mapping[str, Any], measurement: str, path: str | os.PathLike) -> None:
+    """One panel per predictor: its value per start (x, 95% bar) against the measured growth per step (y, 95% bar).
+
+    `doc` is `validate rl-starts`' record (`rl_starts.json`); each panel's title gives the
+    predictor's Spearman [95%] and its agreeing / resolved pairs.
+    """
+    import math
+
+    plt = pyplot()
+    verdicts = doc["by_measurement"][measurement]
+    names = list(verdicts)
+    cols = min(4, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.1 * rows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    z = 1.959963984540054
+    for k, name in enumerate(names):
+        ax = axes[k // cols][k % cols]
+        for i, st in enumerate(doc["starts"]):
+            p = st["predictors"].get(name)
+            m = st["measured"].get(measurement)
+            if p is None or m is None:
+                continue
+            xerr = z * p["se"] if math.isfinite(p["se"]) else 0.0
+            yerr = z * m["se"] if math.isfinite(m["se"]) else 0.0
+            ax.errorbar(p["value"], m["mean"], xerr=xerr, yerr=yerr, fmt="o", color=colors[i % len(colors)],
+                        capsize=2, label=st["name"] if k == 0 else None)
+        v = verdicts[name]
+        lo, hi = v["spearman_ci95"]
+        rho = f"{v['spearman']:+.2f}" if math.isfinite(v["spearman"]) else "n/a (a constant side)"
+        ax.set_title(f"{name}\nSpearman {rho} [{lo:+.2f}, {hi:+.2f}]; "
+                     f"{v['pairs_agree']}/{v['pairs_resolved']} resolved", fontsize=8)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.tick_params(labelsize=7)
+        if k % cols == 0:
+            ax.set_ylabel(f"measured {measurement} growth / step", fontsize=8)
+    for k in range(len(names), rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    fig.legend(loc="lower center", ncol=min(6, len(doc["starts"])), fontsize=8, frameon=False)
+    fig.suptitle(f"Predictors of GRPO growth against {doc['runs']} real runs per start (bars: 95%)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07 if rows < 3 else 0.04, 1, 0.95))
+    save_figure(fig, path)
