@@ -34,7 +34,7 @@ import torch
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import example_loss_values
 from sample_effect.errors import SampleEffectError
-from sample_effect.io import write_table
+from sample_effect.io import atomic_open
 from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.training.grpo import GRPOConfig, GRPOHooks, train_grpo
 from sample_effect.validation.rl_accuracy import sampled_accuracy_groups
@@ -139,7 +139,7 @@ def measure_runs(
 ) -> pd.DataFrame:
     """Rows (start, run, step, measurement, value) of `runs` GRPO runs from one start; finished runs are cached.
 
-    With `cache_dir` each run is written to CACHE/runs/NAME-KEY-runR.csv when it finishes, and read
+    With `cache_dir` each run is written to CACHE/runs/NAME-KEY-runR.json when it finishes, and read
     back instead of re-run next time (KEY: `run_cache_key`). The step-0 measurements, the same
     for every run of a start, are made once.
     """
@@ -153,9 +153,9 @@ def measure_runs(
     frames: list[pd.DataFrame] = []
     step0: dict[str, float] | None = None
     for run in range(runs):
-        path = where / f"{_slug(name)}-{key}-run{run}.csv" if where is not None else None
+        path = where / f"{_slug(name)}-{key}-run{run}.json" if where is not None else None
         if path is not None and path.exists():
-            frames.append(pd.read_csv(path))
+            frames.append(pd.DataFrame(json.loads(path.read_text())))
             continue
         model, tok = load()
         theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -175,8 +175,9 @@ def measure_runs(
                  "zero_variance_groups": r.get("zero_variance_groups")}
                 for _, r in metrics.iterrows() for m in probe.measurements if m in r and pd.notna(r[m])]
         frame = pd.DataFrame(rows)
-        if path is not None:
-            write_table(frame, path)
+        if path is not None:  # JSON keeps every float exactly, so a resumed comparison gives the same numbers
+            with atomic_open(path) as f:
+                json.dump(rows, f)
         frames.append(frame)
         del model
     return pd.concat(frames, ignore_index=True)

@@ -119,11 +119,19 @@ def _rl_config(cfg: GRPOConfig, s: PredictSettings, compute: ComputeConfig, step
                            noise_draws=s.noise_draws, curvature_draws=0, expected_step=step, compute=compute)
 
 
+def combined_se(se_train: float, contributions: Sequence[float] | None) -> float:
+    """The standard error of a growth <V, G> whose V (training prompts) and G (a mean of per-held-out-prompt
+    estimates) are independent: the training side's SE and the SE of the per-prompt contributions lr <V, G_j>
+    over held-out prompts, added in quadrature (a first-order delta method; `contributions` None: G is exact)."""
+    se_target = _se(contributions) if contributions is not None else 0.0
+    return math.hypot(se_train, se_target) if math.isfinite(se_train) else se_target
+
+
 def _sample_effect(name: str, measurement: str, growth: Any, contributions: Sequence[float] | None) -> PredictorValue:
     """A predict-rl growth as a predictor; `contributions` (per held-out prompt or example) add the target's noise."""
     se_train = _ci_se(growth.growth_rate_ci95)
     se_target = _se(contributions) if contributions is not None else 0.0
-    se = math.hypot(se_train, se_target) if math.isfinite(se_train) else se_target
+    se = combined_se(se_train, contributions)
     detail = {"se_training_prompts": se_train, "se_target": se_target, "growth_rate_ci95": list(growth.growth_rate_ci95),
               "zero_variance_fraction": growth.zero_variance_fraction, "positive_effect": growth.positive_effect,
               "noise_effect": growth.noise_effect}
@@ -132,31 +140,29 @@ def _sample_effect(name: str, measurement: str, growth: Any, contributions: Sequ
     return PredictorValue(name, float(growth.growth_rate), se, "sample-effect", measurement, detail)
 
 
-def _shifted(model: torch.nn.Module, step: Mapping[str, torch.Tensor], scale: float) -> torch.nn.Module:
-    """`model` with scale * step added to its parameters, in place (the caller restores them)."""
-    named = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, v in step.items():
-            named[n].add_(v.to(named[n].dtype), alpha=scale)
-    return model
-
-
 def lookahead(model: torch.nn.Module, tok: Any, probe: GrowthProbe, step: Mapping[str, torch.Tensor], lr: float,
               points: Sequence[int], seed: int) -> list[PredictorValue]:
-    """The target at theta_0 + t lr V for t in `points` (and 0); slope per step and its SE over prompts or examples."""
+    """The target at theta_0 + t lr V for t in `points` (and 0); slope per step and its SE over prompts or examples.
+
+    The weights are set from a copy of theta_0 at each point and restored exactly afterwards.
+    """
     ts = [0, *sorted(set(int(t) for t in points if t > 0))]
+    named = dict(model.named_parameters())
+    theta0 = {n: named[n].detach().clone() for n in step}
     acc_rows, loss_rows = [], []
-    done = 0.0
     try:
         for t in ts:
-            _shifted(model, step, (t - done) * lr)
-            done = t
+            with torch.no_grad():
+                for n, v in step.items():
+                    named[n].copy_(theta0[n] + (t * lr) * v.to(theta0[n].dtype))
             if "accuracy" in probe.measurements:
                 acc_rows.append(probe.accuracy(model, tok, seed)[1])
             if "loss" in probe.measurements and probe.loss_examples:
                 loss_rows.append(-probe.losses(model))
     finally:
-        _shifted(model, step, -done * lr)
+        with torch.no_grad():
+            for n in step:
+                named[n].copy_(theta0[n])
     out = []
     for name, rows in (("accuracy", acc_rows), ("loss", loss_rows)):
         if not rows:

@@ -9,7 +9,7 @@ starts is the order the runs took, and which pairs the prediction tells apart wi
 
 from __future__ import annotations
 
-import itertools
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -63,40 +63,57 @@ def _order(summaries: Sequence[Mapping[str, Any]], key: str) -> list[str]:
 
 
 def ordering_verdict(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Does the predicted order of the starts match the actual one? Pairwise, with the prediction's intervals.
+    """Does the predicted order of the starts match the actual one? Pairwise, with error bars on both sides.
 
-    A pair counts as `resolved` when the predicted 95% intervals of its total change do not
-    overlap; `agree` says whether the predicted sign of the difference is the actual sign.
+    The rule of `validation.rl_verdict.pair_verdicts`: a pair is a tie when either difference is
+    within its tolerance (it orders nothing and never counts as agreement); it is resolved when the
+    actual difference exceeds 1.96 times its standard error (from `actual_total_change_se`, which
+    needs two runs or more per start) and the predicted 95% intervals do not overlap. `pairs_agreeing`
+    counts untied pairs ordered alike, `pairs_agree_resolved` the resolved ones.
     """
+    from sample_effect.validation.rl_verdict import Z95, pair_verdicts
+
     if len(summaries) < 2:
         raise SampleEffectError("an ordering needs at least two starts")
-    pairs = []
-    for a, b in itertools.combinations(summaries, 2):
-        pred = float(a["predicted_total_change"]) - float(b["predicted_total_change"])
-        act = float(a["actual_total_change"]) - float(b["actual_total_change"])
-        (alo, ahi), (blo, bhi) = a["predicted_total_change_ci95"], b["predicted_total_change_ci95"]
-        pairs.append({
-            "pair": f"{a['name']} vs {b['name']}", "predicted_difference": pred, "actual_difference": act,
-            "agree": (pred > 0) == (act > 0) if pred != 0 and act != 0 else False,
-            "resolved": alo > bhi or blo > ahi,
-        })
+    names = [s["name"] for s in summaries]
+    pred = [float(s["predicted_total_change"]) for s in summaries]
+    pred_se = [(float(s["predicted_total_change_ci95"][1]) - float(s["predicted_total_change_ci95"][0])) / (2 * Z95)
+               for s in summaries]
+    act = [float(s["actual_total_change"]) for s in summaries]
+    act_se = [float("nan") if s.get("actual_total_change_se") is None else float(s["actual_total_change_se"])
+              for s in summaries]
+    raw = pair_verdicts(names, pred, pred_se, act, act_se)
+    pairs = [{"pair": p["pair"], "predicted_difference": p["predicted_difference"],
+              "actual_difference": p["measured_difference"], "actual_difference_se": p["measured_difference_se"],
+              "tie": p["tie"], "agree": bool(p["agree"]), "resolved": p["resolved"],
+              "predicted_intervals_apart": p["predictor_separates"]} for p in raw]
+    untied = [p for p in pairs if not p["tie"]]
     predicted, actual = _order(summaries, "predicted_total_change"), _order(summaries, "actual_total_change")
-    agreeing = sum(p["agree"] for p in pairs)
-    # A tie (a difference of exactly 0, e.g. every group zero-variance) orders nothing, so it never counts as a match.
+    agreeing = sum(p["agree"] for p in untied)
     return {
         "predicted_order": predicted, "actual_order": actual, "matched": agreeing == len(pairs),
-        "pairs_agreeing": agreeing, "pairs": pairs,
-        "ties": sum(p["predicted_difference"] == 0 or p["actual_difference"] == 0 for p in pairs),
+        "pairs_agreeing": agreeing, "pairs_untied": len(untied), "ties": len(pairs) - len(untied),
+        "pairs_resolved": sum(p["resolved"] for p in pairs),
+        "pairs_agree_resolved": sum(p["agree"] for p in pairs if p["resolved"]),
+        "has_error_bars": all(math.isfinite(x) for x in act_se), "pairs": pairs,
     }
 
 
 def verdict_text(verdict: Mapping[str, Any]) -> str:
-    """One or two sentences stating the verdict with its numbers."""
+    """A few sentences stating the verdict with its numbers: agreement over untied pairs, ties, resolved pairs."""
     n, ties = len(verdict["pairs"]), verdict.get("ties", 0)
+    untied = verdict.get("pairs_untied", n - ties)
     tied = f"; {ties} tied, which orders nothing" if ties else ""
     head = (f"Predicted order {' > '.join(verdict['predicted_order'])}; actual order {' > '.join(verdict['actual_order'])}: "
-            f"{'matched' if verdict['matched'] else 'NOT matched'} ({verdict['pairs_agreeing']} of {n} pairs agree in sign{tied}).")
+            f"{'matched' if verdict['matched'] else 'NOT matched'} ({verdict['pairs_agreeing']} of {untied} untied pairs "
+            f"agree in sign{tied}).")
+    if not verdict.get("has_error_bars", False):
+        resolved = ("No pair is resolved: one GRPO run per start gives the actual change no error bar, so a sign "
+                    "agreement here may be luck (run two or more per start).")
+    else:
+        resolved = (f"{verdict['pairs_resolved']} of {n} pairs are resolved (actual gap beyond 1.96 SE and predicted "
+                    f"intervals apart); {verdict['pairs_agree_resolved']} of them agree.")
     detail = "; ".join(
         f"{p['pair']}: predicted {p['predicted_difference']:+.3f}, actual {p['actual_difference']:+.3f}"
-        f"{'' if p['resolved'] else ' (predicted intervals overlap)'}" for p in verdict["pairs"])
-    return f"{head} {detail}."
+        f"{' (tie)' if p['tie'] else '' if p['resolved'] else ' (unresolved)'}" for p in verdict["pairs"])
+    return f"{head} {resolved} {detail}."
