@@ -33,7 +33,7 @@ def test_demo_writes_report_figures_and_tables(tmp_path, capsys):
                             for i in range(3)))
     code = main(["demo", "--out", str(out), "--rl-start-data", f"mine={mine}", "--n-pool", "4", "--n-target", "2", "--n-test", "2", "--top-k", "3",
                  "--epochs", "1", "--max-new-tokens", "16", "--start-examples", "4", "--start-steps", "2", "--rl-prompts", "4", "--rl-eval", "2", "--rl-steps", "2",
-                 "--rl-prompts-per-step", "2", "--group-size", "2", "--rl-max-new-tokens", "12", "--quiet"])
+                 "--rl-prompts-per-step", "2", "--group-size", "2", "--rl-max-new-tokens", "12", "--rl-runs", "2", "--quiet"])
     assert code == 0, capsys.readouterr().err
     for f in ("report.md", "effects.csv", "top_k.jsonl", "selection.csv", "effects_by_style.png",
               "selection_loss.png", "selection_accuracy.png", "predicted_vs_actual.png", "rl_growth.png",
@@ -53,6 +53,9 @@ def test_demo_writes_report_figures_and_tables(tmp_path, capsys):
     assert [s["sft_examples"] for s in rl["starts"]] == [4, 4, 3]
     assert f"sft-mine is fine-tuned on the examples of `{mine}`" in report and "| sft-mine | 3 |" in report
     assert rl["verdict"]["predicted_order"] and "## 4. Which SFT start" in report and "**Verdict.**" in report
+    # Two runs per start: the actual changes have error bars, and the verdict counts resolved pairs and ties.
+    assert rl["verdict"]["has_error_bars"] and "actual change +- SE" in report and "pairs are resolved" in report
+    assert all(s["actual_total_change_se"] is not None for s in rl["starts"])
     assert len(load_rl_prompts(out / "rl_prompts.jsonl")) == 4 and len(load_rl_prompts(out / "rl_eval.jsonl")) == 2
     curves = pd.read_csv(out / "rl_curves.csv")
     assert set(curves["step"]) == {0, 1, 2} and curves[["actual", "predicted", "predicted_replay"]].notna().all().all()

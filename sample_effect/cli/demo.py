@@ -47,6 +47,12 @@ def add_parsers(sub: SubParsers) -> None:
     g.add_argument("--group-size", type=int, default=8, help="rollouts per prompt (default 8)")
     g.add_argument("--rl-prompts-per-step", type=int, default=4, help="prompts per GRPO step (default 4)")
     g.add_argument("--rl-max-new-tokens", type=int, default=200, help="rollout length limit (default 200)")
+    g.add_argument("--rl-runs", type=int, default=1, help="real GRPO runs per start (default 1; with 2 or more the "
+                   "actual changes get error bars and the verdict can resolve pairs of starts)")
+    g.add_argument("--rl-eval-samples", type=int, default=4,
+                   help="completions per held-out puzzle at each accuracy measurement (default 4)")
+    g.add_argument("--rl-target-samples", type=int, default=4,
+                   help="completions per held-out puzzle for the predicted accuracy gradient (default 4)")
     add_common_args(p)
     p.set_defaults(func=cmd_demo)
 
@@ -60,7 +66,8 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         rl_start_data=rl_start_files(args.rl_start_data or []), start_examples=args.start_examples,
         start_steps=args.start_steps, rl_prompts=args.rl_prompts, rl_eval=args.rl_eval, rl_steps=args.rl_steps,
         rl_lr=args.rl_lr, group_size=args.group_size, rl_prompts_per_step=args.rl_prompts_per_step,
-        rl_max_new_tokens=args.rl_max_new_tokens, progress=not args.quiet,
+        rl_max_new_tokens=args.rl_max_new_tokens, rl_runs=args.rl_runs, rl_eval_samples=args.rl_eval_samples,
+        rl_target_samples=args.rl_target_samples, progress=not args.quiet,
     )
 
 

@@ -293,7 +293,8 @@ def rl_stage(run: DemoRun, start_data: dict[str, tuple[Path, list]]) -> dict[str
     grpo = GRPOConfig(update=adamw_update(config.rl_lr, clip=1.0), steps=config.rl_steps, prompts_per_step=config.rl_prompts_per_step,
                       group_size=config.group_size, temperature=1.0, max_new_tokens=config.rl_max_new_tokens,
                       eval_every=max(1, config.rl_steps // 4), seed=config.seed)
-    curve = AccuracyCurveConfig(eval_samples=4, target_samples=4, runs=1, noise_draws=64)
+    curve = AccuracyCurveConfig(eval_samples=config.rl_eval_samples, target_samples=config.rl_target_samples,
+                                runs=config.rl_runs, noise_draws=64)
     df, summaries = compare_rl_starts(loaders, prompts, held, "kk", grpo, curve, ComputeConfig(progress=config.progress),
                                       out_dir=ckpt / "grpo", say=say)
     write_table(df, out / "rl_curves.csv")
@@ -307,7 +308,8 @@ def rl_stage(run: DemoRun, start_data: dict[str, tuple[Path, list]]) -> dict[str
         say(verdict_text(verdict))
     return {"summaries": summaries, "verdict": verdict, "grpo": grpo, "n_prompts": len(prompts), "n_held": len(held),
             "n_start": config.start_examples, "start_steps": config.start_steps, "sft_examples": sizes,
-            "files": {f"sft-{n}": str(p) for n, (p, _) in start_data.items()}, "replay_runs": curve.replay_runs}
+            "files": {f"sft-{n}": str(p) for n, (p, _) in start_data.items()}, "replay_runs": curve.replay_runs,
+            "runs": curve.runs, "eval_samples": curve.eval_samples, "target_samples": curve.target_samples}
 
 
 def run_demo(config: DemoConfig) -> DemoResult:

@@ -43,6 +43,9 @@ class DemoConfig:
     group_size: int = 8  # rollouts per prompt
     rl_prompts_per_step: int = 4  # prompts per GRPO step
     rl_max_new_tokens: int = 200  # rollout length limit
+    rl_runs: int = 1  # real GRPO runs per start (2+: error bars on the actual side)
+    rl_eval_samples: int = 4  # completions per held-out puzzle at each accuracy measurement
+    rl_target_samples: int = 4  # completions per held-out puzzle for the accuracy target
     progress: bool = True  # progress bars and `demo:` progress lines
 
     def validate(self) -> DemoConfig:
@@ -54,7 +57,8 @@ class DemoConfig:
         limited to letters, digits, '.', '_' and '-', and may not be one of `rl_starts`.
         """
         for name in ("n_pool", "n_target", "n_test", "top_k", "max_new_tokens", "random_draws", "start_examples",
-                     "start_steps", "rl_prompts", "rl_eval", "rl_steps", "rl_prompts_per_step", "rl_max_new_tokens"):
+                     "start_steps", "rl_prompts", "rl_eval", "rl_steps", "rl_prompts_per_step", "rl_max_new_tokens",
+                     "rl_runs", "rl_eval_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError("DemoConfig", f"<{name}> must be >= 1, got {getattr(self, name)}")
         for name in ("epochs", "lr", "rl_lr"):
@@ -63,6 +67,9 @@ class DemoConfig:
                 raise ConfigError("DemoConfig", f"<{name}> must be a positive number, got {x}")
         if self.group_size < 2:
             raise ConfigError("DemoConfig", f"<group_size> must be >= 2 (GRPO advantages need a group), got {self.group_size}")
+        if self.rl_target_samples < 2:
+            raise ConfigError("DemoConfig", f"<rl_target_samples> must be >= 2 (leave-one-out baseline), got "
+                              f"{self.rl_target_samples}")
         if self.rl_prompts_per_step > self.rl_prompts:
             raise ConfigError("DemoConfig", f"<rl_prompts_per_step> ({self.rl_prompts_per_step}) exceeds <rl_prompts> "
                               f"({self.rl_prompts})")

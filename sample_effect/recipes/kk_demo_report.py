@@ -14,6 +14,7 @@ def rl_report_lines(rl: dict[str, Any] | None) -> list[str]:
     if rl is None:
         return []
     g = rl["grpo"]
+    runs = int(rl.get("runs", 1))
     rows = []
     for s in rl["summaries"]:
         lo, hi = s["predicted_total_change_ci95"]
@@ -22,8 +23,10 @@ def rl_report_lines(rl: dict[str, Any] | None) -> list[str]:
         rep, (rlo, rhi) = s.get("predicted_total_change_replay"), s.get("predicted_replay_runs_95") or (None, None)
         replayed = "-" if rep is None else f"{rep:+.3f} [{rlo:+.3f}, {rhi:+.3f}]"
         mark = " (leaves [0, 1])" if s.get("predicted_leaves_range") else ""
+        se = s.get("actual_total_change_se")
+        actual = f"{s['actual_total_change']:+.3f}" + ("" if se is None else f" +- {se:.3f}")
         rows.append(f"| {s['name']} | {n_sft} | {s['start_accuracy']:.3f} | {s['predicted_growth_per_step']:+.4f} | "
-                    f"{s['predicted_total_change']:+.3f} [{lo:+.3f}, {hi:+.3f}]{mark} | {replayed} | {s['actual_total_change']:+.3f} | "
+                    f"{s['predicted_total_change']:+.3f} [{lo:+.3f}, {hi:+.3f}]{mark} | {replayed} | {actual} | "
                     f"{s['predicted_zero_variance_fraction']:.0%} | {'-' if train_zv is None else f'{train_zv:.0%}'} |")
     verdict = rl["verdict"]
     files = rl.get("files") or {}
@@ -34,14 +37,16 @@ def rl_report_lines(rl: dict[str, Any] | None) -> list[str]:
         "",
         f"A style start is the base model fine-tuned on {rl['n_start']} fresh puzzles in one response "
         f"style, with the selections' recipe run for {rl.get('start_steps', '?')} steps.{from_files} Before any RL, "
-        f"`predict-rl` predicted the growth of held-out accuracy ({rl['n_held']} puzzles, 4 samples each at "
+        f"`predict-rl` predicted the growth of held-out accuracy ({rl['n_held']} puzzles, {rl.get('target_samples', 4)} "
+        f"samples each at "
         f"temperature 1) per GRPO step under the all-or-nothing `kk` reward: the positive effect plus the AdamW "
         f"batch-noise term, with a 95% interval, from {g.group_size} rollouts of each of {rl['n_prompts']} training "
-        f"puzzles. Then a real GRPO run ({g.steps} steps, {g.prompts_per_step} prompts x {g.group_size} rollouts, "
-        f"lr {g.update.lr}, clip 1.0) started from the same weights.",
+        f"puzzles. Then {runs} real GRPO run{'s' if runs > 1 else ''} ({g.steps} steps, {g.prompts_per_step} prompts x "
+        f"{g.group_size} rollouts, lr {g.update.lr}, clip 1.0, trainer seeds {g.seed}..{g.seed + runs - 1}) started "
+        f"from the same weights; held-out accuracy was measured with {rl.get('eval_samples', 4)} samples per puzzle.",
         "",
         "| start | SFT examples | accuracy at step 0 | predicted growth / step | predicted change [95%] | "
-        "replayed change [95% of runs] | actual change | zero-variance groups (start) | (during GRPO) |",
+        "replayed change [95% of runs] | actual change" + (" +- SE" if runs > 1 else "") + " | zero-variance groups (start) | (during GRPO) |",
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
@@ -54,8 +59,12 @@ def rl_report_lines(rl: dict[str, Any] | None) -> list[str]:
         "",
         f"**Verdict.** {verdict_text(verdict)}" if verdict is not None else "One start only: no ordering to check.",
         "",
-        "One GRPO run per start and a few held-out puzzles: the actual change carries sampling noise of the "
-        "order of 1/sqrt(puzzles x samples). Checkpoints: checkpoints/start-NAME/final (SFT) and "
+        ("One GRPO run per start: the actual change has no error bar, so no pair of starts is resolved, and a sign "
+         "agreement may be luck. `demo --rl-runs 4 --rl-eval-samples 8` gives both sides error bars; `sample-effect "
+         "validate rl-starts` runs the full protocol (several measurements, baselines, Spearman with intervals). "
+         if runs == 1 else f"Actual changes are means +- standard errors over {runs} runs; a pair counts as resolved "
+         "only when the actual gap exceeds 1.96 standard errors and the predicted intervals do not overlap. ")
+        + "Checkpoints: checkpoints/start-NAME/final (SFT) and "
         "checkpoints/grpo/sft-NAME/run-0/final (GRPO); the rows are in rl_curves.csv and rl_summary.json, the "
         "puzzles in rl_prompts.jsonl (training) and rl_eval.jsonl (held out).",
         "",
