@@ -371,6 +371,14 @@ def add_target_args(p: argparse.ArgumentParser, kinds: Sequence[str] = ("data",)
         add_accuracy_target_args(p, prefix=accuracy_prefix or "")
 
 
+def add_measurement_arg(p: argparse.ArgumentParser) -> None:
+    """`validate rl-starts`' --target: which measured growth (and matching sample-effect target) judges the starts."""
+    p.add_argument("--target", default="accuracy", metavar="accuracy|direction|loss",
+                   help="what 'growth' means, comma-separated, the first one primary: accuracy (sampled held-out "
+                   "accuracy), direction (<theta_k - theta_0, d>, exact), loss (minus the held-out loss of correct "
+                   "solutions) (default accuracy)")
+
+
 def add_accuracy_target_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     """Options of the accuracy target (besides --target-prompts): samples, baseline, temperature, seed, length.
 

@@ -16,13 +16,12 @@ from sample_effect.cli.options import (
     SubParsers,
     add_common_args,
     add_grpo_schedule_args,
+    add_measurement_arg,
+    add_target_args,
     grpo_config_from_args,
     load_model_from_args,
 )
 from sample_effect.errors import SampleEffectError
-
-MEASUREMENT_HELP = ("what 'growth' means, comma-separated, the first one primary: accuracy (sampled held-out accuracy), "
-                    "direction (<theta_k - theta_0, d>, exact), loss (minus the held-out loss of correct solutions)")
 
 
 def add_parsers(sub: SubParsers) -> None:
@@ -63,12 +62,13 @@ def add_validate_parsers(checks: SubParsers) -> None:
     p.add_argument("--prompts", required=True, help='GRPO training prompts, RL JSONL: {"id", "prompt", "answer"}')
     p.add_argument("--eval-prompts", required=True, help="held-out RL prompts of the accuracy measurement and target")
     p.add_argument("--reward", default="kk", help="kk, kk-partial, exact, boxed or module:function (default kk)")
-    p.add_argument("--target", default="accuracy", help=MEASUREMENT_HELP + " (default accuracy)")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--direction", nargs=2, metavar=("BASE", "FINAL"), help="the fixed direction d = FINAL - BASE")
-    where.add_argument("--reference-run", metavar="DIR", help="d from `reference-direction --out DIR` (DIR/start, DIR/final)")
-    p.add_argument("--target-data", metavar="FILE", help="held-out correct solutions (SFT JSONL) of the loss target and "
-                   "measurement (default: --eval-prompts, when its lines have a response)")
+    add_measurement_arg(p)
+    add_target_args(p, ("data", "direction"), required=False, exclusive=False, normalize=False, helps={
+        "data": "held-out correct solutions (SFT JSONL) of the loss target and measurement (default: --eval-prompts, "
+                "when its lines have a response)",
+        "direction": "the fixed direction d = FINAL - BASE of the direction target and measurement"})
+    p.add_argument("--reference-run", metavar="DIR", help="d from `reference-direction --out DIR` (DIR/start, DIR/final); "
+                   "instead of --direction")
     add_grpo_schedule_args(p)
     p.set_defaults(steps=6)
     p.add_argument("--runs", type=int, default=4, help="real GRPO runs per start, seeds --seed, --seed+1, ... (default 4)")
@@ -141,6 +141,8 @@ def cmd_validate_rl_starts(args: argparse.Namespace) -> None:
         raise SampleEffectError(f"--out must be a directory, but {out} is a file")
     if (out / "rl_starts.json").exists() and not args.overwrite:
         raise SampleEffectError(f"{out / 'rl_starts.json'} exists; pass --overwrite to replace it (the cache is reused)")
+    if args.reference_run and args.direction:
+        raise SampleEffectError("give --direction or --reference-run, not both")
     if args.reference_run:
         ref = Path(args.reference_run)
         base, final = ref / "start", ref / "final"
