@@ -18,6 +18,7 @@ from sample_effect.cli import (
     growth,
     imitation,
     kk,
+    lds,
     plot,
     predict_rl,
     project,
@@ -48,6 +49,7 @@ def _add_validate(sub: SubParsers) -> None:
     growth.add_validate_parsers(checks)  # curves, selection
     rl_validate.add_validate_parsers(checks)  # rl-curves
     rl_starts.add_validate_parsers(checks)  # rl-starts
+    lds.add_validate_parsers(checks)  # lds
 
 
 def build_parser() -> argparse.ArgumentParser:

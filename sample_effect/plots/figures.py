@@ -467,3 +467,21 @@ def predicted_vs_actual_bars(summary: pd.DataFrame, path: str | os.PathLike, lab
     note = f"{n_clipped} of {len(names)} whole-run predictions exceed the start loss (linear regime exceeded)"
     fig.suptitle(f"Drop of the held-out target loss, per {label}" + (f"\n{note}" if n_clipped else ""))
     save_figure(fig, path)
+
+
+def lds_figure(rows: pd.DataFrame, table: dict, path: str | os.PathLike) -> None:
+    """One panel per method: its predicted drop of the mean target loss per subset against the actual drop."""
+    plt = pyplot()
+    methods = list(table)
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.4 * len(methods), 3.2), squeeze=False)
+    for ax, m in zip(axes[0], methods):
+        ax.scatter(rows[f"predicted_{m}"], rows["actual_mean_drop"], s=12)
+        v = table[m]
+        lo, hi = v["lds_mean_target_ci95"]
+        per = "" if v["lds"] is None else f"LDS {v['lds']:+.2f} [{v['lds_ci95'][0]:+.2f}, {v['lds_ci95'][1]:+.2f}]\n"
+        ax.set_title(f"{m}\n{per}mean target {v['lds_mean_target']:+.2f} [{lo:+.2f}, {hi:+.2f}]", fontsize=8)
+        ax.set_xlabel("predicted drop (summed effects)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("actual drop of the mean target loss", fontsize=8)
+    fig.suptitle("Linear datamodeling score: one point per random subset", fontsize=9)
+    save_figure(fig, path)

@@ -281,7 +281,8 @@ TARGET_FLAGS_OF = {
     "validate curves": {"--target-data", "--direction"},
     "validate selection": {"--target-data"},
     "validate rl-curves": {"--target-data"},
-    "validate rl-starts": {"--target-data", "--direction", "--target"},  # --target: the measurement, not 'self'
+    "validate rl-starts": {"--target-data", "--direction", "--target"},
+    "validate lds": {"--target-data"},  # --target: the measurement, not 'self'
     "validate linearization": {"--target-data"},
     "compare-sources": {"--target-data"},
     "markers": {"--target-data"},

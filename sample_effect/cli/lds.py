@@ -1,0 +1,154 @@
+"""`sample-effect validate lds`: the linear datamodeling score of the ranking's effects on real SFT retrains."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from sample_effect.cli.options import (
+    SubParsers,
+    add_common_args,
+    add_data_format_args,
+    add_target_args,
+    data_format_from_args,
+)
+from sample_effect.errors import SampleEffectError
+
+
+def add_validate_parsers(checks: SubParsers) -> None:
+    """Register `validate lds`."""
+    p = checks.add_parser(
+        "lds", help="linear datamodeling score: summed effects vs real SFT retrains on random subsets",
+        description="Train the real SFT trainer on --subsets random subsets (--fraction of --data, --runs seeds each), "
+        "measure the loss of every --target-data example, and score each method's prediction for each subset (the "
+        "sum of its effects over the subset; for predict-sft the replayed schedule) by Spearman across subsets: per "
+        "target example (lds, their mean) and for the mean target (lds_mean_target), with bootstrap 95%% intervals "
+        "over subsets. Retrains and effects are cached in OUT/cache: adding a method or rerunning retrains nothing. "
+        "Writes OUT/lds.json, OUT/lds_subsets.csv and OUT/lds.png.",
+    )
+    p.add_argument("--model", required=True, help="the base checkpoint every subset is fine-tuned from (or 'tiny')")
+    p.add_argument("--data", required=True, help="the pool: SFT JSONL (or .parquet, or a saved `datasets` dir)")
+    add_target_args(p, ("data",), helps={"data": "held-out SFT examples; the target is each one's loss and their mean"})
+    p.add_argument("--subsets", type=int, default=32, help="random subsets M (default 32)")
+    p.add_argument("--fraction", type=float, default=0.5, help="share of the pool in each subset (default 0.5)")
+    p.add_argument("--runs", type=int, default=1, help="trainer seeds per subset (default 1)")
+    p.add_argument("--methods", default="sgd,sgd-clip,adamw,predict-sft",
+                   help="sgd, sgd-clip, adamw (the trainer's AdamW, fresh), predict-sft (the replayed schedule; "
+                   "mean target only), comma-separated (default: all)")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW lr of the retrains and of the simulated steps (default 1e-4)")
+    p.add_argument("--batch-size", type=int, default=4, help="SFT batch size (default 4)")
+    p.add_argument("--steps", type=int, default=None, help="SFT steps per retrain (default: from --epochs)")
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the subset (default 1)")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="the trainer's clipping; 0 = none (default 1.0)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
+    p.add_argument("--schedule", default="constant", help="constant or cosine (default constant)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subsets and the first trainer seed (default 0)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws of the intervals (default 1000)")
+    p.add_argument("--dtype", default="float32", help="float32 (default), float64 or bfloat16")
+    p.add_argument("--max-length", type=int, default=None, help="truncate sequences to this many tokens")
+    p.add_argument("--out", required=True, help="output directory")
+    add_data_format_args(p)
+    add_common_args(p)
+    p.set_defaults(func=cmd_validate_lds)
+
+
+def cmd_validate_lds(args: argparse.Namespace) -> None:
+    """Retrain (cached), score every method, write lds.json, the per-subset table and the figure."""
+    import numpy as np
+    import pandas as pd
+
+    from sample_effect.data.examples import load_examples, tokenize_examples
+    from sample_effect.engine.core import ComputeConfig
+    from sample_effect.io import atomic_open, write_table
+    from sample_effect.models.loading import load_model
+    from sample_effect.models.registry import resolve_model
+    from sample_effect.plots.figures import lds_figure
+    from sample_effect.training import SFTConfig
+    from sample_effect.training.common import adamw_update
+    from sample_effect.validation.lds import (
+        METHODS,
+        LDSConfig,
+        draw_subsets,
+        lds_table,
+        method_update,
+        per_target_effects,
+        replayed_drops,
+        retrain_subsets,
+        summed_effects,
+        target_losses,
+    )
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise SampleEffectError(f"--methods: unknown method {bad or args.methods!r}; choose from {', '.join(METHODS)}")
+    cfg = LDSConfig(subsets=args.subsets, fraction=args.fraction, runs=args.runs, n_boot=args.bootstrap,
+                    seed=args.seed).validate()
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SampleEffectError(f"--out must be a directory, but {out} is a file")
+    if (out / "lds.json").exists() and not args.overwrite:
+        raise SampleEffectError(f"{out / 'lds.json'} exists; pass --overwrite to replace it (the cache is reused)")
+    sft = SFTConfig(update=adamw_update(args.lr, args.max_grad_norm or None, args.weight_decay),
+                    schedule=args.schedule, batch_size=args.batch_size, epochs=args.epochs, max_steps=args.steps,
+                    seed=args.seed).validate()
+    path = str(resolve_model(args.model))
+    model, tok = load_model(path, args.dtype)
+    fmt = data_format_from_args(args)
+    pool = tokenize_examples(load_examples(args.data, data_format=fmt), tok, args.max_length)[0]
+    target = tokenize_examples(load_examples(args.target_data, data_format=fmt), tok, args.max_length)[0]
+    subsets = draw_subsets(len(pool), cfg)
+    say = None if args.quiet else (lambda m: print(f"lds: {m}", flush=True))
+    out.mkdir(exist_ok=True)
+    cache = out / "cache"
+    t0 = time.perf_counter()
+    base = target_losses(model, target)
+    after = retrain_subsets(lambda: load_model(path, args.dtype), path, pool, target, sft, subsets, cfg.runs, cache, say)
+    retrain_s = time.perf_counter() - t0
+    actual = base[None, :] - after.mean(1)  # [M, T] drops
+    compute = ComputeConfig(progress=False)
+    predictions, seconds = {}, {}
+    for m in methods:
+        t1 = time.perf_counter()
+        f = cache / f"prediction-{m}-{_digest(path, pool, target, sft, subsets)}.npy"
+        if f.exists():
+            predictions[m] = np.load(f)
+        else:
+            if m == "predict-sft":
+                predictions[m] = replayed_drops(model, pool, target, sft, subsets, compute)
+            else:
+                predictions[m] = summed_effects(per_target_effects(model, tok, pool, target, method_update(m, sft),
+                                                                   compute), subsets)
+            np.save(f, predictions[m])
+        seconds[m] = time.perf_counter() - t1
+        if say:
+            say(f"{m}: predictions for {len(subsets)} subsets ({seconds[m]:.0f} s)")
+    table = lds_table(predictions, actual, cfg.n_boot)
+    for m in methods:
+        table[m]["seconds"] = seconds[m]
+    rows = pd.DataFrame({"subset": range(len(subsets)), "size": [len(s) for s in subsets],
+                         "actual_mean_drop": actual.mean(1),
+                         **{f"predicted_{m}": np.asarray(p).reshape(len(subsets), -1).mean(1) for m, p in predictions.items()}})
+    doc = {"methods": table, "subsets": cfg.subsets, "fraction": cfg.fraction, "runs": cfg.runs,
+           "pool": len(pool), "target": len(target), "model": path,
+           "base_target_loss": float(base.mean()), "retrained_target_loss": float(after.mean()),
+           "retrain_seconds": retrain_s, "sft": json.loads(json.dumps(sft.__dict__, default=str))}
+    with atomic_open(out / "lds.json") as fh:
+        json.dump(doc, fh, indent=1, default=str)
+    write_table(rows, out / "lds_subsets.csv")
+    lds_figure(rows, table, out / "lds.png")
+    for m, v in table.items():
+        lo, hi = v["lds_mean_target_ci95"]
+        per = "" if v["lds"] is None else f"LDS {v['lds']:+.3f} [{v['lds_ci95'][0]:+.3f}, {v['lds_ci95'][1]:+.3f}], "
+        print(f"{m}: {per}mean target {v['lds_mean_target']:+.3f} [{lo:+.3f}, {hi:+.3f}] ({v['seconds']:.0f} s)")
+    print(f"wrote {out / 'lds.json'}, {out / 'lds_subsets.csv'}, {out / 'lds.png'}")
+
+
+def _digest(path: str, pool: list, target: list, sft: object, subsets: list) -> str:
+    import hashlib
+
+    blob = json.dumps({"model": path, "pool": [e.id for e in pool], "target": [e.id for e in target],
+                       "sft": str(sft), "subsets": [s.tolist() for s in subsets]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
