@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -24,7 +25,23 @@ def test_shipped_tiny_model_loads_and_knows_kk():
 
 
 @pytest.mark.slow
-def test_demo_writes_report_figures_and_tables(tmp_path, capsys):
+def test_demo_writes_report_figures_and_tables(tmp_path, capsys, monkeypatch):
+    import matplotlib.lines
+
+    import sample_effect.plots.figures as figures
+    import sample_effect.plots.rl as rl_plots
+
+    drawn = {}
+    original = figures.save_figure
+
+    def keep(fig, path):  # look at every figure's accuracy axes before it is written
+        axes = [ax for ax in fig.axes if "accuracy" in ax.get_ylabel().lower()]
+        drawn[Path(path).name] = [(line.get_ydata(), [t.get_text() for t in ax.texts]) for ax in axes
+                                  for line in ax.get_lines() if isinstance(line, matplotlib.lines.Line2D)]
+        original(fig, path)
+
+    monkeypatch.setattr(figures, "save_figure", keep)
+    monkeypatch.setattr(rl_plots, "save_figure", keep)
     out = tmp_path / "demo"
     # A start from a data file, as a re-distilled set would be (`redistill` writes this format).
     mine = tmp_path / "mine.jsonl"
@@ -60,6 +77,12 @@ def test_demo_writes_report_figures_and_tables(tmp_path, capsys):
     curves = pd.read_csv(out / "rl_curves.csv")
     assert set(curves["step"]) == {0, 1, 2} and curves[["actual", "predicted", "predicted_replay"]].notna().all().all()
     assert "replayed change [95% of runs]" in report and "over 16 batch orders" in report
+    # No figure plots an accuracy outside [0, 1]; a prediction beyond it is drawn at the bound and labelled.
+    assert "rl_growth.png" in drawn and "selection_accuracy.png" in drawn
+    for name, lines in drawn.items():
+        for ydata, _texts in lines:
+            values = [float(v) for v in ydata if v == v]
+            assert all(-1e-9 <= v <= 1 + 1e-9 for v in values), (name, values)
     # The demo keeps what it fine-tunes, loadable as a model directory.
     for d in ("sft-top-3", "start-short-cot", "start-mine", "grpo/sft-answer-only/run-0", "grpo/sft-mine/run-0"):
         assert (out / "checkpoints" / d / "final" / "config.json").exists(), d

@@ -101,11 +101,13 @@ def constant_ylim(value: float, is_fraction: bool) -> tuple[float, float]:
     return value - margin, value + margin
 
 
-def curves(runs: Mapping[str, pd.DataFrame], x: str, y: str, path: str | os.PathLike, title: str, ylabel: str | None = None) -> None:
+def curves(runs: Mapping[str, pd.DataFrame], x: str, y: str, path: str | os.PathLike, title: str, ylabel: str | None = None,
+           join: bool = True) -> None:
     """One line per run of metric `y` against `x`; a metric that never moves gets a sensible y range and a note.
 
     Each run has its own marker and line style; when every value is the same the markers shrink
-    from run to run (hollow) so that lines drawn over each other all stay visible.
+    from run to run (hollow) so that lines drawn over each other all stay visible. `join=False`
+    draws the points only (e.g. two measurements, before and after, which are not a trajectory).
     """
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4))
@@ -113,7 +115,7 @@ def curves(runs: Mapping[str, pd.DataFrame], x: str, y: str, path: str | os.Path
     const = constant_value([v for d in data.values() for v in d[y]])
     for i, (label, d) in enumerate(data.items()):
         ms = max(3.0, 9.0 - 2.0 * i) if const is not None else 4.0
-        ax.plot(d[x], d[y], marker=MARKERS[i % len(MARKERS)], ms=ms, ls=LINESTYLES[i % len(LINESTYLES)],
+        ax.plot(d[x], d[y], marker=MARKERS[i % len(MARKERS)], ms=ms, ls=LINESTYLES[i % len(LINESTYLES)] if join else "none",
                 mfc="none" if const is not None else None, mew=1.2, label=label)
     is_fraction = "accuracy" in y.lower() or "accuracy" in (ylabel or "").lower()
     if const is not None:

@@ -11,12 +11,23 @@ import pandas as pd
 from sample_effect.plots.figures import pyplot, save_figure
 
 
+def clamp_to_range(values: Any, lo: float = 0.0, hi: float = 1.0) -> tuple[Any, list[tuple[int, float]]]:
+    """`values` clipped to [lo, hi], and (index, raw value) of every point that was outside it (to label)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    off = [(i, float(x)) for i, x in enumerate(v) if np.isfinite(x) and not lo <= x <= hi]
+    return np.clip(v, lo, hi), off
+
+
 def rl_start_curves(df: pd.DataFrame, summaries: Sequence[Mapping[str, Any]], path: str | os.PathLike,
                     title: str = "RL from each SFT start: predicted vs actual held-out accuracy") -> None:
     """Left: per start, the measured accuracy (points, one line per run) and the prediction with its 95% band.
 
-    Right: the share of zero-variance GRPO groups (no learning signal) at the start (predicted)
-    and over training (measured), so a flat curve can be told from a broken prediction.
+    Accuracy lives in [0, 1]: a linear prediction that leaves it is drawn up to the bound, and its
+    last point is labelled with the raw value ("off scale"). Right: the share of zero-variance GRPO
+    groups (no learning signal) at the start (predicted) and over training (measured), so a flat
+    curve can be told from a broken prediction.
     """
     plt = pyplot()
     from matplotlib.ticker import MaxNLocator
@@ -28,24 +39,28 @@ def rl_start_curves(df: pd.DataFrame, summaries: Sequence[Mapping[str, Any]], pa
         for r, run in part.groupby("run"):
             ax.plot(run["step"], run["actual"], "o-", color=c, alpha=0.8, label=f"{name}: actual" if r == 0 else None)
         pred = part.groupby("step")[["predicted", "predicted_lo", "predicted_hi"]].first().reset_index()
-        ax.plot(pred["step"], pred["predicted"], "--", color=c, label=f"{name}: predicted")
-        ax.fill_between(pred["step"], pred["predicted_lo"], pred["predicted_hi"], color=c, alpha=0.15)
+        mid, off = clamp_to_range(pred["predicted"])
+        ax.plot(pred["step"], mid, "--", color=c, label=f"{name}: predicted")
+        ax.fill_between(pred["step"], clamp_to_range(pred["predicted_lo"])[0], clamp_to_range(pred["predicted_hi"])[0],
+                        color=c, alpha=0.15)
+        if off:
+            k, raw = off[-1]
+            ax.annotate(f"predicted {raw:+.2f} (off scale)", (float(pred["step"].iloc[k]), float(mid[k])), fontsize=7,
+                        color=c, xytext=(-90, -12 if raw > 1 else 8), textcoords="offset points")
         if "predicted_replay" in part and part["predicted_replay"].notna().any():
             rep = part.groupby("step")["predicted_replay"].first()
-            ax.plot(rep.index, rep.to_numpy(), "-.", color=c, lw=1.2, label=f"{name}: replayed")
+            rmid, roff = clamp_to_range(rep.to_numpy())
+            ax.plot(rep.index, rmid, "-.", color=c, lw=1.2, label=f"{name}: replayed")
+            if roff:
+                k, raw = roff[-1]
+                ax.annotate(f"replayed {raw:+.2f} (off scale)", (float(rep.index[k]), float(rmid[k])), fontsize=7,
+                            color=c, xytext=(-90, -24 if raw > 1 else 20), textcoords="offset points")
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("held-out accuracy (mean K&K reward)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    lo = min(0.0, float(df[["actual", "predicted_lo"]].min().min()))
-    hi = max(1.0, float(df[["actual", "predicted_hi"]].max().max())) if df["actual"].max() > 0.5 else \
-        min(1.0, max(0.1, float(df[["actual", "predicted_hi"]].max().max()) * 1.3))
-    ax.set_ylim(lo - 0.02, hi + 0.02)
-    for bound in (0.0, 1.0):  # an accuracy cannot leave [0, 1]; a band beyond it is the linear prediction's, not the run's
+    ax.set_ylim(-0.03, 1.03)
+    for bound in (0.0, 1.0):  # an accuracy cannot leave [0, 1]
         ax.axhline(bound, color="0.5", lw=0.8, ls=":")
-    if lo < 0:
-        ax.axhspan(lo - 0.02, 0.0, color="0.9", zorder=0)
-        ax.text(0.01, 0.02, "below 0: outside what accuracy can reach (first-order prediction only)",
-                transform=ax.transAxes, fontsize=7, color="0.35")
     ax.legend(fontsize=8)
     ax.set_title("accuracy: points measured, dashes predicted (95% band), dash-dots replayed", fontsize=9)
     names = [s["name"] for s in summaries]

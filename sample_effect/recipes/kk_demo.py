@@ -201,7 +201,8 @@ def predict_selections(config: DemoConfig, model: Any, data: DemoData, ranking: 
     curves(runs, "step", "eval_loss", out / "selection_loss.png", f"Held-out target loss while fine-tuning on {k} examples",
            "held-out answer loss (nats/token)")
     curves({lab: df.dropna(subset=["eval_accuracy"]) for lab, df in runs.items()}, "step", "eval_accuracy",
-           out / "selection_accuracy.png", "Greedy test accuracy (K&K reward), before and after fine-tuning", "accuracy")
+           out / "selection_accuracy.png", "Greedy test accuracy (K&K reward), before and after fine-tuning", "accuracy",
+           join=False)
     summary = pd.DataFrame(
         [{"selection": lab, "group": lab.split("-")[0], "target_loss_start": df["eval_loss"].iloc[0], "target_loss_end": df["eval_loss"].iloc[-1],
           "accuracy_start": df["eval_accuracy"].iloc[0], "accuracy_end": df["eval_accuracy"].iloc[-1],

@@ -134,3 +134,27 @@ def test_step1_prediction_beyond_the_start_is_capped_too(tmp_path, monkeypatch):
         assert max(p.get_height() for p in ax.patches) == pytest.approx(6.1)
         assert sum("linear regime" in t.get_text() for t in ax.texts) == 2
     assert "exceeded" in step1.get_title() and "2 of 4" in drawn["fig"]._suptitle.get_text()
+
+
+def test_rl_growth_figure_keeps_accuracy_in_range_and_labels_what_leaves_it(tmp_path, monkeypatch):
+    """A linear prediction of +3.0 held-out accuracy is drawn at 1.0 with its raw value labelled (the demo's Q2d case)."""
+    import pandas as pd
+
+    import sample_effect.plots.rl as rl_plots
+
+    seen = {}
+
+    def keep(fig, path):
+        seen["ax"] = fig.axes[0]
+        seen["texts"] = [t.get_text() for t in fig.axes[0].texts]
+
+    monkeypatch.setattr(rl_plots, "save_figure", keep)
+    df = pd.DataFrame({"model": ["a"] * 3, "run": [0] * 3, "step": [0, 4, 8], "actual": [0.4, 0.45, 0.5],
+                       "predicted": [0.4, 1.7, 3.0], "predicted_lo": [0.4, -0.2, -0.5], "predicted_hi": [0.4, 2.5, 4.4],
+                       "zero_variance_groups": [1, 1, 1]})
+    rl_plots.rl_start_curves(df, [{"name": "a", "predicted_zero_variance_fraction": 0.5}], tmp_path / "g.png")
+    for line in seen["ax"].get_lines():
+        assert all(-1e-9 <= float(v) <= 1 + 1e-9 for v in line.get_ydata()), line.get_ydata()
+    assert any("+3.00 (off scale)" in t for t in seen["texts"])
+    clipped, off = rl_plots.clamp_to_range([0.2, 1.4, -0.1])
+    assert clipped.tolist() == [0.2, 1.0, 0.0] and off == [(1, 1.4), (2, -0.1)]
