@@ -69,6 +69,10 @@ OVERRIDES: dict[str, str] = {
     "validate curves": "--steps 2 --eval-every 1 --replicates 2",
     "validate selection": "--k 2 --steps 1 --random-seeds 1 --eval-max-new-tokens 8",
     "validate rl-curves": "--steps 1 --runs 1 --prompts-per-step 2 --group-size 2 --max-new-tokens 8 --noise-draws 4",
+    "reference-direction": "--steps 1 --prompts-per-step 2 --group-size 2 --max-new-tokens 8",
+    "validate rl-starts": "--runs 2 --steps 1 --accuracy-every 1 --prompts-per-step 2 --group-size 2 --max-new-tokens 8 "
+                          "--eval-samples 2 --target-samples 2 --noise-draws 4 --bootstrap 100",
+    "validate lds": "--subsets 3 --steps 1 --bootstrap 100 --methods sgd,adamw",
     "plot curves": "",
     "rft": "--rounds 1 --samples-per-prompt 2 --max-new-tokens 8 --eval-max-new-tokens 8 --entropy-samples 1 --steps 1",
     "distill": "--samples-per-prompt 1 --max-new-tokens 8 --prompts-per-step 2 --steps 1",
@@ -113,9 +117,11 @@ SEED_DATA: dict[str, str] = {
     "a.jsonl": "--n 3 --seed 24 --style long-cot",
     "b.jsonl": "--n 3 --seed 25 --style short-cot",
     "my_sft.jsonl": "--n 3 --seed 26 --style short-cot",
+    "heldout.jsonl": "--n 2 --seed 27 --style answer-only",
 }
 # Placeholder model names in the docs: each is the shipped tiny model.
-MODEL_NAMES = ("MODEL_DIR", "path/to/model", "MODEL", "ckpt", "base", "big", "small")
+MODEL_NAMES = ("MODEL_DIR", "path/to/model", "MODEL", "ckpt", "base", "big", "small", "sft-answer-only", "sft-short-cot",
+               "sft-long-cot")
 
 
 def documented_files(doc: str) -> dict[str, str]:

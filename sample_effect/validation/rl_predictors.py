@@ -26,6 +26,7 @@ Every predictor is a `PredictorValue`; higher means "GRPO grows this start faste
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -37,6 +38,7 @@ from sample_effect.engine.core import ComputeConfig
 from sample_effect.engine.vectors import TargetVector
 from sample_effect.growth.rl import predict_rl
 from sample_effect.growth.rl_config import RLPredictConfig
+from sample_effect.growth.rl_warnings import RLPredictionWarning
 from sample_effect.growth.trajectory import vector_dot
 from sample_effect.models.loading import select_parameters
 from sample_effect.objectives.reinforce import reinforce_gradient
@@ -196,17 +198,19 @@ def predict_start(model: torch.nn.Module, tok: Any, prompts: Sequence[RLPrompt],
     contrib = [lr * vector_dot(V, reinforce_gradient(model, params, [g], "loo", cfg.temperature, compute.batch_size,
                                                       False)[0]) for g in held]
     out.append(_sample_effect("sample-effect accuracy", "accuracy", acc.growth, contrib))
-    if probe.direction is not None:
-        d = predict_rl(model, tok, prompts, probe.reward, TargetVector(dict(probe.direction), "direction"), cfg.update,
-                       _rl_config(cfg, s, compute, False), groups=train)
-        out.append(_sample_effect("sample-effect direction", "direction", d.growth, None))
-        out[-1].detail["lr_step_dot_direction"] = lr * vector_dot(V, probe.direction)
-    if probe.loss_examples:
-        lt = predict_rl(model, tok, prompts, probe.reward, LossTarget(probe.loss_examples), cfg.update,
-                        _rl_config(cfg, s, compute, False), groups=train)
-        per_ex = [lr * vector_dot(V, resolve_target(LossTarget([e]), model, params, [], compute).vector)
-                  for e in probe.loss_examples]
-        out.append(_sample_effect("sample-effect loss", "loss", lt.growth, per_ex))
+    with warnings.catch_warnings():  # the same rollouts: predict-rl's warnings were given once, above
+        warnings.simplefilter("ignore", RLPredictionWarning)
+        if probe.direction is not None:
+            d = predict_rl(model, tok, prompts, probe.reward, TargetVector(dict(probe.direction), "direction"), cfg.update,
+                           _rl_config(cfg, s, compute, False), groups=train)
+            out.append(_sample_effect("sample-effect direction", "direction", d.growth, None))
+            out[-1].detail["lr_step_dot_direction"] = lr * vector_dot(V, probe.direction)
+        if probe.loss_examples:
+            lt = predict_rl(model, tok, prompts, probe.reward, LossTarget(probe.loss_examples), cfg.update,
+                            _rl_config(cfg, s, compute, False), groups=train)
+            per_ex = [lr * vector_dot(V, resolve_target(LossTarget([e]), model, params, [], compute).vector)
+                      for e in probe.loss_examples]
+            out.append(_sample_effect("sample-effect loss", "loss", lt.growth, per_ex))
     out += lookahead(model, tok, replace(probe, eval_samples=s.target_samples), V, lr, s.lookahead, s.seed + 2)
     return out
 
