@@ -136,10 +136,42 @@ def stage_validate(R: Runner) -> None:
         print(Path(out, "rl_starts.md").read_text())
 
 
+def stage_table(R: Runner) -> None:
+    """The Q2g tables of docs/experiments.md from each lr's rl_starts.json: per measurement, predictors x lrs."""
+    a = R.args
+    docs = {lr: json.loads(Path(R.p(f"lr{lr}"), "rl_starts.json").read_text()) for lr in a.lrs.split(",")
+            if Path(R.p(f"lr{lr}"), "rl_starts.json").exists()}
+    if not docs:
+        raise SystemExit("no rl_starts.json yet; run --stages validate first")
+    first = next(iter(docs.values()))
+    for m in first["measurements"]:
+        print(f"\nMeasured: {m} growth per GRPO step. Spearman [95%]; agreeing / resolved pairs (ties)")
+        print("| predictor | " + " | ".join(f"lr {lr}" for lr in docs) + " |")
+        print("|---|" + "---|" * len(docs))
+        for name in first["by_measurement"][m]:
+            cells = []
+            for doc in docs.values():
+                v = doc["by_measurement"][m][name]
+                rho = "n/a" if v["spearman"] != v["spearman"] else f"{v['spearman']:+.2f}"
+                lo, hi = v["spearman_ci95"]
+                cells.append(f"{rho} [{lo:+.2f}, {hi:+.2f}]; {v['pairs_agree']}/{v['pairs_resolved']}"
+                             + (f" ({v['ties']} ties)" if v["ties"] else ""))
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        print("resolved by the runs: " + ", ".join(
+            f"lr {lr}: {next(iter(d['by_measurement'][m].values()))['pairs_measured_resolved']} of "
+            f"{next(iter(d['by_measurement'][m].values()))['pairs']}" for lr, d in docs.items()))
+    print("\nPer start (measured mean slope +- SE per measurement; lr: first):")
+    for lr, doc in docs.items():
+        print(f"lr {lr}: {doc['seconds']:.0f} s")
+        for st in doc["starts"]:
+            meas = "; ".join(f"{m} {v['mean']:+.4f} +- {v['se']:.4f}" for m, v in st["measured"].items())
+            print(f"  {st['name']}: {meas}")
+
+
 def main(argv=None):
     a = parse_args(argv)
     R = Runner(argparse.Namespace(**(vars(a) | {"stages": f"q2g-{a.stages}"})))
-    stages = {"starts": stage_starts, "reference": stage_reference, "validate": stage_validate}
+    stages = {"starts": stage_starts, "reference": stage_reference, "validate": stage_validate, "table": stage_table}
     for s in a.stages.split(","):
         print(f"=== stage {s}", flush=True)
         result = stages[s.strip()](R)
