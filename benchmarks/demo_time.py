@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sample_effect.runtime.cpu import cpu_info
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -28,7 +30,7 @@ def main() -> None:
         summary = proc.stdout.strip().splitlines()
     record = {
         "benchmark": "demo", "wall_s": round(wall, 1), "returncode": proc.returncode, "budget_s": 600,
-        "within_budget": wall <= 600, "cpus": os.cpu_count(), "python": platform.python_version(),
+        "within_budget": wall <= 600, "cpus": os.cpu_count(), "python": platform.python_version(), "cpu": cpu_info(),
         "stdout_tail": summary[-8:], "stderr_tail": proc.stderr.strip().splitlines()[-5:],
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

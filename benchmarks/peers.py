@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sample_effect.runtime.cpu import cpu_info
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from per_example import _status_mb
 from per_example import runner as per_example_runner
@@ -525,7 +527,7 @@ def main() -> None:
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
             "quick": args.quick, "repeats": repeats, "clip": w.clip, "target": "gradient of the mean loss on "
             f"{s['n_target']} target sequences", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "sizes": s}
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "sizes": s, "cpu": cpu_info()}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
 

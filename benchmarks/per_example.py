@@ -26,16 +26,9 @@ from pathlib import Path
 
 import torch
 
+from sample_effect.runtime.cpu import cpu_info
+
 METHODS = ["floor", "loop", "vmap", "sgd", "sgd_jvp", "sgd_clip", "adam", "projection"]
-
-
-def cpu_info() -> dict:
-    """The CPU's model name and the flags that decide GEMM speed (AVX2, AVX-512, AMX), from /proc/cpuinfo."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), platform.processor())
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    wanted = sorted(f for f in flags if f == "avx2" or f.startswith(("avx512", "amx")))
-    return {"model": model, "flags": wanted, "cores": os.cpu_count()}
 
 
 def build(arch: str, batch: int, seq: int):  # type: ignore[no-untyped-def]

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from sample_effect.errors import SampleEffectError
+from sample_effect.runtime.cpu import cpu_info
 
 # Public configs (config.json of Qwen/Qwen2.5-1.5B and Qwen/Qwen2.5-7B).
 MODELS = {
@@ -85,7 +86,8 @@ def main() -> None:
                     records.append(rec)
                     print(json.dumps(rec), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": {"torch": torch.__version__, "budget": args.budget}, "records": records},
+    Path(args.out).write_text(json.dumps({"meta": {"torch": torch.__version__, "budget": args.budget, "cpu": cpu_info()},
+                                          "records": records},
                                          indent=2) + "\n")
 
 

@@ -39,6 +39,8 @@ from pathlib import Path
 import torch
 from per_example import _status_mb  # the RSS reader of the synthetic grid (same folder)
 
+from sample_effect.runtime.cpu import cpu_info
+
 METHODS = ["floor", "loop", "vmap", "sgd", "sgd_clip", "adam", "projection"]
 NORM_CHECK = ["sgd_clip_gram", "sgd_clip_materialise"]
 # The engine's memory budget in this benchmark (the machine has 24 GB): every engine method chunks
@@ -277,7 +279,7 @@ def main() -> None:
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         records.extend(records_of(case, res))
         meta = {"model": args.model, "device": args.device, "torch": torch.__version__, "threads": args.threads or torch.get_num_threads(),
-                "python": platform.python_version(), "repeats": args.repeats,
+                "python": platform.python_version(), "repeats": args.repeats, "cpu": cpu_info(),
                 "seconds": round(time.perf_counter() - t_all, 1)}
         out.write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")  # after every case
         print(table(records), flush=True)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from sample_effect.runtime.cpu import cpu_info
+
 
 def shared_words(prompt: str, completion: str, answer: str, finished: bool = True) -> float:
     """Share of the completion's words found in the prompt (0 for an empty completion)."""
@@ -86,6 +88,7 @@ def main() -> None:
         "growth_rate": growth.growth_rate, "positive_effect": growth.positive_effect,
         "noise_effect": growth.noise_effect, "second_order_effect": growth.second_order.effect,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+        "cpu": cpu_info(),
     }
     print(json.dumps(out, indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
