@@ -10,6 +10,7 @@ from sample_effect.cli.options import (
     TABLE_SUFFIXES,
     SubParsers,
     add_common_args,
+    add_device_arg,
     add_max_grad_norm_arg,
     add_model_args,
     add_sft_schedule_args,
@@ -108,6 +109,7 @@ def _add_compare_sources(sub: SubParsers) -> None:
     c.add_argument("--source", action="append", required=True, metavar="NAME=FILE", help="an SFT JSONL source (repeat)")
     c.add_argument("--model", required=True, help="'tiny', 'smollm2' or a local model directory")
     c.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16")
+    add_device_arg(c)
     c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of --train-steps")
     add_target_args(c, metavar=None, helps={"data": "SFT JSONL whose mean loss is the target"})
     c.add_argument("--out", required=True, help="table .csv or .parquet; the figure goes next to it as .png")
@@ -131,6 +133,7 @@ def _add_markers(sub: SubParsers) -> None:
     m.add_argument("--markers", action="append", metavar="NAME=w1,w2", help="marker set (repeat; replaces the defaults)")
     m.add_argument("--model", help="count tokens with this model's tokenizer (else whitespace); needed by --ban-eval/--effects")
     m.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16")
+    add_device_arg(m)
     m.add_argument("--out", required=True, help="table .csv; a JSON summary goes next to it")
     m.add_argument("--ban-eval", action="store_true", help="greedy accuracy on --prompts with and without banning")
     m.add_argument("--prompts", help="RL JSONL for --ban-eval")
@@ -345,7 +348,7 @@ def cmd_markers(args: argparse.Namespace) -> None:
         from sample_effect.models.loading import load_model
         from sample_effect.models.registry import resolve_model
 
-        model, tok = load_model(resolve_model(args.model), args.dtype)
+        model, tok = load_model(resolve_model(args.model), args.dtype, args.device)
     table = marker_table(files, sets, tok) if files else None
     summary: dict = {"sets": sets, "tokens": "tokenizer" if tok is not None else "whitespace"}
     if table is not None:

@@ -222,7 +222,7 @@ def add_data_format_args(p: argparse.ArgumentParser) -> None:
     """The format flags of every command that reads SFT data with --data (they apply to all its data flags)."""
     g = p.add_argument_group("data format (every SFT data flag of this command)")
     g.add_argument("--split", default=None, metavar="NAME",
-                   help="split of a DatasetDict saved with save_to_disk (default: its only split)")
+                   help="split of a DatasetDict saved with save_to_disk or of a Hub dataset `org/name` (default: its only split)")
     g.add_argument("--id-field", default="id", metavar="NAME", help="column holding the example id (default id; "
                    "a Parquet file or dataset without it gets ids from 0-based row numbers)")
     g.add_argument("--prompt-field", default="prompt", metavar="NAME", help="column holding the prompt")
@@ -266,6 +266,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default=None, metavar="REGEX",
                    help="score only trainable parameters whose name matches (default: all trainable parameters)")
     p.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16 (float32 accumulation)")
+    add_device_arg(p)
     p.add_argument("--max-length", type=positive_int, default=None,
                    help="truncate sequences from the right to this many tokens (default: no truncation)")
     add_chunk_size_arg(p, "most sequences per vmap/ghost chunk")
@@ -287,10 +288,17 @@ def add_lora_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-targets", default=None, help="comma-separated module names (default: PEFT's per-architecture choice)")
 
 
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    """--device: where the models a command loads run; main() checks it (`resolve_device`) before any work."""
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                   help="where the model runs: auto (CUDA when available, else cpu), cpu, cuda, cuda:N or mps (default auto)")
+
+
 def add_model_args(p: argparse.ArgumentParser, lora: bool = True) -> None:
-    """--model (default the shipped tiny model), --dtype, --seed, and the LoRA flags when `lora`."""
+    """--model (required), --dtype, --device, --seed, and the LoRA flags when `lora`."""
     p.add_argument("--model", default="tiny", help="'tiny' (default), 'smollm2', a local model or adapter directory")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or bfloat16")
+    add_device_arg(p)
     p.add_argument("--seed", type=int, default=0, help="seed of sampling, batch order and initialisation")
     if lora:
         add_lora_args(p)
@@ -509,7 +517,7 @@ def load_model_from_args(args: argparse.Namespace, spec: str | None = None) -> t
     from sample_effect.models.loading import load_model
     from sample_effect.models.registry import resolve_model
 
-    model, tok = load_model(resolve_model(spec or args.model), args.dtype)
+    model, tok = load_model(resolve_model(spec or args.model), args.dtype, getattr(args, "device", "cpu"))
     if getattr(args, "lora_r", None) and spec is None:
         from sample_effect.models.lora import apply_lora
 

@@ -20,6 +20,7 @@ from sample_effect.cli.options import (
     SubParsers,
     add_chunk_size_arg,
     add_common_args,
+    add_device_arg,
     add_max_grad_norm_arg,
     add_target_args,
     check_target_args,
@@ -74,6 +75,7 @@ def add_parsers(sub: SubParsers) -> None:
                    help="Adam state per --model, in the same order (e.g. RUN/checkpoint-k/optimizer.pt)")
     p.add_argument("--params", default=None, metavar="REGEX", help="score only trainable parameters whose name matches")
     p.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16 (float32 accumulation)")
+    add_device_arg(p)
     p.add_argument("--max-length", type=int, default=None, help="with --target-data: truncate sequences to this many tokens")
     add_chunk_size_arg(p, "sequences per compute chunk for the target gradient")
     p.add_argument("--memory-budget", default="4GB", help="memory budget, e.g. 4GB (default 4GB); the noise terms hold a few "
@@ -196,7 +198,7 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
     tables = []
     rollout_rows: list[dict[str, Any]] = []
     for i, spec in enumerate(args.model):
-        model, tok = load_model(resolve_model(spec), args.dtype)
+        model, tok = load_model(resolve_model(spec), args.dtype, args.device)
         if getattr(tok, "eos_token_id", None) is None:
             raise SampleEffectError(f"the tokenizer of --model {spec} has no EOS token, so no rollout can finish")
         params = select_parameters(model, args.params)

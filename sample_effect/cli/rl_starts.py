@@ -15,6 +15,7 @@ from pathlib import Path
 from sample_effect.cli.options import (
     SubParsers,
     add_common_args,
+    add_device_arg,
     add_grpo_schedule_args,
     add_measurement_arg,
     add_target_args,
@@ -40,6 +41,7 @@ def add_parsers(sub: SubParsers) -> None:
     p.set_defaults(steps=25)
     p.add_argument("--seed", type=int, default=0, help="trainer seed (default 0)")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or bfloat16")
+    add_device_arg(p)
     p.add_argument("--out", required=True, help="output directory (start/, final/, direction.json)")
     add_common_args(p)
     p.set_defaults(func=cmd_reference_direction, eval_every=0)
@@ -86,6 +88,7 @@ def add_validate_parsers(checks: SubParsers) -> None:
     p.add_argument("--noise-draws", type=int, default=64, help="batch draws of the batch term (default 64)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap draws of the Spearman interval (default 2000)")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or bfloat16")
+    add_device_arg(p)
     p.add_argument("--max-length", type=int, default=None, help="truncate held-out solutions to this many tokens")
     p.add_argument("--out", required=True, help="output directory")
     add_common_args(p)
@@ -160,7 +163,7 @@ def cmd_validate_rl_starts(args: argparse.Namespace) -> None:
     if not prompts or not held:
         raise SampleEffectError("--prompts and --eval-prompts must hold prompts")
     paths = {name: str(resolve_model(spec)) for name, spec in starts.items()}
-    first_model, tok = load_model(next(iter(paths.values())), args.dtype)
+    first_model, tok = load_model(next(iter(paths.values())), args.dtype, device=args.device)
     loss_examples = None
     raw = load_examples(args.target_data) if args.target_data else _responses(args.eval_prompts)
     if raw:
@@ -179,7 +182,7 @@ def cmd_validate_rl_starts(args: argparse.Namespace) -> None:
                       accuracy_every=every, direction=d, loss_examples=loss_examples)
     config = RLStartsConfig(runs=args.runs, n_boot=args.bootstrap, dtype=args.dtype, predict=PredictSettings(
         seed=args.predict_seed, target_samples=args.target_samples, noise_draws=args.noise_draws, lookahead=look))
-    loaders = {n: (p, (lambda p=p: load_model(p, args.dtype))) for n, p in paths.items()}
+    loaders = {n: (p, (lambda p=p: load_model(p, args.dtype, device=args.device))) for n, p in paths.items()}
     say = None if args.quiet else (lambda m: print(f"rl-starts: {m}", flush=True))
     out.mkdir(exist_ok=True)
     doc, rows = compare_starts(loaders, prompts, cfg, probe, config, out, say=say)
@@ -220,7 +223,7 @@ def cmd_reference_direction(args: argparse.Namespace) -> None:
         train_grpo(model, tok, prompts, reward, cfg, out, out / "metrics.csv", progress=not args.quiet)
     from sample_effect.models.loading import load_model
 
-    theta0 = dict(load_model(out / "start", "float64")[0].named_parameters())
+    theta0 = dict(load_model(out / "start", "float64", device=args.device)[0].named_parameters())
     norm = float(sum(((p.detach().double() - theta0[n].detach()) ** 2).sum() for n, p in model.named_parameters()) ** 0.5)
     record = {"start": str(out / "start"), "final": str(out / "final"), "steps": cfg.steps, "norm": norm,
               "model": args.model, "config": {"lr": cfg.update.lr, "prompts_per_step": cfg.prompts_per_step,
