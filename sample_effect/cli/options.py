@@ -89,6 +89,7 @@ FIELD_FLAGS = {
     ("load_optimizer_state", "path"): "--optimizer-state",
     ("load_trainer_optimizer_state", "path"): "--optimizer-state",
     ("init_tiny_student", "source"): "--tokenizer-from",
+    ("chat_template_prompts", "template"): "--chat-template",
 }
 
 
@@ -292,6 +293,13 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
     """--device: where the models a command loads run; main() checks it (`resolve_device`) before any work."""
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
                    help="where the model runs: auto (CUDA when available, else cpu), cpu, cuda, cuda:N or mps (default auto)")
+
+
+def add_chat_template_arg(p: argparse.ArgumentParser) -> None:
+    """--chat-template auto|none|FILE: the text RL prompts are sampled on (`rollouts.prompts.chat_template_prompts`)."""
+    p.add_argument("--chat-template", nargs="?", const="auto", default="none", metavar="auto|none|FILE",
+                   help="wrap each RL prompt as a user turn of a chat template before sampling: auto (the tokenizer's, if "
+                   "it has one; also a bare --chat-template), none (the raw text) or a Jinja template FILE (default none)")
 
 
 def add_model_args(p: argparse.ArgumentParser, lora: bool = True) -> None:
@@ -543,8 +551,11 @@ def accuracy_target_from_args(args: argparse.Namespace, tokenizer: Any, prefix: 
         raise SampleEffectError(f"--{prefix}temperature must be positive for the accuracy target, got {temperature}")
     if max_new < 1:
         raise SampleEffectError(f"--{prefix}max-new-tokens must be >= 1, got {max_new}")
+    from sample_effect.rollouts.prompts import chat_template_prompts
+
+    prompts = chat_template_prompts(load_rl_prompts(args.target_prompts), tokenizer, getattr(args, "chat_template", "none"))
     return AccuracyTarget(
-        prompts=load_rl_prompts(args.target_prompts), reward=get_reward(args.reward), tokenizer=tokenizer,
+        prompts=prompts, reward=get_reward(args.reward), tokenizer=tokenizer,
         n_samples=args.target_samples, temperature=temperature, seed=seed, max_new_tokens=max_new, baseline=args.baseline,
     )
 

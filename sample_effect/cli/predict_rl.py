@@ -18,6 +18,7 @@ from typing import Any
 
 from sample_effect.cli.options import (
     SubParsers,
+    add_chat_template_arg,
     add_chunk_size_arg,
     add_common_args,
     add_device_arg,
@@ -49,6 +50,7 @@ def add_parsers(sub: SubParsers) -> None:
     p.add_argument("--model", action="append", required=True, metavar="DIR",
                    help="policy checkpoint directory (or 'tiny'); repeat to compare several side by side")
     p.add_argument("--prompts", required=True, help='RL JSONL: {"id", "prompt", "answer"}')
+    add_chat_template_arg(p)
     p.add_argument("--reward", default="kk", help="kk, kk-partial, exact, boxed or module:function (default kk); also the accuracy target's")
     p.add_argument("--group-size", type=int, default=8, help="rollouts per prompt (default 8)")
     p.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature (default 1)")
@@ -171,7 +173,7 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
     from sample_effect.io import atomic_open, write_table
     from sample_effect.models.loading import load_model, select_parameters
     from sample_effect.models.registry import resolve_model
-    from sample_effect.rollouts.prompts import load_rl_prompts
+    from sample_effect.rollouts.prompts import chat_template_prompts, load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.scoring.effects import resolve_state
 
@@ -207,7 +209,7 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
         with warnings.catch_warnings():  # printed below, as WARNING lines next to the summary
             warnings.simplefilter("ignore", RLPredictionWarning)
             pred = predict_rl(
-                model, tok, prompts, reward, target, update, group_size=args.group_size, temperature=args.temperature,
+                model, tok, chat_template_prompts(prompts, tok, args.chat_template), reward, target, update, group_size=args.group_size, temperature=args.temperature,
                 max_new_tokens=args.max_new_tokens, seed=args.seed, prompts_per_step=args.prompts_per_step,
                 clip_eps=args.clip_eps, params=params, state=state, compute=compute, noise=not args.no_noise,
                 n_boot=args.bootstrap, noise_draws=args.noise_draws, curvature_draws=args.curvature_draws,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sample_effect.cli.options import (
     SubParsers,
+    add_chat_template_arg,
     add_common_args,
     add_device_arg,
     add_grpo_schedule_args,
@@ -36,6 +37,7 @@ def add_parsers(sub: SubParsers) -> None:
     )
     p.add_argument("--model", required=True, help="the reference start (checkpoint dir or built-in name)")
     p.add_argument("--prompts", required=True, help='RL JSONL: {"id", "prompt", "answer"}')
+    add_chat_template_arg(p)
     p.add_argument("--reward", default="kk", help="kk, kk-partial, exact, boxed or module:function (default kk)")
     add_grpo_schedule_args(p)
     p.set_defaults(steps=25)
@@ -62,6 +64,7 @@ def add_validate_parsers(checks: SubParsers) -> None:
     p.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR",
                    help="a start (checkpoint dir or built-in name), optionally named; repeat, at least twice")
     p.add_argument("--prompts", required=True, help='GRPO training prompts, RL JSONL: {"id", "prompt", "answer"}')
+    add_chat_template_arg(p)
     p.add_argument("--eval-prompts", required=True, help="held-out RL prompts of the accuracy measurement and target")
     p.add_argument("--reward", default="kk", help="kk, kk-partial, exact, boxed or module:function (default kk)")
     add_measurement_arg(p)
@@ -114,7 +117,7 @@ def cmd_validate_rl_starts(args: argparse.Namespace) -> None:
     from sample_effect.data.examples import load_examples, tokenize_examples
     from sample_effect.models.loading import load_model, select_parameters
     from sample_effect.models.registry import resolve_model
-    from sample_effect.rollouts.prompts import load_rl_prompts
+    from sample_effect.rollouts.prompts import chat_template_prompts, load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.targets.core import direction_vector
     from sample_effect.validation.rl_measure import MEASUREMENTS
@@ -164,6 +167,7 @@ def cmd_validate_rl_starts(args: argparse.Namespace) -> None:
         raise SampleEffectError("--prompts and --eval-prompts must hold prompts")
     paths = {name: str(resolve_model(spec)) for name, spec in starts.items()}
     first_model, tok = load_model(next(iter(paths.values())), args.dtype, device=args.device)
+    prompts, held = (chat_template_prompts(x, tok, args.chat_template) for x in (prompts, held))
     loss_examples = None
     raw = load_examples(args.target_data) if args.target_data else _responses(args.eval_prompts)
     if raw:
@@ -206,7 +210,7 @@ def _responses(path: str) -> list | None:
 def cmd_reference_direction(args: argparse.Namespace) -> None:
     """Save theta_0, run GRPO, save theta_K and direction.json."""
     from sample_effect.io import check_output_dir, output_dir
-    from sample_effect.rollouts.prompts import load_rl_prompts
+    from sample_effect.rollouts.prompts import chat_template_prompts, load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.training import train_grpo
 
@@ -217,6 +221,7 @@ def cmd_reference_direction(args: argparse.Namespace) -> None:
     reward = get_reward(args.reward)
     prompts = load_rl_prompts(args.prompts)
     model, tok = load_model_from_args(args)
+    prompts = chat_template_prompts(prompts, tok, args.chat_template)
     with output_dir(out):
         model.save_pretrained(out / "start")
         tok.save_pretrained(out / "start")

@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 from sample_effect.cli.options import (
     SubParsers,
+    add_chat_template_arg,
     add_common_args,
     add_device_arg,
     add_grpo_schedule_args,
@@ -32,6 +33,7 @@ def add_validate_parsers(checks: SubParsers) -> None:
     p.add_argument("--model", action="append", required=True, metavar="DIR",
                    help="starting checkpoint (or 'tiny'); repeat to compare initialisations")
     p.add_argument("--prompts", required=True, help='RL JSONL: {"id", "prompt", "answer"}')
+    add_chat_template_arg(p)
     p.add_argument("--reward", default="kk", help="kk, kk-partial, exact, boxed or module:function (default kk)")
     add_target_args(p, helps={"data": "target: the mean loss over this SFT JSONL"})
     add_grpo_schedule_args(p)
@@ -58,7 +60,7 @@ def cmd_validate_rl_curves(args: argparse.Namespace) -> None:
     from sample_effect.models.loading import load_model
     from sample_effect.models.registry import resolve_model
     from sample_effect.plots.figures import predicted_vs_actual
-    from sample_effect.rollouts.prompts import load_rl_prompts
+    from sample_effect.rollouts.prompts import chat_template_prompts, load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.validation.rl_curves import agreement, rl_curve
 
@@ -86,7 +88,8 @@ def cmd_validate_rl_curves(args: argparse.Namespace) -> None:
         def load(path=path, first=first):  # type: ignore[no-untyped-def]
             return first.pop() if first else load_model(path, args.dtype, args.device)
 
-        df, summary = rl_curve(str(spec), load, prompts, reward, target_ex, cfg, args.runs, args.predict_seed,
+        wrapped = chat_template_prompts(prompts, first[0][1], args.chat_template)
+        df, summary = rl_curve(str(spec), load, wrapped, reward, target_ex, cfg, args.runs, args.predict_seed,
                                args.noise_draws, compute)
         frames.append(df)
         summaries.append(summary)
