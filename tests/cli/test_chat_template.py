@@ -44,7 +44,7 @@ def test_library_auto_none_and_file(toks, tmp_path, caplog) -> None:
     for tok in (with_template, without):  # a file replaces the tokenizer's own template, or supplies one
         assert [p.prompt for p in chat_template_prompts(PROMPTS, tok, str(f))] == ["<<Alice said, Bob is a knight.>>=>",
                                                                                    "<<Who is a knave?>>=>"]
-    with pytest.raises(ConfigError, match="chat_template_prompts.template must be auto, none or a Jinja template file"):
+    with pytest.raises(ConfigError, match=r"chat_template_prompts\.template must be auto, none or a Jinja template file"):
         chat_template_prompts(PROMPTS, with_template, str(tmp_path / "missing.jinja"))
     (tmp_path / "bad.jinja").write_text("{% for m in messages %}")
     with pytest.raises(ConfigError, match="could not render prompt 'a'"):

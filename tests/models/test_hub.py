@@ -119,7 +119,7 @@ def test_hub_id_is_only_a_missing_org_name(tmp_path, monkeypatch) -> None:
 
 
 def test_builtin_names_load_from_python() -> None:
-    model, tok = load_model("tiny")
+    model, _ = load_model("tiny")
     ref, _ = load_model(TINY)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref.parameters()))
     with pytest.raises(SampleEffectError, match="model directory not found: no/such/dir"):
@@ -152,5 +152,5 @@ def test_hub_dataset_id_goes_to_load_dataset_with_the_split(tmp_path, monkeypatc
     assert code == 0 and calls[-1] == ("org/sft-data", "train")
     assert sorted(pd.read_csv(tmp_path / "r.csv")["id"]) == ["a", "b"]
     assert not any(c[0] == "data/train.jsonl" for c in calls)
-    with pytest.raises(SampleEffectError, match="data file not found: data/train.jsonl"):
+    with pytest.raises(SampleEffectError, match=r"data file not found: data/train\.jsonl"):
         load_examples("data/train.jsonl")
