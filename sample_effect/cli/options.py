@@ -259,7 +259,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta2", type=float, default=None, help="Adam beta2 (default: state file's, else 0.999)")
     p.add_argument("--eps", type=float, default=None, help="Adam eps (default: state file's, else 1e-8)")
     p.add_argument("--weight-decay", type=float, default=None,
-                   help="weight decay (default: state file's, else torch's: 0.01 for adamw, 0 otherwise)")
+                   help="weight decay (default: the --optimizer-state file's, else 0 as the trainers)")
     p.add_argument("--optimizer-state", metavar="FILE|DIR",
                    help="torch.save of {'optimizer': opt.state_dict(), 'param_names': [...]}, or a transformers Trainer "
                    "checkpoint directory (its optimizer.pt) (default: fresh optimiser state)")
@@ -304,7 +304,7 @@ def add_chat_template_arg(p: argparse.ArgumentParser) -> None:
 
 def add_model_args(p: argparse.ArgumentParser, lora: bool = True) -> None:
     """--model (required), --dtype, --device, --seed, and the LoRA flags when `lora`."""
-    p.add_argument("--model", default="tiny", help="'tiny' (default), 'smollm2', a local model or adapter directory")
+    p.add_argument("--model", required=True, help="'tiny', 'smollm2', a local model or adapter directory, or a Hub id org/name")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or bfloat16")
     add_device_arg(p)
     p.add_argument("--seed", type=int, default=0, help="seed of sampling, batch order and initialisation")
@@ -463,9 +463,9 @@ def update_config_from_args(args: argparse.Namespace) -> UpdateConfig:
     """The simulated update (--optimizer/--lr/--beta1/--beta2/--eps/--weight-decay/--max-grad-norm), validated."""
     from sample_effect.update.optim import UpdateConfig
 
-    update = UpdateConfig(
-        optimizer=args.optimizer.lower(), lr=args.lr, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
-        weight_decay=args.weight_decay, clip=clip_from_args(args),
+    update = UpdateConfig(  # weight decay: the state file's, else the trainers' 0
+        optimizer=args.optimizer.lower(), lr=args.lr, beta1=args.beta1, beta2=args.beta2, eps=args.eps, clip=clip_from_args(args),
+        weight_decay=0.0 if args.weight_decay is None and not args.optimizer_state else args.weight_decay,
     ).validate()
     if args.optimizer_state and not update.rule.needs_state:
         raise SampleEffectError("--optimizer-state holds Adam moments; use --optimizer adam or adamw with it")

@@ -56,23 +56,24 @@ def add_parsers(sub: SubParsers) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature (default 1)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest rollout (default 256)")
     p.add_argument("--seed", type=int, default=0, help="rollout sampling seed, the same for every model (default 0)")
-    p.add_argument("--prompts-per-step", type=int, default=20,
-                   help="prompts per GRPO step B, for the per-step prediction (default 20; train-grpo's default is 8)")
+    p.add_argument("--prompts-per-step", type=int, default=8,
+                   help="prompts per GRPO step B, for the per-step prediction (default 8, train-grpo's)")
     p.add_argument("--clip-eps", type=float, default=0.2, help="GRPO ratio clip (inactive on the first, on-policy step)")
     add_target_args(p, ("data", "direction", "prompts"), accuracy_prefix="target-",
                     helps={"data": "G = -grad of the mean SFT loss over this JSONL"})
     p.add_argument("--out", required=True, help="output JSON: a list with one record per --model")
     p.add_argument("--ranking", metavar="FILE", help="prompts ranked by RL effect per model (.csv or .parquet)")
     p.add_argument("--rollouts", metavar="FILE.jsonl", help="every rollout: reward, advantage, its share of the effect, text")
-    p.add_argument("--optimizer", default="sgd", help=f"simulated optimiser: {optimizer_names()} (default sgd)")
-    p.add_argument("--lr", type=float, default=1e-5, help="learning rate (default 1e-5)")
+    p.add_argument("--optimizer", default="adamw",
+                   help=f"simulated optimiser: {optimizer_names()} (default adamw, train-grpo's)")
+    p.add_argument("--lr", type=float, default=1e-5, help="learning rate (default 1e-5, train-grpo's)")
     p.add_argument("--beta1", type=float, default=None, help="Adam beta1 (default: state file's, else 0.9)")
     p.add_argument("--beta2", type=float, default=None, help="Adam beta2 (default: state file's, else 0.999)")
     p.add_argument("--eps", type=float, default=None, help="Adam eps (default: state file's, else 1e-8)")
     p.add_argument("--weight-decay", type=float, default=None,
-                   help="weight decay (default: state file's, else torch's: 0.01 for adamw, 0 otherwise; train-grpo uses 0)")
-    add_max_grad_norm_arg(p, None, "gradient clipping to this norm: per prompt for the effects, per batch for the noise "
-                          "term (train-grpo clips at 1.0)")
+                   help="weight decay (default: the --optimizer-state file's, else 0, train-grpo's)")
+    add_max_grad_norm_arg(p, 1.0, "gradient clipping to this norm: per prompt for the effects, per batch for the noise "
+                          "term (1.0 = train-grpo's)")
     p.add_argument("--optimizer-state", nargs="+", metavar="FILE",
                    help="Adam state per --model, in the same order (e.g. RUN/checkpoint-k/optimizer.pt)")
     p.add_argument("--params", default=None, metavar="REGEX", help="score only trainable parameters whose name matches")
