@@ -99,6 +99,7 @@ def _owners() -> dict[str, object]:
     from sample_effect.models.lora import apply_lora
     from sample_effect.models.tiny import init_tiny_student
     from sample_effect.rollouts.groups import sample_groups
+    from sample_effect.rollouts.prompts import chat_template_prompts
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.scoring.effects import resolve_state
     from sample_effect.store.cache import score_rank
@@ -114,7 +115,7 @@ def _owners() -> dict[str, object]:
         AccuracyTarget, StabilityConfig, parse_marker_sets, check_settings, tokenize_example, tokenize_examples,
         generate_puzzles, read_records, resolve_state, predict_rl, predict_sft_curve, check_output_path,
         select_parameters, apply_lora, init_tiny_student, sample_groups, get_reward, score_rank,
-        load_trainer_optimizer_state, load_optimizer_state, linearization_check, rl_curve,
+        load_trainer_optimizer_state, load_optimizer_state, linearization_check, rl_curve, chat_template_prompts,
     ]
     return {o.__name__: o for o in objs}
 

@@ -9,7 +9,9 @@ from pathlib import Path
 from sample_effect.cli.options import (
     TABLE_SUFFIXES,
     SubParsers,
+    add_chat_template_arg,
     add_common_args,
+    add_device_arg,
     add_max_grad_norm_arg,
     add_model_args,
     add_sft_schedule_args,
@@ -41,6 +43,7 @@ def _add_rft(sub: SubParsers) -> None:
     add_model_args(r, lora=False)
     r.add_argument("--prompts", required=True, help='RL JSONL {"id", "prompt", "answer"} to sample on')
     r.add_argument("--eval-prompts", required=True, help="held-out RL JSONL for greedy accuracy and policy entropy")
+    add_chat_template_arg(r)
     r.add_argument("--reward", default="kk", help="kk, exact, boxed or module:function")
     r.add_argument("--out", required=True, help="run directory: metrics.csv, summary.json, round-XX.jsonl, final/")
     r.add_argument("--rounds", type=int, default=3, help="sample / filter / fine-tune rounds")
@@ -74,8 +77,7 @@ def _add_distill(sub: SubParsers) -> None:
     d.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     d.add_argument("--max-new-tokens", type=int, default=64, help="longest sampled completion")
     d.add_argument("--prompts-per-step", type=int, default=4, help="--on-policy: prompts per optimiser step")
-    d.add_argument("--chat-template", action="store_true",
-                   help="wrap each prompt as a user turn of the (shared) tokenizer's chat template, for instruct teachers")
+    add_chat_template_arg(d)  # auto for instruct teachers: the (shared) tokenizer's template
     add_sft_schedule_args(d)
     add_common_args(d)
     d.set_defaults(func=cmd_distill)
@@ -108,6 +110,7 @@ def _add_compare_sources(sub: SubParsers) -> None:
     c.add_argument("--source", action="append", required=True, metavar="NAME=FILE", help="an SFT JSONL source (repeat)")
     c.add_argument("--model", required=True, help="'tiny', 'smollm2' or a local model directory")
     c.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16")
+    add_device_arg(c)
     c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of --train-steps")
     add_target_args(c, metavar=None, helps={"data": "SFT JSONL whose mean loss is the target"})
     c.add_argument("--out", required=True, help="table .csv or .parquet; the figure goes next to it as .png")
@@ -131,6 +134,7 @@ def _add_markers(sub: SubParsers) -> None:
     m.add_argument("--markers", action="append", metavar="NAME=w1,w2", help="marker set (repeat; replaces the defaults)")
     m.add_argument("--model", help="count tokens with this model's tokenizer (else whitespace); needed by --ban-eval/--effects")
     m.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16")
+    add_device_arg(m)
     m.add_argument("--out", required=True, help="table .csv; a JSON summary goes next to it")
     m.add_argument("--ban-eval", action="store_true", help="greedy accuracy on --prompts with and without banning")
     m.add_argument("--prompts", help="RL JSONL for --ban-eval")
@@ -169,7 +173,7 @@ def _save_final(model, tok, out: Path) -> None:  # type: ignore[no-untyped-def]
 
 def cmd_rft(args: argparse.Namespace) -> None:
     from sample_effect.io import output_dir
-    from sample_effect.rollouts.prompts import load_rl_prompts
+    from sample_effect.rollouts.prompts import chat_template_prompts, load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.training.imitation import RFTConfig, run_rft
 
@@ -182,6 +186,7 @@ def cmd_rft(args: argparse.Namespace) -> None:
     out = _run_dir(args.out, args.overwrite, ("metrics.csv", "summary.json", "final"))
     model, tok = load_model_from_args(args)
     require_eos(tok, f"--model {args.model}")
+    prompts, evals = (chat_template_prompts(x, tok, args.chat_template) for x in (prompts, evals))
     with output_dir(out):
         res = run_rft(model, tok, prompts, evals, reward, cfg, out, progress=_progress(args))
         _save_final(model, tok, out)
@@ -194,12 +199,11 @@ def cmd_rft(args: argparse.Namespace) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> None:
     from sample_effect.io import output_dir
-    from sample_effect.rollouts.prompts import load_rl_prompts
+    from sample_effect.rollouts.prompts import chat_template_prompts, load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.training import train_sft
     from sample_effect.training.imitation import (
         OnPolicyConfig,
-        chat_prompts,
         check_same_tokenizer,
         onpolicy_distill,
         teacher_completions,
@@ -223,10 +227,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     teacher, ttok = load_model_from_args(args, args.teacher)
     check_same_tokenizer(stok, ttok, f"--model {args.model}", f"--teacher {args.teacher}")
     require_eos(stok, f"--model {args.model}")
-    if args.chat_template:
-        if not getattr(stok, "chat_template", None):
-            raise SampleEffectError("--chat-template: the tokenizer has no chat template")
-        prompts = chat_prompts(stok, prompts)
+    prompts = chat_template_prompts(prompts, stok, args.chat_template)
     with output_dir(out):
         if args.on_policy:
             m = onpolicy_distill(student, teacher, stok, prompts, oncfg, out / "metrics.csv", progress=_progress(args))
@@ -345,7 +346,7 @@ def cmd_markers(args: argparse.Namespace) -> None:
         from sample_effect.models.loading import load_model
         from sample_effect.models.registry import resolve_model
 
-        model, tok = load_model(resolve_model(args.model), args.dtype)
+        model, tok = load_model(resolve_model(args.model), args.dtype, args.device)
     table = marker_table(files, sets, tok) if files else None
     summary: dict = {"sets": sets, "tokens": "tokenizer" if tok is not None else "whitespace"}
     if table is not None:

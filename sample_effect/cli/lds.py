@@ -11,6 +11,7 @@ from sample_effect.cli.options import (
     SubParsers,
     add_common_args,
     add_data_format_args,
+    add_device_arg,
     add_target_args,
     data_format_from_args,
 )
@@ -47,6 +48,7 @@ def add_validate_parsers(checks: SubParsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the subsets and the first trainer seed (default 0)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws of the intervals (default 1000)")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or bfloat16")
+    add_device_arg(p)
     p.add_argument("--max-length", type=int, default=None, help="truncate sequences to this many tokens")
     p.add_argument("--out", required=True, help="output directory")
     add_data_format_args(p)
@@ -95,7 +97,7 @@ def cmd_validate_lds(args: argparse.Namespace) -> None:
                     schedule=args.schedule, batch_size=args.batch_size, epochs=args.epochs, max_steps=args.steps,
                     seed=args.seed).validate()
     path = str(resolve_model(args.model))
-    model, tok = load_model(path, args.dtype)
+    model, tok = load_model(path, args.dtype, device=args.device)
     fmt = data_format_from_args(args)
     pool = tokenize_examples(load_examples(args.data, data_format=fmt), tok, args.max_length)[0]
     target = tokenize_examples(load_examples(args.target_data, data_format=fmt), tok, args.max_length)[0]
@@ -105,7 +107,7 @@ def cmd_validate_lds(args: argparse.Namespace) -> None:
     cache = out / "cache"
     t0 = time.perf_counter()
     base = target_losses(model, target)
-    after = retrain_subsets(lambda: load_model(path, args.dtype), path, pool, target, sft, subsets, cfg.runs, cache, say)
+    after = retrain_subsets(lambda: load_model(path, args.dtype, device=args.device), path, pool, target, sft, subsets, cfg.runs, cache, say)
     retrain_s = time.perf_counter() - t0
     actual = base[None, :] - after.mean(1)  # [M, T] drops
     compute = ComputeConfig(progress=False)

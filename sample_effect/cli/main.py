@@ -99,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_transformers()
     func: Callable[[argparse.Namespace], None] = args.func
     try:
+        _check_device(args)
         func(args)
     except SampleEffectError as exc:
         if args.debug:
@@ -112,6 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     print_deprecations(args)  # after the run, so that a failure stays one line
     return 0
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """--device, checked before any work (a missing CUDA fails here) and 'auto' resolved to the device it picks."""
+    spec = getattr(args, "device", None)
+    if spec is not None:
+        from sample_effect.models.loading import resolve_device
+
+        args.device = str(resolve_device(spec, "--device"))
 
 
 def _needs_model(args: argparse.Namespace) -> bool:

@@ -89,6 +89,7 @@ FIELD_FLAGS = {
     ("load_optimizer_state", "path"): "--optimizer-state",
     ("load_trainer_optimizer_state", "path"): "--optimizer-state",
     ("init_tiny_student", "source"): "--tokenizer-from",
+    ("chat_template_prompts", "template"): "--chat-template",
 }
 
 
@@ -222,7 +223,7 @@ def add_data_format_args(p: argparse.ArgumentParser) -> None:
     """The format flags of every command that reads SFT data with --data (they apply to all its data flags)."""
     g = p.add_argument_group("data format (every SFT data flag of this command)")
     g.add_argument("--split", default=None, metavar="NAME",
-                   help="split of a DatasetDict saved with save_to_disk (default: its only split)")
+                   help="split of a DatasetDict saved with save_to_disk or of a Hub dataset `org/name` (default: its only split)")
     g.add_argument("--id-field", default="id", metavar="NAME", help="column holding the example id (default id; "
                    "a Parquet file or dataset without it gets ids from 0-based row numbers)")
     g.add_argument("--prompt-field", default="prompt", metavar="NAME", help="column holding the prompt")
@@ -258,7 +259,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta2", type=float, default=None, help="Adam beta2 (default: state file's, else 0.999)")
     p.add_argument("--eps", type=float, default=None, help="Adam eps (default: state file's, else 1e-8)")
     p.add_argument("--weight-decay", type=float, default=None,
-                   help="weight decay (default: state file's, else torch's: 0.01 for adamw, 0 otherwise)")
+                   help="weight decay (default: the --optimizer-state file's, else 0 as the trainers)")
     p.add_argument("--optimizer-state", metavar="FILE|DIR",
                    help="torch.save of {'optimizer': opt.state_dict(), 'param_names': [...]}, or a transformers Trainer "
                    "checkpoint directory (its optimizer.pt) (default: fresh optimiser state)")
@@ -266,6 +267,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default=None, metavar="REGEX",
                    help="score only trainable parameters whose name matches (default: all trainable parameters)")
     p.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16 (float32 accumulation)")
+    add_device_arg(p)
     p.add_argument("--max-length", type=positive_int, default=None,
                    help="truncate sequences from the right to this many tokens (default: no truncation)")
     add_chunk_size_arg(p, "most sequences per vmap/ghost chunk")
@@ -287,10 +289,24 @@ def add_lora_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-targets", default=None, help="comma-separated module names (default: PEFT's per-architecture choice)")
 
 
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    """--device: where the models a command loads run; main() checks it (`resolve_device`) before any work."""
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                   help="where the model runs: auto (CUDA when available, else cpu), cpu, cuda, cuda:N or mps (default auto)")
+
+
+def add_chat_template_arg(p: argparse.ArgumentParser) -> None:
+    """--chat-template auto|none|FILE: the text RL prompts are sampled on (`rollouts.prompts.chat_template_prompts`)."""
+    p.add_argument("--chat-template", nargs="?", const="auto", default="none", metavar="auto|none|FILE",
+                   help="wrap each RL prompt as a user turn of a chat template before sampling: auto (the tokenizer's, if "
+                   "it has one; also a bare --chat-template), none (the raw text) or a Jinja template FILE (default none)")
+
+
 def add_model_args(p: argparse.ArgumentParser, lora: bool = True) -> None:
-    """--model (default the shipped tiny model), --dtype, --seed, and the LoRA flags when `lora`."""
-    p.add_argument("--model", default="tiny", help="'tiny' (default), 'smollm2', a local model or adapter directory")
+    """--model (required), --dtype, --device, --seed, and the LoRA flags when `lora`."""
+    p.add_argument("--model", required=True, help="'tiny', 'smollm2', a local model or adapter directory, or a Hub id org/name")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or bfloat16")
+    add_device_arg(p)
     p.add_argument("--seed", type=int, default=0, help="seed of sampling, batch order and initialisation")
     if lora:
         add_lora_args(p)
@@ -447,9 +463,9 @@ def update_config_from_args(args: argparse.Namespace) -> UpdateConfig:
     """The simulated update (--optimizer/--lr/--beta1/--beta2/--eps/--weight-decay/--max-grad-norm), validated."""
     from sample_effect.update.optim import UpdateConfig
 
-    update = UpdateConfig(
-        optimizer=args.optimizer.lower(), lr=args.lr, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
-        weight_decay=args.weight_decay, clip=clip_from_args(args),
+    update = UpdateConfig(  # weight decay: the state file's, else the trainers' 0
+        optimizer=args.optimizer.lower(), lr=args.lr, beta1=args.beta1, beta2=args.beta2, eps=args.eps, clip=clip_from_args(args),
+        weight_decay=0.0 if args.weight_decay is None and not args.optimizer_state else args.weight_decay,
     ).validate()
     if args.optimizer_state and not update.rule.needs_state:
         raise SampleEffectError("--optimizer-state holds Adam moments; use --optimizer adam or adamw with it")
@@ -509,7 +525,7 @@ def load_model_from_args(args: argparse.Namespace, spec: str | None = None) -> t
     from sample_effect.models.loading import load_model
     from sample_effect.models.registry import resolve_model
 
-    model, tok = load_model(resolve_model(spec or args.model), args.dtype)
+    model, tok = load_model(resolve_model(spec or args.model), args.dtype, getattr(args, "device", "cpu"))
     if getattr(args, "lora_r", None) and spec is None:
         from sample_effect.models.lora import apply_lora
 
@@ -535,8 +551,11 @@ def accuracy_target_from_args(args: argparse.Namespace, tokenizer: Any, prefix: 
         raise SampleEffectError(f"--{prefix}temperature must be positive for the accuracy target, got {temperature}")
     if max_new < 1:
         raise SampleEffectError(f"--{prefix}max-new-tokens must be >= 1, got {max_new}")
+    from sample_effect.rollouts.prompts import chat_template_prompts
+
+    prompts = chat_template_prompts(load_rl_prompts(args.target_prompts), tokenizer, getattr(args, "chat_template", "none"))
     return AccuracyTarget(
-        prompts=load_rl_prompts(args.target_prompts), reward=get_reward(args.reward), tokenizer=tokenizer,
+        prompts=prompts, reward=get_reward(args.reward), tokenizer=tokenizer,
         n_samples=args.target_samples, temperature=temperature, seed=seed, max_new_tokens=max_new, baseline=args.baseline,
     )
 

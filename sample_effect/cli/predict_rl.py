@@ -18,8 +18,10 @@ from typing import Any
 
 from sample_effect.cli.options import (
     SubParsers,
+    add_chat_template_arg,
     add_chunk_size_arg,
     add_common_args,
+    add_device_arg,
     add_max_grad_norm_arg,
     add_target_args,
     check_target_args,
@@ -48,32 +50,35 @@ def add_parsers(sub: SubParsers) -> None:
     p.add_argument("--model", action="append", required=True, metavar="DIR",
                    help="policy checkpoint directory (or 'tiny'); repeat to compare several side by side")
     p.add_argument("--prompts", required=True, help='RL JSONL: {"id", "prompt", "answer"}')
+    add_chat_template_arg(p)
     p.add_argument("--reward", default="kk", help="kk, kk-partial, exact, boxed or module:function (default kk); also the accuracy target's")
     p.add_argument("--group-size", type=int, default=8, help="rollouts per prompt (default 8)")
     p.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature (default 1)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest rollout (default 256)")
     p.add_argument("--seed", type=int, default=0, help="rollout sampling seed, the same for every model (default 0)")
-    p.add_argument("--prompts-per-step", type=int, default=20,
-                   help="prompts per GRPO step B, for the per-step prediction (default 20; train-grpo's default is 8)")
+    p.add_argument("--prompts-per-step", type=int, default=8,
+                   help="prompts per GRPO step B, for the per-step prediction (default 8, train-grpo's)")
     p.add_argument("--clip-eps", type=float, default=0.2, help="GRPO ratio clip (inactive on the first, on-policy step)")
     add_target_args(p, ("data", "direction", "prompts"), accuracy_prefix="target-",
                     helps={"data": "G = -grad of the mean SFT loss over this JSONL"})
     p.add_argument("--out", required=True, help="output JSON: a list with one record per --model")
     p.add_argument("--ranking", metavar="FILE", help="prompts ranked by RL effect per model (.csv or .parquet)")
     p.add_argument("--rollouts", metavar="FILE.jsonl", help="every rollout: reward, advantage, its share of the effect, text")
-    p.add_argument("--optimizer", default="sgd", help=f"simulated optimiser: {optimizer_names()} (default sgd)")
-    p.add_argument("--lr", type=float, default=1e-5, help="learning rate (default 1e-5)")
+    p.add_argument("--optimizer", default="adamw",
+                   help=f"simulated optimiser: {optimizer_names()} (default adamw, train-grpo's)")
+    p.add_argument("--lr", type=float, default=1e-5, help="learning rate (default 1e-5, train-grpo's)")
     p.add_argument("--beta1", type=float, default=None, help="Adam beta1 (default: state file's, else 0.9)")
     p.add_argument("--beta2", type=float, default=None, help="Adam beta2 (default: state file's, else 0.999)")
     p.add_argument("--eps", type=float, default=None, help="Adam eps (default: state file's, else 1e-8)")
     p.add_argument("--weight-decay", type=float, default=None,
-                   help="weight decay (default: state file's, else torch's: 0.01 for adamw, 0 otherwise; train-grpo uses 0)")
-    add_max_grad_norm_arg(p, None, "gradient clipping to this norm: per prompt for the effects, per batch for the noise "
-                          "term (train-grpo clips at 1.0)")
+                   help="weight decay (default: the --optimizer-state file's, else 0, train-grpo's)")
+    add_max_grad_norm_arg(p, 1.0, "gradient clipping to this norm: per prompt for the effects, per batch for the noise "
+                          "term (1.0 = train-grpo's)")
     p.add_argument("--optimizer-state", nargs="+", metavar="FILE",
                    help="Adam state per --model, in the same order (e.g. RUN/checkpoint-k/optimizer.pt)")
     p.add_argument("--params", default=None, metavar="REGEX", help="score only trainable parameters whose name matches")
     p.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16 (float32 accumulation)")
+    add_device_arg(p)
     p.add_argument("--max-length", type=int, default=None, help="with --target-data: truncate sequences to this many tokens")
     add_chunk_size_arg(p, "sequences per compute chunk for the target gradient")
     p.add_argument("--memory-budget", default="4GB", help="memory budget, e.g. 4GB (default 4GB); the noise terms hold a few "
@@ -169,7 +174,7 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
     from sample_effect.io import atomic_open, write_table
     from sample_effect.models.loading import load_model, select_parameters
     from sample_effect.models.registry import resolve_model
-    from sample_effect.rollouts.prompts import load_rl_prompts
+    from sample_effect.rollouts.prompts import chat_template_prompts, load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.scoring.effects import resolve_state
 
@@ -196,7 +201,7 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
     tables = []
     rollout_rows: list[dict[str, Any]] = []
     for i, spec in enumerate(args.model):
-        model, tok = load_model(resolve_model(spec), args.dtype)
+        model, tok = load_model(resolve_model(spec), args.dtype, args.device)
         if getattr(tok, "eos_token_id", None) is None:
             raise SampleEffectError(f"the tokenizer of --model {spec} has no EOS token, so no rollout can finish")
         params = select_parameters(model, args.params)
@@ -205,7 +210,7 @@ def cmd_predict_rl(args: argparse.Namespace) -> None:
         with warnings.catch_warnings():  # printed below, as WARNING lines next to the summary
             warnings.simplefilter("ignore", RLPredictionWarning)
             pred = predict_rl(
-                model, tok, prompts, reward, target, update, group_size=args.group_size, temperature=args.temperature,
+                model, tok, chat_template_prompts(prompts, tok, args.chat_template), reward, target, update, group_size=args.group_size, temperature=args.temperature,
                 max_new_tokens=args.max_new_tokens, seed=args.seed, prompts_per_step=args.prompts_per_step,
                 clip_eps=args.clip_eps, params=params, state=state, compute=compute, noise=not args.no_noise,
                 n_boot=args.bootstrap, noise_draws=args.noise_draws, curvature_draws=args.curvature_draws,

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from sample_effect.cli.options import (
     SubParsers,
+    add_chat_template_arg,
     add_common_args,
+    add_device_arg,
     add_grpo_schedule_args,
     add_measurement_arg,
     add_target_args,
@@ -35,11 +37,13 @@ def add_parsers(sub: SubParsers) -> None:
     )
     p.add_argument("--model", required=True, help="the reference start (checkpoint dir or built-in name)")
     p.add_argument("--prompts", required=True, help='RL JSONL: {"id", "prompt", "answer"}')
+    add_chat_template_arg(p)
     p.add_argument("--reward", default="kk", help="kk, kk-partial, exact, boxed or module:function (default kk)")
     add_grpo_schedule_args(p)
     p.set_defaults(steps=25)
     p.add_argument("--seed", type=int, default=0, help="trainer seed (default 0)")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or bfloat16")
+    add_device_arg(p)
     p.add_argument("--out", required=True, help="output directory (start/, final/, direction.json)")
     add_common_args(p)
     p.set_defaults(func=cmd_reference_direction, eval_every=0)
@@ -60,6 +64,7 @@ def add_validate_parsers(checks: SubParsers) -> None:
     p.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR",
                    help="a start (checkpoint dir or built-in name), optionally named; repeat, at least twice")
     p.add_argument("--prompts", required=True, help='GRPO training prompts, RL JSONL: {"id", "prompt", "answer"}')
+    add_chat_template_arg(p)
     p.add_argument("--eval-prompts", required=True, help="held-out RL prompts of the accuracy measurement and target")
     p.add_argument("--reward", default="kk", help="kk, kk-partial, exact, boxed or module:function (default kk)")
     add_measurement_arg(p)
@@ -86,6 +91,7 @@ def add_validate_parsers(checks: SubParsers) -> None:
     p.add_argument("--noise-draws", type=int, default=64, help="batch draws of the batch term (default 64)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap draws of the Spearman interval (default 2000)")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or bfloat16")
+    add_device_arg(p)
     p.add_argument("--max-length", type=int, default=None, help="truncate held-out solutions to this many tokens")
     p.add_argument("--out", required=True, help="output directory")
     add_common_args(p)
@@ -111,7 +117,7 @@ def cmd_validate_rl_starts(args: argparse.Namespace) -> None:
     from sample_effect.data.examples import load_examples, tokenize_examples
     from sample_effect.models.loading import load_model, select_parameters
     from sample_effect.models.registry import resolve_model
-    from sample_effect.rollouts.prompts import load_rl_prompts
+    from sample_effect.rollouts.prompts import chat_template_prompts, load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.targets.core import direction_vector
     from sample_effect.validation.rl_measure import MEASUREMENTS
@@ -160,7 +166,8 @@ def cmd_validate_rl_starts(args: argparse.Namespace) -> None:
     if not prompts or not held:
         raise SampleEffectError("--prompts and --eval-prompts must hold prompts")
     paths = {name: str(resolve_model(spec)) for name, spec in starts.items()}
-    first_model, tok = load_model(next(iter(paths.values())), args.dtype)
+    first_model, tok = load_model(next(iter(paths.values())), args.dtype, device=args.device)
+    prompts, held = (chat_template_prompts(x, tok, args.chat_template) for x in (prompts, held))
     loss_examples = None
     raw = load_examples(args.target_data) if args.target_data else _responses(args.eval_prompts)
     if raw:
@@ -179,7 +186,7 @@ def cmd_validate_rl_starts(args: argparse.Namespace) -> None:
                       accuracy_every=every, direction=d, loss_examples=loss_examples)
     config = RLStartsConfig(runs=args.runs, n_boot=args.bootstrap, dtype=args.dtype, predict=PredictSettings(
         seed=args.predict_seed, target_samples=args.target_samples, noise_draws=args.noise_draws, lookahead=look))
-    loaders = {n: (p, (lambda p=p: load_model(p, args.dtype))) for n, p in paths.items()}
+    loaders = {n: (p, (lambda p=p: load_model(p, args.dtype, device=args.device))) for n, p in paths.items()}
     say = None if args.quiet else (lambda m: print(f"rl-starts: {m}", flush=True))
     out.mkdir(exist_ok=True)
     doc, rows = compare_starts(loaders, prompts, cfg, probe, config, out, say=say)
@@ -203,7 +210,7 @@ def _responses(path: str) -> list | None:
 def cmd_reference_direction(args: argparse.Namespace) -> None:
     """Save theta_0, run GRPO, save theta_K and direction.json."""
     from sample_effect.io import check_output_dir, output_dir
-    from sample_effect.rollouts.prompts import load_rl_prompts
+    from sample_effect.rollouts.prompts import chat_template_prompts, load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.training import train_grpo
 
@@ -214,13 +221,14 @@ def cmd_reference_direction(args: argparse.Namespace) -> None:
     reward = get_reward(args.reward)
     prompts = load_rl_prompts(args.prompts)
     model, tok = load_model_from_args(args)
+    prompts = chat_template_prompts(prompts, tok, args.chat_template)
     with output_dir(out):
         model.save_pretrained(out / "start")
         tok.save_pretrained(out / "start")
         train_grpo(model, tok, prompts, reward, cfg, out, out / "metrics.csv", progress=not args.quiet)
     from sample_effect.models.loading import load_model
 
-    theta0 = dict(load_model(out / "start", "float64")[0].named_parameters())
+    theta0 = dict(load_model(out / "start", "float64", device=args.device)[0].named_parameters())
     norm = float(sum(((p.detach().double() - theta0[n].detach()) ** 2).sum() for n, p in model.named_parameters()) ** 0.5)
     record = {"start": str(out / "start"), "final": str(out / "final"), "steps": cfg.steps, "norm": norm,
               "model": args.model, "config": {"lr": cfg.update.lr, "prompts_per_step": cfg.prompts_per_step,

@@ -9,7 +9,9 @@ from dataclasses import asdict
 
 from sample_effect.cli.options import (
     SubParsers,
+    add_chat_template_arg,
     add_common_args,
+    add_device_arg,
     add_grpo_schedule_args,
     add_target_args,
     check_json_outputs,
@@ -31,6 +33,7 @@ def add_validate_parsers(checks: SubParsers) -> None:
     p.add_argument("--model", action="append", required=True, metavar="DIR",
                    help="starting checkpoint (or 'tiny'); repeat to compare initialisations")
     p.add_argument("--prompts", required=True, help='RL JSONL: {"id", "prompt", "answer"}')
+    add_chat_template_arg(p)
     p.add_argument("--reward", default="kk", help="kk, kk-partial, exact, boxed or module:function (default kk)")
     add_target_args(p, helps={"data": "target: the mean loss over this SFT JSONL"})
     add_grpo_schedule_args(p)
@@ -40,6 +43,7 @@ def add_validate_parsers(checks: SubParsers) -> None:
     p.add_argument("--predict-seed", type=int, default=1000, help="rollout seed of the prediction (default 1000)")
     p.add_argument("--noise-draws", type=int, default=256, help="batch draws for the noise term (default 256)")
     p.add_argument("--dtype", default="float32", help="float32 (default), float64 or bfloat16")
+    add_device_arg(p)
     p.add_argument("--max-length", type=int, default=None, help="truncate target sequences to this many tokens (default: no truncation)")
     p.add_argument("--out", required=True, help="output JSON; curves to OUT.csv, figure to OUT.png")
     add_common_args(p)
@@ -56,7 +60,7 @@ def cmd_validate_rl_curves(args: argparse.Namespace) -> None:
     from sample_effect.models.loading import load_model
     from sample_effect.models.registry import resolve_model
     from sample_effect.plots.figures import predicted_vs_actual
-    from sample_effect.rollouts.prompts import load_rl_prompts
+    from sample_effect.rollouts.prompts import chat_template_prompts, load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.validation.rl_curves import agreement, rl_curve
 
@@ -78,13 +82,14 @@ def cmd_validate_rl_curves(args: argparse.Namespace) -> None:
     for spec in args.model:
         path = resolve_model(spec)
 
-        first = [load_model(path, args.dtype)]  # tokenizes the target, then serves the prediction
+        first = [load_model(path, args.dtype, args.device)]  # tokenizes the target, then serves the prediction
         target_ex = tokenize_examples(target_raw, first[0][1], args.max_length)[0]
 
         def load(path=path, first=first):  # type: ignore[no-untyped-def]
-            return first.pop() if first else load_model(path, args.dtype)
+            return first.pop() if first else load_model(path, args.dtype, args.device)
 
-        df, summary = rl_curve(str(spec), load, prompts, reward, target_ex, cfg, args.runs, args.predict_seed,
+        wrapped = chat_template_prompts(prompts, first[0][1], args.chat_template)
+        df, summary = rl_curve(str(spec), load, wrapped, reward, target_ex, cfg, args.runs, args.predict_seed,
                                args.noise_draws, compute)
         frames.append(df)
         summaries.append(summary)

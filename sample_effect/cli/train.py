@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sample_effect.cli.options import (
     SubParsers,
+    add_chat_template_arg,
     add_common_args,
     add_data_format_args,
     add_grpo_schedule_args,
@@ -68,6 +69,7 @@ def _add_train_grpo(sub: SubParsers) -> None:
                        description="GRPO with group-normalised advantages and the token-mean policy loss.")
     add_model_args(g)
     g.add_argument("--prompts", required=True, help='RL JSONL: {"id", "prompt", "answer"}')
+    add_chat_template_arg(g)
     g.add_argument("--eval-prompts", help="RL JSONL for greedy test accuracy (default: no evaluation)")
     g.add_argument("--reward", default="kk", help="kk, kk-partial, exact, boxed or module:function")
     g.add_argument("--out", required=True, help="run directory (checkpoints, metrics.csv, replay/)")
@@ -87,6 +89,7 @@ def _add_redistill(sub: SubParsers) -> None:
                        "reward accepts, write SFT JSONL, and optionally fine-tune a base model on it.")
     add_model_args(r, lora=False)
     r.add_argument("--prompts", required=True, help='RL JSONL: {"id", "prompt", "answer"}')
+    add_chat_template_arg(r)
     r.add_argument("--reward", default="kk", help="kk, kk-partial, exact, boxed or module:function")
     r.add_argument("--out", required=True, help="SFT JSONL to write")
     r.add_argument("--samples-per-prompt", type=int, default=1, help="completions sampled per prompt")
@@ -134,7 +137,7 @@ def cmd_train_sft(args: argparse.Namespace) -> None:
 def cmd_train_grpo(args: argparse.Namespace) -> None:
     """`sample-effect train-grpo`: load, run GRPO, write the run directory."""
     from sample_effect.io import output_dir
-    from sample_effect.rollouts.prompts import load_rl_prompts
+    from sample_effect.rollouts.prompts import chat_template_prompts, load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.training import GRPOHooks, train_grpo
 
@@ -146,6 +149,8 @@ def cmd_train_grpo(args: argparse.Namespace) -> None:
     out = _out_dir(args.out, args.overwrite)
     model, tok = load_model_from_args(args)
     require_eos(tok, f"--model {args.model}")
+    prompts = chat_template_prompts(prompts, tok, args.chat_template)
+    evals = chat_template_prompts(evals, tok, args.chat_template) if evals else None
     with output_dir(out):
         m = train_grpo(model, tok, prompts, reward, cfg, out, out / "metrics.csv", hooks=GRPOHooks(eval_prompts=evals),
                        progress=not args.quiet)
@@ -158,7 +163,7 @@ def cmd_train_grpo(args: argparse.Namespace) -> None:
 def cmd_redistill(args: argparse.Namespace) -> None:
     """`sample-effect redistill`: sample, keep what the reward accepts, optionally fine-tune on it."""
     from sample_effect.io import check_output_path, output_dir
-    from sample_effect.rollouts.prompts import load_rl_prompts
+    from sample_effect.rollouts.prompts import chat_template_prompts, load_rl_prompts
     from sample_effect.rollouts.rewards import get_reward
     from sample_effect.training import RedistillConfig, redistill
 
@@ -178,6 +183,7 @@ def cmd_redistill(args: argparse.Namespace) -> None:
     prompts = load_rl_prompts(args.prompts)
     model, tok = load_model_from_args(args)
     require_eos(tok, f"--model {args.model}")
+    prompts = chat_template_prompts(prompts, tok, args.chat_template)
     stats: dict = {}
     cfg = RedistillConfig(args.samples_per_prompt, args.keep_per_prompt, args.temperature, args.max_new_tokens, args.seed)
     recs = redistill(model, tok, prompts, reward, args.out, cfg, progress=not args.quiet, stats=stats)

@@ -168,8 +168,8 @@ def load_examples(
 ) -> list[Example]:
     """Read SFT data (the formats of docs/guide.md, section 1) into examples, grouping records by id.
 
-    `path` is a JSONL file, a Parquet file (.parquet) or a directory saved by `datasets`
-    (`split` picks a DatasetDict's split). The *_field options name the columns holding each
+    `path` is a JSONL file, a Parquet file (.parquet), a directory saved by `datasets` or a Hugging
+    Face Hub dataset id `org/name` that is not a local path (`split` picks a DatasetDict's split). The *_field options name the columns holding each
     field (defaults: id, prompt, response, messages, or `data_format`'s); a table with no
     id column gets ids from 0-based row numbers. `data_format` is a format shared by several
     paths (a command line's --split/--*-field flags): its split applies to `datasets` directories

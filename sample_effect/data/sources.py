@@ -1,4 +1,5 @@
-"""Input formats for SFT data: JSONL, Parquet, and `datasets` datasets saved with `save_to_disk`.
+"""Input formats for SFT data: JSONL, Parquet, `datasets` datasets saved with `save_to_disk`, and Hugging Face
+Hub datasets (`org/name`, not a local path: `datasets.load_dataset`, offline with HF_HUB_OFFLINE=1).
 
 Every command's data flags (`--data`, `--target-data`, `--eval-data`, ...) go through
 `sample_effect.data.examples.load_examples`, which calls `read_records` here. Field names are mapped with
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sample_effect.errors import ConfigError, SampleEffectError, literal
+from sample_effect.hub import hub_failure, hub_id
 
 DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
@@ -44,8 +46,11 @@ class DataFormat:
 
 
 def kind_of(path: str | os.PathLike) -> str:
-    """'dataset' (a directory saved by `datasets`), 'parquet' or 'jsonl' (anything else)."""
+    """'dataset' (a directory saved by `datasets`), 'hub' (a Hugging Face Hub dataset id `org/name` that is not a
+    local path), 'parquet' or 'jsonl' (anything else)."""
     p = Path(path)
+    if hub_id(path) is not None:
+        return "hub"
     if p.is_dir() and any((p / m).exists() for m in DATASET_MARKERS):
         return "dataset"
     if p.suffix.lower() == ".parquet":
@@ -63,9 +68,9 @@ def read_records(
     """
     p = Path(path)
     kind = kind_of(p)
-    if split is not None and kind != "dataset" and not strict:
+    if split is not None and kind not in ("dataset", "hub") and not strict:
         split = None
-    if split is not None and kind != "dataset":
+    if split is not None and kind not in ("dataset", "hub"):
         raise ConfigError("read_records", f"<split> {literal(split)} applies to a `datasets` directory saved with save_to_disk, not to {literal(p)}")
     if kind == "jsonl":
         if p.is_dir():
@@ -74,9 +79,9 @@ def read_records(
                 f"`datasets` save_to_disk (no {', '.join(DATASET_MARKERS)} found): {p}"
             )
         return read_jsonl(p), False
-    rows = _read_parquet(p) if kind == "parquet" else _read_dataset(p, split, strict)
+    rows = _read_parquet(p) if kind == "parquet" else _read_hub(str(path), split) if kind == "hub" else _read_dataset(p, split, strict)
     if not rows:
-        raise SampleEffectError(f"{p}: no examples (the {'file' if kind == 'parquet' else 'dataset'} has no rows)")
+        raise SampleEffectError(f"{path}: no examples (the {'file' if kind == 'parquet' else 'dataset'} has no rows)")
     # A null cell is an absent field: columnar formats cannot leave a cell out.
     return [(i, {k: v for k, v in row.items() if v is not None}) for i, row in enumerate(rows)], True
 
@@ -95,6 +100,34 @@ def _read_parquet(p: Path) -> list[dict[str, Any]]:
     return table.to_pylist()
 
 
+def _read_hub(repo: str, split: str | None) -> list[dict[str, Any]]:
+    """Rows of a Hugging Face Hub dataset through `datasets.load_dataset(repo, split=split)` (offline with HF_HUB_OFFLINE=1)."""
+    try:
+        import datasets
+    except ImportError:
+        raise SampleEffectError(f"'{repo}' is not a local path; reading it as a Hugging Face Hub dataset needs: "
+                                "pip install 'sample-effect[hf]'") from None
+    try:
+        ds = datasets.load_dataset(repo, split=split)
+    except Exception as exc:  # datasets raises many types (not found, offline, bad split)
+        raise SampleEffectError(hub_failure(repo, "a dataset", exc)) from None
+    return _one_split(ds, repo, split, datasets)
+
+
+def _one_split(ds: Any, where: Any, split: str | None, datasets: Any) -> Any:
+    """The Dataset of a DatasetDict's `split` (its only split when None); a Dataset unchanged."""
+    if not isinstance(ds, datasets.DatasetDict):
+        return list(ds.to_list())
+    names = list(ds.keys())
+    if split is None:
+        if len(names) != 1:
+            raise ConfigError("read_records", f"{literal(where)} is a DatasetDict with splits {literal(', '.join(names))}; choose one with <split>")
+        split = names[0]
+    if split not in ds:
+        raise SampleEffectError(f"{where} has no split '{split}' (it has {', '.join(names)})")
+    return list(ds[split].to_list())
+
+
 def _read_dataset(p: Path, split: str | None, strict: bool = True) -> list[dict[str, Any]]:
     try:
         import datasets
@@ -104,18 +137,9 @@ def _read_dataset(p: Path, split: str | None, strict: bool = True) -> list[dict[
         ds = datasets.load_from_disk(str(p))
     except Exception as exc:
         raise SampleEffectError(f"{p}: could not load the saved dataset ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        names = list(ds.keys())
-        if split is None:
-            if len(names) != 1:
-                raise ConfigError("read_records", f"{literal(p)} is a DatasetDict with splits {literal(', '.join(names))}; choose one with <split>")
-            split = names[0]
-        if split not in ds:
-            raise SampleEffectError(f"{p} has no split '{split}' (it has {', '.join(names)})")
-        ds = ds[split]
-    elif split is not None and strict:
+    if not isinstance(ds, datasets.DatasetDict) and split is not None and strict:
         raise ConfigError("read_records", f"<split> {literal(split)}: {literal(p)} is a single Dataset, not a DatasetDict with splits")
-    return list(ds.to_list())
+    return _one_split(ds, p, split, datasets)
 
 
 def map_fields(records: list[tuple[int, dict[str, Any]]], names: FieldNames, rows: bool) -> list[tuple[int, dict[str, Any]]]:

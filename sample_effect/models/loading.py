@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from sample_effect.errors import ConfigError, SampleEffectError, literal
+from sample_effect.hub import hub_failure, hub_id, quiet_hf_progress
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -61,18 +62,8 @@ def check_model_dir(path: str | os.PathLike) -> Path:
     return p
 
 
-def quiet_hf_progress() -> None:
-    """Silence transformers' per-load progress bars (ours are enough)."""
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except Exception:  # pragma: no cover
-        pass
-
-
 def load_tokenizer(path: str | os.PathLike) -> Any:
-    """Load the tokenizer saved next to a model, with a clear error if there is none."""
+    """Load the tokenizer saved next to a model (or of a Hugging Face Hub id), with a clear error if there is none."""
     from transformers import AutoTokenizer
 
     p = Path(path)
@@ -82,41 +73,84 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except Exception as exc:  # transformers raises many types here
+        repo = hub_id(path)
+        if repo is not None:
+            raise SampleEffectError(hub_failure(repo, "a tokenizer", exc)) from None
         raise SampleEffectError(f"could not load a tokenizer from {path}: {str(exc).splitlines()[0]}") from None
     if len(tok) < 2:
         raise SampleEffectError(f"could not load a tokenizer from {path}: its vocabulary is empty")
     return tok
 
 
+def resolve_device(spec: str | torch.device | None = "auto", what: str = "device") -> torch.device:
+    """The torch device of `spec`: auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps.
+
+    Fails with a SampleEffectError naming `what` (e.g. the flag `--device`) when that device is not available here."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(spec, torch.device):
+        dev = spec
+    else:
+        text = str(spec).strip().lower()
+        if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", text):
+            raise SampleEffectError(f"{what} '{spec}': unknown device; choose auto, cpu, cuda, cuda:N or mps")
+        dev = torch.device(text)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise SampleEffectError(f"{what} {spec}: CUDA is not available on this machine (torch {torch.__version__}, "
+                                    f"{build}); use {what} cpu, or auto to take CUDA only when there is one")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SampleEffectError(f"{what} {spec}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise SampleEffectError(f"{what} {spec}: MPS (Apple GPU) is not available on this machine; use {what} cpu")
+    return dev
+
+
 def load_model(path: str | os.PathLike, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
-    """Load a causal LM and its tokenizer from a local directory, ready for per-example maths."""
+    """Load a causal LM and its tokenizer, ready for per-example maths, onto `device` (see `resolve_device`).
+
+    `path` is a local model or PEFT adapter directory, a built-in name given as a string (tiny,
+    tiny-small, smollm2) or a Hugging Face Hub id `org/name` (transformers' from_pretrained; with
+    HF_HUB_OFFLINE=1 it is read from the local cache only)."""
     from transformers import AutoModelForCausalLM
 
-    p = Path(path)
-    if (p / "adapter_config.json").exists() and not (p / "config.json").exists():
-        return _load_adapter_dir(p, dtype, device)
-    p = check_model_dir(path)
+    target = resolve_device(device)
     torch_dtype = parse_dtype(dtype)
+    if isinstance(path, str):
+        from sample_effect.models.registry import resolve_model
+
+        path = resolve_model(path)  # a built-in name becomes its directory; a Hub id stays a string
+    repo = hub_id(path) if isinstance(path, str) else None
+    if repo is None:
+        p = Path(path)
+        if (p / "adapter_config.json").exists() and not (p / "config.json").exists():
+            return _load_adapter_dir(p, dtype, target)
+        source = str(check_model_dir(p))
+    else:
+        source = repo
     quiet_hf_progress()
-    tokenizer = load_tokenizer(p)
+    tokenizer = load_tokenizer(source)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch_dtype, attn_implementation="eager")
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="eager")
     except Exception as exc:
-        raise SampleEffectError(f"could not load a causal LM from {p}: {str(exc).splitlines()[0]}") from None
+        if repo is not None:
+            raise SampleEffectError(hub_failure(repo, "a causal LM", exc)) from None
+        raise SampleEffectError(f"could not load a causal LM from {source}: {str(exc).splitlines()[0]}") from None
     prepare_model(model)
-    return model.to(device), tokenizer
+    return model.to(target), tokenizer
 
 
-def _load_adapter_dir(p: Path, dtype: str | torch.dtype, device: str | torch.device) -> tuple[torch.nn.Module, Any]:
-    """A PEFT adapter directory: load its base model (adapter_config's base path), then the adapter."""
+def _load_adapter_dir(p: Path, dtype: str | torch.dtype, device: torch.device) -> tuple[torch.nn.Module, Any]:
+    """A PEFT adapter directory: load its base model (adapter_config's base: a local directory or a Hub id), then the adapter."""
     import json
 
     from sample_effect.models.lora import load_adapter
 
     base_path = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base_path or not Path(base_path).is_dir():
-        raise SampleEffectError(f"{p}: adapter_config.json names no local base model directory ({base_path!r})")
-    base, tokenizer = load_model(base_path, dtype, device)
+    if not base_path or not (Path(base_path).is_dir() or hub_id(base_path)):
+        raise SampleEffectError(f"{p}: adapter_config.json names no local base model directory or Hub id ({base_path!r})")
+    base, tokenizer = load_model(Path(base_path) if Path(base_path).is_dir() else str(base_path), dtype, device)
     if (p / "tokenizer_config.json").exists():
         tokenizer = load_tokenizer(p)
     return prepare_model(load_adapter(str(p), base)).to(device), tokenizer

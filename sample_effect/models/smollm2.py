@@ -61,7 +61,7 @@ def ensure_smollm2() -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    from sample_effect.models.loading import quiet_hf_progress
+    from sample_effect.hub import quiet_hf_progress
 
     quiet_hf_progress()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -71,7 +71,7 @@ def grpo_loss(
     """
     m = mask.to(logprobs.dtype)
     ratio = torch.exp(logprobs - old_logprobs)
-    adv = advantages.to(logprobs.dtype).unsqueeze(-1)
+    adv = advantages.to(device=logprobs.device, dtype=logprobs.dtype).unsqueeze(-1)  # CPU advantages, GPU model
     per_token = -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
     if ref_logprobs is not None and kl_coef:
         delta = ref_logprobs - logprobs

@@ -146,7 +146,7 @@ def _grpo_update(  # type: ignore[no-untyped-def]
         old_lp, mask = policy_logprobs(model, everything)
     losses: list[float] = []
     if batch:
-        keep = torch.tensor(keep_idx)
+        keep = torch.tensor(keep_idx, device=old_lp.device)
         width = max(int(r.ids.shape[0]) for r in batch) - 1
         old_b = old_lp[keep, :width]
         ref_lp = None

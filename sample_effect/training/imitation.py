@@ -40,7 +40,7 @@ from sample_effect.data.examples import (
 from sample_effect.errors import ConfigError, SampleEffectError
 from sample_effect.io import atomic_open
 from sample_effect.rollouts.generation import Completion, greedy_accuracy, prompt_ids, sample
-from sample_effect.rollouts.prompts import RLPrompt
+from sample_effect.rollouts.prompts import RLPrompt, chat_template_prompts
 from sample_effect.training.common import MetricsWriter
 from sample_effect.training.sft import SFTConfig, train_sft
 
@@ -313,8 +313,7 @@ def chat_prompts(tokenizer: Any, prompts: Sequence[RLPrompt]) -> list[RLPrompt]:
     (instruct teachers such as SmolLM2-Instruct answer sensibly only in their chat format)."""
     if not getattr(tokenizer, "chat_template", None):
         raise SampleEffectError("the tokenizer has no chat template to wrap the prompts in")
-    return [RLPrompt(p.id, tokenizer.apply_chat_template([{"role": "user", "content": p.prompt}], tokenize=False,
-                                                         add_generation_prompt=True), p.answer) for p in prompts]
+    return chat_template_prompts(prompts, tokenizer, "auto")
 
 
 def reverse_kl_tokens(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:

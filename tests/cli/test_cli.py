@@ -27,7 +27,7 @@ def test_rank_csv_matches_api_and_exports_top_k(model_dirs, data_files, tmp_path
     out, exp = tmp_path / "effects.csv", tmp_path / "top.jsonl"
     code, stdout, err = run(
         ["rank", "--model", model_dirs["gpt2"], "--data", data_files["train"], "--target-data", data_files["target"],
-         "--out", out, "--optimizer", "adamw", "--clip", "1.0", "--dtype", "float64", "--top-k", 2, "--export", exp, "--quiet"],
+         "--out", out, "--optimizer", "adamw", "--weight-decay", "0.01", "--clip", "1.0", "--dtype", "float64", "--top-k", 2, "--export", exp, "--quiet"],
         capsys,
     )
     assert code == 0, err

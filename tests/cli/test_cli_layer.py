@@ -239,7 +239,7 @@ def test_clipping_off_is_max_grad_norm_zero() -> None:
     assert clip_from_args(parser.parse_args([*rank, "--max-grad-norm", "0"])) is None
     assert clip_from_args(parser.parse_args(rank)) is None
     assert clip_from_args(parser.parse_args([*rank, "--max-grad-norm", "0.5"])) == 0.5
-    assert parser.parse_args(["train-sft", "--data", "d", "--out", "o", "--max-grad-norm", "0"]).max_grad_norm is None
+    assert parser.parse_args(["train-sft", "--model", "m", "--data", "d", "--out", "o", "--max-grad-norm", "0"]).max_grad_norm is None
     cmp = ["compare-sources", "--source", "a=f", "--model", "m", "--target-data", "t", "--out", "o.csv"]
     assert clip_from_args(parser.parse_args([*cmp, "--max-grad-norm", "0"]), clip_zero_is_off=True) is None
     assert clip_from_args(parser.parse_args([*cmp, "--clip", "0"]), clip_zero_is_off=True) is None

@@ -79,7 +79,7 @@ def test_prompts_per_step_above_the_prompts_is_clamped_with_a_warning(model_dirs
 
 
 def test_cli_prints_warning_lines_for_the_readme_example_shape(model_dirs, tmp_path, capsys):
-    """The README's example: few prompts, default --prompts-per-step 20, every group zero variance."""
+    """The README's example: few prompts, default --prompts-per-step 8 (train-grpo's), every group zero variance."""
     rl = write_jsonl(tmp_path / "rl.jsonl", [{"id": f"p{i}", "prompt": r["prompt"], "answer": ""} for i, r in enumerate(TRAIN[:4])])
     tgt = write_jsonl(tmp_path / "target.jsonl", TARGET)
     argv = ["predict-rl", "--model", str(model_dirs["gpt2"]), "--prompts", str(rl), "--reward", "test_rl_warnings:constant",
@@ -91,6 +91,6 @@ def test_cli_prints_warning_lines_for_the_readme_example_shape(model_dirs, tmp_p
     out = capsys.readouterr().out
     lines = [x for x in out.splitlines() if x.startswith("WARNING:")]
     assert len(lines) == 2, out
-    assert "--prompts-per-step 20 exceeds the 4 prompts" in lines[0]
+    assert "--prompts-per-step 8 exceeds the 4 prompts" in lines[0]
     assert "ALL 4 prompt groups have zero reward variance" in lines[1] and "kk-partial" in lines[1]
     assert out.index("exceeds") < out.index("growth ")  # the clamp is said before the run, not after
