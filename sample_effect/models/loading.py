@@ -7,6 +7,7 @@ KV cache, and in eval mode (dropout breaks vmap and makes gradients random).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections import OrderedDict
@@ -117,6 +118,7 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype = "float32", de
 
     target = resolve_device(device)
     torch_dtype = parse_dtype(dtype)
+    warn_emulated_bf16(torch_dtype, target)
     if isinstance(path, str):
         from sample_effect.models.registry import resolve_model
 
@@ -139,6 +141,19 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype = "float32", de
         raise SampleEffectError(f"could not load a causal LM from {source}: {str(exc).splitlines()[0]}") from None
     prepare_model(model)
     return model.to(target), tokenizer
+
+
+_BF16_WARNED: list[bool] = []
+
+
+def warn_emulated_bf16(dtype: torch.dtype, device: torch.device) -> None:
+    """Log, once per process and before any work, that bfloat16 on this CPU is emulated and slow (`runtime.cpu`)."""
+    from sample_effect.runtime import cpu
+
+    note = None if _BF16_WARNED else cpu.bf16_note(dtype, device)
+    if note:
+        _BF16_WARNED.append(True)
+        logging.getLogger("sample_effect").warning(note)
 
 
 def _load_adapter_dir(p: Path, dtype: str | torch.dtype, device: torch.device) -> tuple[torch.nn.Module, Any]:

@@ -25,3 +25,21 @@ def test_bf16_warning_only_where_bf16_is_emulated():
     assert bf16_note(torch.bfloat16, "cpu", amx) is None
     assert bf16_note(torch.float32, "cpu", avx2) is None
     assert bf16_note(torch.bfloat16, "meta", avx2) is None  # not a CPU computation
+
+
+def test_loading_a_bf16_model_on_an_emulating_cpu_warns_once(monkeypatch, caplog):
+    import logging
+
+    from sample_effect.models import loading
+    from sample_effect.runtime import cpu
+
+    monkeypatch.setattr(cpu, "native_bf16", lambda flags=None: False)
+    monkeypatch.setattr(loading, "_BF16_WARNED", [])
+    with caplog.at_level(logging.WARNING, logger="sample_effect"):
+        loading.warn_emulated_bf16(torch.bfloat16, torch.device("cpu"))
+        loading.warn_emulated_bf16(torch.bfloat16, torch.device("cpu"))
+        loading.warn_emulated_bf16(torch.float32, torch.device("cpu"))
+    notes = [r.message for r in caplog.records if "emulated" in r.message]
+    assert len(notes) == 1 and "--dtype float32" in notes[0]
+    model, _ = loading.load_model("tiny-small", "bfloat16")  # the load itself goes through the same check
+    assert next(model.parameters()).dtype == torch.bfloat16
