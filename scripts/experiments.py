@@ -655,6 +655,7 @@ def stage_q5(R: Runner):
             if row["kept"] and not R.done(out):
                 R.se("rank", "--model", "tiny", "--data", data, "--target-data", R.p("data", "target.jsonl"),
                      "--optimizer", opt, "--lr", a.rank_lr, "--max-grad-norm", 1.0, "--out", out,
+                     *(["--weight-decay", 0.01] if opt == "adamw" else []),  # the recorded runs' (then default) decay
                      label=f"q5 rank step {step} {opt}")
             effects[(step, opt)] = [float(r["effect"]) for r in read_csv(out)] if Path(out).exists() else []
             e = effects[(step, opt)]
@@ -731,7 +732,8 @@ def stage_q3(R: Runner):
     cat([R.p("data", f"train-{s}.jsonl") for s in STYLES] + ([red] if n else []), pool)
     if not R.done(f"{q}/rank.csv"):
         R.se("rank", "--model", "tiny", "--data", pool, "--target-data", target, "--optimizer", "adamw",
-             "--lr", a.rank_lr, "--max-grad-norm", 1.0, "--out", f"{q}/rank.csv", label="q3 rank")
+             "--lr", a.rank_lr, "--max-grad-norm", 1.0, "--weight-decay", 0.01, "--out", f"{q}/rank.csv",
+             label="q3 rank")
     R.se("plot", "effects", f"{q}/rank.csv", "--group-by", "^(answer-only|short-cot|long-cot|redistilled)-",
          "--out", f"{q}/effects_by_source.png", label="plot")
     if n >= a.batch_size and not R.done(f"{q}/curves.json"):
