@@ -157,6 +157,10 @@ def measure_runs(
         if path is not None and path.exists():
             frames.append(pd.DataFrame(json.loads(path.read_text())))
             continue
+        legacy = path.with_suffix(".csv") if path is not None else None
+        if legacy is not None and legacy.exists():  # a cache written before runs were kept as JSON
+            frames.append(pd.read_csv(legacy))
+            continue
         model, tok = load()
         theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
 
