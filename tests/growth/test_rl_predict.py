@@ -168,13 +168,36 @@ def test_positive_effect_equals_one_real_grpo_step_on_the_same_rollouts(model_di
     assert errors[1e-6] < errors[1e-5]  # first order: the error shrinks with lr
 
 
+def real_batch_steps(model, groups, B, optimizer, lr, clip, params):
+    """torch's own step (optimiser, clip_grad_norm_, the trainer's loss) on every batch of B prompt groups, as
+    theta_after - theta_before over `params`; None for a batch with no informative group (the trainer takes no step)."""
+    import itertools
+
+    out = []
+    for batch in itertools.combinations(range(len(groups)), B):
+        rollouts = informative([groups[i] for i in batch])
+        if not rollouts:
+            out.append(None)
+            continue
+        stepped = copy.deepcopy(model)
+        before = {n: p.detach().clone() for n, p in stepped.named_parameters()}
+        opt = (torch.optim.AdamW(stepped.parameters(), lr=lr, weight_decay=0.0) if optimizer == "adamw"
+               else torch.optim.SGD(stepped.parameters(), lr=lr))
+        grpo_batch_loss(stepped, rollouts).backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(list(stepped.parameters()), clip)
+        opt.step()
+        named = dict(stepped.named_parameters())
+        out.append({n: named[n].detach() - before[n] for n in params})
+    return out
+
+
 @pytest.mark.parametrize(("optimizer", "clip"), [("adamw", 1.0), ("sgd", 0.05)])
 def test_growth_with_a_nonlinear_update_equals_the_mean_real_step_over_every_batch(model_dirs, optimizer, clip):
     """Adam / clipping are not linear in the gradient, so the batch step differs from the mean per-prompt step.
     With a fixed direction the first order is exact: positive + batch noise term must equal the mean, over
     every batch of B prompts (trainer's draw, without replacement), of <real step / lr, G> with torch's own
     optimiser and clip_grad_norm_ on the trainer's loss."""
-    import itertools
 
     model, tok = load_model(model_dirs["qwen2"], "float64")
     params = select_parameters(model)
@@ -186,21 +209,8 @@ def test_growth_with_a_nonlinear_update_equals_the_mean_real_step_over_every_bat
                       compute=QUIET, n_boot=10, noise_draws=64)
     rec = pred.record
     assert rec["noise_batch_exact"] is True and rec["noise_batch_draws"] == math.comb(len(groups), B)
-    actual = []
-    for batch in itertools.combinations(range(len(groups)), B):
-        rollouts = informative([groups[i] for i in batch])
-        if not rollouts:  # the trainer takes no step
-            actual.append(0.0)
-            continue
-        stepped = copy.deepcopy(model)
-        before = {n: p.detach().clone() for n, p in stepped.named_parameters()}
-        opt = (torch.optim.AdamW(stepped.parameters(), lr=lr, weight_decay=0.0) if optimizer == "adamw"
-               else torch.optim.SGD(stepped.parameters(), lr=lr))
-        grpo_batch_loss(stepped, rollouts).backward()
-        torch.nn.utils.clip_grad_norm_(list(stepped.parameters()), clip)
-        opt.step()
-        named = dict(stepped.named_parameters())
-        actual.append(dot({n: named[n].detach() - before[n] for n in params}, G.vector))
+    actual = [0.0 if step is None else dot(step, G.vector)
+              for step in real_batch_steps(model, groups, B, optimizer, lr, clip, params)]
     expected = float(np.mean(actual))
     assert rec["growth_rate"] == pytest.approx(expected, rel=1e-7)
     assert abs(rec["noise_batch_effect"]) > 1e-2 * abs(rec["positive_effect"])  # the term is not negligible here
@@ -211,7 +221,6 @@ def test_growth_with_a_nonlinear_update_equals_the_mean_real_step_over_every_bat
 def test_expected_step_is_the_mean_real_trainer_step_over_every_batch(model_dirs, optimizer, clip):
     """`expected_step`: the vector lr * step equals the mean over every batch of B prompts of torch's own step
     (no step for a batch without an informative group), and lr <step, G> is the predicted growth rate."""
-    import itertools
 
     model, tok = load_model(model_dirs["qwen2"], "float64")
     params = select_parameters(model)
@@ -222,23 +231,8 @@ def test_expected_step_is_the_mean_real_trainer_step_over_every_batch(model_dirs
     pred = predict_rl(model, tok, [], long_completion, G, upd, groups=groups, prompts_per_step=B,
                       compute=QUIET, n_boot=10, noise_draws=64, expected_step=True)
     assert pred.step is not None and set(pred.step) == set(params)
-    batches = list(itertools.combinations(range(len(groups)), B))
-    mean = {n: torch.zeros_like(p) for n, p in params.items()}
-    for batch in batches:
-        rollouts = informative([groups[i] for i in batch])
-        if not rollouts:
-            continue
-        stepped = copy.deepcopy(model)
-        before = {n: p.detach().clone() for n, p in stepped.named_parameters()}
-        opt = (torch.optim.AdamW(stepped.parameters(), lr=lr, weight_decay=0.0) if optimizer == "adamw"
-               else torch.optim.SGD(stepped.parameters(), lr=lr))
-        grpo_batch_loss(stepped, rollouts).backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(list(stepped.parameters()), clip)
-        opt.step()
-        named = dict(stepped.named_parameters())
-        for n in params:
-            mean[n] += (named[n].detach() - before[n]) / len(batches)
+    steps = real_batch_steps(model, groups, B, optimizer, lr, clip, params)
+    mean = {n: sum((st[n] for st in steps if st is not None), torch.zeros_like(p)) / len(steps) for n, p in params.items()}
     for n in params:
         torch.testing.assert_close(lr * pred.step[n], mean[n], rtol=1e-7, atol=1e-12)
     if optimizer == "adamw" or clip:  # the batch term is exact over every batch: the growth is <mean step, G>
