@@ -1,9 +1,10 @@
 """What the CPU at hand can do fast: its model, the GEMM-relevant flags (AVX2, AVX-512, AMX) and torch's build.
 
 bfloat16 matrix products are fast only on CPUs with native bf16 instructions (AVX512-BF16 or AMX);
-elsewhere PyTorch emulates them. Measured on this project's machines (SmolLM2-135M, B 4, T 128,
-one thread): 2.08 s per forward+backward in bf16 on a CPU with AMX, 169.6 s on an AMD EPYC with
-AVX2 only, where float32 took about 10 s. `bf16_note` says so before any work is done.
+elsewhere PyTorch emulates them. Figures reported from two of this project's machines
+(`benchmarks/real_model.py`, SmolLM2-135M shape, B 4, T 128, one thread; not re-measured here):
+about 2 s per forward+backward in bf16 on a CPU with AMX, about 170 s on an AMD EPYC with AVX2
+only, where float32 took about 10 s. `bf16_note` says so before any work is done.
 """
 
 from __future__ import annotations
@@ -44,5 +45,6 @@ def bf16_note(dtype: torch.dtype, device: str | torch.device = "cpu", flags: lis
         return None
     if native_bf16(flags):
         return None
-    return ("bfloat16 on this CPU (no AVX512-BF16 or AMX) is emulated: measured 80x slower than on a CPU with AMX "
-            "and about 17x slower than float32 on the same AVX2 CPU; use --dtype float32 unless memory forces bf16")
+    return ("bfloat16 on this CPU (no AVX512-BF16 or AMX) is emulated: on an AVX2-only CPU a bf16 forward+backward "
+            "was reported about 80x slower than on a CPU with AMX and about 17x slower than float32; use --dtype "
+            "float32 unless memory forces bf16")
