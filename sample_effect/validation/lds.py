@@ -34,7 +34,7 @@ from sample_effect.engine.core import example_loss_values
 from sample_effect.errors import SampleEffectError
 from sample_effect.io import atomic_open
 from sample_effect.training.sft import SFTConfig, train_sft
-from sample_effect.validation.rl_verdict import spearman
+from sample_effect.validation.stability import spearman
 
 Loader = Callable[[], tuple[torch.nn.Module, Any]]
 

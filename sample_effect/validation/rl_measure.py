@@ -153,7 +153,7 @@ def measure_runs(
     frames: list[pd.DataFrame] = []
     step0: dict[str, float] | None = None
     for run in range(runs):
-        path = where / f"{_slug(name)}-{key}-run{run}.json" if where is not None else None
+        path = where / f"{file_slug(name)}-{key}-run{run}.json" if where is not None else None
         if path is not None and path.exists():
             frames.append(pd.DataFrame(json.loads(path.read_text())))
             continue
@@ -194,5 +194,6 @@ def run_slopes(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _slug(name: str) -> str:
+def file_slug(name: str) -> str:
+    """`name` with every character but letters, digits, '.', '_' and '-' replaced by '_' (for cache file names)."""
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)

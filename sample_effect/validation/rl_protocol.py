@@ -28,7 +28,7 @@ from sample_effect.errors import SampleEffectError
 from sample_effect.io import atomic_open, write_table
 from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.training.grpo import GRPOConfig
-from sample_effect.validation.rl_measure import GrowthProbe, measure_runs, run_slopes
+from sample_effect.validation.rl_measure import GrowthProbe, file_slug, measure_runs, run_slopes
 from sample_effect.validation.rl_predictors import PredictSettings, as_records, predict_start
 from sample_effect.validation.rl_verdict import judge_predictor, run_summary, verdict_markdown
 
@@ -59,15 +59,11 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
-
-
 def start_predictions(name: str, path: str, load: Loader, prompts: Sequence[RLPrompt], cfg: GRPOConfig,
                       probe: GrowthProbe, config: RLStartsConfig, cache: Path) -> list[dict[str, Any]]:
     """One start's predictor records, from CACHE/predict-NAME-KEY.json when a previous run made them."""
     key = _key(path, asdict(cfg), asdict(config.predict), probe.key(), [p.id for p in prompts])
-    f = cache / f"predict-{_slug(name)}-{key}.json"
+    f = cache / f"predict-{file_slug(name)}-{key}.json"
     if f.exists():
         return json.loads(f.read_text())
     t0 = time.perf_counter()

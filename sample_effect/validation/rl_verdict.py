@@ -25,34 +25,10 @@ from typing import Any
 import numpy as np
 
 from sample_effect.errors import SampleEffectError
+from sample_effect.validation.stability import spearman
 
 TIE_RTOL = 1e-9  # |difference| <= TIE_RTOL * max |value| of the column is a tie
 Z95 = 1.959963984540054
-
-
-def ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share the mean of their positions), as Spearman's correlation uses them."""
-    order = np.argsort(x, kind="mergesort")
-    r = np.empty(len(x))
-    r[order] = np.arange(len(x), dtype=float)
-    for v in np.unique(x):
-        same = x == v
-        if same.sum() > 1:
-            r[same] = r[same].mean()
-    return r
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation (nan when either side is constant or has a non-finite value)."""
-    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(a) != len(b):
-        raise SampleEffectError(f"spearman needs equal lengths, got {len(a)} and {len(b)}")
-    if len(a) < 2 or not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return float("nan")
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def run_summary(runs: Sequence[float]) -> tuple[float, float]:
