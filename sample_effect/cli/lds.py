@@ -35,9 +35,16 @@ def add_validate_parsers(checks: SubParsers) -> None:
     p.add_argument("--subsets", type=int, default=32, help="random subsets M (default 32)")
     p.add_argument("--fraction", type=float, default=0.5, help="share of the pool in each subset (default 0.5)")
     p.add_argument("--runs", type=int, default=1, help="trainer seeds per subset (default 1)")
-    p.add_argument("--methods", default="sgd,sgd-clip,adamw,predict-sft",
-                   help="sgd, sgd-clip, adamw (the trainer's AdamW, fresh), predict-sft (the replayed schedule; "
-                   "mean target only), comma-separated (default: all)")
+    p.add_argument("--methods", default="sgd,sgd-clip,adamw,adamw-trajectory,predict-sft",
+                   help="sgd, sgd-clip, adamw (the trainer's AdamW, fresh), adamw-trajectory (lr x effect summed over "
+                   "--checkpoints points of one real run on the whole pool, with the saved AdamW state), predict-sft "
+                   "(the replayed schedule; mean target only), comma-separated (default: all)")
+    p.add_argument("--checkpoints", type=int, default=4,
+                   help="adamw-trajectory: points of the run effects are summed over, the base included (default 4)")
+    p.add_argument("--scores", action="append", default=[], metavar="NAME=FILE",
+                   help="an outside method's scores to judge on the same retrains (repeatable): a .npy [n] or [n, T] "
+                   "in the pool's order, or a CSV with an id column and one score column (or one per target example); "
+                   "larger = predicted to lower the target loss more")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW lr of the retrains and of the simulated steps (default 1e-4)")
     p.add_argument("--batch-size", type=int, default=4, help="SFT batch size (default 4)")
     p.add_argument("--steps", type=int, default=None, help="SFT steps per retrain (default: from --epochs)")
@@ -74,18 +81,22 @@ def cmd_validate_lds(args: argparse.Namespace) -> None:
         LDSConfig,
         draw_subsets,
         lds_table,
+        load_scores,
         method_update,
         per_target_effects,
         replayed_drops,
+        retrain_steps,
         retrain_subsets,
         summed_effects,
         target_losses,
+        trajectory_effects,
     )
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise SampleEffectError(f"--methods: unknown method {bad or args.methods!r}; choose from {', '.join(METHODS)}")
+    outside = _parse_scores(args.scores, methods)
     cfg = LDSConfig(subsets=args.subsets, fraction=args.fraction, runs=args.runs, n_boot=args.bootstrap,
                     seed=args.seed).validate()
     out = Path(args.out)
@@ -112,23 +123,32 @@ def cmd_validate_lds(args: argparse.Namespace) -> None:
     actual = base[None, :] - after.mean(1)  # [M, T] drops
     compute = ComputeConfig(progress=False)
     predictions, seconds = {}, {}
+    digest = _digest(path, pool, target, sft, subsets)
+    steps = retrain_steps(sft, len(subsets[0]))
     for m in methods:
         t1 = time.perf_counter()
-        f = cache / f"prediction-{m}-{_digest(path, pool, target, sft, subsets)}.npy"
-        if f.exists():
-            predictions[m] = np.load(f)
-        else:
+        tag = f"{m}-k{args.checkpoints}" if m == "adamw-trajectory" else m
+        f = cache / f"{'drops' if m == 'predict-sft' else 'effects'}-{tag}-{digest}.npy"
+        if not f.exists():
             if m == "predict-sft":
-                predictions[m] = replayed_drops(model, pool, target, sft, subsets, compute)
+                value = replayed_drops(model, pool, target, sft, subsets, compute)
+            elif m == "adamw-trajectory":
+                value = trajectory_effects(lambda p: load_model(p, args.dtype, device=args.device), path, pool, target,
+                                           sft, steps, args.checkpoints, cache, compute, say)
             else:
-                predictions[m] = summed_effects(per_target_effects(model, tok, pool, target, method_update(m, sft),
-                                                                   compute), subsets)
-            np.save(f, predictions[m])
+                value = per_target_effects(model, tok, pool, target, method_update(m, sft), compute)
+            with atomic_open(f, "wb") as fh:
+                np.save(fh, value)
+        value = np.load(f)
+        predictions[m] = value if m == "predict-sft" else summed_effects(value, subsets)
         seconds[m] = time.perf_counter() - t1
         if say:
             say(f"{m}: predictions for {len(subsets)} subsets ({seconds[m]:.0f} s)")
+    for name, file in outside.items():
+        predictions[name] = summed_effects(load_scores(file, pool, len(target)), subsets)
+        seconds[name] = float("nan")
     table = lds_table(predictions, actual, cfg.n_boot)
-    for m in methods:
+    for m in predictions:
         table[m]["seconds"] = seconds[m]
     rows = pd.DataFrame({"subset": range(len(subsets)), "size": [len(s) for s in subsets],
                          "actual_mean_drop": actual.mean(1),
@@ -144,7 +164,8 @@ def cmd_validate_lds(args: argparse.Namespace) -> None:
     for m, v in table.items():
         lo, hi = v["lds_mean_target_ci95"]
         per = "" if v["lds"] is None else f"LDS {v['lds']:+.3f} [{v['lds_ci95'][0]:+.3f}, {v['lds_ci95'][1]:+.3f}], "
-        print(f"{m}: {per}mean target {v['lds_mean_target']:+.3f} [{lo:+.3f}, {hi:+.3f}] ({v['seconds']:.0f} s)")
+        took = "" if np.isnan(v["seconds"]) else f" ({v['seconds']:.0f} s)"
+        print(f"{m}: {per}mean target {v['lds_mean_target']:+.3f} [{lo:+.3f}, {hi:+.3f}]{took}")
     print(f"wrote {out / 'lds.json'}, {out / 'lds_subsets.csv'}, {out / 'lds.png'}")
 
 
@@ -154,3 +175,16 @@ def _digest(path: str, pool: list, target: list, sft: object, subsets: list) -> 
     blob = json.dumps({"model": path, "pool": [e.id for e in pool], "target": [e.id for e in target],
                        "sft": str(sft), "subsets": [s.tolist() for s in subsets]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _parse_scores(items: list[str], methods: list[str]) -> dict[str, str]:
+    """NAME=FILE pairs of --scores; a name may not repeat or shadow a built-in method."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            raise SampleEffectError(f"--scores takes NAME=FILE, got {item!r}")
+        if name in out or name in methods:
+            raise SampleEffectError(f"--scores: the name '{name}' is used twice")
+        out[name] = file
+    return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -167,7 +168,7 @@ def lds_table(predictions: Mapping[str, np.ndarray], actual: np.ndarray, n_boot:
     return {name: lds_scores(p, actual, n_boot) for name, p in predictions.items()}
 
 
-METHODS = ("sgd", "sgd-clip", "adamw", "predict-sft")
+METHODS = ("sgd", "sgd-clip", "adamw", "adamw-trajectory", "predict-sft")
 
 
 def method_update(method: str, sft: SFTConfig) -> Any:
@@ -179,19 +180,87 @@ def method_update(method: str, sft: SFTConfig) -> Any:
         return UpdateConfig("sgd", lr=lr)
     if method == "sgd-clip":
         return UpdateConfig("sgd", lr=lr, clip=clip if clip else 1.0)
-    if method == "adamw":
+    if method in ("adamw", "adamw-trajectory"):
         return sft.update
     raise SampleEffectError(f"unknown LDS method '{method}'; choose from {', '.join(METHODS)}")
 
 
 def per_target_effects(model: torch.nn.Module, tok: Any, pool: Sequence[TokenizedExample],
                        target: Sequence[TokenizedExample], update: Any, compute: Any = None) -> np.ndarray:
-    """[n, T]: every pool example's effect toward each target example's loss, one engine run per target example."""
-    from sample_effect.scoring.effects import score_examples_result
+    """[n, T]: every pool example's effect toward each target example's loss, from one engine pass."""
+    from sample_effect.models.loading import select_parameters
+    from sample_effect.scoring.matrix import compute_effect_matrix
     from sample_effect.targets.core import LossTarget
 
-    cols = [score_examples_result(model, tok, list(pool), LossTarget([t]), update, compute=compute).effect for t in target]
-    return np.stack(cols, axis=1).astype(np.float64)
+    params = select_parameters(model)
+    return compute_effect_matrix(model, params, list(pool), [LossTarget([t]) for t in target], update, compute=compute)
+
+
+def retrain_steps(sft: SFTConfig, subset_size: int) -> int:
+    """How many optimiser steps `train_sft` takes on a subset of `subset_size` examples."""
+    if sft.max_steps is not None:
+        return sft.max_steps
+    per_epoch = math.ceil(subset_size / (sft.batch_size * sft.grad_accum))
+    return max(1, math.ceil(sft.epochs * per_epoch))
+
+
+def trajectory_effects(load: Callable[[str], tuple[torch.nn.Module, Any]], base: str, pool: Sequence[TokenizedExample],
+                       target: Sequence[TokenizedExample], sft: SFTConfig, steps: int, checkpoints: int,
+                       cache_dir: str | os.PathLike, compute: Any = None,
+                       say: Callable[[str], None] | None = None) -> np.ndarray:
+    """[n, T]: effects summed over `checkpoints` points of one real run on the whole pool, as long as a retrain.
+
+    The run (the trainer's config for `steps` steps, saved every ceil(steps / checkpoints) steps
+    under CACHE/trajectory-KEY, reused when it finished) gives the base plus its saved points; each
+    contributes lr x its effect matrix under the trainer's update with the saved AdamW state
+    (`sample_effect.scoring.checkpoints`). `load(path)` loads a checkpoint directory or `base`.
+    """
+    from sample_effect.scoring.checkpoints import run_checkpoints, trajectory_effect_matrix
+    from sample_effect.targets.core import LossTarget
+
+    if checkpoints < 1:
+        raise SampleEffectError(f"checkpoints must be >= 1, got {checkpoints}")
+    every = max(1, math.ceil(steps / checkpoints))
+    run = replace(sft, max_steps=steps, save_every=every)
+    out = Path(cache_dir) / f"trajectory-{_key(pool, target, run, base)}"
+    if checkpoints > 1 and not (out / "final").exists():
+        model, tok = load(base)
+        train_sft(model, tok, list(pool), run, out_dir=out, progress=False)
+        if say:
+            say(f"trajectory run: {steps} steps on the whole pool, a checkpoint every {every}")
+    cks = run_checkpoints(out, base=base, lr=sft.update.lr)
+    return trajectory_effect_matrix(cks, load, list(pool), [LossTarget([t]) for t in target], sft.update,
+                                    compute=compute, say=say)
+
+
+def load_scores(path: str | os.PathLike, pool: Sequence[TokenizedExample], n_target: int) -> np.ndarray:
+    """An outside method's scores for `validate lds --scores`: [n] or [n, T], larger = a larger predicted drop.
+
+    A .npy array in the pool's order, or a CSV with an `id` column (the pool's ids) and either one
+    score column or one column per target example, in the target file's order.
+    """
+    import pandas as pd
+
+    p = Path(path)
+    if not p.exists():
+        raise SampleEffectError(f"--scores: {p} not found")
+    if p.suffix == ".npy":
+        a = np.load(p).astype(np.float64)
+    else:
+        df = pd.read_csv(p)
+        if "id" not in df.columns:
+            raise SampleEffectError(f"--scores: {p} has no 'id' column")
+        df = df.set_index(df["id"].astype(str)).drop(columns="id")
+        missing = [e.id for e in pool if e.id not in df.index]
+        if missing:
+            raise SampleEffectError(f"--scores: {p} has no row for {len(missing)} pool example(s), e.g. '{missing[0]}'")
+        a = df.loc[[e.id for e in pool]].to_numpy(dtype=np.float64)
+        a = a[:, 0] if a.shape[1] == 1 else a
+    if a.shape[0] != len(pool) or (a.ndim == 2 and a.shape[1] not in (1, n_target)) or a.ndim > 2:
+        raise SampleEffectError(f"--scores: {p} holds shape {a.shape}; expected ({len(pool)},) or ({len(pool)}, {n_target})")
+    if not np.isfinite(a).all():
+        raise SampleEffectError(f"--scores: {p} holds NaN or Inf")
+    return a
 
 
 def replayed_drops(model: torch.nn.Module, pool: Sequence[TokenizedExample], target: Sequence[TokenizedExample],

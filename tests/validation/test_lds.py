@@ -42,16 +42,21 @@ def test_summed_effects_and_subsets():
         draw_subsets(2, LDSConfig(subsets=3, fraction=0.9))
 
 
-def test_validate_lds_end_to_end_and_resumes_from_the_cache(model_dirs, tmp_path, capsys):
+def _argv(model_dirs, tmp_path, out):
+    """`validate lds` on a 12-example pool (TRAIN twice), 2 target examples, 4 subsets of 2 steps, float64."""
     pool = write_jsonl(tmp_path / "pool.jsonl", [{**r, "id": f"ex{i}"} for i, r in enumerate(TRAIN * 2)])
     target = write_jsonl(tmp_path / "target.jsonl", TARGET)
-    out = tmp_path / "lds"
-    argv = ["validate", "lds", "--model", str(model_dirs["gpt2"]), "--data", str(pool), "--target-data", str(target),
+    return ["validate", "lds", "--model", str(model_dirs["gpt2"]), "--data", str(pool), "--target-data", str(target),
             "--subsets", "4", "--fraction", "0.5", "--steps", "2", "--batch-size", "2", "--lr", "1e-3",
             "--bootstrap", "200", "--dtype", "float64", "--out", str(out), "--quiet"]
+
+
+def test_validate_lds_end_to_end_and_resumes_from_the_cache(model_dirs, tmp_path, capsys):
+    out = tmp_path / "lds"
+    argv = _argv(model_dirs, tmp_path, out)
     assert main(argv) == 0
     doc = json.loads((out / "lds.json").read_text())
-    assert set(doc["methods"]) == {"sgd", "sgd-clip", "adamw", "predict-sft"}
+    assert set(doc["methods"]) == {"sgd", "sgd-clip", "adamw", "adamw-trajectory", "predict-sft"}
     for name, v in doc["methods"].items():
         for key in ("lds", "lds_ci95", "lds_mean_target", "lds_mean_target_ci95"):
             assert key in v
@@ -65,3 +70,32 @@ def test_validate_lds_end_to_end_and_resumes_from_the_cache(model_dirs, tmp_path
     assert sorted(p.name for p in (out / "cache").glob("retrain-*.json")) == retrains
     again = json.loads((out / "lds.json").read_text())
     assert again["methods"]["adamw"]["lds"] == pytest.approx(doc["methods"]["adamw"]["lds"])
+
+
+def test_outside_scores_are_judged_on_the_same_retrains(model_dirs, tmp_path, capsys):
+    """--scores: the adamw effect matrix handed back as a .npy or a CSV scores exactly as the built-in adamw."""
+    out = tmp_path / "lds"
+    argv = [*_argv(model_dirs, tmp_path, out), "--methods", "adamw"]
+    assert main(argv) == 0
+    (matrix,) = list((out / "cache").glob("effects-adamw-*.npy"))
+    e = np.load(matrix)
+    assert e.shape == (12, 2)
+    ids = [f"ex{i}" for i in range(12)]
+    import pandas as pd
+
+    pd.DataFrame({"id": ids[::-1], "v0": e[::-1, 0], "v1": e[::-1, 1]}).to_csv(tmp_path / "s.csv", index=False)
+    np.save(tmp_path / "mean.npy", e.mean(1))
+    assert main([*argv, "--overwrite", "--scores", f"copy={matrix}", "--scores", f"csv={tmp_path / 's.csv'}",
+                 "--scores", f"mean={tmp_path / 'mean.npy'}"]) == 0
+    doc = json.loads((out / "lds.json").read_text())["methods"]
+    for name in ("copy", "csv"):
+        assert doc[name]["lds"] == pytest.approx(doc["adamw"]["lds"])
+        assert doc[name]["lds_mean_target"] == pytest.approx(doc["adamw"]["lds_mean_target"])
+    assert doc["mean"]["lds"] is None and doc["mean"]["lds_mean_target"] == pytest.approx(doc["adamw"]["lds_mean_target"])
+    capsys.readouterr()
+    for bad, msg in ((["--scores", "x"], "NAME=FILE"), (["--scores", "adamw=f.npy"], "used twice"),
+                     (["--scores", f"y={tmp_path / 'nope.npy'}"], "not found")):
+        assert main([*argv, "--overwrite", *bad]) == 2 and msg in capsys.readouterr().err
+    np.save(tmp_path / "short.npy", e[:3])
+    assert main([*argv, "--overwrite", "--scores", f"s={tmp_path / 'short.npy'}"]) == 2
+    assert "expected (12,)" in capsys.readouterr().err
