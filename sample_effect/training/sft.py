@@ -55,11 +55,15 @@ class SFTConfig:
     eval_every: int = 0
     eval_max_new_tokens: int = 256
     save_every: int = 0
+    eval_steps: tuple[int, ...] = ()  # extra steps to evaluate at besides every eval_every (e.g. (1,): the first step)
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> SFTConfig:
         """The config `asdict` wrote: with a nested `update`, or the old flat layout (lr, beta1, beta2, eps, weight_decay, max_grad_norm)."""
-        return cls(**config_kwargs(doc, cls().update))
+        kwargs = config_kwargs(doc, cls().update)
+        if "eval_steps" in kwargs:  # a JSON list back to the tuple
+            kwargs["eval_steps"] = tuple(kwargs["eval_steps"])
+        return cls(**kwargs)
 
     def validate(self) -> SFTConfig:
         """Raise ConfigError (naming the field) on any out-of-range setting; return self.
@@ -73,6 +77,8 @@ class SFTConfig:
             raise ConfigError("SFTConfig", f"<epochs> must be positive, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError("SFTConfig", f"<max_steps> must be >= 1, got {self.max_steps}")
+        if any(int(s) < 1 for s in self.eval_steps):
+            raise ConfigError("SFTConfig", f"<eval_steps> must be steps >= 1, got {list(self.eval_steps)}")
         if self.schedule not in SCHEDULES:
             raise ConfigError("SFTConfig", f"unknown <schedule> '{literal(self.schedule)}'; choose one of {', '.join(SCHEDULES)}")
         self.update.validate()
@@ -177,7 +183,7 @@ def train_sft(
             running.append(step_loss)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}")
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == total:
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == total or step in cfg.eval_steps:
                 evaluate(step, sum(running) / len(running), bar)
                 running = []
             if out is not None and cfg.save_every and step % cfg.save_every == 0 and step != total:

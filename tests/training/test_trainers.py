@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from sample_effect import ComputeConfig, UpdateConfig, load_model
 from sample_effect.cli.main import main
 from sample_effect.data.examples import examples_from_records, tokenize_examples
 from sample_effect.engine.vectors import TargetVector
+from sample_effect.errors import ConfigError
 from sample_effect.models.loading import select_parameters
 from sample_effect.rollouts.prompts import RLPrompt
 from sample_effect.scoring.effects import compute_effects
@@ -42,6 +44,16 @@ def test_sft_loss_goes_down(model_dirs, tokenizer):
     m = train_sft(model, tok, data, SFTConfig(update=adamw_update(1e-2), max_steps=30, batch_size=4, eval_every=10), eval_examples=data, progress=False)
     assert list(m["step"]) == [0, 10, 20, 30]
     assert m["eval_loss"].iloc[-1] < 0.5 * m["eval_loss"].iloc[0]
+
+
+def test_sft_evaluates_at_the_extra_steps(model_dirs):
+    model, tok = load_model(model_dirs["llama"], "float32")
+    cfg = SFTConfig(update=adamw_update(1e-2), max_steps=6, batch_size=4, eval_every=4, eval_steps=(1, 3))
+    m = train_sft(model, tok, tokenized(tok, TRAIN), cfg, eval_examples=tokenized(tok, TRAIN), progress=False)
+    assert list(m["step"]) == [0, 1, 3, 4, 6]
+    assert SFTConfig.from_dict(json.loads(json.dumps(asdict(cfg)))) == cfg
+    with pytest.raises(ConfigError, match="eval_steps"):
+        SFTConfig(eval_steps=(0,)).validate()
 
 
 def _update_per_lr(before, model, names):
