@@ -84,6 +84,7 @@ def cmd_validate_lds(args: argparse.Namespace) -> None:
         load_scores,
         method_update,
         per_target_effects,
+        prediction_key,
         replayed_drops,
         retrain_steps,
         retrain_subsets,
@@ -123,7 +124,7 @@ def cmd_validate_lds(args: argparse.Namespace) -> None:
     actual = base[None, :] - after.mean(1)  # [M, T] drops
     compute = ComputeConfig(progress=False)
     predictions, seconds = {}, {}
-    digest = _digest(path, pool, target, sft, subsets)
+    digest = prediction_key(pool, target, sft, path, subsets)
     steps = retrain_steps(sft, len(subsets[0]))
     for m in methods:
         t1 = time.perf_counter()
@@ -167,14 +168,6 @@ def cmd_validate_lds(args: argparse.Namespace) -> None:
         took = "" if np.isnan(v["seconds"]) else f" ({v['seconds']:.0f} s)"
         print(f"{m}: {per}mean target {v['lds_mean_target']:+.3f} [{lo:+.3f}, {hi:+.3f}]{took}")
     print(f"wrote {out / 'lds.json'}, {out / 'lds_subsets.csv'}, {out / 'lds.png'}")
-
-
-def _digest(path: str, pool: list, target: list, sft: object, subsets: list) -> str:
-    import hashlib
-
-    blob = json.dumps({"model": path, "pool": [e.id for e in pool], "target": [e.id for e in target],
-                       "sft": str(sft), "subsets": [s.tolist() for s in subsets]}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _parse_scores(items: list[str], methods: list[str]) -> dict[str, str]:

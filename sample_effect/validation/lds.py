@@ -70,9 +70,21 @@ def draw_subsets(n: int, cfg: LDSConfig) -> list[np.ndarray]:
     return [np.sort(rng.choice(n, size=k, replace=False)) for _ in range(cfg.subsets)]
 
 
+# SFTConfig fields that change no trained weight and came after the retrain cache's format: left out of its key
+_UNKEYED = ("eval_steps",)
+
+
 def _key(pool: Sequence[TokenizedExample], target: Sequence[TokenizedExample], sft: SFTConfig, base: str) -> str:
-    blob = json.dumps({"pool": [e.id for e in pool], "target": [e.id for e in target], "sft": asdict(sft), "base": base},
+    config = {k: v for k, v in asdict(sft).items() if k not in _UNKEYED}
+    blob = json.dumps({"pool": [e.id for e in pool], "target": [e.id for e in target], "sft": config, "base": base},
                       sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def prediction_key(pool: Sequence[TokenizedExample], target: Sequence[TokenizedExample], sft: SFTConfig, base: str,
+                   subsets: Sequence[np.ndarray]) -> str:
+    """The key of a method's cached effects or predictions: the retrains' key and the subsets."""
+    blob = _key(pool, target, sft, base) + json.dumps([[int(i) for i in s] for s in subsets])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
