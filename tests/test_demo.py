@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import sample_effect
 from sample_effect.cli.main import main
 from sample_effect.models.registry import TINY, resolve_model
 from sample_effect.rollouts.prompts import load_rl_prompts
@@ -64,6 +65,13 @@ def test_demo_writes_report_figures_and_tables(tmp_path, capsys, monkeypatch):
     assert "run for 2 steps" in report
     sel = pd.read_csv(out / "selection.csv")
     assert {"predicted_drop", "actual_drop"} <= set(sel.columns) and sel["predicted_drop"].notna().all()
+    # the first step's drop is measured (one step here, so it is the whole run's drop) and set beside its prediction
+    assert sel["actual_drop_step1"].to_numpy() == pytest.approx(sel["actual_drop"].to_numpy(), rel=1e-12)
+    assert "actual drop, step 1" in report
+    # terms defined before use, the top-k's format caveat, no install path
+    assert report.index("Terms, defined once") < report.index("positive effect plus") < report.index("lr-weighted step count.")
+    assert "The target's format drives this list" in report and "`tiny (built in)`" in report
+    assert str(Path(sample_effect.__file__).parent) not in report  # files the user named are quoted as given
     # Part 4: two SFT starts, each with a prediction and a real GRPO run, and a verdict on their order.
     rl = json.loads((out / "rl_summary.json").read_text())
     assert [s["name"] for s in rl["starts"]] == ["sft-answer-only", "sft-short-cot", "sft-mine"]

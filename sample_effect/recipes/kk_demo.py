@@ -68,7 +68,7 @@ def kk_records(n: int, seed: int, styles: list[str], prefix: str) -> list[dict]:
 
 
 def sft_recipe(lr: float = 2e-4, steps: int = 120, seed: int = 0, max_new_tokens: int = 320) -> Any:
-    """The demo's SFT: AdamW, batch 4, clip 1.0, constant lr, the target loss evaluated 4 times.
+    """The demo's SFT: AdamW, batch 4, clip 1.0, constant lr, the target loss evaluated after step 1 and 4 more times.
 
     The defaults are the demo's (20 epochs over 24 examples); both the selections and the RL
     starts are fine-tuned with it.
@@ -77,7 +77,7 @@ def sft_recipe(lr: float = 2e-4, steps: int = 120, seed: int = 0, max_new_tokens
     from sample_effect.training.common import adamw_update
 
     return SFTConfig(update=adamw_update(lr, clip=1.0), batch_size=4, max_steps=steps, eval_every=max(1, steps // 4),
-                     seed=seed, eval_max_new_tokens=max_new_tokens)
+                     eval_steps=(1,), seed=seed, eval_max_new_tokens=max_new_tokens)
 
 
 def read_start_files(config: DemoConfig) -> dict[str, tuple[Path, list]]:
@@ -209,11 +209,30 @@ def predict_selections(config: DemoConfig, model: Any, data: DemoData, ranking: 
           "mean_effect": float(table.set_index("id").loc[selections[lab], "effect"].mean()),
           "predicted_drop": float(predicted[lab].steps["cumulative"].iloc[-1]),
           "predicted_drop_step1": float(predicted[lab].steps["seed_path"].iloc[0]),
+          "actual_drop_step1": _first_step_drop(df),
           "actual_drop": float(df["eval_loss"].iloc[0] - df["eval_loss"].iloc[-1])} for lab, df in runs.items()]
     )
     write_table(summary, out / "selection.csv")
     predicted_vs_actual_bars(summary, out / "predicted_vs_actual.png")
     return summary
+
+
+def _first_step_drop(df: Any) -> float:
+    """The target loss's measured drop over step 1 of a run (its metrics evaluate after step 1), else NaN."""
+    one = df.loc[df["step"] == 1, "eval_loss"]
+    return float(df["eval_loss"].iloc[0] - one.iloc[0]) if len(one) else float("nan")
+
+
+def describe_model(name: str, model_dir: Path) -> str:
+    """How the report names the model: a built-in name as given, a path relative to here, never an install path."""
+    from sample_effect.models.registry import NAMED
+
+    if name in (*NAMED, "smollm2"):
+        return f"{name} (built in)"
+    try:
+        return str(Path(model_dir).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return name
 
 
 def _rl_prompts(config: DemoConfig) -> tuple[list, list]:
@@ -354,7 +373,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     verdict = write_selection_verdict(config, summary, say)
     rl = rl_stage(run, start_data)
     per_style = table.groupby("style")["effect"].agg(["mean", "std", "count"]).sort_values("mean", ascending=False)
-    demo = DemoResult(str(model_dir), table, per_style, summary, k, steps, time.perf_counter() - t0, rl, verdict)
+    demo = DemoResult(describe_model(config.model, Path(model_dir)), table, per_style, summary, k, steps, time.perf_counter() - t0, rl, verdict)
     write_report(config, demo)
     if per_style.empty:
         raise SampleEffectError("demo produced no effects")

@@ -90,7 +90,7 @@ class DemoConfig:
 class DemoResult:
     """What the demo's stages produced, as the report reads it."""
 
-    model_desc: str  # the resolved model directory
+    model_desc: str  # how the report names the model (a built-in name, or a path relative to the working directory)
     table: Any  # the ranked effects table (effects.csv), with a `style` column
     per_style: Any  # mean, std and count of the effect per response style
     summary: Any  # one row per selection: target loss, accuracy, predicted and actual drop (selection.csv)

@@ -119,6 +119,16 @@ def write_report(config: DemoConfig, result: DemoResult) -> None:
         f"{config.n_target} held-out puzzles; the sample effect of an example is the first-order drop of that "
         "loss per unit learning rate after one AdamW step (fresh state, clip 1.0) on the example alone.",
         "",
+        "Terms, defined once. A drop (of the target loss) and a change (of accuracy) are signed so that a positive "
+        "number is an improvement. The *positive effect* of a step is lr times the mean sample effect of the data: "
+        "the change a step on the average example's update would make. The *batch-noise term* (noise effect) is "
+        "what a step on a random batch changes beyond that, because batch gradients scatter around their mean: for "
+        "SGD the second-order term (lr^2 / 2b) tr(H Sigma); for AdamW, which is not linear in the gradient, the "
+        "expected step on a random batch minus the step on the mean gradient. A *zero-variance group* (RL) is a GRPO group "
+        "whose rollouts all earn the same reward: its advantages are zero and it contributes no gradient. The "
+        "*lr-weighted step count* is the sum of the schedule's learning rates divided by the first step's (the number "
+        "of steps for a constant lr); a per-step prediction times it is the first-order change of the whole run.",
+        "",
         "## 1. Dataset effect per response style",
         "",
         "| style | mean effect | std | n |",
@@ -150,12 +160,14 @@ def write_report(config: DemoConfig, result: DemoResult) -> None:
         "`predict-sft` replayed the same schedule on gradients frozen at the base weights (positive effect plus the "
         "AdamW batch-noise term, 4 Monte Carlo batch orders). It is a first-order prediction: at this lr it "
         "overshoots the size of the drop by a wide margin (the loss is curved), so read it for the order of the "
-        "selections, not the magnitude; the first step alone is where it should be close.",
+        "selections, not the magnitude. The first step alone is where it should be close: the last two columns "
+        "set it against the drop measured after step 1 of each run.",
         "",
-        "| selection | predicted drop (all steps) | actual drop | predicted drop, step 1 |",
-        "|---|---|---|---|",
+        "| selection | predicted drop (all steps) | actual drop (all steps) | predicted drop, step 1 | actual drop, step 1 |",
+        "|---|---|---|---|---|",
         *[
-            f"| {r['selection']} | {r['predicted_drop']:.4g} | {r['actual_drop']:.4g} | {r['predicted_drop_step1']:.4g} |"
+            f"| {r['selection']} | {r['predicted_drop']:.4g} | {r['actual_drop']:.4g} | {r['predicted_drop_step1']:.4g} | "
+            f"{r.get('actual_drop_step1', float('nan')):.4g} |"
             for _, r in summary.iterrows()
         ],
         "",
@@ -164,6 +176,10 @@ def write_report(config: DemoConfig, result: DemoResult) -> None:
         "![accuracy](selection_accuracy.png)",
         "",
         f"## 3. Top {min(10, len(table))} examples",
+        "",
+        "The target's format drives this list: the target here is answer-only text, so examples written as a bare "
+        "answer share its tokens and rank first, whatever their reasoning is worth. To rank for another kind of "
+        "output (chain-of-thought solutions, say), use a target written in that format.",
         "",
         "| rank | id | style | effect | loss | response tokens |",
         "|---|---|---|---|---|---|",
