@@ -29,9 +29,10 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 demo: $(VENV)/.installed
 	$(VENV)/bin/sample-effect demo --out demo_out
 
+# PYTEST_ARGS: extra pytest arguments (CI's newest-releases pass runs -m "not slow")
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
-	SAMPLE_EFFECT_LOCKED=$(LOCKED) $(PY) -m pytest -q
+	SAMPLE_EFFECT_LOCKED=$(LOCKED) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/per_example.py --quick --out benchmarks/results/per_example_quick.json
