@@ -49,6 +49,11 @@ def add_parsers(sub: SubParsers) -> None:
     p.add_argument("--projection", metavar="DIR",
                    help="score from a cache written by `sample-effect project` (estimate <P d, P G>; no gradients "
                    "recomputed; default: exact effects)")
+    p.add_argument("--trajectory", metavar="RUN_DIR",
+                   help="sum effects over a real run's saved checkpoints (RUN_DIR/checkpoint-STEP with optimizer.pt, "
+                   "as train-sft --save-every writes them), each with its own AdamW state and lr, --model being the "
+                   "run's start; the effect column is then sum_k (lr_k / --lr) e_k (TracIn-style, with the trainer's "
+                   "update; see docs/quality.md)")
     p.add_argument("--top-k", type=positive_int, default=None, help="with --export: how many top examples to export")
     add_lora_args(p)
     p.add_argument("--export", metavar="FILE.jsonl", help="write the top-k examples in the input's own format")
@@ -222,6 +227,10 @@ def _score(args: argparse.Namespace, model: Any, tokenizer: Any, tokenized: list
 
     if args.projection and (args.cache_dir or is_distributed()):
         raise SampleEffectError("--projection scores a finished projection cache; it takes no --cache-dir or torchrun")
+    if args.trajectory:
+        if args.projection or args.cache_dir or args.resume or is_distributed():
+            raise SampleEffectError("--trajectory scores in memory; it takes no --projection, --cache-dir, --resume or torchrun")
+        return _trajectory(args, model, tokenizer, tokenized, target, update, compute)
     if args.projection:
         from sample_effect.models.loading import select_parameters
         from sample_effect.scoring.run import ScoringRun
@@ -239,6 +248,44 @@ def _score(args: argparse.Namespace, model: Any, tokenizer: Any, tokenized: list
         model, tokenizer, tokenized, target, update, params=args.params, optimizer_state=args.optimizer_state,
         compute=compute,
     )
+
+
+def _trajectory(args: argparse.Namespace, model: Any, tokenizer: Any, tokenized: list, target: Any, update: Any,
+                compute: Any) -> Any:
+    """`--trajectory`: the Effects whose effect is sum over the run's points of (lr_k / lr) e_k; loss at the start."""
+    import numpy as np
+    import torch
+
+    from sample_effect.engine.core import example_loss_values
+    from sample_effect.models.loading import select_parameters
+    from sample_effect.scoring.checkpoints import (
+        Checkpoint,
+        run_checkpoints,
+        trajectory_effect_matrix,
+    )
+    from sample_effect.scoring.run import effect_result
+    from sample_effect.targets.core import resolve_target
+
+    if getattr(args, "lora_r", None):
+        raise SampleEffectError("--trajectory reads full checkpoints; it does not combine with --lora-r")
+
+    base = "<--model>"
+    points = run_checkpoints(args.trajectory, base=base, lr=update.lr)
+    if args.optimizer_state:
+        points[0] = Checkpoint(base, str(args.optimizer_state), update.lr, 0)
+    if len(points) == 1:
+        raise SampleEffectError(f"--trajectory {args.trajectory} holds no checkpoint-STEP directory with an optimizer.pt")
+    log.info("--trajectory: %d points (steps %s)", len(points), ", ".join(str(c.step) for c in points))
+
+    def load(path: str) -> tuple[Any, Any]:
+        return (model, tokenizer) if path == base else load_model_from_args(args, spec=path)
+
+    matrix = trajectory_effect_matrix(points, load, tokenized, [target], update, params=args.params, compute=compute)
+    chosen = select_parameters(model, args.params)
+    g = resolve_target(target, model, chosen, tokenized, compute)
+    with torch.no_grad():
+        loss = example_loss_values(model, tokenized).double().cpu().numpy()
+    return effect_result(tokenized, matrix[:, 0] / update.lr, loss, np.full(len(tokenized), np.nan), g)
 
 
 def _write(args: argparse.Namespace, out: Path, result: Any, examples: list, t0: float) -> None:

@@ -87,3 +87,34 @@ def test_adamw_trajectory_uses_each_checkpoints_state(model_dirs, run):
     # the saved moments matter: the same checkpoints with fresh states give other effects
     fresh = [type(c)(c.path, None, c.lr, c.step) for c in cks]
     assert not np.allclose(trajectory_effect_matrix(fresh, _load, exs, targets, upd), got, rtol=1e-3)
+
+
+def test_rank_trajectory_sums_a_train_sft_runs_checkpoints(model_dirs, data_files, tmp_path, capsys):
+    """`train-sft --save-every` then `rank --trajectory`: the effect column is sum_k (lr_k / lr) e_k over the
+    start and the saved checkpoints, each with its AdamW state."""
+    import pandas as pd
+
+    from sample_effect.cli.main import main
+
+    run = tmp_path / "run"
+    assert main(["train-sft", "--model", str(model_dirs["qwen2"]), "--data", str(data_files["train"]), "--out", str(run),
+                 "--steps", "3", "--batch-size", "2", "--lr", "1e-3", "--save-every", "1", "--dtype", "float64",
+                 "--quiet"]) == 0
+    out = tmp_path / "ranked.csv"
+    argv = ["rank", "--model", str(model_dirs["qwen2"]), "--data", str(data_files["train"]), "--target-data",
+            str(data_files["target"]), "--optimizer", "adamw", "--lr", "1e-3", "--max-grad-norm", "1.0",
+            "--dtype", "float64", "--out", str(out), "--quiet"]
+    assert main([*argv, "--trajectory", str(run)]) == 0
+    table = pd.read_csv(out).set_index("id")
+    _, tok = _load(model_dirs["qwen2"])
+    exs, _ = tokenize_examples(examples_from_records(list(enumerate(TRAIN, 1))), tok)
+    tgt, _ = tokenize_examples(examples_from_records([(f"v{i}", r) for i, r in enumerate(TARGET)]), tok)
+    cks = run_checkpoints(run, base=model_dirs["qwen2"], lr=1e-3)
+    assert [c.step for c in cks] == [0, 1, 2]
+    want = trajectory_effect_matrix(cks, _load, exs, [LossTarget(tgt)], adamw_update(1e-3, 1.0, 0.0))[:, 0] / 1e-3
+    np.testing.assert_allclose(table.loc[[e.id for e in exs], "effect"].to_numpy(), want, rtol=1e-9)
+    capsys.readouterr()
+    assert main([*argv, "--overwrite", "--trajectory", str(tmp_path / "empty")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert main([*argv, "--overwrite", "--trajectory", str(run), "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "scores in memory" in capsys.readouterr().err
