@@ -31,7 +31,11 @@ empty), and so does a command whose inputs are neither in the seed nor written b
 command of its document (add them to `SEED_DATA` / `MODEL_NAMES`). The only exceptions are in
 `NEEDS_STRONGER_POLICY`: commands that need a policy which already solves puzzles, which the
 test's one-step checkpoints of the tiny model are not; they must stop with exactly that error
-and are reported as xfail.
+and are reported as xfail; and the commands of illustrative blocks (`ILLUSTRATIVE`): a fenced
+block whose first line is a comment starting with `# illustrative` shows a command on the
+reader's own model, data and GPU (`./my-sft-checkpoint`, a Hub id, `--device cuda`). Such a
+command is still parsed by `tests/test_docs.py` (every flag must exist) and reported here as a
+skip; it is not run.
 """
 
 from __future__ import annotations
@@ -98,6 +102,28 @@ NEEDS_STRONGER_POLICY: dict[str, str] = {
 # Flags naming what a command writes: removed before it runs, required after.
 OUTPUT_FLAGS = ("--out", "--export", "--finetune-out", "--ranking", "--rollouts", "--stability-out")
 SIDE_SUFFIXES = (".json", ".csv", ".png", ".svg", ".stability.csv")  # what commands write next to an --out file
+
+
+def illustrative_lines() -> set[str]:
+    """'file:line' of every line inside a fenced block whose first line starts with `# illustrative`."""
+    found = set()
+    for path in DOCS:
+        lines = path.read_text().splitlines()
+        i = 0
+        while i < len(lines):
+            if lines[i].strip().startswith("```"):
+                j = i + 1
+                while j < len(lines) and not lines[j].strip().startswith("```"):
+                    j += 1
+                if i + 1 < j and lines[i + 1].strip().lower().startswith("# illustrative"):
+                    found.update(f"{path.name}:{k + 1}" for k in range(i + 1, j))
+                i = j
+            i += 1
+    return found
+
+
+# Commands shown on the reader's own model and data (not runnable offline): parsed, not run.
+ILLUSTRATIVE = illustrative_lines()
 
 # Seed data: file -> `sample-effect kk` arguments (2-person puzzles, a handful each).
 SEED_DATA: dict[str, str] = {
@@ -231,13 +257,15 @@ def sandboxes(seed_dir, tmp_path_factory):
 
 
 def test_every_documented_subcommand_has_overrides():
-    subs = {subcommand(shlex.split(c.removeprefix(env_prefix(c)))[1:]) for _, c in COMMANDS}
+    subs = {subcommand(shlex.split(c.removeprefix(env_prefix(c)))[1:]) for w, c in COMMANDS if w not in ILLUSTRATIVE}
     missing = sorted(subs - set(OVERRIDES))
     assert not missing, f"add size overrides (possibly empty) to OVERRIDES for: {missing}"
 
 
 @pytest.mark.parametrize(("where", "command"), COMMANDS, ids=[w for w, _ in COMMANDS])
 def test_documented_command_runs(where, command, sandboxes):
+    if where in ILLUSTRATIVE:
+        pytest.skip(f"{where}: illustrative block (the reader's own model and data); parsed by tests/test_docs.py")
     assert "|" not in command and ">" not in command, f"{where}: shell pipelines and redirections are not run yet"
     env = shlex.split(env_prefix(command))
     argv = shlex.split(command.removeprefix(env_prefix(command)))[1:]
@@ -254,7 +282,7 @@ def test_documented_command_runs(where, command, sandboxes):
     box = sandboxes(doc)
     for mk_where, mkdir in MKDIRS:
         mk_doc, mk_line = mk_where.split(":")
-        if mk_doc == doc and int(mk_line) < int(line):
+        if mk_doc == doc and int(mk_line) < int(line) and mk_where not in ILLUSTRATIVE:
             for d in shlex.split(mkdir)[2:]:
                 (box / d).mkdir(parents=True, exist_ok=True)
     outputs = [o for flag in OUTPUT_FLAGS for o in flag_values(argv, flag)]
