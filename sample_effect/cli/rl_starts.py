@@ -9,8 +9,10 @@ predictor with error bars on both sides (`validation.rl_protocol`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 from sample_effect.cli.options import (
     SubParsers,
@@ -114,7 +116,6 @@ def _starts(specs: list[str]) -> dict[str, str]:
 
 def cmd_validate_rl_starts(args: argparse.Namespace) -> None:
     """Check everything, then predict, run and judge; write the outputs."""
-    from sample_effect.data.examples import load_examples, tokenize_examples
     from sample_effect.models.loading import load_model, select_parameters
     from sample_effect.models.registry import resolve_model
     from sample_effect.rollouts.prompts import chat_template_prompts, load_rl_prompts
@@ -168,11 +169,8 @@ def cmd_validate_rl_starts(args: argparse.Namespace) -> None:
     paths = {name: str(resolve_model(spec)) for name, spec in starts.items()}
     first_model, tok = load_model(next(iter(paths.values())), args.dtype, device=args.device)
     prompts, held = (chat_template_prompts(x, tok, args.chat_template) for x in (prompts, held))
-    loss_examples = None
-    raw = load_examples(args.target_data) if args.target_data else _responses(args.eval_prompts)
-    if raw:
-        loss_examples = tokenize_examples(raw, tok, args.max_length)[0]
-    elif "loss" in measurements:
+    loss_examples = held_out_solutions(args.target_data, args.eval_prompts, held, tok, args.max_length)
+    if loss_examples is None and "loss" in measurements:
         raise SampleEffectError("--target loss needs correct solutions: --target-data FILE, or --eval-prompts with a "
                                 "response field")
     d = None
@@ -194,6 +192,19 @@ def cmd_validate_rl_starts(args: argparse.Namespace) -> None:
     files = write_outputs(doc, rows, out)
     print((out / "rl_starts.md").read_text())
     print(f"{doc['seconds']:.0f} s; wrote {', '.join(str(f) for f in files)}")
+
+
+def held_out_solutions(target_data: str | None, eval_prompts: str, held: list, tok: Any,
+                       max_length: int | None) -> list | None:
+    """The loss measurement's examples: --target-data, else the eval prompts' responses after the prompt exactly as
+    the policy is sampled on it (`held`, chat-templated when --chat-template says so); None when there are none."""
+    from sample_effect.data.examples import load_examples, tokenize_examples
+
+    raw = load_examples(target_data) if target_data else _responses(eval_prompts)
+    if raw and not target_data:
+        templated = {p.id: p.prompt for p in held}
+        raw = [dataclasses.replace(ex, prompt=templated.get(ex.id, ex.prompt)) for ex in raw]
+    return tokenize_examples(raw, tok, max_length)[0] if raw else None
 
 
 def _responses(path: str) -> list | None:

@@ -123,3 +123,22 @@ def test_missing_template_file_names_the_flag(setup, capsys) -> None:
                  "--chat-template", str(root / "nope.jinja")])
     err = capsys.readouterr().err
     assert code == 2 and "--chat-template must be auto, none or a Jinja template file" in err
+
+
+def test_rl_starts_loss_examples_follow_the_templated_prompt(toks, tmp_path) -> None:
+    """validate rl-starts' loss measurement: the eval prompts' solutions come after the prompt as it is sampled."""
+    from sample_effect.cli.rl_starts import held_out_solutions
+    from sample_effect.rollouts.generation import prompt_ids
+
+    with_template, _ = toks
+    f = write_jsonl(tmp_path / "held.jsonl", [{"id": p.id, "prompt": p.prompt, "answer": p.answer,
+                                                "response": f"The answer is {p.answer}."} for p in PROMPTS])
+    for template in ("none", "auto"):
+        held = chat_template_prompts(PROMPTS, with_template, template)
+        exs = held_out_solutions(None, str(f), held, with_template, None)
+        assert [e.id for e in exs] == ["a", "b"]
+        for e, p in zip(exs, held):  # the example's prompt tokens are the sampler's, exactly
+            ids = prompt_ids(with_template, p.prompt)
+            assert e.sequences[0][: len(ids)].tolist() == ids and e.response_starts[0] == len(ids)
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"id": p.id, "prompt": p.prompt, "answer": p.answer} for p in PROMPTS])
+    assert held_out_solutions(None, str(plain), PROMPTS, with_template, None) is None
