@@ -38,14 +38,15 @@ def _dataset_arg(text: str) -> tuple[str, str]:
     return Path(text).stem, text
 
 
-def _growth_args(p: argparse.ArgumentParser, several: bool = True) -> None:
+def _growth_args(p: argparse.ArgumentParser, several: bool = True, direction: bool = True) -> None:
+    """--model, --data (one or several), the target (--target-data, and --direction where the command takes it), the schedule."""
     add_model_args(p, lora=False)
     if several:
         p.add_argument("--data", required=True, action="append", type=_dataset_arg, metavar="[NAME=]FILE",
                        help="an SFT JSONL dataset; repeat to compare several side by side")
     else:
         p.add_argument("--data", required=True, help="SFT JSONL pool to select from")
-    add_target_args(p, ("data", "direction") if several else ("data",), exclusive=True, normalize=False,
+    add_target_args(p, ("data", "direction") if several and direction else ("data",), exclusive=True, normalize=False,
                     helps={"data": "target: the mean loss over this SFT JSONL (it should fall)",
                            "direction": "target: <theta, FINAL - BASE> (should rise)"})
     add_sft_schedule_args(p)
@@ -160,7 +161,7 @@ def _add_validate_curves(checks: SubParsers) -> None:
         "schedule from the same weights and evaluate the target every --eval-every steps. Reports per-dataset "
         "predicted and actual changes and their rank agreement across datasets; JSON, CSV, PNG.",
     )
-    _growth_args(p)
+    _growth_args(p, direction=False)  # the actual target is the eval loss of the real runs: a loss target only
     p.add_argument("--replicates", type=int, default=8, help="Monte Carlo batch orders (default 8)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate the target every k steps (default: about 10 points)")
     p.add_argument("--out", required=True, help="output JSON; curves to OUT.csv, figure to OUT.png")
