@@ -12,6 +12,7 @@ from sample_effect.cli.options import (
     TABLE_SUFFIXES,
     SubParsers,
     add_cache_args,
+    add_chat_template_arg,
     add_common_args,
     add_data_format_args,
     add_engine_args,
@@ -44,6 +45,7 @@ def add_parsers(sub: SubParsers) -> None:
     p.add_argument("--data", required=True, help="SFT data to score ({id, prompt, response} or {id, messages}): "
                    "JSONL, .parquet, or a `datasets` directory saved with save_to_disk")
     add_target_args(p, ("data", "self", "direction", "prompts"))
+    add_chat_template_arg(p)  # the --target-prompts are sampled; SFT chat data always uses the tokenizer's template
     p.add_argument("--out", default=None, help="output table, .csv or .parquet (required unless --explain)")
     add_engine_args(p)
     p.add_argument("--projection", metavar="DIR",

@@ -142,3 +142,23 @@ def test_rl_starts_loss_examples_follow_the_templated_prompt(toks, tmp_path) -> 
             assert e.sequences[0][: len(ids)].tolist() == ids and e.response_starts[0] == len(ids)
     plain = write_jsonl(tmp_path / "plain.jsonl", [{"id": p.id, "prompt": p.prompt, "answer": p.answer} for p in PROMPTS])
     assert held_out_solutions(None, str(plain), PROMPTS, with_template, None) is None
+
+
+def test_rank_wraps_its_target_prompts(setup, monkeypatch, capsys) -> None:
+    """rank --target-prompts samples the held-out prompts: --chat-template applies to them too."""
+    import sample_effect.targets.core as core
+
+    dirs, prompts, target, root = setup
+    seen: list[list[str]] = []
+
+    def capture(**kwargs):
+        seen.append([p.prompt for p in kwargs["prompts"]])
+        raise Captured("captured")
+
+    monkeypatch.setattr(core, "AccuracyTarget", capture)
+    argv = ["rank", "--model", str(dirs["chat"]), "--data", str(target), "--target-prompts", str(prompts),
+            "--reward", "exact", "--out", str(root / "r.csv"), "--overwrite", "--device", "cpu"]
+    assert main(argv) == 2 and main([*argv, "--chat-template", "auto"]) == 2
+    raw = [p.prompt for p in PROMPTS]
+    assert seen == [raw, [f"[user] {p}\n[assistant] " for p in raw]]
+    capsys.readouterr()
