@@ -79,18 +79,15 @@ def cmd_validate_lds(args: argparse.Namespace) -> None:
     from sample_effect.validation.lds import (
         METHODS,
         LDSConfig,
+        LDSTask,
         draw_subsets,
         lds_table,
         load_scores,
-        method_update,
-        per_target_effects,
+        method_values,
         prediction_key,
-        replayed_drops,
-        retrain_steps,
         retrain_subsets,
         summed_effects,
         target_losses,
-        trajectory_effects,
     )
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -125,19 +122,13 @@ def cmd_validate_lds(args: argparse.Namespace) -> None:
     compute = ComputeConfig(progress=False)
     predictions, seconds = {}, {}
     digest = prediction_key(pool, target, sft, path, subsets)
-    steps = retrain_steps(sft, len(subsets[0]))
+    task = LDSTask(pool, target, sft, subsets, path, lambda p: load_model(p, args.dtype, device=args.device))
     for m in methods:
         t1 = time.perf_counter()
         tag = f"{m}-k{args.checkpoints}" if m == "adamw-trajectory" else m
         f = cache / f"{'drops' if m == 'predict-sft' else 'effects'}-{tag}-{digest}.npy"
         if not f.exists():
-            if m == "predict-sft":
-                value = replayed_drops(model, pool, target, sft, subsets, compute)
-            elif m == "adamw-trajectory":
-                value = trajectory_effects(lambda p: load_model(p, args.dtype, device=args.device), path, pool, target,
-                                           sft, steps, args.checkpoints, cache, compute, say)
-            else:
-                value = per_target_effects(model, tok, pool, target, method_update(m, sft), compute)
+            value = method_values(m, task, (model, tok), args.checkpoints, cache, compute, say)
             with atomic_open(f, "wb") as fh:
                 np.save(fh, value)
         value = np.load(f)

@@ -245,6 +245,33 @@ def trajectory_effects(load: Callable[[str], tuple[torch.nn.Module, Any]], base:
                                     compute=compute, say=say)
 
 
+@dataclass
+class LDSTask:
+    """What every method is scored on: the pool, the target examples, the retrains' SFT config and subsets, the base
+    checkpoint and how to load it or one of its descendants (`load(path)` -> (model, tokenizer))."""
+
+    pool: Sequence[TokenizedExample]
+    target: Sequence[TokenizedExample]
+    sft: SFTConfig
+    subsets: Sequence[np.ndarray]
+    base: str
+    load: Callable[[str], tuple[torch.nn.Module, Any]]
+
+
+def method_values(method: str, task: LDSTask, loaded: tuple[torch.nn.Module, Any], checkpoints: int,
+                  cache_dir: str | os.PathLike, compute: Any = None, say: Callable[[str], None] | None = None) -> np.ndarray:
+    """What one method predicts: the [n, T] effect matrix (sgd, sgd-clip, adamw, adamw-trajectory), or the [M]
+    replayed drops per subset (predict-sft). `loaded` is the base (model, tokenizer), already loaded."""
+    model, tok = loaded
+    if method == "predict-sft":
+        return replayed_drops(model, task.pool, task.target, task.sft, task.subsets, compute)
+    if method == "adamw-trajectory":
+        steps = retrain_steps(task.sft, len(task.subsets[0]))
+        return trajectory_effects(task.load, task.base, task.pool, task.target, task.sft, steps, checkpoints, cache_dir,
+                                  compute, say)
+    return per_target_effects(model, tok, task.pool, task.target, method_update(method, task.sft), compute)
+
+
 def load_scores(path: str | os.PathLike, pool: Sequence[TokenizedExample], n_target: int) -> np.ndarray:
     """An outside method's scores for `validate lds --scores`: [n] or [n, T], larger = a larger predicted drop.
 
