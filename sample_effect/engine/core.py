@@ -32,6 +32,7 @@ from sample_effect.kernels.ghost import (
 from sample_effect.models.loading import accumulation_dtype, config_int, position_limit
 from sample_effect.objectives.base import SFT, Objective, SFTObjective
 from sample_effect.objectives.losses import example_losses
+from sample_effect.runtime.cpu import resolve_gemm_dtype
 
 log = logging.getLogger("sample_effect")
 
@@ -71,8 +72,9 @@ class ComputeConfig:
     # ghost path of a bfloat16 / float16 model: "model" keeps the Linear factors in the model's dtype and
     # runs their GEMMs and elementwise products in it, with float32 sums (as its own backward does);
     # "accumulate" does it all in float32 (slower where bf16 matrix units are fast; rounds G and the GEMM
-    # outputs less)
-    gemm_dtype: str = "model"
+    # outputs less); "auto" is "model" on a GPU or a CPU with native bf16 / fp16 instructions, else
+    # "accumulate" (`sample_effect.runtime.cpu.resolve_gemm_dtype`: emulated bf16 GEMMs are many times slower)
+    gemm_dtype: str = "auto"
 
     def budget_bytes(self) -> int | None:
         """`memory_budget` in bytes (see `parse_bytes`); None means no budget."""
@@ -563,9 +565,10 @@ def iter_example_factors(
     cache = plans if plans is not None else ghost_plans(model)
     plan = cache.ghost_plan(model, params)
     rtol = self_check_rtol(first_param.dtype, acc)
-    if compute.gemm_dtype not in ("model", "accumulate"):
-        raise ConfigError("ComputeConfig", f"<gemm_dtype> must be 'model' or 'accumulate', got {literal(repr(compute.gemm_dtype))}")
-    lowp_gemm = compute.gemm_dtype == "model"
+    if compute.gemm_dtype not in ("auto", "model", "accumulate"):
+        raise ConfigError("ComputeConfig",
+                          f"<gemm_dtype> must be 'auto', 'model' or 'accumulate', got {literal(repr(compute.gemm_dtype))}")
+    lowp_gemm = resolve_gemm_dtype(compute.gemm_dtype, first_param.dtype, device) == "model"
     with tqdm(total=len(flat), desc=desc, unit="seq", disable=not compute.progress, leave=False) as bar:
         for i, j, part in _whole_example_chunks(examples, cap):
             ids, mask = _pad_part(part, device)

@@ -26,6 +26,7 @@ from sample_effect.data.examples import TokenizedExample
 from sample_effect.engine.core import ComputeConfig
 from sample_effect.engine.vectors import TargetVector
 from sample_effect.errors import SampleEffectError
+from sample_effect.runtime.cpu import resolve_gemm_dtype
 from sample_effect.update.optim import OptimizerState, UpdateConfig
 
 KEY_FORMAT = 2
@@ -119,7 +120,10 @@ def settings_key(
     h.update(json.dumps([list(params), str(next(iter(params.values())).dtype)]).encode())
     hash_examples(h, examples)
     hash_value(h, update)
-    hash_value(h, {k: getattr(compute, k) for k in VALUE_SETTINGS})
+    first = next(iter(params.values()))
+    values = {k: getattr(compute, k) for k in VALUE_SETTINGS}
+    values["gemm_dtype"] = resolve_gemm_dtype(compute.gemm_dtype, first.dtype, first.device)  # what ran, not 'auto'
+    hash_value(h, values)
     hash_value(h, state if state is not None else OptimizerState())
     hash_value(h, projection)
     h.update(target)

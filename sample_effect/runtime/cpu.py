@@ -48,3 +48,36 @@ def bf16_note(dtype: torch.dtype, device: str | torch.device = "cpu", flags: lis
     return ("bfloat16 on this CPU (no AVX512-BF16 or AMX) is emulated: on an AVX2-only CPU a bf16 forward+backward "
             "was reported about 80x slower than on a CPU with AMX and about 17x slower than float32; use --dtype "
             "float32 unless memory forces bf16")
+
+
+NATIVE_FP16 = ("avx512_fp16", "amx_fp16")
+_told: set[tuple[str, str, str]] = set()
+
+
+def fast_narrow_gemm(dtype: torch.dtype, device: str | torch.device = "cpu", flags: list[str] | None = None) -> bool:
+    """Whether matrix products in `dtype` (bfloat16 / float16) are fast on `device`: always on a GPU; on a CPU only
+    with native instructions for that dtype (AVX512-BF16 or AMX for bf16, AVX512-FP16 or AMX-FP16 for fp16)."""
+    if torch.device(device).type != "cpu":
+        return True
+    have = flags if flags is not None else cpu_info()["flags"]
+    native = NATIVE_BF16 if dtype == torch.bfloat16 else NATIVE_FP16 if dtype == torch.float16 else ()
+    return any(f in have for f in native)
+
+
+def resolve_gemm_dtype(setting: str, dtype: torch.dtype, device: str | torch.device = "cpu",
+                       flags: list[str] | None = None) -> str:
+    """`ComputeConfig.gemm_dtype` made concrete: 'auto' is 'model' (GEMMs of a bf16 / fp16 model's factors in its
+    own dtype) where `fast_narrow_gemm` says that is fast, else 'accumulate' (float32); the choice is logged once."""
+    if setting != "auto":
+        return setting
+    if dtype not in (torch.bfloat16, torch.float16):
+        return "model"  # nothing is narrow: the setting changes nothing
+    choice = "model" if fast_narrow_gemm(dtype, device, flags) else "accumulate"
+    key = (str(dtype), torch.device(device).type, choice)
+    if key not in _told:
+        _told.add(key)
+        why = ("the device multiplies it natively" if choice == "model" else
+               "this CPU has no native instructions for it, so float32 GEMMs are faster")
+        log.info("gemm_dtype auto: %s factors multiplied in %s (%s)", str(dtype).removeprefix("torch."),
+                 "their own dtype" if choice == "model" else "float32", why)
+    return choice

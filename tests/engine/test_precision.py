@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from sample_effect import ComputeConfig, LossTarget, UpdateConfig, load_examples, load_model
 from sample_effect.data.examples import tokenize_examples
@@ -66,7 +67,7 @@ def test_bfloat16_vmap_path_takes_a_bfloat16_target(model_dirs, opt):
 @pytest.mark.parametrize("arch", ["gpt2", "qwen2"])
 def test_bfloat16_narrow_factors_track_float64_on_every_path(model_dirs, data_files, arch):
     """A bfloat16 model's Linear / Conv1D factors stay bfloat16 and their GEMMs run in it
-    (ComputeConfig.gemm_dtype 'model', the default); 'accumulate' runs them in float32. Both stay
+    (ComputeConfig.gemm_dtype 'model', what 'auto' picks where bf16 GEMMs are native); 'accumulate' runs them in float32. Both stay
     within the documented bfloat16 tolerance of a float64 vmap run on the same (bf16-rounded) weights,
     for SGD, clipped SGD through either norm form, and clipped AdamW."""
     import copy
@@ -114,6 +115,42 @@ def test_unknown_gemm_dtype_names_the_field(model_dirs, data_files):
 
     model, tok = load_model(model_dirs["qwen2"], "bfloat16")
     target, _ = tokenize_examples(load_examples(data_files["target"]), tok)
-    with pytest.raises(ConfigError, match=r"ComputeConfig\.gemm_dtype must be 'model' or 'accumulate', got 'fp8'"):
+    with pytest.raises(ConfigError, match=r"ComputeConfig\.gemm_dtype must be 'auto', 'model' or 'accumulate', got 'fp8'"):
         score_examples_result(model, tok, load_examples(data_files["train"]), LossTarget(target), UpdateConfig("sgd"),
                               compute=ComputeConfig(progress=False, gemm_dtype="fp8"))
+
+
+@pytest.mark.parametrize(("flags", "expected"), [(["avx2"], "accumulate"), (["avx2", "avx512_bf16"], "model"),
+                                                 (["amx_bf16"], "model")])
+def test_auto_gemm_dtype_follows_the_cpu(model_dirs, data_files, monkeypatch, caplog, flags, expected):
+    """gemm_dtype 'auto' (the default) on a bf16 model: the factors and the values are exactly those of the
+    setting the CPU's flags call for, the choice is logged once, and the results' key names what ran."""
+    import logging
+
+    import sample_effect.runtime.cpu as cpu
+    from sample_effect.engine.core import iter_example_factors
+    from sample_effect.engine.keys import settings_key
+    from sample_effect.models.loading import select_parameters
+
+    monkeypatch.setattr(cpu, "cpu_info", lambda: {"flags": flags})
+    monkeypatch.setattr(cpu, "_told", set())
+    model, tok = load_model(model_dirs["qwen2"], "bfloat16")
+    exs, _ = tokenize_examples(load_examples(data_files["train"]), tok)
+    params = select_parameters(model)
+
+    def kinds(gemm):
+        batch = next(iter(iter_example_factors(model, params, exs, ComputeConfig(progress=False, gemm_dtype=gemm))))
+        return {(name, f.kind, f.b.dtype, f.gemm) for name, fs in batch.factors.items() for f in fs}
+
+    with caplog.at_level(logging.INFO, logger="sample_effect"):
+        auto = kinds("auto")
+        kinds("auto")
+    assert auto == kinds(expected) and auto != kinds("accumulate" if expected == "model" else "model")
+    told = [r.message for r in caplog.records if "gemm_dtype auto" in r.message]
+    assert len(told) == 1 and ("float32" in told[0]) == (expected == "accumulate")
+    upd = UpdateConfig("sgd")
+    key = {g: settings_key(model, params, exs, upd, None, ComputeConfig(gemm_dtype=g)) for g in ("auto", expected)}
+    assert key["auto"] == key[expected]
+    assert cpu.resolve_gemm_dtype("auto", torch.float32, "cpu") == "model"  # nothing narrow: no change
+    assert cpu.resolve_gemm_dtype("auto", torch.bfloat16, "cuda") == "model"
+    assert cpu.resolve_gemm_dtype("accumulate", torch.bfloat16, "cuda") == "accumulate"
