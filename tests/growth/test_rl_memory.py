@@ -58,16 +58,16 @@ from sample_effect.rollouts.prompts import RLPrompt
 def parity(prompt, completion, answer, finished=True):
     return float(sum(map(ord, completion)) % 2)
 
-n = int(sys.argv[1])
+n, rule, new_tokens, group = int(sys.argv[1]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 torch.set_num_threads(1)
 tok = train_tokenizer(CORPUS * 5, vocab_size=320)
 model = build_tiny_model("gpt2", tok, torch.float32, seed=0, hidden=256, layers=4)  # 3.4M parameters
 tgt, _ = tokenize_examples(examples_from_records(list(enumerate(TARGET[:1], 1))), tok)
 prompts = [RLPrompt(f"p{i}", TRAIN[i % len(TRAIN)]["prompt"] + f" {i}", "") for i in range(n)]
-upd = UpdateConfig("sgd", lr=1e-3, clip=0.05)  # SGD + clipping + loss target: all three noise terms
+upd = UpdateConfig(rule, lr=1e-3, clip=0.05 if rule == "sgd" else 1.0)  # SGD + clipping + loss target: all three noise terms
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    rec = predict_rl(model, tok, prompts, parity, LossTarget(tgt), upd, group_size=2, max_new_tokens=1,
+    rec = predict_rl(model, tok, prompts, parity, LossTarget(tgt), upd, group_size=group, max_new_tokens=new_tokens,
                      prompts_per_step=8, compute=ComputeConfig(progress=False, memory_budget="64GB"), n_boot=20,
                      noise_draws=8, curvature_draws=2, spill_dir=sys.argv[3]).record
 print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -76,23 +76,26 @@ print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss /
 """
 
 
-def _peak_rss(n: int, spill: Path) -> dict:
+def _peak_rss(n: int, spill: Path, rule: str = "sgd", new_tokens: int = 1, group: int = 2) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-c", CHILD, str(n), str(TESTS), str(spill)], capture_output=True, text=True,
-                         env=env, timeout=600)
+    run = subprocess.run([sys.executable, "-c", CHILD, str(n), str(TESTS), str(spill), rule, str(new_tokens), str(group)],
+                         capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
-def test_predict_rl_peak_memory_is_flat_in_the_number_of_prompts(tmp_path):
-    """16 vs 128 prompts (5 vs 57 informative, each gradient 13.5 MB): with the per-prompt gradients in memory
-    the peaks were 798 and 3130 MB; spilled, both sit at the floor (about 600 MB)."""
-    small, large = _peak_rss(16, tmp_path), _peak_rss(128, tmp_path)
-    print(f"peak RSS: 16 prompts {small['rss_mb']:.0f} MB, 128 prompts {large['rss_mb']:.0f} MB "
+@pytest.mark.parametrize(("rule", "new_tokens", "group"), [("sgd", 1, 2), ("adamw", 4, 4)])
+def test_predict_rl_peak_memory_is_flat_in_the_number_of_prompts(tmp_path, rule, new_tokens, group):
+    """16 vs 128 prompts. SGD with clipping, 1 new token, groups of 2 (5 vs 57 informative, each gradient
+    13.5 MB): with the per-prompt gradients in memory the peaks were 798 and 3130 MB; spilled, both sit at
+    the floor (about 600 MB). AdamW with clipping, 4 new tokens, groups of 4: what users run."""
+    small, large = _peak_rss(16, tmp_path, rule, new_tokens, group), _peak_rss(128, tmp_path, rule, new_tokens, group)
+    print(f"{rule}: peak RSS: 16 prompts {small['rss_mb']:.0f} MB, 128 prompts {large['rss_mb']:.0f} MB "
           f"({small['params']} parameters, {small['informative']} / {large['informative']} informative)")
     for r in (small, large):
-        assert all(t is not None for t in r["terms"])  # every noise term ran (none skipped for memory)
+        # every term that applies ran: the Hessian noise term (SGD only), the batch term and the second-order term
+        assert all(r["terms"][i] is not None for i in ((0, 1, 2) if rule == "sgd" else (1, 2)))
     assert large["informative"] >= 40  # enough kept gradients (> 500 MB) that holding them would show
     assert large["rss_mb"] <= 1.3 * small["rss_mb"]
     assert not list(tmp_path.iterdir())  # the spill file is gone
