@@ -180,6 +180,30 @@ def lds_table(predictions: Mapping[str, np.ndarray], actual: np.ndarray, n_boot:
     return {name: lds_scores(p, actual, n_boot) for name, p in predictions.items()}
 
 
+def seed_agreement(after: np.ndarray) -> dict[str, Any] | None:
+    """How well one trainer seed's outcome predicts another's: what retraining noise leaves for any method.
+
+    `after` is [M, R, T] (target losses per subset, seed and target example). Returns the Spearman
+    correlation across subsets between the drops of two seeds, averaged over target examples
+    (`seed_agreement`) and for the mean target (`seed_agreement_mean_target`), averaged over seed
+    pairs; and `lds_ceiling`, the Spearman-Brown estimate sqrt(R r / (1 + (R - 1) r)) of the best
+    correlation any prediction can reach with the mean of R seeds (r: the per-target agreement; a
+    Pearson formula, so a guide, not a bound). None with one seed.
+    """
+    a = np.asarray(after, dtype=np.float64)
+    _, r, t = a.shape
+    if r < 2:
+        return None
+    pairs = [(i, k) for i in range(r) for k in range(i + 1, r)]
+    per = [spearman(a[:, i, j], a[:, k, j]) for i, k in pairs for j in range(t)]
+    per = [x for x in per if np.isfinite(x)]
+    mean = [spearman(a[:, i].mean(1), a[:, k].mean(1)) for i, k in pairs]
+    agree = float(np.mean(per)) if per else float("nan")
+    ceiling = float(np.sqrt(r * agree / (1 + (r - 1) * agree))) if agree > 0 else float("nan")
+    return {"seed_agreement": agree, "seed_agreement_mean_target": float(np.mean(mean)), "lds_ceiling": ceiling,
+            "seeds": r}
+
+
 METHODS = ("sgd", "sgd-clip", "adamw", "adamw-trajectory", "predict-sft")
 
 

@@ -28,6 +28,18 @@ def test_an_oracle_prediction_scores_one_and_a_reversed_one_minus_one():
     assert lo <= noisy["lds"] <= hi and noisy["lds"] < 1
 
 
+def test_seed_agreement_is_one_for_identical_seeds_and_falls_with_noise():
+    from sample_effect.validation.lds import seed_agreement
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(30, 1, 4))
+    same = seed_agreement(np.repeat(base, 3, axis=1))
+    assert same["seed_agreement"] == pytest.approx(1.0) and same["lds_ceiling"] == pytest.approx(1.0)
+    noisy = seed_agreement(base + rng.normal(scale=2.0, size=(30, 2, 4)))
+    assert noisy["seeds"] == 2 and noisy["seed_agreement"] < 0.6 and noisy["lds_ceiling"] > noisy["seed_agreement"]
+    assert seed_agreement(base) is None  # one seed: nothing to compare
+
+
 def test_summed_effects_and_subsets():
     cfg = LDSConfig(subsets=5, fraction=0.4, seed=3)
     subsets = draw_subsets(10, cfg)
