@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -119,15 +120,24 @@ def retrain_subsets(
                     raise SampleEffectError(f"{f} was made for another subset; use another cache directory")
                 out[m, r] = rec["losses"]
                 continue
+            t0 = time.perf_counter()
             model, tok = load()
             torch.manual_seed(sft.seed + r)
             train_sft(model, tok, [pool[i] for i in idx], replace(sft, seed=sft.seed + r), progress=False)
             out[m, r] = target_losses(model, target)
             with atomic_open(f) as fh:
-                json.dump({"subset": [int(i) for i in idx], "seed": sft.seed + r, "losses": out[m, r].tolist()}, fh)
+                json.dump({"subset": [int(i) for i in idx], "seed": sft.seed + r, "losses": out[m, r].tolist(),
+                           "seconds": time.perf_counter() - t0}, fh)
             if say:
                 say(f"retrained subset {m + 1}/{len(subsets)} seed {r}: mean target loss {out[m, r].mean():.4f}")
     return out
+
+
+def retrain_seconds(cache_dir: str | os.PathLike) -> tuple[float, int]:
+    """The seconds the cached retrains took (summed over those that recorded it) and how many recorded it."""
+    times = [json.loads(f.read_text()).get("seconds") for f in Path(cache_dir).glob("retrain-*.json")]
+    times = [t for t in times if t is not None]
+    return float(sum(times)), len(times)
 
 
 def summed_effects(effects: np.ndarray, subsets: Sequence[np.ndarray]) -> np.ndarray:
