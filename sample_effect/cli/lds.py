@@ -151,7 +151,7 @@ def cmd_validate_lds(args: argparse.Namespace) -> None:
                          "actual_mean_drop": actual.mean(1),
                          **{f"predicted_{m}": np.asarray(p).reshape(len(subsets), -1).mean(1) for m, p in predictions.items()}})
     doc = {"methods": table, "subsets": cfg.subsets, "fraction": cfg.fraction, "runs": cfg.runs,
-           "pool": len(pool), "target": len(target), "model": path,
+           "pool": len(pool), "target": len(target), "model": args.model,
            "base_target_loss": float(base.mean()), "retrained_target_loss": float(after.mean()),
            "retrain_seconds": retrain_s, "retrain_seconds_recorded": retrain_seconds(cache), "sft": json.loads(json.dumps(sft.__dict__, default=str)),
            "noise": seed_agreement(after)}
