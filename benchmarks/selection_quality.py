@@ -1,7 +1,8 @@
 """Selection benchmark: fine-tune on the top-k of each attribution method vs random-k vs bottom-k, on one pool.
 
-Every method's [n, T] score matrix (larger = predicted to lower target example j's loss more) is
-averaged over the target examples into one score per pool example; its top-k and bottom-k are
+Every method's [n, T] score matrix (larger = predicted to lower target example j's loss more) picks
+its top-k and bottom-k three ways (--aggregate): by the mean over the target examples, by the max
+(LESS's aggregation) and round-robin over the target examples (`top_k_indices`); they are
 fine-tuned from the same base with the same recipe as the LDS retrains, next to --random seeded
 random k-subsets. Reported per method: the mean target loss (and greedy accuracy on the target
 prompts) after training, the random runs' mean, sd and 95% prediction interval, and whether top-k
@@ -38,7 +39,7 @@ from sample_effect.rollouts.rewards import get_reward
 from sample_effect.runtime.cpu import cpu_info
 from sample_effect.training import SFTConfig, train_sft
 from sample_effect.training.common import adamw_update
-from sample_effect.validation.selection import selection_verdict
+from sample_effect.validation.selection import selection_verdict, top_k_indices
 
 
 def score_files(lds_dir: Path | None, scores_dir: Path | None) -> dict[str, Path]:
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--epochs", type=float, default=4.0, help="passes over the k examples (default 4: enough for the "
                    "greedy accuracy to move on tiny)")
+    p.add_argument("--aggregate", default="mean,max,round-robin",
+                   help="how a [n, T] matrix picks its top-k (sample_effect.validation.selection.top_k_indices)")
     p.add_argument("--accuracy", action="store_true", help="also greedy accuracy on the target prompts (kk reward)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/lds/selection")
@@ -122,22 +125,23 @@ def main(argv: list[str] | None = None) -> None:
     rows, methods = [], {}
     for name, f in files.items():
         s = np.load(f)
-        score = s.mean(1) if s.ndim == 2 else s
-        if len(score) != len(pool):
-            print(f"skipping {name}: {len(score)} scores for {len(pool)} examples")
+        if len(s) != len(pool):
+            print(f"skipping {name}: {len(s)} scores for {len(pool)} examples")
             continue
-        order = np.argsort(-score, kind="stable")
-        top = train_one(f"{name} top-{a.k}", [ids[i] for i in order[: a.k]], ctx)
-        bottom = train_one(f"{name} bottom-{a.k}", [ids[i] for i in order[-a.k:]], ctx)
-        frame = pd.DataFrame([{**top, "group": "top"}, {**bottom, "group": "bottom"},
-                              *[{**r, "group": "random"} for r in randoms]])
-        verdict = selection_verdict(frame)
-        methods[name] = {"top": {k: top[k] for k in top if k != "ids"}, "bottom": {k: bottom[k] for k in bottom if k != "ids"},
-                         "verdict": verdict, "score_file": str(f)}
-        loss = verdict["target_loss_end"]
-        rows.append((name, top["target_loss_end"], bottom["target_loss_end"], loss["random_mean"], loss["random_sd"],
-                     loss["random_prediction_interval95"], loss["top_beyond_prediction_interval"],
-                     top.get("accuracy_end"), bottom.get("accuracy_end")))
+        for how in (a.aggregate.split(",") if s.ndim == 2 and s.shape[1] > 1 else ["mean"]):
+            label = name if how == "mean" else f"{name} [{how}]"
+            top = train_one(f"{label} top-{a.k}", [ids[i] for i in top_k_indices(s, a.k, how)], ctx)
+            bottom = train_one(f"{label} bottom-{a.k}", [ids[i] for i in top_k_indices(s, a.k, how, largest=False)], ctx)
+            frame = pd.DataFrame([{**top, "group": "top"}, {**bottom, "group": "bottom"},
+                                  *[{**r, "group": "random"} for r in randoms]])
+            verdict = selection_verdict(frame)
+            methods[label] = {"top": {k: top[k] for k in top if k != "ids"},
+                              "bottom": {k: bottom[k] for k in bottom if k != "ids"},
+                              "verdict": verdict, "score_file": str(f), "aggregate": how}
+            loss = verdict["target_loss_end"]
+            rows.append((label, top["target_loss_end"], bottom["target_loss_end"], loss["random_mean"],
+                         loss["random_sd"], loss["random_prediction_interval95"], loss["top_beyond_prediction_interval"],
+                         top.get("accuracy_end"), bottom.get("accuracy_end")))
     rnd_acc = [r["accuracy_end"] for r in randoms if "accuracy_end" in r]
     doc = {"k": a.k, "pool": len(pool), "target": len(target), "config": {"lr": a.lr, "batch_size": a.batch_size,
            "epochs": a.epochs, "clip": 1.0, "optimizer": "adamw", "seed": a.seed},

@@ -21,6 +21,40 @@ import torch
 from sample_effect.data.examples import TokenizedExample
 from sample_effect.errors import SampleEffectError
 
+AGGREGATES = ("mean", "max", "round-robin")
+
+
+def top_k_indices(scores: np.ndarray, k: int, how: str = "mean", largest: bool = True) -> np.ndarray:
+    """The k pool examples a score matrix picks ([n] or [n, T], one column per target example).
+
+    `mean`: the k largest mean scores over the target examples (what ranking toward the mean target
+    does). `max`: the k largest best-column scores (LESS's aggregation, Xia et al. 2024). `round-robin`:
+    the target examples take turns, each adding its highest-scoring example not yet taken, so every
+    target example gets data aimed at it. `largest=False` picks from the other end (bottom-k).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    s = (s if s.ndim == 2 else s[:, None]) * (1.0 if largest else -1.0)
+    n = s.shape[0]
+    if not 1 <= k <= n:
+        raise SampleEffectError(f"k must be between 1 and the pool size {n}, got {k}")
+    if how in ("mean", "max"):
+        agg = s.mean(1) if how == "mean" else s.max(1)
+        return np.argsort(-agg, kind="stable")[:k]
+    if how != "round-robin":
+        raise SampleEffectError(f"unknown aggregate '{how}'; choose {', '.join(AGGREGATES)}")
+    orders = [np.argsort(-s[:, j], kind="stable") for j in range(s.shape[1])]
+    taken: list[int] = []
+    seen: set[int] = set()
+    pos = [0] * s.shape[1]
+    while len(taken) < k:
+        for j, order in enumerate(orders):
+            while pos[j] < n and int(order[pos[j]]) in seen:
+                pos[j] += 1
+            if pos[j] < n and len(taken) < k:
+                taken.append(int(order[pos[j]]))
+                seen.add(taken[-1])
+    return np.asarray(taken)
+
 
 def selection_sets(table: pd.DataFrame, k: int, n_random: int, seed: int = 0) -> dict[str, list[str]]:
     """top-k, `n_random` seeded random k-subsets and bottom-k ids of a ranked table (rank 1 first)."""

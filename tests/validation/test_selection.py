@@ -42,3 +42,22 @@ def test_sets_are_seeded_and_checked():
         selection_sets(table, 11, 2)
     with pytest.raises(SampleEffectError):
         selection_verdict(summary(1.0, [2.0], 3.0))
+
+
+def test_top_k_indices_mean_max_and_round_robin():
+    import numpy as np
+
+    from sample_effect.validation.selection import top_k_indices
+
+    s = np.array([[5.0, 0.0], [4.0, 0.1], [3.0, 0.2], [0.0, 1.0], [-1.0, -1.0]])
+    assert top_k_indices(s, 2, "mean").tolist() == [0, 1]  # means 2.5, 2.05, 1.6, 0.5, -1
+    assert top_k_indices(s, 2, "max").tolist() == [0, 1]
+    assert top_k_indices(s, 2, "round-robin").tolist() == [0, 3]  # column 1's best is example 3
+    assert top_k_indices(s, 4, "round-robin").tolist() == [0, 3, 1, 2]
+    assert top_k_indices(s, 1, "round-robin", largest=False).tolist() == [4]
+    assert top_k_indices(s[:, 0], 3).tolist() == [0, 1, 2]  # one column: every aggregate is the plain ranking
+    assert sorted(top_k_indices(s, 5, "round-robin").tolist()) == [0, 1, 2, 3, 4]
+    with pytest.raises(SampleEffectError, match="aggregate"):
+        top_k_indices(s, 2, "median")
+    with pytest.raises(SampleEffectError, match="between 1"):
+        top_k_indices(s, 6)
