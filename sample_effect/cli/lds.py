@@ -153,23 +153,31 @@ def cmd_validate_lds(args: argparse.Namespace) -> None:
     doc = {"methods": table, "subsets": cfg.subsets, "fraction": cfg.fraction, "runs": cfg.runs,
            "pool": len(pool), "target": len(target), "model": args.model,
            "base_target_loss": float(base.mean()), "retrained_target_loss": float(after.mean()),
-           "retrain_seconds": retrain_s, "retrain_seconds_recorded": retrain_seconds(cache), "sft": json.loads(json.dumps(sft.__dict__, default=str)),
+           "retrain_seconds": retrain_s, "retrain_seconds_recorded": retrain_seconds(cache),
+           "sft": json.loads(json.dumps(sft.__dict__, default=str)),
            "noise": seed_agreement(after)}
     with atomic_open(out / "lds.json") as fh:
         json.dump(doc, fh, indent=1, default=str)
     write_table(rows, out / "lds_subsets.csv")
     lds_figure(rows, table, out / "lds.png")
-    for m, v in table.items():
+    _print_summary(doc)
+    print(f"wrote {out / 'lds.json'}, {out / 'lds_subsets.csv'}, {out / 'lds.png'}")
+
+
+def _print_summary(doc: dict) -> None:
+    """One line per method (LDS and mean-target Spearman with intervals, compute time), then the retraining noise."""
+    import math
+
+    for m, v in doc["methods"].items():
         lo, hi = v["lds_mean_target_ci95"]
         per = "" if v["lds"] is None else f"LDS {v['lds']:+.3f} [{v['lds_ci95'][0]:+.3f}, {v['lds_ci95'][1]:+.3f}], "
-        took = "" if np.isnan(v["seconds"]) else f" ({v['seconds']:.0f} s)"
+        took = "" if math.isnan(v["seconds"]) else f" ({v['seconds']:.0f} s)"
         print(f"{m}: {per}mean target {v['lds_mean_target']:+.3f} [{lo:+.3f}, {hi:+.3f}]{took}")
     if doc["noise"] is not None:
         n = doc["noise"]
         print(f"retraining noise: two seeds' drops agree at Spearman {n['seed_agreement']:+.3f} per target example "
               f"({n['seed_agreement_mean_target']:+.3f} for the mean target); no method can be expected above about "
               f"{n['lds_ceiling']:.2f}")
-    print(f"wrote {out / 'lds.json'}, {out / 'lds_subsets.csv'}, {out / 'lds.png'}")
 
 
 def _parse_scores(items: list[str], methods: list[str]) -> dict[str, str]:
