@@ -35,9 +35,10 @@ def add_validate_parsers(checks: SubParsers) -> None:
     p.add_argument("--subsets", type=int, default=32, help="random subsets M (default 32)")
     p.add_argument("--fraction", type=float, default=0.5, help="share of the pool in each subset (default 0.5)")
     p.add_argument("--runs", type=int, default=1, help="trainer seeds per subset (default 1)")
-    p.add_argument("--methods", default="sgd,sgd-clip,adamw,adamw-trajectory,predict-sft",
+    p.add_argument("--methods", default="sgd,sgd-clip,adamw,adamw-trajectory,adamw-final,predict-sft",
                    help="sgd, sgd-clip, adamw (the trainer's AdamW, fresh), adamw-trajectory (lr x effect summed over "
-                   "--checkpoints points of one real run on the whole pool, with the saved AdamW state), predict-sft "
+                   "--checkpoints points of one real run on the whole pool, with the saved AdamW state), adamw-final "
+                   "(the trainer's AdamW step at the end of that run, with its final state), predict-sft "
                    "(the replayed schedule; mean target only), comma-separated (default: all)")
     p.add_argument("--checkpoints", type=int, default=4,
                    help="adamw-trajectory: points of the run effects are summed over, the base included (default 4)")
@@ -127,7 +128,7 @@ def cmd_validate_lds(args: argparse.Namespace) -> None:
     task = LDSTask(pool, target, sft, subsets, path, lambda p: load_model(p, args.dtype, device=args.device))
     for m in methods:
         t1 = time.perf_counter()
-        tag = f"{m}-k{args.checkpoints}" if m == "adamw-trajectory" else m
+        tag = f"{m}-k{args.checkpoints}" if m in ("adamw-trajectory", "adamw-final") else m
         f = cache / f"{'drops' if m == 'predict-sft' else 'effects'}-{tag}-{digest}.npy"
         timing = f.with_suffix(".json")  # the seconds the computation took, reported again when it is reused
         if not f.exists():

@@ -214,7 +214,7 @@ def seed_agreement(after: np.ndarray) -> dict[str, Any] | None:
             "seeds": r}
 
 
-METHODS = ("sgd", "sgd-clip", "adamw", "adamw-trajectory", "predict-sft")
+METHODS = ("sgd", "sgd-clip", "adamw", "adamw-trajectory", "adamw-final", "predict-sft")
 
 
 def method_update(method: str, sft: SFTConfig) -> Any:
@@ -226,7 +226,7 @@ def method_update(method: str, sft: SFTConfig) -> Any:
         return UpdateConfig("sgd", lr=lr)
     if method == "sgd-clip":
         return UpdateConfig("sgd", lr=lr, clip=clip if clip else 1.0)
-    if method in ("adamw", "adamw-trajectory"):
+    if method in ("adamw", "adamw-trajectory", "adamw-final"):
         return sft.update
     raise SampleEffectError(f"unknown LDS method '{method}'; choose from {', '.join(METHODS)}")
 
@@ -264,19 +264,45 @@ def trajectory_effects(load: Callable[[str], tuple[torch.nn.Module, Any]], base:
     from sample_effect.scoring.checkpoints import run_checkpoints, trajectory_effect_matrix
     from sample_effect.targets.core import LossTarget
 
+    out = trajectory_run(load, base, pool, target, sft, steps, checkpoints, cache_dir, say)
+    cks = run_checkpoints(out, base=base, lr=sft.update.lr)
+    return trajectory_effect_matrix(cks, load, list(pool), [LossTarget([t]) for t in target], sft.update,
+                                    compute=compute, say=say)
+
+
+def trajectory_run(load: Callable[[str], tuple[torch.nn.Module, Any]], base: str, pool: Sequence[TokenizedExample],
+                   target: Sequence[TokenizedExample], sft: SFTConfig, steps: int, checkpoints: int,
+                   cache_dir: str | os.PathLike, say: Callable[[str], None] | None = None) -> Path:
+    """The directory of one real run on the whole pool (`steps` steps, saved every ceil(steps / checkpoints)),
+    trained once under CACHE/trajectory-KEY and reused; its `final/` holds the end weights and AdamW state."""
     if checkpoints < 1:
         raise SampleEffectError(f"checkpoints must be >= 1, got {checkpoints}")
     every = max(1, math.ceil(steps / checkpoints))
     run = replace(sft, max_steps=steps, save_every=every)
     out = Path(cache_dir) / f"trajectory-{_key(pool, target, run, base)}"
-    if checkpoints > 1 and not (out / "final").exists():
+    if not (out / "final").exists():
         model, tok = load(base)
         train_sft(model, tok, list(pool), run, out_dir=out, progress=False)
         if say:
             say(f"trajectory run: {steps} steps on the whole pool, a checkpoint every {every}")
-    cks = run_checkpoints(out, base=base, lr=sft.update.lr)
-    return trajectory_effect_matrix(cks, load, list(pool), [LossTarget([t]) for t in target], sft.update,
-                                    compute=compute, say=say)
+    return out
+
+
+def final_effects(load: Callable[[str], tuple[torch.nn.Module, Any]], run_dir: Path, pool: Sequence[TokenizedExample],
+                  target: Sequence[TokenizedExample], sft: SFTConfig, compute: Any = None) -> np.ndarray:
+    """[n, T]: effects at the end of the whole-pool run, under the trainer's update with the run's final AdamW state
+    (where the peers take their gradients, plus the optimiser the trainer really has there)."""
+    from sample_effect.models.loading import select_parameters
+    from sample_effect.scoring.effects import resolve_state
+    from sample_effect.scoring.matrix import compute_effect_matrix
+    from sample_effect.targets.core import LossTarget
+
+    model, _ = load(str(run_dir / "final"))
+    params = select_parameters(model)
+    state = resolve_state(model, params, sft.update, str(run_dir / "final" / "optimizer.pt")) \
+        if sft.update.rule.needs_state else None
+    return compute_effect_matrix(model, params, list(pool), [LossTarget([t]) for t in target], sft.update, state,
+                                 compute)
 
 
 @dataclass
@@ -299,8 +325,11 @@ def method_values(method: str, task: LDSTask, loaded: tuple[torch.nn.Module, Any
     model, tok = loaded
     if method == "predict-sft":
         return replayed_drops(model, task.pool, task.target, task.sft, task.subsets, compute)
+    steps = retrain_steps(task.sft, len(task.subsets[0]))
+    if method == "adamw-final":
+        run = trajectory_run(task.load, task.base, task.pool, task.target, task.sft, steps, checkpoints, cache_dir, say)
+        return final_effects(task.load, run, task.pool, task.target, task.sft, compute)
     if method == "adamw-trajectory":
-        steps = retrain_steps(task.sft, len(task.subsets[0]))
         return trajectory_effects(task.load, task.base, task.pool, task.target, task.sft, steps, checkpoints, cache_dir,
                                   compute, say)
     return per_target_effects(model, tok, task.pool, task.target, method_update(method, task.sft), compute)

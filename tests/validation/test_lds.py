@@ -68,7 +68,27 @@ def test_validate_lds_end_to_end_and_resumes_from_the_cache(model_dirs, tmp_path
     argv = _argv(model_dirs, tmp_path, out)
     assert main(argv) == 0
     doc = json.loads((out / "lds.json").read_text())
-    assert set(doc["methods"]) == {"sgd", "sgd-clip", "adamw", "adamw-trajectory", "predict-sft"}
+    assert set(doc["methods"]) == {"sgd", "sgd-clip", "adamw", "adamw-trajectory", "adamw-final", "predict-sft"}
+    # adamw-final: the trainer's AdamW step at the end of the whole-pool run, from the state saved there
+    from sample_effect import load_model
+    from sample_effect.data.examples import load_examples, tokenize_examples
+    from sample_effect.models.loading import select_parameters
+    from sample_effect.scoring.effects import resolve_state
+    from sample_effect.scoring.matrix import compute_effect_matrix
+    from sample_effect.targets.core import LossTarget
+    from sample_effect.training.common import adamw_update
+
+    (final,) = list((out / "cache").glob("trajectory-*/final"))
+    model, tok = load_model(final, "float64")
+    params = select_parameters(model)
+    upd = adamw_update(1e-3, 1.0, 0.0)
+    state = resolve_state(model, params, upd, str(final / "optimizer.pt"))
+    assert state.params and all(float(st.step) == 2 for st in state.params.values() if st.step is not None)
+    pool = tokenize_examples(load_examples(out.parent / "pool.jsonl"), tok)[0]
+    tgt = tokenize_examples(load_examples(out.parent / "target.jsonl"), tok)[0]
+    want = compute_effect_matrix(model, params, pool, [LossTarget([t]) for t in tgt], upd, state)
+    (got,) = [np.load(f) for f in (out / "cache").glob("effects-adamw-final-*.npy")]
+    np.testing.assert_allclose(got, want, rtol=1e-10)
     for name, v in doc["methods"].items():
         for key in ("lds", "lds_ci95", "lds_mean_target", "lds_mean_target_ci95"):
             assert key in v
