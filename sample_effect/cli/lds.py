@@ -42,7 +42,7 @@ def add_validate_parsers(checks: SubParsers) -> None:
                    "(the replayed schedule; mean target only), comma-separated (default: all)")
     p.add_argument("--checkpoints", type=int, default=4,
                    help="adamw-trajectory: points of the run effects are summed over, the base included (default 4)")
-    p.add_argument("--scores", action="append", default=[], metavar="NAME=FILE",
+    p.add_argument("--scores", action="append", default=None, metavar="NAME=FILE",
                    help="an outside method's scores to judge on the same retrains (repeatable): a .npy [n] or [n, T] "
                    "in the pool's order, or a CSV with an id column and one score column (or one per target example); "
                    "larger = predicted to lower the target loss more")
@@ -97,7 +97,7 @@ def cmd_validate_lds(args: argparse.Namespace) -> None:
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise SampleEffectError(f"--methods: unknown method {bad or args.methods!r}; choose from {', '.join(METHODS)}")
-    outside = _parse_scores(args.scores, methods)
+    outside = _parse_scores(args.scores or [], methods)
     cfg = LDSConfig(subsets=args.subsets, fraction=args.fraction, runs=args.runs, n_boot=args.bootstrap,
                     seed=args.seed).validate()
     out = Path(args.out)
