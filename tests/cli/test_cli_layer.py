@@ -278,7 +278,7 @@ TARGET_FLAGS_OF = {
     "rank": {"--target-data", "--target", "--direction", "--target-prompts", "--normalize"},
     "predict-rl": {"--target-data", "--direction", "--target-prompts", "--normalize"},
     "predict-sft": {"--target-data", "--direction"},
-    "validate curves": {"--target-data", "--direction"},
+    "validate curves": {"--target-data"},  # the real runs measure an eval loss
     "validate selection": {"--target-data"},
     "validate rl-curves": {"--target-data"},
     "validate rl-starts": {"--target-data", "--direction", "--target"},
